@@ -1,0 +1,18 @@
+"""Trainers. Importing this package registers every built-in trainer, estimator and objective."""
+
+import trl_ext.advantages  # noqa: F401  (registers the built-in estimators)
+import trl_ext.objectives  # noqa: F401  (registers the built-in objectives)
+from trl_ext.registry import TrainerEntry, register_trainer
+from trl_ext.trainers.base import BaseGRPOConfig, BaseGRPOTrainer
+
+register_trainer(
+    TrainerEntry(
+        name="grpo",
+        trainer_cls=BaseGRPOTrainer,
+        config_cls=BaseGRPOConfig,
+        changes="nothing: trl.GRPOTrainer's advantage and loss (the baseline every benchmark compares against)",
+        paper="arXiv 2402.03300",
+    )
+)
+
+__all__ = ["BaseGRPOConfig", "BaseGRPOTrainer"]

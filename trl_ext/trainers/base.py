@@ -1,0 +1,495 @@
+"""The base trainer: ``trl.GRPOTrainer`` with an advantage seam and a loss pipeline of overridable steps.
+
+With the default components (``advantage_estimator="grpo"``, ``policy_objective="grpo"``) it reproduces
+``trl.GRPOTrainer`` exactly: same advantages, loss, gradients and logged metrics (see ``tests/test_parity.py``).
+
+Advantage seam
+    TRL 1.16 gathers the rewards of every process inside ``_calculate_rewards`` and computes advantages inline.
+    We capture the gathered ``(N, K)`` rewards, gather only the extra per-sequence facts the estimator declares,
+    call the estimator once on the whole generation batch and keep this process's rows. Every process computes the
+    same estimate from the same gathered data, so no further synchronisation is needed.
+
+Objective seam
+    ``_compute_loss`` is re-implemented once as the sequence of ``_loss_*`` steps below over a
+    :class:`~trl_ext.objectives.base.LossContext`. A policy objective overrides hooks (advantage reshaping, token
+    weights, clip bounds, surrogate, metrics); a trainer subclass may override whole steps.
+
+Checkpoint hook
+    ``trl_ext_state_dict()`` (estimator, objective and trainer state, JSON) is written to every checkpoint as
+    ``trl_ext_state.json`` and restored on resume on every process.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from accelerate.utils import gather, gather_object
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+from trl import GRPOConfig, GRPOTrainer
+from trl.trainer.utils import nanmax, nanmin
+
+from trl_ext.advantages.base import AdvantageBatch, AdvantageEstimator
+from trl_ext.objectives import functional as F
+from trl_ext.objectives.base import LossContext, PolicyObjective
+from trl_ext.registry import get_advantage_estimator, get_policy_objective
+
+logger = logging.getLogger(__name__)
+
+STATE_FILE = "trl_ext_state.json"
+_OPTIONAL_FACTS = frozenset({"completion_lengths", "completion_mask", "completion_ids"})
+
+
+@dataclass
+class BaseGRPOConfig(GRPOConfig):
+    r"""
+    Configuration for [`BaseGRPOTrainer`]: every field of `trl.GRPOConfig`, plus the names of the two components
+    that the trl-ext seams plug in.
+
+    Parameters:
+        advantage_estimator (`str`, *optional*, defaults to `"grpo"`):
+            Registered advantage estimator (see `trl-ext list` or `trl_ext.list_advantage_estimators()`). `"grpo"`
+            is TRL's group-relative advantage and honours `scale_rewards` and `multi_objective_aggregation`.
+        policy_objective (`str`, *optional*, defaults to `"grpo"`):
+            Registered policy objective (`trl_ext.list_policy_objectives()`). `"grpo"` is TRL's surrogate for
+            the configured `loss_type`.
+    """
+
+    advantage_estimator: str = field(
+        default="grpo",
+        metadata={"help": "Registered advantage estimator name (see `trl-ext list`). 'grpo' is TRL's advantage."},
+    )
+    policy_objective: str = field(
+        default="grpo",
+        metadata={"help": "Registered policy objective name (see `trl-ext list`). 'grpo' is TRL's surrogate."},
+    )
+
+    def __post_init__(self):
+        super().__post_init__()
+        for field_name, lookup in (
+            ("advantage_estimator", get_advantage_estimator),
+            ("policy_objective", get_policy_objective),
+        ):
+            try:
+                lookup(getattr(self, field_name))
+            except KeyError as exc:
+                raise ValueError(f"{field_name}: {exc.args[0]}") from None
+
+
+class BaseGRPOTrainer(GRPOTrainer):
+    """``trl.GRPOTrainer`` with an advantage seam, a loss pipeline of overridable steps and a checkpoint hook.
+
+    Accepts every argument of ``trl.GRPOTrainer``. ``args`` may be a plain ``GRPOConfig`` (the default components
+    are used then) or any ``BaseGRPOConfig`` subclass.
+    """
+
+    _tag_names = ["trl", "grpo", "trl-ext"]
+    _name = "GRPO"
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.advantage_estimator: AdvantageEstimator = self._build_component(
+            "advantage_estimator", get_advantage_estimator
+        )
+        self.policy_objective: PolicyObjective = self._build_component("policy_objective", get_policy_objective)
+        unknown = set(self.advantage_estimator.requires) - _OPTIONAL_FACTS
+        if unknown:
+            raise ValueError(
+                f"advantage estimator {self.advantage_estimator.name!r} requires unknown facts {sorted(unknown)}; "
+                f"known: {sorted(_OPTIONAL_FACTS)}"
+            )
+        self._captured_rewards_per_func: torch.Tensor | None = None
+
+    def _build_component(self, field_name: str, lookup):
+        name = getattr(self.args, field_name, "grpo")
+        try:
+            cls = lookup(name)
+        except KeyError as exc:
+            raise ValueError(f"{field_name}: {exc.args[0]}") from None
+        return cls(self.args)
+
+    # ------------------------------------------------------------------------------------------------------------
+    # Advantage seam
+    # ------------------------------------------------------------------------------------------------------------
+    def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
+        rewards_per_func = super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
+        self._captured_rewards_per_func = rewards_per_func
+        return rewards_per_func
+
+    def _generate_and_score_completions(self, inputs: list[dict[str, Any]]) -> dict[str, Any]:
+        self._captured_rewards_per_func = None
+        output = super()._generate_and_score_completions(inputs)
+        rewards_per_func = self._captured_rewards_per_func
+        self._captured_rewards_per_func = None
+        if rewards_per_func is None:  # pragma: no cover - TRL always scores through _calculate_rewards
+            raise RuntimeError("trl-ext: _calculate_rewards was not called; the advantage seam cannot run")
+
+        mode = "train" if self.model.training else "eval"
+        batch = self.build_advantage_batch(inputs, output, rewards_per_func, mode)
+        result = self.advantage_estimator(batch)
+        advantages = self._check_advantages(result.advantages, batch)
+
+        local = advantages[batch.process_slice]
+        if local.dim() == 2:
+            local = local[:, : output["completion_ids"].size(1)]
+        output["advantages"] = local.to(device=output["completion_ids"].device, dtype=torch.float32).contiguous()
+
+        for name, value in result.metrics.items():
+            self._metrics[mode][name].append(float(value))
+        self._replace_logged_advantages(advantages, batch)
+        return output
+
+    def build_advantage_batch(
+        self, inputs: list[dict[str, Any]], output: dict[str, Any], rewards_per_func: torch.Tensor, mode: str
+    ) -> AdvantageBatch:
+        """Assemble the gathered facts the estimator declared in ``requires`` and ``columns``."""
+        estimator = self.advantage_estimator
+        num_local = len(inputs)
+        process_index = self.accelerator.process_index
+        num_generations = self.num_generations if mode == "train" else self.num_generations_eval
+        batch = AdvantageBatch(
+            rewards_per_func=rewards_per_func,
+            reward_weights=self.reward_weights.to(rewards_per_func.device),
+            reward_func_names=list(self.reward_func_names),
+            num_generations=num_generations,
+            process_slice=slice(process_index * num_local, (process_index + 1) * num_local),
+            mode=mode,
+        )
+        requires = set(estimator.requires)
+        loss_mask = output["completion_mask"]
+        if "tool_mask" in output:
+            loss_mask = loss_mask * output["tool_mask"]
+        if "completion_lengths" in requires:
+            batch.completion_lengths = gather(loss_mask.sum(dim=1))
+        if "completion_mask" in requires:
+            batch.completion_mask = gather(self.accelerator.pad_across_processes(loss_mask, dim=1, pad_index=0))
+        if "completion_ids" in requires:
+            ids = self.accelerator.pad_across_processes(
+                output["completion_ids"], dim=1, pad_index=self._tokenizer.pad_token_id
+            )
+            batch.completion_ids = gather(ids)
+        for column in estimator.columns:
+            if column not in inputs[0]:
+                raise ValueError(
+                    f"advantage estimator {estimator.name!r} needs the dataset column {column!r}, which the training "
+                    f"dataset does not have (columns: {sorted(inputs[0])})"
+                )
+            batch.columns[column] = gather_object([row[column] for row in inputs])
+        return batch
+
+    def _check_advantages(self, advantages: torch.Tensor, batch: AdvantageBatch) -> torch.Tensor:
+        n = batch.num_completions
+        name = self.advantage_estimator.name
+        if advantages.dim() not in (1, 2) or advantages.size(0) != n:
+            raise ValueError(
+                f"advantage estimator {name!r} returned shape {tuple(advantages.shape)}; expected ({n},) or ({n}, T)"
+            )
+        if advantages.dim() == 2:
+            if batch.completion_mask is None:
+                raise ValueError(
+                    f"advantage estimator {name!r} returned token-level advantages but does not list "
+                    "'completion_mask' in `requires`, so the gathered completion width is unknown"
+                )
+            if advantages.size(1) != batch.completion_mask.size(1):
+                raise ValueError(
+                    f"advantage estimator {name!r} returned width {advantages.size(1)}; the gathered completion "
+                    f"width is {batch.completion_mask.size(1)}"
+                )
+        if not torch.isfinite(advantages).all():
+            raise FloatingPointError(f"advantage estimator {name!r} produced NaN or inf advantages")
+        return advantages
+
+    def _replace_logged_advantages(self, advantages: torch.Tensor, batch: AdvantageBatch) -> None:
+        # TRL logged its own advantages for this batch; the completions table must show the ones we train on.
+        if advantages.dim() == 2:
+            mask = batch.completion_mask.to(advantages.dtype)
+            advantages = (advantages * mask).sum(1) / mask.sum(1).clamp(min=1.0)
+        logged = self._logs["advantages"]
+        values = advantages.tolist()
+        count = min(len(values), len(logged))
+        for _ in range(count):
+            logged.pop()
+        logged.extend(values[len(values) - count :])
+
+    # ------------------------------------------------------------------------------------------------------------
+    # Objective seam: the loss pipeline
+    # ------------------------------------------------------------------------------------------------------------
+    def _compute_loss(self, model, inputs):
+        mode = "train" if self.model.training else "eval"
+        mask = inputs["completion_mask"]
+        if "tool_mask" in inputs:
+            mask = mask * inputs["tool_mask"]
+        ctx = LossContext(inputs=inputs, mode=mode, mask=mask)
+        ctx.global_masked_mean = lambda x: self._global_masked_mean(x, ctx.mask)
+        self._loss_forward(model, ctx)
+        self._loss_entropy_mask(ctx)
+        self._loss_advantages(ctx)
+        self._loss_off_policy_mask(ctx)
+        self._loss_importance_ratio(ctx)
+        self._loss_kl(ctx)
+        self._loss_token_weights(ctx)
+        self._loss_clip_bounds(ctx)
+        self._loss_surrogate(ctx)
+        self._loss_apply_masks(ctx)
+        self._loss_add_kl(ctx)
+        self._loss_aggregate(ctx)
+        self._loss_regularizers(ctx)
+        self._loss_metrics(ctx)
+        return ctx.loss
+
+    def _loss_forward(self, model, ctx: LossContext) -> None:
+        """Per-token log-probs and entropies of the policy on prompt + completion."""
+        inputs = ctx.inputs
+        input_ids = torch.cat([inputs["prompt_ids"], inputs["completion_ids"]], dim=1)
+        attention_mask = torch.cat([inputs["prompt_mask"], inputs["completion_mask"]], dim=1)
+        ctx.logps, ctx.entropies, ctx.aux_loss = self._get_per_token_logps_and_entropies(
+            model,
+            input_ids,
+            attention_mask,
+            inputs["completion_ids"].size(1),
+            compute_entropy=True,
+            compute_aux_loss=self.aux_loss_enabled,
+            pixel_values=inputs.get("pixel_values"),
+            image_grid_thw=inputs.get("image_grid_thw"),
+            num_images=inputs.get("num_images"),
+            pixel_attention_mask=inputs.get("pixel_attention_mask"),
+            spatial_shapes=inputs.get("spatial_shapes"),
+            num_tiles=inputs.get("num_tiles"),
+            image_sizes=inputs.get("image_sizes"),
+            token_type_ids=inputs.get("token_type_ids"),
+            mm_token_type_ids=inputs.get("mm_token_type_ids"),
+            image_position_ids=inputs.get("image_position_ids"),
+        )
+
+    def _loss_entropy_mask(self, ctx: LossContext) -> None:
+        """Keep only the top ``top_entropy_quantile`` tokens by entropy (global quantile), when configured."""
+        if self.top_entropy_quantile < 1.0:
+            ctx.entropy_mask = self.get_high_entropy_mask(ctx.entropies, ctx.mask, 1 - self.top_entropy_quantile)
+
+    def _loss_advantages(self, ctx: LossContext) -> None:
+        """(B,) -> (B, 1); the objective may replace them (e.g. token-level redistribution)."""
+        advantages = ctx.inputs["advantages"]
+        ctx.advantages = advantages.unsqueeze(1) if advantages.dim() == 1 else advantages
+        old = ctx.inputs.get("old_per_token_logps")
+        # On-policy (one iteration, no buffered generation) TRL skips computing old log-probs: pi_old = sg(pi_theta).
+        ctx.old_logps = ctx.logps.detach() if old is None else old
+        reshaped = self.policy_objective.reshape_advantages(ctx)
+        if reshaped is not None:
+            ctx.advantages = reshaped
+
+    def _loss_off_policy_mask(self, ctx: LossContext) -> None:
+        if self.off_policy_mask_threshold is not None:
+            sampling = ctx.inputs.get("sampling_per_token_logps", ctx.old_logps)
+            ctx.off_policy_mask = F.off_policy_sequence_mask(
+                ctx.advantages, ctx.logps, sampling, ctx.mask, self.off_policy_mask_threshold
+            )
+
+    def _loss_importance_ratio(self, ctx: LossContext) -> None:
+        ctx.log_ratio = ctx.logps - ctx.old_logps
+        ctx.log_weights = F.importance_log_weights(ctx.log_ratio, ctx.mask, self.importance_sampling_level)
+        ctx.ratio = torch.exp(ctx.log_weights)
+
+    def _loss_kl(self, ctx: LossContext) -> None:
+        if self.beta != 0.0:
+            ctx.per_token_kl = F.k3_kl(ctx.inputs["ref_per_token_logps"], ctx.logps)
+            if self.args.use_bias_correction_kl:
+                ctx.per_token_kl = ctx.per_token_kl * ctx.ratio
+
+    def _loss_token_weights(self, ctx: LossContext) -> None:
+        ctx.token_weights = self.policy_objective.token_weights(ctx)
+
+    def _loss_clip_bounds(self, ctx: LossContext) -> None:
+        bounds = self.policy_objective.clip_bounds(ctx)
+        ctx.clip_low, ctx.clip_high = (self.epsilon_low, self.epsilon_high) if bounds is None else bounds
+
+    def _loss_surrogate(self, ctx: LossContext) -> None:
+        custom = self.policy_objective.surrogate(ctx)
+        if custom is not None:
+            ctx.per_token_loss = custom
+        elif self.loss_type in F.CLIPPED_LOSS_TYPES:
+            ctx.per_token_loss, ctx.ratio = F.clipped_surrogate(
+                ctx.ratio, ctx.advantages, ctx.clip_low, ctx.clip_high, self.args.delta
+            )
+        elif self.loss_type == "cispo":
+            ctx.per_token_loss = F.cispo_surrogate(ctx.ratio, ctx.advantages, ctx.logps, self.epsilon_high)
+        elif self.loss_type == "sapo":
+            ctx.per_token_loss = F.sapo_surrogate(
+                ctx.ratio, ctx.advantages, self.args.sapo_temperature_pos, self.args.sapo_temperature_neg
+            )
+        elif self.loss_type == "vespo":
+            phi = F.vespo_gamma_weights(
+                ctx.advantages,
+                ctx.log_ratio,
+                ctx.mask,
+                ctx.inputs.get("importance_sampling_ratio"),
+                self.args.vespo_k_pos,
+                self.args.vespo_lambda_pos,
+                self.args.vespo_k_neg,
+                self.args.vespo_lambda_neg,
+            )
+            ctx.extras["vespo_phi"] = phi
+            ctx.per_token_loss = F.vespo_surrogate(phi, ctx.advantages, ctx.logps)
+        else:
+            raise ValueError(f"loss_type must be one of {F.LOSS_TYPES}, got {self.loss_type!r}")
+        if ctx.token_weights is not None:
+            ctx.per_token_loss = ctx.per_token_loss * ctx.token_weights
+
+    def _loss_apply_masks(self, ctx: LossContext) -> None:
+        if ctx.off_policy_mask is not None:
+            ctx.per_token_loss = ctx.per_token_loss * ctx.off_policy_mask
+        if ctx.entropy_mask is not None:
+            ctx.per_token_loss = ctx.per_token_loss * ctx.entropy_mask
+        if self.use_vllm and self.vllm_importance_sampling_correction and self.loss_type != "vespo":
+            ctx.per_token_loss = ctx.per_token_loss * ctx.inputs["importance_sampling_ratio"]
+
+    def _loss_add_kl(self, ctx: LossContext) -> None:
+        if self.beta != 0.0:
+            ctx.per_token_loss = ctx.per_token_loss + self.beta * ctx.per_token_kl
+
+    def _loss_aggregate(self, ctx: LossContext) -> None:
+        """Reduce to a scalar per ``loss_type`` and scale for gradient accumulation as TRL does."""
+        train = ctx.mode == "train"
+        if self.loss_type in ("cispo", "dapo", "vespo"):
+            # num_items_in_batch spans the generation batch: rescale it to one accumulation window.
+            normalizer = ctx.inputs["num_items_in_batch"].clamp(min=1.0) / self.accelerator.num_processes
+            if train:
+                normalizer = normalizer * self.current_gradient_accumulation_steps / self.args.steps_per_generation
+            ctx.loss = F.aggregate_loss(
+                ctx.per_token_loss,
+                ctx.mask,
+                self.loss_type,
+                max_completion_length=self.max_completion_length,
+                num_items=normalizer,
+            )
+            ctx.policy_loss = ctx.loss.detach()
+        else:
+            loss = F.aggregate_loss(
+                ctx.per_token_loss, ctx.mask, self.loss_type, max_completion_length=self.max_completion_length
+            )
+            ctx.policy_loss = loss.detach()
+            ctx.loss = loss / (self.current_gradient_accumulation_steps if train else 1.0)
+
+    def _loss_regularizers(self, ctx: LossContext) -> None:
+        """Entropy bonus (static or adaptive, TRL semantics) and the MoE router auxiliary loss."""
+        mode = ctx.mode
+        if self._entropy_bonus_enabled:
+            effective_mask = ctx.mask if ctx.entropy_mask is None else ctx.mask * ctx.entropy_mask
+            accumulation = self.current_gradient_accumulation_steps if mode == "train" else 1.0
+            entropy_loss = (ctx.entropies * effective_mask).sum() / effective_mask.sum().clamp(min=1.0) / accumulation
+            if self.use_adaptive_entropy:
+                apply_coef = self.entropy_coef if self._last_world_entropy <= self.args.entropy_target else 0.0
+            else:
+                apply_coef = self.entropy_coef
+            ctx.loss = ctx.loss - apply_coef * entropy_loss
+            self._metrics[mode]["policy_loss"].append(self.accelerator.gather(ctx.policy_loss).nanmean().item())
+            if self.use_adaptive_entropy and mode == "train":
+                self._update_adaptive_entropy(ctx.entropies, effective_mask)
+            if mode == "train" and self.accelerator.sync_gradients:
+                self._metrics[mode]["entropy_coef"].append(self.entropy_coef)
+        if self.aux_loss_enabled:
+            normalizer = self.current_gradient_accumulation_steps if mode == "train" else 1.0
+            ctx.loss = ctx.loss + self.router_aux_loss_coef * ctx.aux_loss / normalizer
+            self._metrics[mode]["aux_loss"].append(self.accelerator.gather_for_metrics(ctx.aux_loss).mean().item())
+
+    def _update_adaptive_entropy(self, entropies: torch.Tensor, effective_mask: torch.Tensor) -> None:
+        # Window-global, token-weighted entropy; the coefficient moves once per optimizer step (TRL semantics).
+        stats = torch.stack([(entropies * effective_mask).sum(), effective_mask.sum()]).detach()
+        self._entropy_window_stats = (
+            stats if self._entropy_window_stats is None else self._entropy_window_stats + stats
+        )
+        if self.accelerator.sync_gradients:
+            window = self.accelerator.reduce(self._entropy_window_stats, reduction="sum")
+            world_entropy = (window[0] / window[1].clamp(min=1.0)).item()
+            if world_entropy <= self.args.entropy_target:
+                self.entropy_coef = min(self.entropy_coef + self.args.entropy_coef_delta, self.args.entropy_coef_max)
+            else:
+                self.entropy_coef = max(self.entropy_coef - self.args.entropy_coef_delta, self.args.entropy_coef_min)
+            self._last_world_entropy = world_entropy
+            self._entropy_window_stats = None
+
+    def _global_masked_mean(self, x: torch.Tensor, mask: torch.Tensor) -> float:
+        """Mean of x over the loss tokens of every process ((B, 1) inputs count once per sequence)."""
+        if x.shape[1] == 1:
+            local_sum, local_count = x.sum(), torch.tensor(float(x.shape[0]), device=x.device)
+        else:
+            local_sum, local_count = (x * mask).sum(), mask.sum().float()
+        totals = self.accelerator.reduce(torch.stack([local_sum, local_count]), reduction="sum")
+        return (totals[0] / totals[1].clamp(min=1.0)).item()
+
+    def _masked_seq_mean(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        if x.shape[1] == 1:
+            return x.squeeze(1)
+        return (x * mask).sum(-1) / mask.sum(-1)
+
+    def _loss_metrics(self, ctx: LossContext) -> None:
+        """TRL's loss metrics (kl, entropy, clip ratios) plus the objective's own."""
+        metrics = self._metrics[ctx.mode]
+        if self.beta != 0.0:
+            metrics["kl"].append(ctx.global_masked_mean(ctx.per_token_kl))
+        metrics["entropy"].append(ctx.global_masked_mean(ctx.entropies))
+        if self.loss_type in F.CLIPPED_LOSS_TYPES:
+            is_low = (ctx.ratio < 1 - ctx.clip_low) & (ctx.advantages < 0)
+            is_high = (ctx.ratio > 1 + ctx.clip_high) & (ctx.advantages > 0)
+            is_region = is_low | is_high
+            metrics["clip_ratio/low_mean"].append(ctx.global_masked_mean(is_low.float()))
+            metrics["clip_ratio/high_mean"].append(ctx.global_masked_mean(is_high.float()))
+            metrics["clip_ratio/region_mean"].append(ctx.global_masked_mean(is_region.float()))
+            low_per_seq = self.accelerator.gather(self._masked_seq_mean(is_low.float(), ctx.mask))
+            metrics["clip_ratio/low_min"].append(nanmin(low_per_seq).item())
+            high_per_seq = self.accelerator.gather(self._masked_seq_mean(is_high.float(), ctx.mask))
+            metrics["clip_ratio/high_max"].append(nanmax(high_per_seq).item())
+        elif self.loss_type == "cispo":
+            is_clipped = (ctx.ratio > self.epsilon_high) & (ctx.advantages > 0)
+            metrics["cispo_clip_ratio"].append(ctx.global_masked_mean(is_clipped.float()))
+        elif self.loss_type == "vespo":
+            metrics["vespo/phi_seq_mean"].append(ctx.global_masked_mean(ctx.extras["vespo_phi"]))
+        for name, value in self.policy_objective.metrics(ctx).items():
+            metrics[name].append(float(value))
+
+    # ------------------------------------------------------------------------------------------------------------
+    # Checkpoint hook
+    # ------------------------------------------------------------------------------------------------------------
+    def trl_ext_state_dict(self) -> dict[str, Any]:
+        """State that outlives a step: estimator, objective and trainer parts (JSON-serialisable)."""
+        return {
+            "advantage_estimator": self.advantage_estimator.state_dict(),
+            "policy_objective": self.policy_objective.state_dict(),
+            "trainer": self.extra_state_dict(),
+        }
+
+    def load_trl_ext_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what :meth:`trl_ext_state_dict` returned."""
+        self.advantage_estimator.load_state_dict(state.get("advantage_estimator", {}))
+        self.policy_objective.load_state_dict(state.get("policy_objective", {}))
+        self.load_extra_state_dict(state.get("trainer", {}))
+
+    def extra_state_dict(self) -> dict[str, Any]:
+        """Override in a trainer subclass that keeps its own cross-step state."""
+        return {}
+
+    def load_extra_state_dict(self, state: dict[str, Any]) -> None:
+        """Override together with :meth:`extra_state_dict`."""
+
+    def _save_checkpoint(self, model, trial):
+        super()._save_checkpoint(model, trial)
+        if self.args.should_save:
+            checkpoint_dir = os.path.join(
+                self._get_output_dir(trial=trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
+            )
+            with open(os.path.join(checkpoint_dir, STATE_FILE), "w") as f:
+                json.dump(self.trl_ext_state_dict(), f)
+
+    def _load_optimizer_and_scheduler(self, checkpoint):
+        super()._load_optimizer_and_scheduler(checkpoint)
+        if checkpoint is None:
+            return
+        path = os.path.join(checkpoint, STATE_FILE)
+        if os.path.exists(path):
+            with open(path) as f:
+                self.load_trl_ext_state_dict(json.load(f))
+        elif any(self.trl_ext_state_dict().values()):
+            logger.warning("Resuming from %s without %s: trl-ext state starts fresh", checkpoint, STATE_FILE)
