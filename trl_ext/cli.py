@@ -1,0 +1,322 @@
+"""The ``trl-ext`` console script and the training entry point shared with ``recipes/train.py``.
+
+    trl-ext list                                   # the trainer table
+    trl-ext train --config recipes/grpo/quickstart.yaml [--any_config_field value ...]
+    trl-ext quickstart [--trainer grpo] [--max_steps N] [--seed S] [--output_dir DIR]
+
+``train`` parses ``(TrainScriptArguments, <trainer config>, ModelConfig, DatasetMixtureConfig)`` with TRL's
+``TrlParser``; the trainer comes from ``--trainer`` or the YAML's ``trainer:`` key, and its config class decides
+which fields ``--help`` lists (``trl-ext train --trainer grpo --help``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+# bitsandbytes warns on import that an optional CPU kernel hub download is unavailable; it is harmless offline.
+logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
+
+from trl import ScriptArguments  # noqa: E402
+
+
+@dataclass
+class TrainScriptArguments(ScriptArguments):
+    """Script arguments of ``recipes/train.py`` / ``trl-ext train`` (beyond TRL's ``ScriptArguments``).
+
+    Parameters:
+        trainer (`str`, defaults to `"grpo"`): registered trainer name (`trl-ext list`).
+        task (`str` or `None`): a built-in synthetic task (`trl_ext.data.list_tasks()`); replaces `dataset_name`
+            and contributes the task's reward functions. Needs no download.
+        task_num_rows (`int`, defaults to 4096): rows generated for `task`.
+        tiny_model (`bool`, defaults to `False`): build a tiny randomly initialised Qwen2 with a character
+            tokenizer offline (in `<output_dir>/tiny-model`) instead of loading `model_name_or_path`.
+        reward_funcs (`list[str]` or `None`): extra reward functions: a name of the task's rewards, a TRL reward
+            (`accuracy_reward`, `think_format_reward`, ...), or a dotted import path (`my_pkg.rewards.f`).
+        reward_model_name_or_path (`str` or `None`): a reward model, as in TRL's GRPO script.
+    """
+
+    trainer: str = field(default="grpo", metadata={"help": "Registered trainer name (see `trl-ext list`)."})
+    task: str | None = field(
+        default=None,
+        metadata={"help": "Built-in synthetic task (offline); replaces dataset_name and adds the task's rewards."},
+    )
+    task_num_rows: int = field(default=4096, metadata={"help": "Rows generated for `task`."})
+    tiny_model: bool = field(
+        default=False,
+        metadata={"help": "Build a tiny random Qwen2 + char tokenizer offline instead of loading a model."},
+    )
+    reward_funcs: list[str] | None = field(
+        default=None,
+        metadata={"help": "Reward functions: task reward names, TRL reward names, or dotted import paths."},
+    )
+    reward_model_name_or_path: str | None = field(default=None, metadata={"help": "Reward model id or path."})
+
+
+def _trl_reward_registry() -> dict[str, Any]:
+    from trl.rewards import accuracy_reward, reasoning_accuracy_reward, think_format_reward
+
+    return {
+        "accuracy_reward": accuracy_reward,
+        "reasoning_accuracy_reward": reasoning_accuracy_reward,
+        "think_format_reward": think_format_reward,
+    }
+
+
+def resolve_reward_funcs(script_args: TrainScriptArguments, task: Any | None) -> list[Any]:
+    """Reward functions for a run: the task's, then ``reward_funcs`` by name or import path, then a reward model."""
+    rewards: list[Any] = list(task.reward_funcs) if task is not None else []
+    by_name = {getattr(f, "__name__", str(f)): f for f in rewards}
+    for name in script_args.reward_funcs or []:
+        if task is not None and name in by_name:
+            continue  # already included with the task
+        trl_rewards = _trl_reward_registry()
+        if name in trl_rewards:
+            rewards.append(trl_rewards[name])
+        elif "." in name:
+            module_path, attr = name.rsplit(".", 1)
+            sys.path.insert(0, os.getcwd())
+            rewards.append(getattr(importlib.import_module(module_path), attr))
+        else:
+            raise ValueError(
+                f"reward_funcs: cannot resolve {name!r}; expected one of the task's rewards "
+                f"{sorted(by_name)}, TRL's {sorted(trl_rewards)}, or a dotted import path"
+            )
+    if script_args.reward_model_name_or_path:
+        rewards.append(script_args.reward_model_name_or_path)
+    if not rewards:
+        raise ValueError("reward_funcs: no reward function given; set `task`, `reward_funcs` or a reward model")
+    return rewards
+
+
+class ProgressPrinter:
+    """A ``TrainerCallback`` printing one line per log: step, mean reward, loss and elapsed time."""
+
+    def __new__(cls, *args: Any, **kwargs: Any):  # build the real callback lazily so importing the CLI stays cheap
+        from transformers import TrainerCallback
+
+        class _ProgressPrinter(TrainerCallback):
+            def __init__(self) -> None:
+                self.start = time.perf_counter()
+                self.rewards: list[float] = []
+
+            def on_log(self, args, state, control, logs=None, **kwargs):
+                if not state.is_world_process_zero or not logs or "reward" not in logs:
+                    return
+                self.rewards.append(float(logs["reward"]))
+                elapsed = time.perf_counter() - self.start
+                loss = logs.get("loss")
+                loss_text = f"{loss:8.4f}" if isinstance(loss, int | float) else "     n/a"
+                print(
+                    f"step {state.global_step:4d}/{state.max_steps} | reward {logs['reward']:.3f} | "
+                    f"loss {loss_text} | {elapsed:6.1f}s",
+                    flush=True,
+                )
+
+        return _ProgressPrinter()
+
+
+def run_training(script_args, training_args, model_args, dataset_args=None, *, callbacks=None):
+    """Build the named trainer from parsed arguments, train, save; returns the trainer."""
+    from datasets import load_dataset
+    from trl import get_peft_config, get_quantization_config
+
+    from trl_ext.registry import get_trainer
+
+    trainer_cls, config_cls = get_trainer(script_args.trainer)
+    if not isinstance(training_args, config_cls):
+        raise ValueError(
+            f"trainer: {script_args.trainer!r} needs a {config_cls.__name__}, got {type(training_args).__name__}"
+        )
+
+    task = None
+    if script_args.task is not None:
+        from trl_ext.data import get_task
+
+        task = get_task(script_args.task)
+        train_dataset = task.make_dataset(script_args.task_num_rows, training_args.seed)
+        eval_dataset = None
+    elif dataset_args is not None and getattr(dataset_args, "datasets", None):
+        from trl import get_dataset
+
+        dataset = get_dataset(dataset_args)
+        train_dataset = dataset[script_args.dataset_train_split]
+        eval_dataset = dataset.get(script_args.dataset_test_split) if training_args.eval_strategy != "no" else None
+    elif script_args.dataset_name:
+        dataset = load_dataset(
+            script_args.dataset_name, name=script_args.dataset_config, streaming=script_args.dataset_streaming
+        )
+        train_dataset = dataset[script_args.dataset_train_split]
+        eval_dataset = dataset[script_args.dataset_test_split] if training_args.eval_strategy != "no" else None
+    else:
+        raise ValueError("dataset_name: set `dataset_name`, `datasets`, or a built-in `task` (trl_ext.data)")
+
+    if script_args.tiny_model:
+        from trl_ext.testing import build_tiny_checkpoint
+
+        kwargs = {"alphabet": task.alphabet} if task is not None else {}
+        model = build_tiny_checkpoint(os.path.join(training_args.output_dir, "tiny-model"), **kwargs)
+    elif model_args.model_name_or_path:
+        model = model_args.model_name_or_path
+    else:
+        raise ValueError("model_name_or_path: give a model id or path, or set `tiny_model: true`")
+
+    model_init_kwargs = {
+        "revision": model_args.model_revision,
+        "trust_remote_code": training_args.trust_remote_code,
+        "attn_implementation": model_args.attn_implementation,
+        "dtype": model_args.dtype,
+    }
+    model_init_kwargs.update(training_args.model_init_kwargs or {})
+    training_args.model_init_kwargs = model_init_kwargs
+
+    trainer = trainer_cls(
+        model=model,
+        reward_funcs=resolve_reward_funcs(script_args, task),
+        args=training_args,
+        train_dataset=train_dataset,
+        eval_dataset=eval_dataset,
+        quantization_config=get_quantization_config(model_args),
+        peft_config=get_peft_config(model_args),
+        callbacks=callbacks,
+    )
+    trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+    trainer.save_model(training_args.output_dir)
+    trainer.accelerator.print(f"Model saved to {training_args.output_dir}")
+    return trainer
+
+
+def _peek_trainer_name(argv: list[str]) -> str:
+    """The trainer named by ``--trainer`` or, failing that, by the YAML's ``trainer:`` key (default ``grpo``)."""
+    parser = argparse.ArgumentParser(add_help=False)
+    parser.add_argument("--trainer")
+    parser.add_argument("--config")
+    known, _ = parser.parse_known_args(argv)
+    if known.trainer:
+        return known.trainer
+    if known.config:
+        import yaml
+
+        with open(known.config) as f:
+            config = yaml.safe_load(f) or {}
+        if not isinstance(config, dict):
+            raise ValueError(f"--config {known.config} must contain a YAML mapping")
+        return config.get("trainer", "grpo")
+    return "grpo"
+
+
+def make_train_parser(trainer_name: str):
+    """``TrlParser`` over the script arguments, the trainer's config class, ``ModelConfig`` and dataset mixtures."""
+    from trl import DatasetMixtureConfig, ModelConfig, TrlParser
+
+    from trl_ext.registry import get_trainer
+
+    _, config_cls = get_trainer(trainer_name)
+    return TrlParser((TrainScriptArguments, config_cls, ModelConfig, DatasetMixtureConfig), prog="trl-ext train")
+
+
+def train_main(argv: list[str] | None = None):
+    """Entry point of ``recipes/train.py`` and ``trl-ext train``."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    trainer_name = _peek_trainer_name(argv)
+    parser = make_train_parser(trainer_name)
+    script_args, training_args, model_args, dataset_args = parser.parse_args_and_config(argv)
+    if script_args.trainer != trainer_name:  # the YAML and --trainer disagree after parsing: trust the parsed value
+        raise ValueError(f"trainer: parsed {script_args.trainer!r} but the config class is for {trainer_name!r}")
+    return run_training(script_args, training_args, model_args, dataset_args, callbacks=[ProgressPrinter()])
+
+
+def quickstart_main(argv: list[str] | None = None):
+    """Train a named trainer on the built-in default task with a tiny model, offline, and report the reward."""
+    from trl_ext.data import get_task
+    from trl_ext.data.tasks import QUICKSTART_SETTINGS
+    from trl_ext.registry import get_trainer
+
+    parser = argparse.ArgumentParser(prog="trl-ext quickstart", description=quickstart_main.__doc__)
+    parser.add_argument("--trainer", default="grpo", help="registered trainer name (default: grpo)")
+    parser.add_argument("--output_dir", default="outputs/quickstart", help="where checkpoints and the model go")
+    parser.add_argument("--max_steps", type=int, default=None, help="override the number of optimizer steps")
+    parser.add_argument("--seed", type=int, default=0)
+    options = parser.parse_args(argv)
+
+    task = get_task(QUICKSTART_SETTINGS["task"])
+    model_kwargs = dict(QUICKSTART_SETTINGS["model"])
+    model_kwargs.setdefault("alphabet", task.alphabet)
+    config = dict(QUICKSTART_SETTINGS["config"])
+    config.update(output_dir=options.output_dir, seed=options.seed, disable_tqdm=True, save_strategy="no")
+    config.setdefault("report_to", "none")
+    if options.max_steps is not None:
+        config["max_steps"] = options.max_steps
+    _, config_cls = get_trainer(options.trainer)
+    training_args = config_cls(**config)
+    script_args = TrainScriptArguments(
+        trainer=options.trainer, task=task.name, task_num_rows=QUICKSTART_SETTINGS["dataset"]["num_rows"]
+    )
+
+    from trl import ModelConfig
+
+    from trl_ext.testing import build_tiny_checkpoint
+
+    checkpoint = build_tiny_checkpoint(os.path.join(options.output_dir, "tiny-model"), **model_kwargs)
+    model_args = ModelConfig(model_name_or_path=checkpoint)
+    print(
+        f"trl-ext quickstart: trainer={options.trainer} task={task.name} ({task.description}); "
+        f"{training_args.max_steps} steps on {'CPU' if training_args.use_cpu else 'the default device'}",
+        flush=True,
+    )
+    progress = ProgressPrinter()
+    start = time.perf_counter()
+    run_training(script_args, training_args, model_args, callbacks=[progress])
+    rewards = progress.rewards
+    window = max(1, min(5, len(rewards) // 4))
+    first, last = sum(rewards[:window]) / window, sum(rewards[-window:]) / window
+    print(
+        f"mean reward over the first {window} steps: {first:.3f}; over the last {window}: {last:.3f} "
+        f"({time.perf_counter() - start:.0f}s)",
+        flush=True,
+    )
+    return first, last
+
+
+def list_main(argv: list[str] | None = None) -> None:
+    """Print the registered trainers as a table: name, what it changes, paper."""
+    from trl_ext.registry import get_trainer_entry, list_trainers
+
+    rows = [("name", "changes", "paper")]
+    for name in list_trainers():
+        entry = get_trainer_entry(name)
+        rows.append((name, entry.changes, entry.paper))
+    widths = [max(len(row[i]) for row in rows) for i in range(3)]
+    for index, row in enumerate(rows):
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())
+        if index == 0:
+            print("  ".join("-" * width for width in widths))
+
+
+COMMANDS = {"list": list_main, "train": train_main, "quickstart": quickstart_main}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``trl-ext {list,train,quickstart} ...``"""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
+        print(
+            "usage: trl-ext {list,train,quickstart} [options]\n\n"
+            "  list        the registered trainers (name, what it changes, paper)\n"
+            "  train       train from a YAML recipe: trl-ext train --config recipes/grpo/quickstart.yaml\n"
+            "  quickstart  train the default trainer on the built-in task with a tiny model, offline\n\n"
+            "`trl-ext train --trainer NAME --help` lists every config field of that trainer."
+        )
+        return 0 if argv and argv[0] in ("-h", "--help") else (2 if argv else 0)
+    COMMANDS[argv[0]](argv[1:])
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
