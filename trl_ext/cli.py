@@ -186,6 +186,10 @@ def run_training(script_args, training_args, model_args, dataset_args=None, *, c
         peft_config=get_peft_config(model_args),
         callbacks=callbacks,
     )
+    if training_args.disable_tqdm and any(type(c).__name__ == "_ProgressPrinter" for c in callbacks or []):
+        from transformers import PrinterCallback
+
+        trainer.remove_callback(PrinterCallback)  # our one-line progress replaces the raw log dicts
     trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
     trainer.save_model(training_args.output_dir)
     trainer.accelerator.print(f"Model saved to {training_args.output_dir}")

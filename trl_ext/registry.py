@@ -97,6 +97,8 @@ class Registry(Generic[T]):
                 logger.warning("Could not load %s entry point %r (%s): %s", self.kind, ep.name, ep.value, exc)
                 continue
             self.register(ep.name, obj)
+            if isinstance(obj, type) and not getattr(obj, "name", ""):
+                obj.name = ep.name  # as the decorators do, so that error messages name the component
 
     def get(self, name: str) -> T:
         """Return the object registered as ``name``; an unknown name raises ``KeyError`` listing the known ones."""
@@ -131,8 +133,9 @@ def register_advantage_estimator(name: str, *, overwrite: bool = False) -> Calla
     """Class decorator registering an :class:`~trl_ext.advantages.base.AdvantageEstimator` under ``name``."""
 
     def decorator(cls: type) -> type:
-        cls.name = name
-        return ADVANTAGE_ESTIMATORS.register(name, cls, overwrite=overwrite)
+        ADVANTAGE_ESTIMATORS.register(name, cls, overwrite=overwrite)
+        cls.name = name  # only once the registration succeeded
+        return cls
 
     return decorator
 
@@ -141,8 +144,9 @@ def register_policy_objective(name: str, *, overwrite: bool = False) -> Callable
     """Class decorator registering a :class:`~trl_ext.objectives.base.PolicyObjective` under ``name``."""
 
     def decorator(cls: type) -> type:
-        cls.name = name
-        return POLICY_OBJECTIVES.register(name, cls, overwrite=overwrite)
+        POLICY_OBJECTIVES.register(name, cls, overwrite=overwrite)
+        cls.name = name  # only once the registration succeeded
+        return cls
 
     return decorator
 

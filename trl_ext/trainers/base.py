@@ -475,13 +475,15 @@ class BaseGRPOTrainer(GRPOTrainer):
         """Override together with :meth:`extra_state_dict`."""
 
     def _save_checkpoint(self, model, trial):
-        super()._save_checkpoint(model, trial)
+        # Written before the parent saves, so that a Hub push of the checkpoint folder (queued by the parent) has it.
         if self.args.should_save:
             checkpoint_dir = os.path.join(
                 self._get_output_dir(trial=trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
             )
+            os.makedirs(checkpoint_dir, exist_ok=True)
             with open(os.path.join(checkpoint_dir, STATE_FILE), "w") as f:
                 json.dump(self.trl_ext_state_dict(), f)
+        super()._save_checkpoint(model, trial)
 
     def _load_optimizer_and_scheduler(self, checkpoint):
         super()._load_optimizer_and_scheduler(checkpoint)

@@ -1,0 +1,120 @@
+"""Step-time overhead of trl-ext trainers against trl.GRPOTrainer, measured in one interleaved run.
+
+    python benchmarks/overhead.py                       # baseline `grpo` vs trl.GRPOTrainer, CPU
+    python benchmarks/overhead.py --trainers grpo --repeats 5 --steps 8 --device cuda
+
+For every repeat, each trainer (and ``trl.GRPOTrainer``) trains the same tiny model on the same built-in task with
+the same seed, in an order that alternates between repeats. We read TRL's own ``step_time`` metric (wall time of
+``training_step``, generation included), drop the first step of each run (warm-up), and report the median per
+trainer and its ratio to ``trl.GRPOTrainer``. On CUDA the peak allocated memory is reported too. Results go to
+``benchmarks/results/overhead.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+
+
+def run_once(name: str, checkpoint: str, dataset, reward_funcs, steps: int, device: str, seed: int) -> dict:
+    import torch
+    from transformers import PrinterCallback
+    from trl import GRPOConfig, GRPOTrainer
+
+    from trl_ext import get_trainer
+
+    if name == "trl":
+        trainer_cls, config_cls = GRPOTrainer, GRPOConfig
+    else:
+        trainer_cls, config_cls = get_trainer(name)
+    with tempfile.TemporaryDirectory() as output_dir:
+        args = config_cls(
+            output_dir=output_dir,
+            per_device_train_batch_size=64,
+            num_generations=8,
+            max_completion_length=8,
+            learning_rate=1e-3,
+            max_steps=steps,
+            logging_steps=1,
+            report_to="none",
+            save_strategy="no",
+            use_cpu=device == "cpu",
+            bf16=False,
+            seed=seed,
+            disable_tqdm=True,
+        )
+        trainer = trainer_cls(model=checkpoint, reward_funcs=reward_funcs, args=args, train_dataset=dataset)
+        trainer.remove_callback(PrinterCallback)
+        if device == "cuda":
+            torch.cuda.reset_peak_memory_stats()
+        start = time.perf_counter()
+        trainer.train()
+        wall = time.perf_counter() - start
+        step_times = [entry["step_time"] for entry in trainer.state.log_history if "step_time" in entry]
+        peak = torch.cuda.max_memory_allocated() if device == "cuda" else None
+    return {"step_times": step_times[1:], "wall": wall, "peak_memory_bytes": peak}
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--trainers", nargs="+", default=["grpo"], help="registered trainer names to compare")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--steps", type=int, default=6, help="optimizer steps per run (the first is dropped)")
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    parser.add_argument("--hidden_size", type=int, default=128)
+    parser.add_argument("--output", default=str(Path(__file__).parent / "results" / "overhead.json"))
+    options = parser.parse_args(argv)
+
+    from trl_ext.data import get_task
+    from trl_ext.testing import build_tiny_checkpoint
+
+    task = get_task("arithmetic")
+    dataset = task.make_dataset(4096, 0)
+    cache = Path(tempfile.gettempdir()) / f"trl-ext-bench-tiny-{options.hidden_size}"
+    checkpoint = build_tiny_checkpoint(
+        str(cache), alphabet=task.alphabet, hidden_size=options.hidden_size, num_layers=4
+    )
+
+    names = ["trl", *options.trainers]
+    samples: dict[str, list[float]] = {name: [] for name in names}
+    peaks: dict[str, list[int]] = {name: [] for name in names}
+    for repeat in range(options.repeats):
+        order = names if repeat % 2 == 0 else list(reversed(names))
+        for name in order:
+            result = run_once(name, checkpoint, dataset, task.reward_funcs, options.steps, options.device, repeat)
+            samples[name].extend(result["step_times"])
+            if result["peak_memory_bytes"] is not None:
+                peaks[name].append(result["peak_memory_bytes"])
+            print(f"repeat {repeat} {name:>8}: median step {statistics.median(result['step_times']):.4f}s", flush=True)
+
+    baseline = statistics.median(samples["trl"])
+    report = {"device": options.device, "repeats": options.repeats, "steps": options.steps, "trainers": {}}
+    print(f"\n{'trainer':>10} {'median step (s)':>16} {'ratio vs trl':>13} {'peak mem ratio':>15}")
+    for name in names:
+        median = statistics.median(samples[name])
+        memory_ratio = max(peaks[name]) / max(peaks["trl"]) if peaks[name] else None
+        report["trainers"][name] = {
+            "median_step_s": median,
+            "ratio_vs_trl": median / baseline,
+            "peak_memory_ratio_vs_trl": memory_ratio,
+            "num_samples": len(samples[name]),
+        }
+        memory_text = f"{memory_ratio:15.3f}" if memory_ratio is not None else f"{'n/a (cpu)':>15}"
+        print(f"{name:>10} {median:16.4f} {median / baseline:13.3f} {memory_text}")
+    Path(options.output).parent.mkdir(parents=True, exist_ok=True)
+    Path(options.output).write_text(json.dumps(report, indent=2))
+    print(f"\nwrote {options.output}; command: python {' '.join(sys.argv)}")
+    return report
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,35 @@
+"""Built-in synthetic tasks (no downloads): datasets, reward functions and the quickstart settings."""
+
+from trl_ext.data.tasks import (
+    ARITHMETIC_ALPHABET,
+    ARITHMETIC_LEVELS,
+    DEFAULT_TASK,
+    QUICKSTART_SETTINGS,
+    RewardFunc,
+    Task,
+    accuracy,
+    completion_text,
+    get_task,
+    list_tasks,
+    make_addition_dataset,
+    make_arithmetic_dataset,
+    make_quickstart_dataset,
+    register_task,
+)
+
+__all__ = [
+    "ARITHMETIC_ALPHABET",
+    "ARITHMETIC_LEVELS",
+    "DEFAULT_TASK",
+    "QUICKSTART_SETTINGS",
+    "RewardFunc",
+    "Task",
+    "accuracy",
+    "completion_text",
+    "get_task",
+    "list_tasks",
+    "make_addition_dataset",
+    "make_arithmetic_dataset",
+    "make_quickstart_dataset",
+    "register_task",
+]

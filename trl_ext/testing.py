@@ -1,0 +1,298 @@
+"""Offline builders for tiny models and tokenizers.
+
+Tests, the quickstart and the benchmarks never download anything (see "Conventions" in the design notes). They build
+a character-level tokenizer with the `tokenizers` library and a randomly initialised Qwen2 of a few hundred thousand
+parameters from a config, optionally saved as an ordinary Hugging Face checkpoint so that every code path that takes a
+model *name* (``GRPOTrainer(model=path)``, ``AutoModelForCausalLM.from_pretrained(path)``, recipe YAMLs, the CLI) works
+unchanged.
+
+Example:
+
+```python
+from trl_ext.testing import build_tiny_checkpoint
+
+path = build_tiny_checkpoint("/tmp/tiny-qwen2")  # reused on the next call with the same settings
+trainer = GRPOTrainer(model=path, reward_funcs=..., args=GRPOConfig(use_cpu=True, ...), train_dataset=...)
+```
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # heavy imports stay inside the functions so that `import trl_ext.testing` is cheap
+    from transformers import PreTrainedTokenizerFast, Qwen2ForCausalLM
+
+__all__ = [
+    "DEFAULT_ALPHABET",
+    "PAD_TOKEN",
+    "EOS_TOKEN",
+    "UNK_TOKEN",
+    "CHAT_TEMPLATE",
+    "build_char_tokenizer",
+    "build_tiny_model",
+    "build_tiny_checkpoint",
+]
+
+#: Characters of the default vocabulary: digits, lowercase letters, space, newline and the punctuation the synthetic
+#: tasks use. Every other character encodes as ``<unk>``.
+DEFAULT_ALPHABET: str = "0123456789abcdefghijklmnopqrstuvwxyz +-*/=?:,.;!'\"()<>[]_#\n"
+
+PAD_TOKEN: str = "<pad>"
+EOS_TOKEN: str = "<eos>"
+UNK_TOKEN: str = "<unk>"
+#: Special tokens, in id order: ``<pad>`` = 0, ``<eos>`` = 1 (also the bos token), ``<unk>`` = 2.
+SPECIAL_TOKENS: tuple[str, ...] = (PAD_TOKEN, EOS_TOKEN, UNK_TOKEN)
+
+#: Minimal chat template: message contents concatenated with no separator, each assistant turn closed by eos. It uses no
+#: characters of its own, so it renders with any alphabet; ``add_generation_prompt`` adds nothing.
+CHAT_TEMPLATE: str = (
+    "{% for message in messages %}"
+    "{{ message['content'] if message['content'] is string else message['content'] | map(attribute='text') | join('') }}"
+    "{% if message['role'] == 'assistant' %}{{ eos_token }}{% endif %}"
+    "{% endfor %}"
+)
+
+# Bump when the files written by `build_tiny_checkpoint` change meaning, so that stale caches are rebuilt.
+_CHECKPOINT_FORMAT_VERSION = 1
+_STAMP_FILE = "trl_ext_tiny_checkpoint.json"
+
+
+# The pre-tokenizer regex of `transformers.Qwen2Tokenizer` (see `build_char_tokenizer` for why we match it).
+_QWEN2_PRETOKENIZE_REGEX = r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"""
+
+
+def _bytes_to_unicode() -> dict[int, str]:
+    """GPT-2's reversible map from bytes to printable characters, as used by byte-level BPE tokenizers."""
+    printable = (
+        list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    )
+    mapping = {byte: chr(byte) for byte in printable}
+    shift = 0
+    for byte in range(256):
+        if byte not in mapping:
+            mapping[byte] = chr(256 + shift)
+            shift += 1
+    return mapping
+
+
+def _validate_alphabet(alphabet: str) -> str:
+    if not isinstance(alphabet, str) or not alphabet:
+        raise ValueError(f"`alphabet` must be a non-empty string of characters, got {alphabet!r}.")
+    non_ascii = sorted({c for c in alphabet if ord(c) > 127})
+    if non_ascii:
+        raise ValueError(f"`alphabet` must contain ASCII characters only (one byte each); got {non_ascii!r}.")
+    duplicates = sorted({c for c in alphabet if alphabet.count(c) > 1})
+    if duplicates:
+        raise ValueError(f"`alphabet` must not repeat characters; repeated: {duplicates!r}.")
+    return alphabet
+
+
+def build_char_tokenizer(save_dir: str | None = None, alphabet: str = DEFAULT_ALPHABET) -> PreTrainedTokenizerFast:
+    """Build a character-level fast tokenizer, offline.
+
+    Every character of `alphabet` is one token; special tokens come first with fixed ids (``<pad>`` = 0, ``<eos>`` = 1,
+    ``<unk>`` = 2), so the vocabulary size is ``len(alphabet) + 3``. ``<eos>`` doubles as the bos token; no special
+    token is added when encoding (TRL tokenizes plain-text prompts as they are). Decoding concatenates the characters
+    back, so ``decode(encode(text)) == text`` for any text over the alphabet; other characters encode as ``<unk>``
+    here, and are dropped by the `Qwen2Tokenizer` that `AutoTokenizer` loads from a saved checkpoint. A minimal chat
+    template (`CHAT_TEMPLATE`) makes conversational prompts work too.
+
+    Internally this is a byte-level BPE with no merges (one token per character) whose pipeline matches
+    `transformers.Qwen2Tokenizer`, so a saved checkpoint reloads with identical token ids through ``AutoTokenizer``.
+
+    Args:
+        save_dir: If given, the tokenizer is also saved there with ``save_pretrained``.
+        alphabet: The characters of the vocabulary: ASCII, no repeats. Defaults to `DEFAULT_ALPHABET` (digits, lowercase
+            letters, space, newline and common punctuation). A smaller alphabet gives a smaller vocabulary, which makes
+            a random policy hit a given answer more often.
+
+    Returns:
+        A `transformers.PreTrainedTokenizerFast` with ``pad_token``, ``eos_token``, ``bos_token`` and ``unk_token`` set
+        and left padding.
+    """
+    from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    alphabet = _validate_alphabet(alphabet)
+    byte_to_symbol = _bytes_to_unicode()
+    # One vocabulary entry per character, spelled in the byte-level alphabet (space is "Ġ", newline "Ċ", ...).
+    vocab = {token: index for index, token in enumerate(SPECIAL_TOKENS)}
+    for char in alphabet:
+        vocab[byte_to_symbol[ord(char)]] = len(vocab)
+
+    # A byte-level BPE with no merges is a character-level tokenizer. We use exactly the pipeline that
+    # `transformers.Qwen2Tokenizer` rebuilds, because `AutoTokenizer` forces that class on any checkpoint whose model
+    # type is qwen2 and would otherwise silently change how spaces and newlines tokenize after a save/load round trip.
+    backend = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token=UNK_TOKEN, fuse_unk=False, byte_fallback=False))
+    backend.normalizer = normalizers.NFC()
+    backend.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split(Regex(_QWEN2_PRETOKENIZE_REGEX), behavior="isolated", invert=False),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+        ]
+    )
+    backend.decoder = decoders.ByteLevel()
+    backend.add_special_tokens(list(SPECIAL_TOKENS))
+
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=backend,
+        pad_token=PAD_TOKEN,
+        eos_token=EOS_TOKEN,
+        bos_token=EOS_TOKEN,
+        unk_token=UNK_TOKEN,
+        padding_side="left",
+        model_max_length=256,
+        clean_up_tokenization_spaces=False,
+    )
+    tokenizer.chat_template = CHAT_TEMPLATE
+    if save_dir is not None:
+        tokenizer.save_pretrained(save_dir)
+    return tokenizer
+
+
+def build_tiny_model(
+    tokenizer: PreTrainedTokenizerFast,
+    save_dir: str | None = None,
+    *,
+    hidden_size: int = 64,
+    num_layers: int = 2,
+    num_heads: int = 4,
+    num_kv_heads: int | None = 2,
+    intermediate_size: int | None = None,
+    max_position_embeddings: int = 256,
+    initializer_range: float = 0.02,
+    seed: int = 0,
+) -> Qwen2ForCausalLM:
+    """Build a randomly initialised tiny Qwen2 causal LM for `tokenizer`, offline and deterministically.
+
+    The same arguments always give the same weights (the global torch RNG is left untouched). The vocabulary is the
+    tokenizer's, input and output embeddings are tied, and ``pad_token_id``/``eos_token_id``/``bos_token_id`` in both
+    the config and the generation config match the tokenizer, so generation stops at eos. Weights are float32.
+
+    Args:
+        tokenizer: The tokenizer whose vocabulary and special tokens the model uses (e.g. from
+            `build_char_tokenizer`).
+        save_dir: If given, the model is also saved there (safetensors) with ``save_pretrained``.
+        hidden_size: Width of the residual stream. Default 64. Must be divisible by `num_heads`.
+        num_layers: Number of decoder layers. Default 2.
+        num_heads: Number of attention heads. Default 4.
+        num_kv_heads: Number of key/value heads (grouped-query attention); must divide `num_heads`. Default 2;
+            ``None`` means `num_heads`.
+        intermediate_size: Width of the MLP. Default ``4 * hidden_size``.
+        max_position_embeddings: Longest sequence (prompt + completion), in tokens. Default 256.
+        initializer_range: Standard deviation of the normal weight initialisation. Default 0.02.
+        seed: Seed of the weight initialisation. Default 0.
+
+    Returns:
+        A `transformers.Qwen2ForCausalLM` in train mode on CPU.
+    """
+    import torch
+    from transformers import GenerationConfig, Qwen2Config, Qwen2ForCausalLM
+
+    for name, value in (("hidden_size", hidden_size), ("num_layers", num_layers), ("num_heads", num_heads)):
+        if not isinstance(value, int) or value < 1:
+            raise ValueError(f"`{name}` must be a positive integer, got {value!r}.")
+    if hidden_size % num_heads:
+        raise ValueError(f"`hidden_size` ({hidden_size}) must be divisible by `num_heads` ({num_heads}).")
+    num_kv_heads = num_heads if num_kv_heads is None else num_kv_heads
+    if num_kv_heads < 1 or num_heads % num_kv_heads:
+        raise ValueError(
+            f"`num_kv_heads` must be a positive divisor of `num_heads` ({num_heads}), got {num_kv_heads}."
+        )
+    if max_position_embeddings < 1:
+        raise ValueError(f"`max_position_embeddings` must be positive, got {max_position_embeddings}.")
+
+    special_ids = {
+        "pad_token_id": tokenizer.pad_token_id,
+        "eos_token_id": tokenizer.eos_token_id,
+        "bos_token_id": tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id,
+    }
+    config = Qwen2Config(
+        vocab_size=len(tokenizer),
+        hidden_size=hidden_size,
+        intermediate_size=intermediate_size if intermediate_size is not None else 4 * hidden_size,
+        num_hidden_layers=num_layers,
+        num_attention_heads=num_heads,
+        num_key_value_heads=num_kv_heads,
+        max_position_embeddings=max_position_embeddings,
+        initializer_range=initializer_range,
+        tie_word_embeddings=True,
+        use_cache=True,
+        **special_ids,
+    )
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = Qwen2ForCausalLM(config)
+    model.generation_config = GenerationConfig(**special_ids)
+    if save_dir is not None:
+        model.save_pretrained(save_dir)
+    return model
+
+
+def _checkpoint_settings(alphabet: str, model_kwargs: dict[str, Any]) -> dict[str, Any]:
+    return {"format_version": _CHECKPOINT_FORMAT_VERSION, "alphabet": alphabet, "model": model_kwargs}
+
+
+def _is_complete_checkpoint(save_dir: str, settings: dict[str, Any]) -> bool:
+    stamp_path = os.path.join(save_dir, _STAMP_FILE)
+    try:
+        with open(stamp_path, encoding="utf-8") as stamp_file:
+            stamp = json.load(stamp_file)
+    except (OSError, ValueError):
+        return False
+    if stamp.get("settings") != settings:
+        return False
+    return all(os.path.isfile(os.path.join(save_dir, name)) for name in stamp.get("files", []))
+
+
+def build_tiny_checkpoint(
+    save_dir: str | os.PathLike[str], *, alphabet: str = DEFAULT_ALPHABET, **model_kwargs: Any
+) -> str:
+    """Save a tiny tokenizer + model checkpoint to `save_dir` and return its path.
+
+    The result loads offline with ``AutoTokenizer.from_pretrained(path)`` and
+    ``AutoModelForCausalLM.from_pretrained(path)`` and can be passed as ``GRPOTrainer(model=path, ...)``.
+
+    Cache-friendly: a stamp file records the settings; if `save_dir` already holds a complete checkpoint built with the
+    same settings, it is reused as is. Files are written to a temporary directory and moved in one by one with
+    atomic renames, stamp last, so concurrent builders (e.g. pytest-xdist workers) never expose a half-written file.
+    Other files in `save_dir` are left alone.
+
+    Args:
+        save_dir: Directory to write (created if missing).
+        alphabet: Passed to `build_char_tokenizer`.
+        **model_kwargs: Passed to `build_tiny_model` (``hidden_size``, ``num_layers``, ``num_heads``, ``seed``, ...).
+
+    Returns:
+        `save_dir` as a string.
+    """
+    save_dir = os.fspath(save_dir)
+    alphabet = _validate_alphabet(alphabet)
+    settings = _checkpoint_settings(alphabet, dict(sorted(model_kwargs.items())))
+    try:
+        json.dumps(settings)
+    except TypeError as error:
+        raise ValueError(f"`build_tiny_checkpoint` keyword arguments must be JSON-serialisable: {error}") from error
+    if _is_complete_checkpoint(save_dir, settings):
+        return save_dir
+
+    os.makedirs(save_dir, exist_ok=True)
+    staging_dir = tempfile.mkdtemp(prefix=".tiny-staging-", dir=save_dir)
+    try:
+        tokenizer = build_char_tokenizer(staging_dir, alphabet=alphabet)
+        build_tiny_model(tokenizer, staging_dir, **model_kwargs)
+        files = sorted(os.listdir(staging_dir))
+        for name in files:
+            os.replace(os.path.join(staging_dir, name), os.path.join(save_dir, name))
+        stamp_tmp = os.path.join(staging_dir, _STAMP_FILE)
+        with open(stamp_tmp, "w", encoding="utf-8") as stamp_file:
+            json.dump({"settings": settings, "files": files}, stamp_file, indent=2, sort_keys=True)
+        os.replace(stamp_tmp, os.path.join(save_dir, _STAMP_FILE))
+    finally:
+        shutil.rmtree(staging_dir, ignore_errors=True)
+    return save_dir
