@@ -160,8 +160,11 @@ def run_training(script_args, training_args, model_args, dataset_args=None, *, c
     if script_args.tiny_model:
         from trl_ext.testing import build_tiny_checkpoint
 
+        from accelerate import PartialState
+
         kwargs = {"alphabet": task.alphabet} if task is not None else {}
-        model = build_tiny_checkpoint(os.path.join(training_args.output_dir, "tiny-model"), **kwargs)
+        with PartialState().main_process_first():  # one process writes the checkpoint, the others reuse it
+            model = build_tiny_checkpoint(os.path.join(training_args.output_dir, "tiny-model"), **kwargs)
     elif model_args.model_name_or_path:
         model = model_args.model_name_or_path
     else:
