@@ -87,3 +87,20 @@ def test_train_from_yaml_runs_offline(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     assert "step    2/2 | reward" in result.stdout
     assert (tmp_path / "run" / "model.safetensors").exists()
+
+
+def test_prompt_column_becomes_conversational_prompt():
+    from datasets import Dataset
+
+    from trl_ext.cli import TrainScriptArguments, to_conversational_prompts
+
+    dataset = Dataset.from_dict({"problem": ["1+1?"], "solution": ["\\boxed{2}"]})
+    args = TrainScriptArguments(dataset_prompt_column="problem", system_prompt="Think step by step.")
+    converted = to_conversational_prompts(dataset, args)
+    assert converted[0]["prompt"] == [
+        {"role": "system", "content": "Think step by step."},
+        {"role": "user", "content": "1+1?"},
+    ]
+    assert converted[0]["solution"] == "\\boxed{2}"
+    with pytest.raises(ValueError, match="dataset_prompt_column: the dataset has no column 'question'"):
+        to_conversational_prompts(dataset, TrainScriptArguments(dataset_prompt_column="question"))

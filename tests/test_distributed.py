@@ -26,7 +26,7 @@ import pytest
 import torch
 
 SCRIPT = Path(__file__).parent / "scripts" / "distributed_step.py"
-CONFIGS = ("dapo_group", "grpo_batch", "token_dapo")
+CONFIGS = ("dapo_group", "grpo_batch", "token_dapo", "bnpo_decomposed")
 GLOBAL_BATCH = 16
 TIMEOUT_S = 240
 
@@ -112,7 +112,7 @@ def test_two_processes_hold_the_global_batch_of_one(runs, config):
                 torch.testing.assert_close(rank[key], single[key], atol=0, rtol=0, msg=key)
 
 
-@pytest.mark.parametrize("config", ["dapo_group", "grpo_batch"])
+@pytest.mark.parametrize("config", ["dapo_group", "grpo_batch", "bnpo_decomposed"])
 def test_sequence_advantages_match_single_process(runs, config):
     ranks, single = runs[config]
     for rank in ranks:

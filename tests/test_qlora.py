@@ -8,7 +8,7 @@ import pytest
 import torch
 from conftest import length_reward
 
-from trl_ext import BaseGRPOConfig, BaseGRPOTrainer
+from trl_ext import get_trainer
 
 bnb = pytest.importorskip("bitsandbytes")
 pytest.importorskip("peft")
@@ -24,11 +24,13 @@ def _snapshot(model) -> dict[str, torch.Tensor]:
     return state
 
 
-def test_qlora_nf4_trains_adapter_only(tiny_checkpoint, toy_dataset, tmp_path):
+@pytest.mark.parametrize("trainer_name", ["grpo", "bnpo"])
+def test_qlora_nf4_trains_adapter_only(tiny_checkpoint, toy_dataset, tmp_path, trainer_name):
     from peft import LoraConfig
     from transformers import AutoTokenizer, BitsAndBytesConfig
 
-    args = BaseGRPOConfig(
+    trainer_cls, config_cls = get_trainer(trainer_name)
+    args = config_cls(
         output_dir=str(tmp_path),
         per_device_train_batch_size=8,
         num_generations=4,
@@ -42,7 +44,7 @@ def test_qlora_nf4_trains_adapter_only(tiny_checkpoint, toy_dataset, tmp_path):
         seed=0,
         disable_tqdm=True,
     )
-    trainer = BaseGRPOTrainer(
+    trainer = trainer_cls(
         model=tiny_checkpoint,
         reward_funcs=[length_reward],
         args=args,

@@ -15,9 +15,11 @@ from trl_ext.registry import (  # noqa: E402
     register_policy_objective,
     register_trainer,
 )
-from trl_ext.trainers import BaseGRPOConfig, BaseGRPOTrainer  # noqa: E402
+from trl_ext.trainers import BaseGRPOConfig, BaseGRPOTrainer, BNPOConfig, BNPOTrainer  # noqa: E402
 
 __all__ = [
+    "BNPOConfig",
+    "BNPOTrainer",
     "BaseGRPOConfig",
     "BaseGRPOTrainer",
     "TrainerEntry",

@@ -40,6 +40,9 @@ class TrainScriptArguments(ScriptArguments):
         reward_funcs (`list[str]` or `None`): extra reward functions: a name of the task's rewards, a TRL reward
             (`accuracy_reward`, `think_format_reward`, ...), or a dotted import path (`my_pkg.rewards.f`).
         reward_model_name_or_path (`str` or `None`): a reward model, as in TRL's GRPO script.
+        dataset_prompt_column (`str` or `None`): build the conversational `prompt` from this column (e.g.
+            `problem` in MATH) with `system_prompt` as the system message.
+        system_prompt (`str` or `None`): the system message used with `dataset_prompt_column`.
     """
 
     trainer: str = field(default="grpo", metadata={"help": "Registered trainer name (see `trl-ext list`)."})
@@ -57,6 +60,16 @@ class TrainScriptArguments(ScriptArguments):
         metadata={"help": "Reward functions: task reward names, TRL reward names, or dotted import paths."},
     )
     reward_model_name_or_path: str | None = field(default=None, metadata={"help": "Reward model id or path."})
+    dataset_prompt_column: str | None = field(
+        default=None,
+        metadata={
+            "help": "Build the conversational `prompt` column from this dataset column (e.g. 'problem'), with "
+            "`system_prompt` as the system message. Leave unset when the dataset already has `prompt`."
+        },
+    )
+    system_prompt: str | None = field(
+        default=None, metadata={"help": "System message prepended when `dataset_prompt_column` builds prompts."}
+    )
 
 
 def _trl_reward_registry() -> dict[str, Any]:
@@ -157,10 +170,15 @@ def run_training(script_args, training_args, model_args, dataset_args=None, *, c
     else:
         raise ValueError("dataset_name: set `dataset_name`, `datasets`, or a built-in `task` (trl_ext.data)")
 
-    if script_args.tiny_model:
-        from trl_ext.testing import build_tiny_checkpoint
+    if script_args.dataset_prompt_column:
+        train_dataset = to_conversational_prompts(train_dataset, script_args)
+        if eval_dataset is not None:
+            eval_dataset = to_conversational_prompts(eval_dataset, script_args)
 
+    if script_args.tiny_model:
         from accelerate import PartialState
+
+        from trl_ext.testing import build_tiny_checkpoint
 
         kwargs = {"alphabet": task.alphabet} if task is not None else {}
         with PartialState().main_process_first():  # one process writes the checkpoint, the others reuse it
@@ -197,6 +215,21 @@ def run_training(script_args, training_args, model_args, dataset_args=None, *, c
     trainer.save_model(training_args.output_dir)
     trainer.accelerator.print(f"Model saved to {training_args.output_dir}")
     return trainer
+
+
+def to_conversational_prompts(dataset, script_args: TrainScriptArguments):
+    """Add a conversational ``prompt`` column built from ``dataset_prompt_column`` (and ``system_prompt``)."""
+    column = script_args.dataset_prompt_column
+    if column not in dataset.column_names:
+        raise ValueError(
+            f"dataset_prompt_column: the dataset has no column {column!r} (columns: {dataset.column_names})"
+        )
+    system = [{"role": "system", "content": script_args.system_prompt}] if script_args.system_prompt else []
+
+    def build(row):
+        return {"prompt": [*system, {"role": "user", "content": row[column]}]}
+
+    return dataset.map(build, remove_columns=["prompt"] if "prompt" in dataset.column_names else None)
 
 
 def _peek_trainer_name(argv: list[str]) -> str:

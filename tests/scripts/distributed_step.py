@@ -34,7 +34,7 @@ import torch  # noqa: E402
 from datasets import Dataset  # noqa: E402
 from transformers import AutoTokenizer, TrainerCallback  # noqa: E402
 
-from trl_ext import BaseGRPOConfig, BaseGRPOTrainer, register_advantage_estimator  # noqa: E402
+from trl_ext import BaseGRPOTrainer, get_trainer, register_advantage_estimator  # noqa: E402
 from trl_ext.advantages.base import AdvantageBatch, AdvantageEstimator, AdvantageOutput  # noqa: E402
 
 NUM_GENERATIONS = 4
@@ -55,6 +55,14 @@ CONFIGS = {
     "dapo_group": {"loss_type": "dapo", "scale_rewards": "group"},
     "grpo_batch": {"loss_type": "grpo", "scale_rewards": "batch"},
     "token_dapo": {"loss_type": "dapo", "advantage_estimator": "test_token_level"},
+    # BNPO's Beta fit uses every group of the global batch; decomposed, one fit per reward function.
+    "bnpo_decomposed": {
+        "trainer": "bnpo",
+        "loss_type": "dapo",
+        "bnpo_advantage_decomposition": True,
+        "bnpo_reward_min": [0.0, 0.0],
+        "bnpo_reward_max": [1.0, 2.0],
+    },
 }
 
 
@@ -162,7 +170,9 @@ class GradientRecorder(TrainerCallback):
 
 def run(config_name: str, checkpoint: str, out_dir: str, per_device_batch: int) -> None:
     dataset = Dataset.from_dict({"prompt": PROMPTS, "id": [f"q{i}" for i in range(len(PROMPTS))]})
-    args = BaseGRPOConfig(
+    overrides = dict(CONFIGS[config_name])
+    _, config_cls = get_trainer(overrides.pop("trainer", "grpo"))
+    args = config_cls(
         output_dir=os.path.join(out_dir, "trainer", config_name),
         per_device_train_batch_size=per_device_batch,
         num_generations=NUM_GENERATIONS,
@@ -179,7 +189,7 @@ def run(config_name: str, checkpoint: str, out_dir: str, per_device_batch: int) 
         bf16=False,  # GRPOConfig defaults to bf16 autocast; float32 makes the identities exact to round-off
         seed=0,
         disable_tqdm=True,
-        **CONFIGS[config_name],
+        **overrides,
     )
     trainer = FixedCompletionTrainer(
         model=checkpoint,

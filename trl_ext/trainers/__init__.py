@@ -15,4 +15,6 @@ register_trainer(
     )
 )
 
-__all__ = ["BaseGRPOConfig", "BaseGRPOTrainer"]
+from trl_ext.trainers.bnpo import BNPOConfig, BNPOTrainer  # noqa: E402  (registers "bnpo")
+
+__all__ = ["BNPOConfig", "BNPOTrainer", "BaseGRPOConfig", "BaseGRPOTrainer"]
