@@ -15,7 +15,23 @@ from trl_ext.registry import (  # noqa: E402
     register_policy_objective,
     register_trainer,
 )
-from trl_ext.trainers import BaseGRPOConfig, BaseGRPOTrainer, BNPOConfig, BNPOTrainer  # noqa: E402
+
+# Trainer classes import TRL (seconds); resolve them on first use so that `import trl_ext.data` or
+# `trl_ext.testing` stays cheap. `from trl_ext import BNPOTrainer` works as usual.
+_LAZY_TRAINER_EXPORTS = ("BNPOConfig", "BNPOTrainer", "BaseGRPOConfig", "BaseGRPOTrainer")
+
+
+def __getattr__(name: str):
+    if name in _LAZY_TRAINER_EXPORTS:
+        import trl_ext.trainers as trainers
+
+        return getattr(trainers, name)
+    raise AttributeError(f"module 'trl_ext' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)
+
 
 __all__ = [
     "BNPOConfig",

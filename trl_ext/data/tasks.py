@@ -328,22 +328,45 @@ register_task(
 # Quickstart settings (measured; see the module docstring)
 # ---------------------------------------------------------------------------------------------------------------------
 
-#: Settings under which a tiny random model learns the default task by GRPO alone on CPU. ``model`` holds keyword
-#: arguments of `trl_ext.testing.build_tiny_checkpoint`, ``config`` keyword arguments of `trl.GRPOConfig` (add
-#: ``output_dir``), ``dataset`` those of the task's ``make_dataset``.
+#: Settings under which a tiny *randomly initialised* model learns the default task by GRPO alone on CPU.
+#:
+#: - ``model``: keyword arguments of `trl_ext.testing.build_tiny_checkpoint`. The task's 12-character alphabet gives a
+#:   15-token vocabulary; ``initializer_range=0.1`` (rather than the usual 0.02) makes the random policy depend on
+#:   its input from the start, which removes a long plateau: at 0.02, some seeds stay near 0.1 reward for hundreds of
+#:   steps.
+#: - ``config``: keyword arguments of `trl.GRPOConfig` (add ``output_dir``). A learning rate of 3e-3 or more
+#:   collapses the policy onto one digit; 1e-3 with TRL's linear decay learns on every seed we tried. 128 completions
+#:   per step = 16 prompts x 8 generations.
+#: - ``dataset``: arguments of the task's ``make_dataset`` (8192 rows: 300 steps use 4800 prompts, under one epoch).
+#: - ``torch_num_threads``: call ``torch.set_num_threads`` with it before training. The model is so small that one
+#:   thread is as fast as two on an idle machine, and with other processes on the cores two OpenMP threads were 16x
+#:   slower (296 s against 18.5 s for the same 300 steps); results are identical either way.
+#:
+#: Measured on 2 CPU cores, seeds 0-3 (the seed of model, data and config together): mean reward 0.01-0.02 at the first
+#: step; its 10-step moving average passes 0.4 at step 43-55 and ends at 0.84-0.92; about 17 s of training, 24 s wall
+#: clock including start-up. Of the groups of 8, about 40% are all-wrong and 18% all-correct in the first third of
+#: training, 6-14% all-wrong and 71-76% all-correct in the last third.
 QUICKSTART_SETTINGS: dict[str, Any] = {
     "task": DEFAULT_TASK,
     "dataset": {"num_rows": 8192, "seed": 0},
-    "model": {"alphabet": ARITHMETIC_ALPHABET, "hidden_size": 64, "num_layers": 2, "num_heads": 4, "seed": 0},
+    "model": {
+        "alphabet": ARITHMETIC_ALPHABET,
+        "hidden_size": 64,
+        "num_layers": 2,
+        "num_heads": 4,
+        "initializer_range": 0.1,
+        "seed": 0,
+    },
     "config": {
-        "learning_rate": 3e-3,
+        "learning_rate": 1e-3,
+        "lr_scheduler_type": "linear",
         "per_device_train_batch_size": 128,
         "num_generations": 8,
         "max_completion_length": 2,
-        "max_steps": 150,
+        "max_steps": 300,
         "temperature": 1.0,
         "beta": 0.0,
-        "logging_steps": 1,
+        "logging_steps": 10,
         "report_to": "none",
         "use_cpu": True,
         "bf16": False,
@@ -351,4 +374,5 @@ QUICKSTART_SETTINGS: dict[str, Any] = {
         "seed": 0,
         "save_strategy": "no",
     },
+    "torch_num_threads": 1,
 }
