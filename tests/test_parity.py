@@ -282,3 +282,25 @@ def test_training_run_matches_trl(tiny_checkpoint, toy_dataset, tmp_path, overri
 
     initial = dict(AutoModelForCausalLM.from_pretrained(tiny_checkpoint).named_parameters())
     assert any(not torch.equal(initial[name], weights[name]) for name in initial if name in weights)
+
+
+def test_eval_generation_batch_matches_trl(tiny_checkpoint, toy_dataset, tmp_path):
+    """Evaluation groups use num_generations_eval; a group of one completion gives zero advantage in both."""
+    trl_trainer, ext_trainer = _make_trainers(
+        tiny_checkpoint, toy_dataset, tmp_path, num_generations_eval=1, per_device_eval_batch_size=4
+    )
+    rows = [dict(toy_dataset[i]) for i in range(4)]
+    outputs = []
+    for trainer in (trl_trainer, ext_trainer):
+        torch.manual_seed(2)
+        trainer.model.eval()
+        outputs.append(trainer._generate_and_score_completions(rows))
+    expected, actual = outputs
+    for key, value in expected.items():
+        if isinstance(value, torch.Tensor):
+            torch.testing.assert_close(actual[key], value, atol=0, rtol=0, msg=key)
+    assert torch.equal(actual["advantages"], torch.zeros(4))
+    _assert_metrics_equal(
+        {k: list(v) for k, v in trl_trainer._metrics["eval"].items()},
+        {k: list(v) for k, v in ext_trainer._metrics["eval"].items()},
+    )
