@@ -71,11 +71,16 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--steps", type=int, default=6, help="optimizer steps per run (the first is dropped)")
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     parser.add_argument("--hidden_size", type=int, default=128)
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (1 is robust to a busy machine)")
     parser.add_argument("--output", default=str(Path(__file__).parent / "results" / "overhead.json"))
     options = parser.parse_args(argv)
 
+    import torch
+
     from trl_ext.data import get_task
     from trl_ext.testing import build_tiny_checkpoint
+
+    torch.set_num_threads(options.threads)
 
     task = get_task("arithmetic")
     dataset = task.make_dataset(4096, 0)
@@ -97,19 +102,34 @@ def main(argv: list[str] | None = None) -> dict:
             print(f"repeat {repeat} {name:>8}: median step {statistics.median(result['step_times']):.4f}s", flush=True)
 
     baseline = statistics.median(samples["trl"])
-    report = {"device": options.device, "repeats": options.repeats, "steps": options.steps, "trainers": {}}
-    print(f"\n{'trainer':>10} {'median step (s)':>16} {'ratio vs trl':>13} {'peak mem ratio':>15}")
+    grpo = statistics.median(samples["grpo"]) if "grpo" in samples else None
+    report = {
+        "device": options.device,
+        "repeats": options.repeats,
+        "steps": options.steps,
+        "threads": options.threads,
+        "trainers": {},
+    }
+    header = (
+        f"{'trainer':>10} {'median step (s)':>16} {'p25-p75 (s)':>15} {'vs trl':>7} {'vs grpo':>8} {'peak mem':>10}"
+    )
+    print("\n" + header)
     for name in names:
         median = statistics.median(samples[name])
+        q1, _, q3 = statistics.quantiles(samples[name], n=4)
         memory_ratio = max(peaks[name]) / max(peaks["trl"]) if peaks[name] else None
         report["trainers"][name] = {
             "median_step_s": median,
+            "p25_step_s": q1,
+            "p75_step_s": q3,
             "ratio_vs_trl": median / baseline,
+            "ratio_vs_grpo": median / grpo if grpo else None,
             "peak_memory_ratio_vs_trl": memory_ratio,
             "num_samples": len(samples[name]),
         }
-        memory_text = f"{memory_ratio:15.3f}" if memory_ratio is not None else f"{'n/a (cpu)':>15}"
-        print(f"{name:>10} {median:16.4f} {median / baseline:13.3f} {memory_text}")
+        memory_text = f"{memory_ratio:10.3f}" if memory_ratio is not None else f"{'n/a (cpu)':>10}"
+        grpo_text = f"{median / grpo:8.3f}" if grpo else f"{'':>8}"
+        print(f"{name:>10} {median:16.4f} {q1:7.4f}-{q3:7.4f} {median / baseline:7.3f} {grpo_text} {memory_text}")
     Path(options.output).parent.mkdir(parents=True, exist_ok=True)
     Path(options.output).write_text(json.dumps(report, indent=2))
     print(f"\nwrote {options.output}; command: python {' '.join(sys.argv)}")
