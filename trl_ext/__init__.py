@@ -18,7 +18,14 @@ from trl_ext.registry import (  # noqa: E402
 
 # Trainer classes import TRL (seconds); resolve them on first use so that `import trl_ext.data` or
 # `trl_ext.testing` stays cheap. `from trl_ext import BNPOTrainer` works as usual.
-_LAZY_TRAINER_EXPORTS = ("BNPOConfig", "BNPOTrainer", "BaseGRPOConfig", "BaseGRPOTrainer")
+_LAZY_TRAINER_EXPORTS = (
+    "BNPOConfig",
+    "BNPOTrainer",
+    "BaseGRPOConfig",
+    "BaseGRPOTrainer",
+    "HAPOConfig",
+    "HAPOTrainer",
+)
 
 
 def __getattr__(name: str):
@@ -38,6 +45,8 @@ __all__ = [
     "BNPOTrainer",
     "BaseGRPOConfig",
     "BaseGRPOTrainer",
+    "HAPOConfig",
+    "HAPOTrainer",
     "TrainerEntry",
     "__version__",
     "get_advantage_estimator",

@@ -16,5 +16,13 @@ register_trainer(
 )
 
 from trl_ext.trainers.bnpo import BNPOConfig, BNPOTrainer  # noqa: E402  (registers "bnpo")
+from trl_ext.trainers.hapo import HAPOConfig, HAPOTrainer  # noqa: E402  (registers "hapo")
 
-__all__ = ["BNPOConfig", "BNPOTrainer", "BaseGRPOConfig", "BaseGRPOTrainer"]
+__all__ = [
+    "BNPOConfig",
+    "BNPOTrainer",
+    "BaseGRPOConfig",
+    "BaseGRPOTrainer",
+    "HAPOConfig",
+    "HAPOTrainer",
+]

@@ -1,0 +1,254 @@
+"""HAPO's entropy-adaptive sampling temperature (arXiv 2509.16591; spec ``specs/hapo.md`` §2.5).
+
+At every decoding step, for each sequence with raw logits l (float32, before temperature / top-k / top-p / min-p)::
+
+    H   = -sum softmax(l) log_softmax(l)                        (entropy at T = 1)
+    z   = (log max(H, 1e-6) - m) / (s + 1e-6)
+    h   = clamp(z scale_pos if z > 0 else z scale_neg, -1, 1)
+    T_t = T0 (1 + tau h)
+
+and the next token is sampled from softmax(l / T_t) after top-k / top-p / min-p. (m, s, scale_pos, scale_neg) are the
+§2.2 statistics (:func:`trl_ext.objectives.hapo.entropy_statistics`) of the valid-token entropies of the **previous**
+training batch, gathered over all processes. T_t lies in [0.95, 1.05] T0 in ``"signed"`` mode (tau = 0.05) and in
+[T0, 1.05 T0] in ``"reference"`` mode.
+
+This module holds the pure function (:func:`rollout_temperatures`), the checkpointed statistics
+(:class:`TemperatureStatistics`, :class:`RolloutTemperatureState`) and the transformers ``LogitsProcessor``
+(:class:`AdaptiveTemperatureLogitsProcessor`). The processor applies T0 and top-k / top-p / min-p itself, so it must
+run with ``generate``'s own warpers neutralised (temperature 1.0, top_k 0, top_p 1.0, min_p 0.0): then the result
+does not depend on where transformers places custom processors. vLLM is not supported (see ``docs/trainers/hapo.md``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+from transformers import LogitsProcessor, MinPLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
+
+from trl_ext.objectives.hapo import entropy_statistics
+
+ROLLOUT_LOG_ENTROPY_FLOOR = 1e-6
+ROLLOUT_SCALE_EPS = 1e-6
+
+__all__ = [
+    "AdaptiveTemperatureLogitsProcessor",
+    "RolloutTemperatureState",
+    "TemperatureStatistics",
+    "logits_entropy",
+    "rollout_temperatures",
+]
+
+
+@dataclass(frozen=True)
+class TemperatureStatistics:
+    """The §2.2 statistics that drive the rollout temperature (python floats, JSON-serialisable).
+
+    Attributes:
+        pivot: m, the q-quantile of log-entropy (nats, log scale).
+        scale: s, the RMS deviation of log-entropy around m.
+        scale_pos: 1 / max z.
+        scale_neg: 1 / min z (``"reference"``, < 0) or 1 / |min z| (``"signed"``, > 0).
+        num_tokens: how many token entropies they were computed from (after subsampling).
+    """
+
+    pivot: float
+    scale: float
+    scale_pos: float
+    scale_neg: float
+    num_tokens: int = 0
+
+    @classmethod
+    def from_entropies(
+        cls,
+        entropies: torch.Tensor,
+        pivot_quantile: float,
+        sign_mode: str,
+        *,
+        max_tokens: int | None = None,
+        seed: int = 0,
+    ) -> TemperatureStatistics | None:
+        """Statistics of a 1-D set of valid token entropies (float64); ``None`` for an empty set.
+
+        With ``max_tokens`` and more values than that, a uniform subsample of ``max_tokens`` values is drawn with a
+        CPU generator seeded by ``seed``: the same input and seed give the same statistics on every process.
+        """
+        values = entropies.detach().reshape(-1).to(torch.float64)
+        if max_tokens is not None and values.numel() > max_tokens:
+            generator = torch.Generator().manual_seed(seed)
+            keep = torch.randperm(values.numel(), generator=generator)[:max_tokens]
+            values = values[keep.to(values.device)]
+        stats = entropy_statistics(values, pivot_quantile, sign_mode)
+        if stats is None:
+            return None
+        return cls(
+            pivot=float(stats.pivot),
+            scale=float(stats.scale),
+            scale_pos=float(stats.scale_pos),
+            scale_neg=float(stats.scale_neg),
+            num_tokens=stats.num_tokens,
+        )
+
+    def state_dict(self) -> dict[str, Any]:
+        """A JSON-serialisable dict (floats round-trip exactly through JSON)."""
+        return asdict(self)
+
+    @classmethod
+    def from_state_dict(cls, state: dict[str, Any] | None) -> TemperatureStatistics | None:
+        """Inverse of :meth:`state_dict`; ``None`` stays ``None``."""
+        return None if state is None else cls(**state)
+
+
+def logits_entropy(logits: torch.Tensor) -> torch.Tensor:
+    """H = -sum_v p_v log p_v of softmax(logits) over the last dimension, in float32; 0 log 0 = 0 (masked logits)."""
+    probs = torch.softmax(logits.float(), dim=-1)
+    return torch.special.entr(probs).sum(dim=-1)
+
+
+def rollout_temperatures(
+    logits: torch.Tensor,
+    stats: TemperatureStatistics | None,
+    tau: float,
+    base_temperature: float,
+) -> torch.Tensor:
+    """Per-row sampling temperature T_t = T0 (1 + tau h_t) of HAPO §2.5 (arXiv 2509.16591).
+
+    Args:
+        logits: (B, V) raw next-token logits (before any temperature or filtering).
+        stats: the previous training batch's statistics; ``None`` gives T0 for every row.
+        tau: adaptation strength in [0, 1).
+        base_temperature: T0.
+
+    Returns:
+        (B,) float32 temperatures in [T0 (1 - tau), T0 (1 + tau)].
+    """
+    if stats is None or tau == 0:
+        return torch.full(logits.shape[:-1], float(base_temperature), dtype=torch.float32, device=logits.device)
+    entropy = logits_entropy(logits)
+    z = (torch.log(entropy.clamp(min=ROLLOUT_LOG_ENTROPY_FLOOR)) - stats.pivot) / (stats.scale + ROLLOUT_SCALE_EPS)
+    h = torch.where(z > 0, z * stats.scale_pos, z * stats.scale_neg).clamp(-1.0, 1.0)
+    return base_temperature * (1.0 + tau * h)
+
+
+class RolloutTemperatureState:
+    """The cross-step state of the adaptive temperature: identical on every process and checkpointed.
+
+    ``current`` are the statistics the latest training generation sampled with; ``pending`` those computed from the
+    first pass over that generation's batch, to be used by the next training generation (:meth:`advance`). Both
+    are saved, so a run resumed at a generation boundary samples exactly as an uninterrupted run.
+    """
+
+    def __init__(self) -> None:
+        self.current: TemperatureStatistics | None = None
+        self.pending: TemperatureStatistics | None = None
+        self.updates = 0  # how many times pending statistics were computed (also seeds the subsampling)
+
+    def advance(self) -> TemperatureStatistics | None:
+        """At a training generation: promote pending statistics (if any) to current and return current."""
+        if self.pending is not None:
+            self.current, self.pending = self.pending, None
+        return self.current
+
+    def state_dict(self) -> dict[str, Any]:
+        """JSON-serialisable state."""
+        return {
+            "current": None if self.current is None else self.current.state_dict(),
+            "pending": None if self.pending is None else self.pending.state_dict(),
+            "updates": self.updates,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what :meth:`state_dict` returned (a missing key leaves a fresh state)."""
+        self.current = TemperatureStatistics.from_state_dict(state.get("current"))
+        self.pending = TemperatureStatistics.from_state_dict(state.get("pending"))
+        self.updates = int(state.get("updates", 0))
+
+
+class AdaptiveTemperatureLogitsProcessor(LogitsProcessor):
+    """transformers ``LogitsProcessor``: l -> l / T_t (HAPO §2.5), then top-k, top-p and min-p.
+
+    Use it with ``generate``'s built-in warpers neutralised (``temperature=1.0, top_k=0, top_p=1.0, min_p=0.0``):
+    it applies T0 itself (T_t = T0 when ``stats`` is ``None`` or ``tau == 0``) and then the filters in transformers'
+    order, with transformers' own warper classes, so that with ``tau == 0`` its output equals transformers' T0 +
+    top-k / top-p / min-p processing.
+
+    Args:
+        stats: statistics of the previous training batch (``None``: T0).
+        tau: adaptation strength in [0, 1).
+        base_temperature: T0 (TRL's ``temperature``).
+        top_k, top_p, min_p: the filters to apply after the temperature (0, 1.0 and ``None`` disable them).
+        finished_token_ids: token ids that mark a finished row when they are the row's last input id (eos and pad);
+            such rows are left out of the temperature metrics.
+        keep_history: also keep every step's (entropy, temperature, active) tensors in :attr:`history` (tests).
+
+    After generation, :meth:`summary` gives the realised temperature range over the active rows and steps.
+    """
+
+    def __init__(
+        self,
+        stats: TemperatureStatistics | None,
+        tau: float,
+        base_temperature: float,
+        *,
+        top_k: int | None = 0,
+        top_p: float | None = 1.0,
+        min_p: float | None = None,
+        finished_token_ids: Iterable[int] = (),
+        keep_history: bool = False,
+    ) -> None:
+        if not 0.0 <= tau < 1.0:
+            raise ValueError(f"hapo_temperature_tau must be in [0, 1), got {tau}")
+        if not base_temperature > 0:
+            raise ValueError(f"temperature must be > 0 for adaptive temperature sampling, got {base_temperature}")
+        self.stats = stats
+        self.tau = float(tau)
+        self.base_temperature = float(base_temperature)
+        self.warpers: list[LogitsProcessor] = []
+        if top_k is not None and top_k != 0:
+            self.warpers.append(TopKLogitsWarper(top_k=top_k, min_tokens_to_keep=1))
+        if top_p is not None and top_p < 1.0:
+            self.warpers.append(TopPLogitsWarper(top_p=top_p, min_tokens_to_keep=1))
+        if min_p is not None:
+            self.warpers.append(MinPLogitsWarper(min_p=min_p, min_tokens_to_keep=1))
+        self.finished_token_ids = sorted(set(int(i) for i in finished_token_ids))
+        self.history: list[dict[str, torch.Tensor]] | None = [] if keep_history else None
+        self._finished: torch.Tensor | None = None
+        self._steps: list[tuple[torch.Tensor, torch.Tensor]] = []  # (temperatures, active) per decoding step
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.Tensor) -> torch.Tensor:
+        temperatures = rollout_temperatures(scores, self.stats, self.tau, self.base_temperature)
+        processed = scores / temperatures.unsqueeze(-1).to(scores.dtype)
+        for warper in self.warpers:
+            processed = warper(input_ids, processed)
+        self._record(input_ids, scores, temperatures)
+        return processed
+
+    def _record(self, input_ids: torch.LongTensor, scores: torch.Tensor, temperatures: torch.Tensor) -> None:
+        # Kept as per-step tensors (no host sync, few ops per decoding step); reduced once in summary_tensor().
+        if self.finished_token_ids:
+            if self._finished is None or self._finished.device != input_ids.device:
+                self._finished = torch.tensor(self.finished_token_ids, device=input_ids.device)
+            active = ~torch.isin(input_ids[:, -1], self._finished)
+        else:
+            active = torch.ones_like(temperatures, dtype=torch.bool)
+        self._steps.append((temperatures, active))
+        if self.history is not None:
+            self.history.append(
+                {"entropy": logits_entropy(scores).detach(), "temperature": temperatures.detach(), "active": active}
+            )
+
+    def summary_tensor(self, device: torch.device | str | None = None) -> torch.Tensor:
+        """[min, max, sum, count] of the realised temperatures over active rows (inf, -inf, 0, 0 if none)."""
+        if not self._steps:
+            return torch.tensor([float("inf"), float("-inf"), 0.0, 0.0], device=device)
+        temperatures = torch.cat([t for t, _ in self._steps])
+        active = torch.cat([a for _, a in self._steps])
+        values = temperatures[active]
+        if values.numel() == 0:
+            summary = torch.tensor([float("inf"), float("-inf"), 0.0, 0.0], device=temperatures.device)
+        else:
+            count = torch.tensor(float(values.numel()), device=values.device)
+            summary = torch.stack([values.min(), values.max(), values.sum(), count])
+        return summary.to(device) if device is not None else summary
