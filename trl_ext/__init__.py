@@ -25,6 +25,8 @@ _LAZY_TRAINER_EXPORTS = (
     "BaseGRPOTrainer",
     "HAPOConfig",
     "HAPOTrainer",
+    "MinPROConfig",
+    "MinPROTrainer",
 )
 
 
@@ -47,6 +49,8 @@ __all__ = [
     "BaseGRPOTrainer",
     "HAPOConfig",
     "HAPOTrainer",
+    "MinPROConfig",
+    "MinPROTrainer",
     "TrainerEntry",
     "__version__",
     "get_advantage_estimator",

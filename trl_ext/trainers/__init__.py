@@ -17,6 +17,7 @@ register_trainer(
 
 from trl_ext.trainers.bnpo import BNPOConfig, BNPOTrainer  # noqa: E402  (registers "bnpo")
 from trl_ext.trainers.hapo import HAPOConfig, HAPOTrainer  # noqa: E402  (registers "hapo")
+from trl_ext.trainers.minpro import MinPROConfig, MinPROTrainer  # noqa: E402  (registers "minpro")
 
 __all__ = [
     "BNPOConfig",
@@ -25,4 +26,6 @@ __all__ = [
     "BaseGRPOTrainer",
     "HAPOConfig",
     "HAPOTrainer",
+    "MinPROConfig",
+    "MinPROTrainer",
 ]
