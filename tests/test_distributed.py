@@ -16,43 +16,17 @@ one; because DDP averages gradients, the averaged loss and the gradients must ma
 
 from __future__ import annotations
 
-import os
-import socket
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
+from multiprocess import launch_two_processes, run_checked
 
 SCRIPT = Path(__file__).parent / "scripts" / "distributed_step.py"
 CONFIGS = ("dapo_group", "grpo_batch", "token_dapo", "bnpo_decomposed")
 GLOBAL_BATCH = 16
 TIMEOUT_S = 240
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _env() -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("ACCELERATE_", "RANK", "WORLD_SIZE", "LOCAL_"))}
-    env.update(
-        HF_HUB_OFFLINE="1",
-        HF_DATASETS_OFFLINE="1",
-        OMP_NUM_THREADS="1",
-        TOKENIZERS_PARALLELISM="false",
-        TRANSFORMERS_VERBOSITY="error",
-        CUDA_VISIBLE_DEVICES="",  # CPU processes even on a GPU machine
-    )
-    return env
-
-
-def _run(command: list[str]) -> None:
-    result = subprocess.run(command, env=_env(), capture_output=True, text=True, timeout=TIMEOUT_S)
-    assert result.returncode == 0, f"{' '.join(command)} failed:\n{result.stdout[-4000:]}\n{result.stderr[-8000:]}"
 
 
 def _load(directory: Path, config: str, rank: int) -> dict:
@@ -65,27 +39,14 @@ def runs(tiny_checkpoint, tmp_path_factory):
     root = tmp_path_factory.mktemp("distributed")
     single_dir, multi_dir = root / "single", root / "multi"
     common = ["--checkpoint", tiny_checkpoint, "--configs", ",".join(CONFIGS)]
-    _run([sys.executable, str(SCRIPT), "--out", str(single_dir), "--per-device-batch", str(GLOBAL_BATCH), *common])
-    # `accelerate launch --cpu --num_processes 2` starts ONE process in accelerate 1.x (the simple launcher ignores
-    # num_processes without mpirun); `--multi_gpu` goes through torchrun and, with no GPU visible, gives MULTI_CPU
-    # over gloo. The records' `num_processes` below guard against a silent single-process run.
-    launch = [
-        sys.executable,
-        "-m",
-        "accelerate.commands.launch",
-        "--multi_gpu",
-        "--num_processes",
-        "2",
-        "--num_machines",
-        "1",
-        "--mixed_precision",
-        "no",
-        "--dynamo_backend",
-        "no",
-        "--main_process_port",
-        str(_free_port()),
-    ]
-    _run([*launch, str(SCRIPT), "--out", str(multi_dir), "--per-device-batch", str(GLOBAL_BATCH // 2), *common])
+    run_checked(
+        [sys.executable, str(SCRIPT), "--out", str(single_dir), "--per-device-batch", str(GLOBAL_BATCH), *common],
+        TIMEOUT_S,
+    )
+    # Two real processes; the records' `num_processes` below guard against a silent single-process run.
+    launch_two_processes(
+        str(SCRIPT), "--out", str(multi_dir), "--per-device-batch", str(GLOBAL_BATCH // 2), *common, timeout=TIMEOUT_S
+    )
     return {
         config: ([_load(multi_dir, config, rank) for rank in (0, 1)], _load(single_dir, config, 0))
         for config in CONFIGS

@@ -6,17 +6,14 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import shutil
-import socket
-import subprocess
-import sys
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 import torch
 from conftest import length_reward
+from multiprocess import launch_two_processes
 
 import trl_ext.trainers.hapo  # noqa: F401  (registers "hapo", "hapo_tlga" and the "hapo" objective)
 from trl_ext import BaseGRPOConfig, BaseGRPOTrainer, get_advantage_estimator, get_policy_objective, get_trainer
@@ -814,38 +811,14 @@ def test_end_to_end_one_process_on_the_arithmetic_task(tmp_path):
     assert any(e["hapo/temperature_max"] > e["hapo/temperature_min"] for e in steps[1:])
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def test_two_processes_share_statistics_and_advantages(tiny_checkpoint, tmp_path):
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("ACCELERATE_", "RANK", "WORLD_SIZE", "LOCAL_"))}
-    env.update(HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="")
-    command = [
-        sys.executable,
-        "-m",
-        "accelerate.commands.launch",
-        "--multi_gpu",
-        "--num_processes",
-        "2",
-        "--num_machines",
-        "1",
-        "--mixed_precision",
-        "no",
-        "--dynamo_backend",
-        "no",
-        "--main_process_port",
-        str(_free_port()),
+    launch_two_processes(
         str(REPO / "tests" / "scripts" / "hapo_two_process.py"),
         "--checkpoint",
         tiny_checkpoint,
         "--out",
         str(tmp_path),
-    ]
-    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, f"{result.stdout[-3000:]}\n{result.stderr[-6000:]}"
+    )
     ranks = [torch.load(tmp_path / f"rank{rank}.pt", weights_only=False) for rank in (0, 1)]
     assert [r["num_processes"] for r in ranks] == [2, 2] and [r["process_index"] for r in ranks] == [0, 1]
 

@@ -25,16 +25,13 @@ from __future__ import annotations
 import itertools
 import json
 import math
-import os
-import socket
-import subprocess
-import sys
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 import torch
 from conftest import length_reward
+from multiprocess import launch_two_processes
 from trl import GRPOConfig, GRPOTrainer
 
 import trl_ext.trainers.minpro  # noqa: F401  (registers "minpro"; explicit until trl_ext.trainers imports it)
@@ -653,38 +650,14 @@ def test_offpolicy_recipe_runs_through_the_cli(tmp_path):
     assert (tmp_path / "model.safetensors").exists()
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def test_two_processes_log_identical_global_metrics(tiny_checkpoint, tmp_path):
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("ACCELERATE_", "RANK", "WORLD_SIZE", "LOCAL_"))}
-    env.update(HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="")
-    command = [
-        sys.executable,
-        "-m",
-        "accelerate.commands.launch",
-        "--multi_gpu",
-        "--num_processes",
-        "2",
-        "--num_machines",
-        "1",
-        "--mixed_precision",
-        "no",
-        "--dynamo_backend",
-        "no",
-        "--main_process_port",
-        str(_free_port()),
+    launch_two_processes(
         str(REPO / "tests" / "scripts" / "minpro_two_process.py"),
         "--checkpoint",
         tiny_checkpoint,
         "--out",
         str(tmp_path),
-    ]
-    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, f"{result.stdout[-3000:]}\n{result.stderr[-6000:]}"
+    )
     ranks = [json.loads((tmp_path / f"rank{rank}.json").read_text()) for rank in (0, 1)]
     assert [r["num_processes"] for r in ranks] == [2, 2] and [r["process_index"] for r in ranks] == [0, 1]
     assert ranks[0]["logged"] == ranks[1]["logged"]  # identical global metrics on both processes
