@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from multiprocess import launch_two_processes, run_checked
+from twoproc import launch_two_processes, run_checked
 
 SCRIPT = Path(__file__).parent / "scripts" / "distributed_step.py"
 CONFIGS = ("dapo_group", "grpo_batch", "token_dapo", "bnpo_decomposed")

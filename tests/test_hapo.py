@@ -13,7 +13,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 from conftest import length_reward
-from multiprocess import launch_two_processes
+from twoproc import launch_two_processes
 
 import trl_ext.trainers.hapo  # noqa: F401  (registers "hapo", "hapo_tlga" and the "hapo" objective)
 from trl_ext import BaseGRPOConfig, BaseGRPOTrainer, get_advantage_estimator, get_policy_objective, get_trainer

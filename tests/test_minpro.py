@@ -31,8 +31,8 @@ from types import SimpleNamespace
 import pytest
 import torch
 from conftest import length_reward
-from multiprocess import launch_two_processes
 from trl import GRPOConfig, GRPOTrainer
+from twoproc import launch_two_processes
 
 import trl_ext.trainers.minpro  # noqa: F401  (registers "minpro"; explicit until trl_ext.trainers imports it)
 from trl_ext import BaseGRPOConfig, BaseGRPOTrainer, get_policy_objective, get_trainer
