@@ -12,7 +12,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from conftest import length_reward
+from harness import NUM_GENERATIONS, generate, loss_grads_metrics, make_trainer
 from twoproc import launch_two_processes
 
 import trl_ext.trainers.hapo  # noqa: F401  (registers "hapo", "hapo_tlga" and the "hapo" objective)
@@ -560,59 +560,6 @@ def test_config_defaults_and_registry(tmp_path):
 # ----------------------------------------------------------------------------------------------------------------------
 # 6. Trainer: exact parity with grpo when everything is off (issue "must show" 2)
 # ----------------------------------------------------------------------------------------------------------------------
-NUM_PROMPTS, NUM_GENERATIONS = 4, 4
-
-
-def make_trainer(trainer_cls, config_cls, checkpoint, dataset, output_dir, **overrides):
-    from transformers import AutoTokenizer
-
-    kwargs = dict(
-        output_dir=str(output_dir),
-        per_device_train_batch_size=NUM_PROMPTS * NUM_GENERATIONS,
-        num_generations=NUM_GENERATIONS,
-        max_completion_length=6,
-        learning_rate=5e-2,
-        report_to="none",
-        use_cpu=True,
-        bf16=False,
-        logging_steps=1,
-        seed=0,
-        save_strategy="no",
-        max_steps=2,
-        disable_tqdm=True,
-    )
-    kwargs.update(overrides)
-    torch.manual_seed(0)
-    args = config_cls(**kwargs)
-    trainer = trainer_cls(
-        model=checkpoint,
-        reward_funcs=[length_reward],
-        args=args,
-        train_dataset=dataset,
-        processing_class=AutoTokenizer.from_pretrained(checkpoint),
-    )
-    if not hasattr(trainer, "current_gradient_accumulation_steps"):
-        trainer.current_gradient_accumulation_steps = args.gradient_accumulation_steps
-    return trainer
-
-
-def generate(trainer, dataset, seed=1):
-    torch.manual_seed(seed)
-    trainer.model.train()
-    rows = [dict(dataset[i]) for i in range(NUM_PROMPTS) for _ in range(NUM_GENERATIONS)]
-    return trainer._generate_and_score_completions(rows)
-
-
-def loss_grads_metrics(trainer, inputs):
-    trainer.model.train()
-    trainer.model.zero_grad(set_to_none=True)
-    trainer._metrics["train"].clear()
-    loss = trainer.compute_loss(trainer.model, inputs)
-    loss.backward()
-    grads = {n: p.grad.detach().clone() for n, p in trainer.model.named_parameters() if p.grad is not None}
-    return loss.detach(), grads, {k: list(v) for k, v in trainer._metrics["train"].items()}
-
-
 def perturb_old_logps(inputs, seed=3):
     inputs = dict(inputs)
     old = inputs["old_per_token_logps"]

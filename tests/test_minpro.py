@@ -31,6 +31,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 from conftest import length_reward
+from harness import generate, loss_grads_metrics, make_trainer
 from trl import GRPOConfig, GRPOTrainer
 from twoproc import launch_two_processes
 
@@ -51,7 +52,6 @@ REPO = Path(__file__).resolve().parents[1]
 FLAGS = list(itertools.product([False, True], [False, True]))  # (include_current, cap_at_one)
 SUPPORTED_LOSS_TYPES = ["grpo", "bnpo", "dr_grpo", "dapo", "luspo"]
 METRIC_KEYS = ("minpro/weight_mean", "minpro/weight_min", "minpro/weight_max", "minpro/frac_weight_below_half")
-NUM_PROMPTS, NUM_GENERATIONS = 4, 4
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -421,59 +421,6 @@ def test_sampling_source_without_sampler_raises_at_init(tiny_checkpoint, toy_dat
 # ----------------------------------------------------------------------------------------------------------------------
 # Trainer: on-policy exactness, off-policy equivalence, inert masks (acceptance 1, 6; issue "must show" 2)
 # ----------------------------------------------------------------------------------------------------------------------
-def _config_kwargs(output_dir, **overrides):
-    kwargs = dict(
-        output_dir=str(output_dir),
-        per_device_train_batch_size=NUM_PROMPTS * NUM_GENERATIONS,
-        num_generations=NUM_GENERATIONS,
-        max_completion_length=6,
-        learning_rate=5e-2,
-        report_to="none",
-        use_cpu=True,
-        bf16=False,
-        logging_steps=1,
-        seed=0,
-        save_strategy="no",
-        max_steps=2,
-        disable_tqdm=True,
-    )
-    kwargs.update(overrides)
-    return kwargs
-
-
-def _trainer(trainer_cls, config_cls, tiny_checkpoint, dataset, output_dir, **overrides):
-    from transformers import AutoTokenizer
-
-    torch.manual_seed(0)
-    args = config_cls(**_config_kwargs(output_dir, **overrides))
-    trainer = trainer_cls(
-        model=tiny_checkpoint,
-        reward_funcs=[length_reward],
-        args=args,
-        train_dataset=dataset,
-        processing_class=AutoTokenizer.from_pretrained(tiny_checkpoint),
-    )
-    if not hasattr(trainer, "current_gradient_accumulation_steps"):
-        trainer.current_gradient_accumulation_steps = args.gradient_accumulation_steps
-    return trainer
-
-
-def _generate(trainer, dataset, seed=1):
-    torch.manual_seed(seed)
-    trainer.model.train()
-    rows = [dict(dataset[i]) for i in range(NUM_PROMPTS) for _ in range(NUM_GENERATIONS)]
-    return trainer._generate_and_score_completions(rows)
-
-
-def _loss_grads_metrics(trainer, inputs):
-    trainer.model.train()
-    trainer.model.zero_grad(set_to_none=True)
-    trainer._metrics["train"].clear()
-    loss = trainer.compute_loss(trainer.model, inputs)
-    loss.backward()
-    grads = {n: p.grad.detach().clone() for n, p in trainer.model.named_parameters() if p.grad is not None}
-    metrics = {key: list(values) for key, values in trainer._metrics["train"].items()}
-    return loss.detach(), grads, metrics
 
 
 def _assert_same(actual, expected, atol):
@@ -490,14 +437,14 @@ def _assert_same(actual, expected, atol):
 )
 def test_on_policy_equals_grpo_exactly(tiny_checkpoint, toy_dataset, tmp_path, loss_type, beta):
     common = dict(loss_type=loss_type, beta=beta)
-    trl_trainer = _trainer(GRPOTrainer, GRPOConfig, tiny_checkpoint, toy_dataset, tmp_path / "trl", **common)
-    base = _trainer(BaseGRPOTrainer, BaseGRPOConfig, tiny_checkpoint, toy_dataset, tmp_path / "base", **common)
-    minpro = _trainer(MinPROTrainer, MinPROConfig, tiny_checkpoint, toy_dataset, tmp_path / "minpro", **common)
-    inputs = _generate(trl_trainer, toy_dataset)
+    trl_trainer = make_trainer(GRPOTrainer, GRPOConfig, tiny_checkpoint, toy_dataset, tmp_path / "trl", **common)
+    base = make_trainer(BaseGRPOTrainer, BaseGRPOConfig, tiny_checkpoint, toy_dataset, tmp_path / "base", **common)
+    minpro = make_trainer(MinPROTrainer, MinPROConfig, tiny_checkpoint, toy_dataset, tmp_path / "minpro", **common)
+    inputs = generate(trl_trainer, toy_dataset)
     assert "old_per_token_logps" not in inputs  # on-policy: TRL skips the old log-probs
-    expected_trl = _loss_grads_metrics(trl_trainer, inputs)
-    expected_base = _loss_grads_metrics(base, inputs)
-    actual = _loss_grads_metrics(minpro, inputs)
+    expected_trl = loss_grads_metrics(trl_trainer, inputs)
+    expected_base = loss_grads_metrics(base, inputs)
+    actual = loss_grads_metrics(minpro, inputs)
     _assert_same(actual, expected_base, atol=0.0)  # bit for bit
     _assert_same(actual, expected_trl, atol=1e-6)  # the parity tolerance of tests/test_parity.py
     metrics, trl_metrics = actual[2], expected_trl[2]
@@ -536,10 +483,10 @@ def _off_policy(inputs, seed=3, scale=0.5):
 )
 def test_off_policy_equals_base_with_weighted_advantages(tiny_checkpoint, toy_dataset, tmp_path, overrides):
     base_overrides = {k: v for k, v in overrides.items() if not k.startswith("minpro_")}
-    minpro = _trainer(
+    minpro = make_trainer(
         MinPROTrainer, MinPROConfig, tiny_checkpoint, toy_dataset, tmp_path / "m", num_iterations=2, **overrides
     )
-    base = _trainer(
+    base = make_trainer(
         BaseGRPOTrainer,
         BaseGRPOConfig,
         tiny_checkpoint,
@@ -548,7 +495,7 @@ def test_off_policy_equals_base_with_weighted_advantages(tiny_checkpoint, toy_da
         num_iterations=2,
         **base_overrides,
     )
-    inputs = _off_policy(_generate(minpro, toy_dataset))
+    inputs = _off_policy(generate(minpro, toy_dataset))
 
     captured = {}
     token_weights = minpro.policy_objective.token_weights
@@ -558,7 +505,7 @@ def test_off_policy_equals_base_with_weighted_advantages(tiny_checkpoint, toy_da
         return captured["weights"]
 
     minpro.policy_objective.token_weights = capture
-    actual = _loss_grads_metrics(minpro, inputs)
+    actual = loss_grads_metrics(minpro, inputs)
     weights = captured["weights"]
     # M is the spec's weight over the valid tokens (padding and tool tokens excluded).
     valid = inputs["completion_mask"] * inputs["tool_mask"]
@@ -570,9 +517,9 @@ def test_off_policy_equals_base_with_weighted_advantages(tiny_checkpoint, toy_da
     assert weights[valid.bool()].min() < 0.8  # off-policy enough that M matters
 
     weighted = dict(inputs, advantages=inputs["advantages"][:, None] * weights)
-    _assert_same(actual, _loss_grads_metrics(base, weighted), atol=1e-6)
+    _assert_same(actual, loss_grads_metrics(base, weighted), atol=1e-6)
     # ... and differs from the unweighted base loss, so the comparison above could fail.
-    unweighted_loss = _loss_grads_metrics(base, inputs)[0]
+    unweighted_loss = loss_grads_metrics(base, inputs)[0]
     assert not torch.allclose(actual[0], unweighted_loss, atol=1e-4)
     metrics = actual[2]
     assert metrics["minpro/weight_min"][0] == pytest.approx(weights[valid.bool()].min().item())
@@ -583,23 +530,23 @@ def test_off_policy_equals_base_with_weighted_advantages(tiny_checkpoint, toy_da
 
 
 def test_trainer_masked_tokens_are_inert(tiny_checkpoint, toy_dataset, tmp_path):
-    minpro = _trainer(MinPROTrainer, MinPROConfig, tiny_checkpoint, toy_dataset, tmp_path, num_iterations=2)
-    inputs = _off_policy(_generate(minpro, toy_dataset))
-    expected = _loss_grads_metrics(minpro, inputs)
+    minpro = make_trainer(MinPROTrainer, MinPROConfig, tiny_checkpoint, toy_dataset, tmp_path, num_iterations=2)
+    inputs = _off_policy(generate(minpro, toy_dataset))
+    expected = loss_grads_metrics(minpro, inputs)
     invalid = (inputs["completion_mask"] * inputs["tool_mask"]) == 0
     assert invalid.any() and (inputs["tool_mask"] == 0).any() and (inputs["completion_mask"] == 0).any()
     for value in (-40.0, 40.0):
         old = inputs["old_per_token_logps"]
         perturbed = dict(inputs, old_per_token_logps=torch.where(invalid, old + value, old))
-        _assert_same(_loss_grads_metrics(minpro, perturbed), expected, atol=0.0)
+        _assert_same(loss_grads_metrics(minpro, perturbed), expected, atol=0.0)
     # Perturbing a valid token's old log-prob changes the loss: the check above can fail.
     valid_changed = dict(inputs, old_per_token_logps=torch.where(~invalid, old - 1.0, old))
-    assert not torch.equal(_loss_grads_metrics(minpro, valid_changed)[0], expected[0])
+    assert not torch.equal(loss_grads_metrics(minpro, valid_changed)[0], expected[0])
 
 
 def test_objective_combines_with_another_estimator_on_a_plain_base_config(tiny_checkpoint, toy_dataset, tmp_path):
     # BNPO advantages with the MinPRO loss, through the registries (the spec's combination example).
-    trainer = _trainer(
+    trainer = make_trainer(
         BaseGRPOTrainer,
         BaseGRPOConfig,
         tiny_checkpoint,
@@ -611,8 +558,8 @@ def test_objective_combines_with_another_estimator_on_a_plain_base_config(tiny_c
     )
     assert isinstance(trainer.policy_objective, MinPROObjective)
     assert trainer.advantage_estimator.name == "beta_normalization"
-    inputs = _off_policy(_generate(trainer, toy_dataset))
-    loss, _, metrics = _loss_grads_metrics(trainer, inputs)
+    inputs = _off_policy(generate(trainer, toy_dataset))
+    loss, _, metrics = loss_grads_metrics(trainer, inputs)
     assert torch.isfinite(loss) and metrics["minpro/weight_min"][0] < 1.0
 
 
@@ -620,7 +567,7 @@ def test_objective_combines_with_another_estimator_on_a_plain_base_config(tiny_c
 # End to end: the off-policy recipe through the CLI (1 process) and a real 2-process CPU run
 # ----------------------------------------------------------------------------------------------------------------------
 def test_end_to_end_one_process(tiny_checkpoint, toy_dataset, tmp_path):
-    trainer = _trainer(
+    trainer = make_trainer(
         MinPROTrainer, MinPROConfig, tiny_checkpoint, toy_dataset, tmp_path, num_iterations=2, max_steps=4
     )
     initial = {name: p.detach().clone() for name, p in trainer.model.named_parameters()}

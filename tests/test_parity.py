@@ -16,61 +16,20 @@ import math
 import pytest
 import torch
 from conftest import digit_reward, length_reward
+from harness import generate, loss_grads_metrics, make_trainer
 from trl import GRPOConfig, GRPOTrainer
 
 from trl_ext import BaseGRPOConfig, BaseGRPOTrainer
 
 LOSS_TYPES = ["grpo", "dapo", "dr_grpo", "bnpo", "cispo", "sapo", "luspo", "vespo"]
 TIMING_KEYS = ("step_time", "train_runtime", "train_samples_per_second", "train_steps_per_second", "total_flos")
-NUM_PROMPTS, NUM_GENERATIONS = 4, 4
-
-
-def _config_kwargs(tmp_path, **overrides):
-    kwargs = dict(
-        output_dir=str(tmp_path),
-        per_device_train_batch_size=NUM_PROMPTS * NUM_GENERATIONS,
-        num_generations=NUM_GENERATIONS,
-        max_completion_length=6,
-        learning_rate=5e-2,
-        report_to="none",
-        use_cpu=True,
-        logging_steps=1,
-        seed=0,
-        save_strategy="no",
-        temperature=1.0,
-        max_steps=2,
-        disable_tqdm=True,
-    )
-    kwargs.update(overrides)
-    return kwargs
-
-
-def _make_trainer(
-    trainer_cls, config_cls, tiny_checkpoint, dataset, output_dir, *, reward_funcs, peft_config, **overrides
-):
-    from transformers import AutoTokenizer
-
-    # Trainer seeds the global RNG in __init__; training right after construction makes runs comparable.
-    torch.manual_seed(0)
-    args = config_cls(**_config_kwargs(output_dir, **overrides))
-    trainer = trainer_cls(
-        model=tiny_checkpoint,
-        reward_funcs=reward_funcs,
-        args=args,
-        train_dataset=dataset,
-        processing_class=AutoTokenizer.from_pretrained(tiny_checkpoint),
-        peft_config=peft_config,
-    )
-    if not hasattr(trainer, "current_gradient_accumulation_steps"):
-        trainer.current_gradient_accumulation_steps = args.gradient_accumulation_steps
-    return trainer
 
 
 def _make_trainers(tiny_checkpoint, dataset, tmp_path, *, reward_funcs=None, peft_config=None, **overrides):
     """A trl.GRPOTrainer and a BaseGRPOTrainer with identical weights, data and config."""
     reward_funcs = reward_funcs or [length_reward]
     return [
-        _make_trainer(
+        make_trainer(
             trainer_cls,
             config_cls,
             tiny_checkpoint,
@@ -87,31 +46,6 @@ def _make_trainers(tiny_checkpoint, dataset, tmp_path, *, reward_funcs=None, pef
     ]
 
 
-def _rows(dataset):
-    return [dict(dataset[i]) for i in range(NUM_PROMPTS) for _ in range(NUM_GENERATIONS)]
-
-
-def _generate(trainer, dataset, seed=1):
-    torch.manual_seed(seed)
-    trainer.model.train()
-    return trainer._generate_and_score_completions(_rows(dataset))
-
-
-def _loss_grads_metrics(trainer, inputs):
-    trainer.model.train()
-    trainer.model.zero_grad(set_to_none=True)
-    trainer._metrics["train"].clear()
-    loss = trainer.compute_loss(trainer.model, inputs)
-    loss.backward()
-    grads = {
-        name: param.grad.detach().clone()
-        for name, param in trainer.model.named_parameters()
-        if param.requires_grad and param.grad is not None
-    }
-    metrics = {key: list(values) for key, values in trainer._metrics["train"].items()}
-    return loss.detach(), grads, metrics
-
-
 def _assert_metrics_equal(expected, actual):
     assert sorted(expected) == sorted(actual)
     for key in expected:
@@ -123,8 +57,8 @@ def _assert_metrics_equal(expected, actual):
 
 
 def _assert_same_loss_and_grads(trl_trainer, ext_trainer, inputs):
-    expected_loss, expected_grads, expected_metrics = _loss_grads_metrics(trl_trainer, inputs)
-    loss, grads, metrics = _loss_grads_metrics(ext_trainer, inputs)
+    expected_loss, expected_grads, expected_metrics = loss_grads_metrics(trl_trainer, inputs)
+    loss, grads, metrics = loss_grads_metrics(ext_trainer, inputs)
     assert torch.isfinite(loss)
     torch.testing.assert_close(loss, expected_loss, atol=1e-6, rtol=0)
     assert sorted(grads) == sorted(expected_grads) and grads
@@ -166,7 +100,7 @@ def test_loss_and_gradients_match_trl(
         importance_sampling_level=importance_sampling_level,
         num_iterations=num_iterations,
     )
-    inputs = _make_off_policy(_generate(trl_trainer, toy_dataset))
+    inputs = _make_off_policy(generate(trl_trainer, toy_dataset))
     if num_iterations > 1:
         assert "old_per_token_logps" in inputs
     if beta:
@@ -188,7 +122,7 @@ def test_loss_and_gradients_match_trl(
 )
 def test_loss_options_match_trl(tiny_checkpoint, toy_dataset, tmp_path, overrides):
     trl_trainer, ext_trainer = _make_trainers(tiny_checkpoint, toy_dataset, tmp_path, **overrides)
-    inputs = _make_off_policy(_generate(trl_trainer, toy_dataset))
+    inputs = _make_off_policy(generate(trl_trainer, toy_dataset))
     _assert_same_loss_and_grads(trl_trainer, ext_trainer, inputs)
 
 
@@ -208,7 +142,7 @@ def test_lora_loss_and_gradients_match_trl(tiny_checkpoint, toy_dataset, tmp_pat
             with torch.no_grad():
                 p_trl.normal_(0, 0.05)
                 p_ext.copy_(p_trl)
-    inputs = _make_off_policy(_generate(trl_trainer, toy_dataset))
+    inputs = _make_off_policy(generate(trl_trainer, toy_dataset))
     _assert_same_loss_and_grads(trl_trainer, ext_trainer, inputs)
     assert all("lora" in name for name, p in ext_trainer.model.named_parameters() if p.requires_grad)
 
@@ -225,8 +159,8 @@ def test_generation_batch_and_advantages_match_trl(tiny_checkpoint, toy_dataset,
         scale_rewards=scale_rewards,
         multi_objective_aggregation=aggregation,
     )
-    expected = _generate(trl_trainer, toy_dataset)
-    actual = _generate(ext_trainer, toy_dataset)
+    expected = generate(trl_trainer, toy_dataset)
+    actual = generate(ext_trainer, toy_dataset)
     assert sorted(expected) == sorted(actual)
     for key, value in expected.items():
         if isinstance(value, torch.Tensor):
@@ -259,7 +193,7 @@ def _train(trainer):
 def test_training_run_matches_trl(tiny_checkpoint, toy_dataset, tmp_path, overrides):
     runs = []
     for trainer_cls, config_cls, sub in ((GRPOTrainer, GRPOConfig, "trl"), (BaseGRPOTrainer, BaseGRPOConfig, "ext")):
-        trainer = _make_trainer(
+        trainer = make_trainer(
             trainer_cls,
             config_cls,
             tiny_checkpoint,
