@@ -194,20 +194,16 @@ def combine_components(
     return torch.where(total != 0, summed / torch.where(total != 0, total, 1.0), 0.0)
 
 
-def _as_range_list(
-    value: float | Sequence[float], num_funcs: int, field_name: str, decomposition: bool
-) -> list[float]:
-    """One bound per reward function: a scalar applies to all; a list needs one entry per function."""
+def _as_range_list(value: float | Sequence[float], num_funcs: int, field_name: str) -> list[float]:
+    """One bound per reward function: a scalar applies to all; a list needs one entry per function.
+
+    A list without decomposition never reaches here: :func:`validate_bnpo_fields` rejects it when the estimator is
+    built."""
     if isinstance(value, int | float):
         return [float(value)] * num_funcs
     values = [float(x) for x in value]
     if len(values) == 1:
         return values * num_funcs
-    if not decomposition:
-        raise ValueError(
-            f"{field_name} is a list ({values}); a list with one entry per reward function is only accepted with "
-            "bnpo_advantage_decomposition=True. Without decomposition give one float covering the combined reward."
-        )
     if len(values) != num_funcs:
         raise ValueError(f"{field_name} has {len(values)} entries but there are {num_funcs} reward functions")
     return values
@@ -235,8 +231,8 @@ class BetaNormalizationAdvantage(AdvantageEstimator):
     def ranges(self, num_funcs: int) -> list[tuple[float, float]]:
         """(min, max) per reward function (decomposition) or a single pair for the combined reward."""
         count = num_funcs if self.decomposition else 1
-        lows = _as_range_list(self.reward_min, count, "bnpo_reward_min", self.decomposition)
-        highs = _as_range_list(self.reward_max, count, "bnpo_reward_max", self.decomposition)
+        lows = _as_range_list(self.reward_min, count, "bnpo_reward_min")
+        highs = _as_range_list(self.reward_max, count, "bnpo_reward_max")
         return list(zip(lows, highs))
 
     def __call__(self, batch: AdvantageBatch) -> AdvantageOutput:
