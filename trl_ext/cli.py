@@ -86,10 +86,10 @@ def resolve_reward_funcs(script_args: TrainScriptArguments, task: Any | None) ->
     """Reward functions for a run: the task's, then ``reward_funcs`` by name or import path, then a reward model."""
     rewards: list[Any] = list(task.reward_funcs) if task is not None else []
     by_name = {getattr(f, "__name__", str(f)): f for f in rewards}
+    trl_rewards = _trl_reward_registry() if script_args.reward_funcs else {}
     for name in script_args.reward_funcs or []:
         if task is not None and name in by_name:
             continue  # already included with the task
-        trl_rewards = _trl_reward_registry()
         if name in trl_rewards:
             rewards.append(trl_rewards[name])
         elif "." in name:
