@@ -1,0 +1,1 @@
+"""Curriculum pieces that change *which* prompts are generated: DIVA's difficulty store, sampler and variants."""
