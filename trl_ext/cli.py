@@ -34,7 +34,8 @@ class TrainScriptArguments(ScriptArguments):
         trainer (`str`, defaults to `"grpo"`): registered trainer name (`trl-ext list`).
         task (`str` or `None`): a built-in synthetic task (`trl_ext.data.list_tasks()`); replaces `dataset_name`
             and contributes the task's reward functions. Needs no download.
-        task_num_rows (`int`, defaults to 4096): rows generated for `task`.
+        task_num_rows (`int` or `None`): rows generated for `task`; default: the task's own (4096 for most tasks,
+            100 for `arithmetic_variants`).
         tiny_model (`bool`, defaults to `False`): build a tiny randomly initialised Qwen2 with a character
             tokenizer offline (in `<output_dir>/tiny-model`) instead of loading `model_name_or_path`.
         reward_funcs (`list[str]` or `None`): extra reward functions: a name of the task's rewards, a TRL reward
@@ -50,7 +51,9 @@ class TrainScriptArguments(ScriptArguments):
         default=None,
         metadata={"help": "Built-in synthetic task (offline); replaces dataset_name and adds the task's rewards."},
     )
-    task_num_rows: int = field(default=4096, metadata={"help": "Rows generated for `task`."})
+    task_num_rows: int | None = field(
+        default=None, metadata={"help": "Rows generated for `task` (default: the task's, 4096 for most)."}
+    )
     tiny_model: bool = field(
         default=False,
         metadata={"help": "Build a tiny random Qwen2 + char tokenizer offline instead of loading a model."},
@@ -153,7 +156,8 @@ def run_training(script_args, training_args, model_args, dataset_args=None, *, c
         from trl_ext.data import get_task
 
         task = get_task(script_args.task)
-        train_dataset = task.make_dataset(script_args.task_num_rows, training_args.seed)
+        num_rows = task.default_num_rows if script_args.task_num_rows is None else script_args.task_num_rows
+        train_dataset = task.make_dataset(num_rows, training_args.seed)
         eval_dataset = None
     elif dataset_args is not None and getattr(dataset_args, "datasets", None):
         from trl import get_dataset

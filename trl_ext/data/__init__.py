@@ -3,6 +3,7 @@
 from trl_ext.data.tasks import (
     ARITHMETIC_ALPHABET,
     ARITHMETIC_LEVELS,
+    ARITHMETIC_NUM_PROBLEMS,
     DEFAULT_TASK,
     QUICKSTART_SETTINGS,
     RewardFunc,
@@ -13,6 +14,7 @@ from trl_ext.data.tasks import (
     list_tasks,
     make_addition_dataset,
     make_arithmetic_dataset,
+    make_arithmetic_variants_dataset,
     make_quickstart_dataset,
     register_task,
 )
@@ -20,6 +22,7 @@ from trl_ext.data.tasks import (
 __all__ = [
     "ARITHMETIC_ALPHABET",
     "ARITHMETIC_LEVELS",
+    "ARITHMETIC_NUM_PROBLEMS",
     "DEFAULT_TASK",
     "QUICKSTART_SETTINGS",
     "RewardFunc",
@@ -30,6 +33,7 @@ __all__ = [
     "list_tasks",
     "make_addition_dataset",
     "make_arithmetic_dataset",
+    "make_arithmetic_variants_dataset",
     "make_quickstart_dataset",
     "register_task",
 ]

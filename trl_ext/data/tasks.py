@@ -31,6 +31,7 @@ if TYPE_CHECKING:  # `datasets` is imported lazily so that `import trl_ext.data`
 __all__ = [
     "ARITHMETIC_ALPHABET",
     "ARITHMETIC_LEVELS",
+    "ARITHMETIC_NUM_PROBLEMS",
     "DEFAULT_TASK",
     "QUICKSTART_SETTINGS",
     "RewardFunc",
@@ -41,12 +42,16 @@ __all__ = [
     "list_tasks",
     "make_addition_dataset",
     "make_arithmetic_dataset",
+    "make_arithmetic_variants_dataset",
     "make_quickstart_dataset",
     "register_task",
 ]
 
 #: TRL's reward-function signature: one float (or None for "cannot score") per completion.
 RewardFunc = Callable[..., list[float | None]]
+
+#: Number of distinct ``arithmetic`` problems (``a+b=`` over single digits).
+ARITHMETIC_NUM_PROBLEMS: int = 100
 
 #: Characters the arithmetic tasks use; pass it to `trl_ext.testing.build_char_tokenizer` for the smallest vocabulary.
 ARITHMETIC_ALPHABET: str = "0123456789+="
@@ -73,6 +78,7 @@ class Task:
             (``build_char_tokenizer(alphabet=task.alphabet)``) keeps the vocabulary, and thus the random policy's
             search space, as small as possible.
         binary_rewards: True if every reward function returns only 0.0 or 1.0 (some estimators assume it).
+        default_num_rows: Rows the CLI generates when ``--task_num_rows`` is not given.
     """
 
     name: str
@@ -82,6 +88,7 @@ class Task:
     max_completion_length: int
     alphabet: str
     binary_rewards: bool = True
+    default_num_rows: int = 4096
     metadata: dict[str, Any] = field(default_factory=dict)
 
 
@@ -264,6 +271,44 @@ def make_addition_dataset(num_rows: int = 4096, seed: int = 0) -> Dataset:
     return Dataset.from_dict(rows)
 
 
+def make_arithmetic_variants_dataset(num_rows: int = ARITHMETIC_NUM_PROBLEMS, seed: int = 0) -> Dataset:
+    """The distinct ``arithmetic`` problems, each once, with rewordings and a hint: the built-in task for DIVA-GRPO.
+
+    DIVA keeps a difficulty level per problem and revisits it once per epoch, so it wants a small set of unique
+    problems trained for many epochs rather than many repeated rows. Problems are drawn without replacement (in a
+    seeded order) from the 100 ``"a+b="`` problems; about half need a carry, so difficulty is spread.
+
+    Args:
+        num_rows: Number of distinct problems, 1..100. Default 100 (all).
+        seed: Seed of the draw. Default 0.
+
+    Returns:
+        A `datasets.Dataset` with columns ``prompt`` (``"a+b="``), ``answer`` (last digit of a + b), ``id``
+        (``"arithmetic/a+b"``, unique), ``level`` (the `ARITHMETIC_LEVELS` key, 0-3; deliberately not named
+        ``difficulty``, which DIVA reads as a 1-9 starting level), ``variants`` (rewordings with the same answer:
+        ``"b+a="`` when a != b, and ``"0+a+b="``) and ``hints`` (one solution step: the full sum, ``"a+b=s"``).
+    """
+    from datasets import Dataset
+
+    _check_rows(num_rows, seed)
+    if num_rows > ARITHMETIC_NUM_PROBLEMS:
+        raise ValueError(
+            f"`num_rows` must be at most {ARITHMETIC_NUM_PROBLEMS} for `arithmetic_variants` (one row per distinct "
+            f"problem), got {num_rows}."
+        )
+    problems = [(a, b) for a in range(10) for b in range(10)]
+    random.Random(seed).shuffle(problems)
+    rows: dict[str, list[Any]] = {"prompt": [], "answer": [], "id": [], "level": [], "variants": [], "hints": []}
+    for a, b in problems[:num_rows]:
+        rows["prompt"].append(f"{a}+{b}=")
+        rows["answer"].append(str((a + b) % 10))
+        rows["id"].append(f"arithmetic/{a}+{b}")
+        rows["level"].append(_arithmetic_level(a, b))
+        rows["variants"].append(([f"{b}+{a}="] if a != b else []) + [f"0+{a}+{b}="])
+        rows["hints"].append([f"{a}+{b}={a + b}"])
+    return Dataset.from_dict(rows)
+
+
 def make_quickstart_dataset(num_rows: int | None = None, seed: int | None = None) -> Dataset:
     """The default task's dataset with the quickstart's size and seed (see `QUICKSTART_SETTINGS`)."""
     dataset_settings = QUICKSTART_SETTINGS["dataset"]
@@ -310,6 +355,17 @@ register_task(
         reward_funcs=[accuracy],
         max_completion_length=2,
         alphabet=ARITHMETIC_ALPHABET,
+    )
+)
+register_task(
+    Task(
+        name="arithmetic_variants",
+        description="The 100 distinct arithmetic problems once each, with rewordings and hints (DIVA-GRPO's task).",
+        make_dataset=make_arithmetic_variants_dataset,
+        reward_funcs=[accuracy],
+        max_completion_length=2,
+        alphabet=ARITHMETIC_ALPHABET,
+        default_num_rows=ARITHMETIC_NUM_PROBLEMS,
     )
 )
 register_task(
