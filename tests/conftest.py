@@ -38,3 +38,51 @@ def length_reward(completions, **kwargs):
 def digit_reward(completions, **kwargs):
     """Second reward with gaps: 1 if the completion holds a digit, None (unscorable) if it is empty."""
     return [None if len(c) == 0 else float(any(ch.isdigit() for ch in c)) for c in completions]
+
+
+@pytest.fixture(scope="session")
+def tiny_vlm_checkpoint(tmp_path_factory) -> str:
+    """Path of a tiny randomly initialised vision-language model (LLaVA) + processor, built once per test session."""
+    from trl_ext.testing import build_tiny_vlm_checkpoint
+
+    return build_tiny_vlm_checkpoint(str(tmp_path_factory.mktemp("tiny-vlm")))
+
+
+#: Colours of `make_image_dataset`, one per prompt.
+IMAGE_COLOURS = {"red": (220, 20, 20), "green": (20, 200, 40), "blue": (30, 40, 230), "yellow": (240, 220, 10)}
+
+
+def make_image_dataset(num_prompts: int = 4):
+    """Conversational ``prompt`` + PIL ``image`` + ``answer`` rows: plain-colour images from 28x28 up to 56x52 pixels.
+
+    Sizes and modes vary (RGB, and a greyscale and an RGBA image from the fourth row on) so that the processor has to
+    resize, crop and convert.
+    """
+    from datasets import Dataset
+    from PIL import Image
+
+    names = list(IMAGE_COLOURS)
+    rows = {"prompt": [], "image": [], "answer": []}
+    for i in range(num_prompts):
+        name = names[i % len(names)]
+        image = Image.new("RGB", (28 + 4 * (i % 8), 28 + 8 * (i % 4)), IMAGE_COLOURS[name])
+        if i % 4 == 2:
+            image = image.convert("L")
+        elif i % 4 == 3:
+            image = image.convert("RGBA")
+        rows["prompt"].append([{"role": "user", "content": "what colour?"}])
+        rows["image"].append(image)
+        rows["answer"].append(name)
+    return Dataset.from_dict(rows)
+
+
+@pytest.fixture(scope="session")
+def toy_image_dataset():
+    """Four conversational prompts, each with one small image (see `make_image_dataset`)."""
+    return make_image_dataset(4)
+
+
+def char_sum_reward(completions, **kwargs):
+    """Deterministic reward with spread on random (conversational or plain) completions: character-code sum mod 7."""
+    texts = [c if isinstance(c, str) else c[-1]["content"] for c in completions]
+    return [(sum(map(ord, text)) % 7) / 6 for text in texts]

@@ -6,13 +6,20 @@ parameters from a config, optionally saved as an ordinary Hugging Face checkpoin
 model *name* (``GRPOTrainer(model=path)``, ``AutoModelForCausalLM.from_pretrained(path)``, recipe YAMLs, the CLI) works
 unchanged.
 
+`build_tiny_vlm_checkpoint` does the same for a vision-language model: a tiny LLaVA (one-layer CLIP vision tower,
+MLP projector, the tiny Qwen2 as language model) with a `LlavaProcessor` whose tokenizer is the character tokenizer
+plus the Qwen2-VL vision tokens, loadable with ``AutoProcessor`` / ``AutoModelForImageTextToText`` and trainable by
+``GRPOTrainer(model=path)`` on a dataset with an ``image`` column; it needs no ``torchvision``.
+
 Example:
 
 ```python
-from trl_ext.testing import build_tiny_checkpoint
+from trl_ext.testing import build_tiny_checkpoint, build_tiny_vlm_checkpoint
 
 path = build_tiny_checkpoint("/tmp/tiny-qwen2")  # reused on the next call with the same settings
 trainer = GRPOTrainer(model=path, reward_funcs=..., args=GRPOConfig(use_cpu=True, ...), train_dataset=...)
+
+vlm_path = build_tiny_vlm_checkpoint("/tmp/tiny-vlm")  # train_dataset: conversational "prompt" + PIL "image" columns
 ```
 """
 
@@ -36,6 +43,9 @@ __all__ = [
     "build_char_tokenizer",
     "build_tiny_model",
     "build_tiny_checkpoint",
+    "VLM_SPECIAL_TOKENS",
+    "VLM_CHAT_TEMPLATE",
+    "build_tiny_vlm_checkpoint",
 ]
 
 #: Characters of the default vocabulary: digits, lowercase letters, space, newline and the punctuation the synthetic
@@ -288,6 +298,236 @@ def build_tiny_checkpoint(
     try:
         tokenizer = build_char_tokenizer(staging_dir, alphabet=alphabet)
         build_tiny_model(tokenizer, staging_dir, **model_kwargs)
+        files = sorted(os.listdir(staging_dir))
+        for name in files:
+            os.replace(os.path.join(staging_dir, name), os.path.join(save_dir, name))
+        stamp_tmp = os.path.join(staging_dir, _STAMP_FILE)
+        with open(stamp_tmp, "w", encoding="utf-8") as stamp_file:
+            json.dump({"settings": settings, "files": files}, stamp_file, indent=2, sort_keys=True)
+        os.replace(stamp_tmp, os.path.join(save_dir, _STAMP_FILE))
+    finally:
+        shutil.rmtree(staging_dir, ignore_errors=True)
+    return save_dir
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# A tiny vision-language model
+# ------------------------------------------------------------------------------------------------------------------
+
+#: Vision special tokens of the tiny VLM, appended after the character vocabulary in this order. They are named as in
+#: Qwen2-VL / Qwen2.5-VL, so code that looks up ``<|image_pad|>`` (as TRL does) finds the image placeholder.
+VISION_START_TOKEN: str = "<|vision_start|>"
+VISION_END_TOKEN: str = "<|vision_end|>"
+IMAGE_TOKEN: str = "<|image_pad|>"
+VLM_SPECIAL_TOKENS: tuple[str, ...] = (VISION_START_TOKEN, VISION_END_TOKEN, IMAGE_TOKEN)
+
+#: Chat template of the tiny VLM: like `CHAT_TEMPLATE` (contents concatenated, assistant turns closed by eos, nothing
+#: added for the generation prompt), where a content may also be a list of typed parts: ``{"type": "text", "text":
+#: ...}`` renders its text and ``{"type": "image"}`` renders ``<|vision_start|><|image_pad|><|vision_end|>``; the
+#: processor then repeats ``<|image_pad|>`` once per image feature.
+VLM_CHAT_TEMPLATE: str = (
+    "{% for message in messages %}"
+    "{% if message['content'] is string %}{{ message['content'] }}"
+    "{% else %}{% for part in message['content'] %}"
+    "{% if part['type'] in ('image', 'image_url') %}"
+    "{{ '" + VISION_START_TOKEN + IMAGE_TOKEN + VISION_END_TOKEN + "' }}"
+    "{% elif part['type'] == 'text' %}{{ part['text'] }}{% endif %}"
+    "{% endfor %}{% endif %}"
+    "{% if message['role'] == 'assistant' %}{{ eos_token }}{% endif %}"
+    "{% endfor %}"
+)
+
+# Bump when the files written by `build_tiny_vlm_checkpoint` change meaning, so that stale caches are rebuilt.
+_VLM_CHECKPOINT_FORMAT_VERSION = 1
+_VLM_KIND = "llava-clip-qwen2"
+
+
+def _build_tiny_vlm(
+    save_dir: str,
+    *,
+    seed: int = 0,
+    alphabet: str = DEFAULT_ALPHABET,
+    hidden_size: int = 64,
+    num_layers: int = 2,
+    num_heads: int = 4,
+    num_kv_heads: int | None = 2,
+    intermediate_size: int | None = None,
+    max_position_embeddings: int = 256,
+    initializer_range: float = 0.02,
+    vision_hidden_size: int = 64,
+    vision_num_layers: int = 1,
+    vision_num_heads: int = 4,
+    vision_intermediate_size: int | None = None,
+    image_size: int = 28,
+    patch_size: int = 14,
+) -> None:
+    """Write the processor and the model of `build_tiny_vlm_checkpoint` to `save_dir` (see there for the arguments)."""
+    import torch
+    from transformers import (
+        CLIPImageProcessorPil,
+        CLIPVisionConfig,
+        GenerationConfig,
+        LlavaConfig,
+        LlavaForConditionalGeneration,
+        LlavaProcessor,
+        Qwen2Config,
+    )
+
+    for name, value in (
+        ("vision_hidden_size", vision_hidden_size),
+        ("vision_num_layers", vision_num_layers),
+        ("vision_num_heads", vision_num_heads),
+        ("image_size", image_size),
+        ("patch_size", patch_size),
+    ):
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ValueError(f"`{name}` must be a positive integer, got {value!r}.")
+    if vision_hidden_size % vision_num_heads:
+        raise ValueError(
+            f"`vision_hidden_size` ({vision_hidden_size}) must be divisible by `vision_num_heads` ({vision_num_heads})."
+        )
+    if image_size % patch_size:
+        raise ValueError(f"`image_size` ({image_size}) must be a multiple of `patch_size` ({patch_size}).")
+    num_image_tokens = (image_size // patch_size) ** 2
+
+    tokenizer = build_char_tokenizer(alphabet=alphabet)
+    tokenizer.add_special_tokens({"additional_special_tokens": list(VLM_SPECIAL_TOKENS)})
+    tokenizer.chat_template = VLM_CHAT_TEMPLATE
+    # Every image is resized (shortest edge) and centre-cropped to image_size x image_size, then split into patches.
+    image_processor = CLIPImageProcessorPil(
+        size={"shortest_edge": image_size}, crop_size={"height": image_size, "width": image_size}
+    )
+    # CLIP prepends a CLS embedding (num_additional_image_tokens=1) that the "default" strategy drops again, so each
+    # image expands to exactly num_image_tokens placeholders, one per patch.
+    processor = LlavaProcessor(
+        image_processor=image_processor,
+        tokenizer=tokenizer,
+        patch_size=patch_size,
+        vision_feature_select_strategy="default",
+        chat_template=VLM_CHAT_TEMPLATE,
+        image_token=IMAGE_TOKEN,
+        num_additional_image_tokens=1,
+    )
+
+    # The language model's config (and its argument checks) come from `build_tiny_model`, so both tiny models agree.
+    text_model = build_tiny_model(
+        tokenizer,
+        hidden_size=hidden_size,
+        num_layers=num_layers,
+        num_heads=num_heads,
+        num_kv_heads=num_kv_heads,
+        intermediate_size=intermediate_size,
+        max_position_embeddings=max_position_embeddings,
+        initializer_range=initializer_range,
+        seed=seed,
+    )
+    text_config: Qwen2Config = text_model.config
+    del text_model
+    special_ids = {
+        "pad_token_id": text_config.pad_token_id,
+        "eos_token_id": text_config.eos_token_id,
+        "bos_token_id": text_config.bos_token_id,
+    }
+    vision_config = CLIPVisionConfig(
+        hidden_size=vision_hidden_size,
+        intermediate_size=vision_intermediate_size if vision_intermediate_size is not None else 2 * vision_hidden_size,
+        projection_dim=vision_hidden_size,
+        num_hidden_layers=vision_num_layers,
+        num_attention_heads=vision_num_heads,
+        image_size=image_size,
+        patch_size=patch_size,
+        initializer_range=initializer_range,
+    )
+    config = LlavaConfig(
+        text_config=text_config,
+        vision_config=vision_config,
+        image_token_index=tokenizer.convert_tokens_to_ids(IMAGE_TOKEN),
+        image_seq_length=num_image_tokens,
+        vision_feature_layer=-1,  # the last layer: with the default -2 a one-layer tower would feed raw embeddings
+        vision_feature_select_strategy="default",
+        tie_word_embeddings=True,
+        **special_ids,
+    )
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = LlavaForConditionalGeneration(config)
+    model.generation_config = GenerationConfig(**special_ids)
+    processor.save_pretrained(save_dir)
+    model.save_pretrained(save_dir)
+
+
+def build_tiny_vlm_checkpoint(save_dir: str | os.PathLike[str], *, seed: int = 0, **kwargs: Any) -> str:
+    """Save a tiny randomly initialised vision-language model and its processor to `save_dir`; return the path.
+
+    The model is a LLaVA (`transformers.LlavaForConditionalGeneration`): a one-layer CLIP vision tower, a two-layer
+    MLP projector and a tiny Qwen2 language model (the same recipe and defaults as `build_tiny_model`), about 0.2M
+    parameters in float32. The processor is a `transformers.LlavaProcessor` with a PIL-only
+    `transformers.CLIPImageProcessorPil` (every image is resized and centre-cropped to ``image_size`` pixels, 28 by
+    default, and becomes ``(image_size // patch_size) ** 2`` = 4 image tokens) and the character tokenizer of
+    `build_char_tokenizer` extended with the Qwen2-VL vision tokens ``<|vision_start|>``, ``<|vision_end|>`` and
+    ``<|image_pad|>`` (`VLM_SPECIAL_TOKENS`), whose chat template (`VLM_CHAT_TEMPLATE`) renders string contents and
+    lists of ``{"type": "image"}`` / ``{"type": "text", "text": ...}`` parts. ``config.image_token_id`` is the id of
+    ``<|image_pad|>``; pad, eos and bos match the tokenizer (``<pad>`` = 0, ``<eos>`` = 1).
+
+    Why LLaVA and not Qwen2.5-VL (the DIVA-GRPO model family): in transformers 5 the Qwen2-VL and Qwen2.5-VL
+    processors require a video processor, which needs ``torchvision``; without it they can neither be built nor loaded
+    with ``AutoProcessor`` (transformers#48558). LLaVA's processor has no video part and its image processor has a
+    PIL backend, so this checkpoint works with the project's dependencies alone.
+
+    The result loads offline with ``AutoProcessor.from_pretrained(path)`` and
+    ``AutoModelForImageTextToText.from_pretrained(path)``, and ``trl.GRPOTrainer(model=path, ...)`` trains it on a
+    dataset with a conversational ``prompt`` column and an ``image`` (or ``images``) column of PIL images.
+
+    Cache-friendly like `build_tiny_checkpoint`: if `save_dir` already holds a complete checkpoint stamped with the
+    same settings it is returned untouched; otherwise the files are written to a staging directory and moved in with
+    atomic renames, stamp last.
+
+    Args:
+        save_dir: Directory to write (created if missing).
+        seed: Seed of the weight initialisation. Default 0. The same settings always give the same weights.
+        **kwargs: Sizes and vocabulary, all optional: ``alphabet`` (see `build_char_tokenizer`); the language model's
+            ``hidden_size`` (64), ``num_layers`` (2), ``num_heads`` (4), ``num_kv_heads`` (2),
+            ``intermediate_size`` (``4 * hidden_size``), ``max_position_embeddings`` (256, prompt with image tokens
+            plus completion) and ``initializer_range`` (0.02, used for the whole model; see `build_tiny_model`); the
+            vision tower's ``vision_hidden_size`` (64), ``vision_num_layers`` (1), ``vision_num_heads`` (4),
+            ``vision_intermediate_size`` (``2 * vision_hidden_size``), ``image_size`` (28) and ``patch_size`` (14,
+            must divide ``image_size``).
+
+    Returns:
+        `save_dir` as a string.
+
+    Raises:
+        TypeError: For an unknown keyword argument.
+        ValueError: For invalid sizes or an invalid alphabet.
+    """
+    import inspect
+
+    save_dir = os.fspath(save_dir)
+    accepted = set(inspect.signature(_build_tiny_vlm).parameters) - {"save_dir", "seed"}
+    unknown = sorted(set(kwargs) - accepted)
+    if unknown:
+        raise TypeError(
+            f"build_tiny_vlm_checkpoint() got unexpected keyword arguments {unknown}; accepted: {sorted(accepted)}"
+        )
+    if "alphabet" in kwargs:
+        _validate_alphabet(kwargs["alphabet"])
+    settings = {
+        "format_version": _VLM_CHECKPOINT_FORMAT_VERSION,
+        "kind": _VLM_KIND,
+        "seed": seed,
+        "options": dict(sorted(kwargs.items())),
+    }
+    try:
+        json.dumps(settings)
+    except TypeError as error:
+        raise ValueError(f"`build_tiny_vlm_checkpoint` arguments must be JSON-serialisable: {error}") from error
+    if _is_complete_checkpoint(save_dir, settings):
+        return save_dir
+
+    os.makedirs(save_dir, exist_ok=True)
+    staging_dir = tempfile.mkdtemp(prefix=".tiny-vlm-staging-", dir=save_dir)
+    try:
+        _build_tiny_vlm(staging_dir, seed=seed, **kwargs)
         files = sorted(os.listdir(staging_dir))
         for name in files:
             os.replace(os.path.join(staging_dir, name), os.path.join(save_dir, name))
