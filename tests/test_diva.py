@@ -5,12 +5,15 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
+from pathlib import Path
 
 import pytest
 import torch
 from conftest import char_sum_reward, length_reward
 from datasets import Dataset
 from harness import config_kwargs
+from twoproc import launch_two_processes, run_checked
 
 from trl_ext import DIVAConfig, DIVATrainer
 from trl_ext.advantages.diva import combined_rewards, difficulty_updates, diva_advantages
@@ -348,3 +351,65 @@ def test_vision_language_model_trains_on_image_variants(tiny_vlm_checkpoint, toy
         assert original.size != variant.size  # rotated (expanded canvas) or a rendered question band
     assert any(not torch.equal(before[name], p) for name, p in trainer.model.named_parameters())
     assert trainer.difficulty_store.round_index == 2
+
+
+SCRIPT = Path(__file__).parent / "scripts" / "diva_two_process.py"
+
+
+@pytest.fixture(scope="module")
+def arithmetic_checkpoint(tmp_path_factory):
+    from trl_ext.data import ARITHMETIC_ALPHABET
+    from trl_ext.testing import build_tiny_checkpoint
+
+    return build_tiny_checkpoint(str(tmp_path_factory.mktemp("arith")), alphabet=ARITHMETIC_ALPHABET)
+
+
+@pytest.mark.parametrize("model", ["text", "vlm"])
+def test_two_processes_hold_identical_stores_and_split_problems(
+    model, arithmetic_checkpoint, tiny_vlm_checkpoint, tmp_path
+):
+    checkpoint = arithmetic_checkpoint if model == "text" else tiny_vlm_checkpoint
+    launch_two_processes(
+        str(SCRIPT), "--checkpoint", checkpoint, "--model", model, "--out", str(tmp_path), timeout=300
+    )
+    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in (0, 1)]
+    assert [r["num_processes"] for r in ranks] == [2, 2]
+    assert len(ranks[0]["stores"]) == 4 and ranks[0]["stores"] == ranks[1]["stores"]  # identical after every step
+    assert ranks[0]["stores"][-1]["levels"] and ranks[0]["stores"][-1]["round_index"] == 4
+    split = 0
+    for step, ids in enumerate(ranks[0]["ids"]):
+        assert ids == ranks[1]["ids"][step] and len(ids) == 12
+        split += len(set(ids[:6]) & set(ids[6:]))  # a problem with rows on both processes
+        full = ranks[0]["full_advantages"][step]
+        torch.testing.assert_close(full, ranks[1]["full_advantages"][step], atol=0, rtol=0)
+        for rank in ranks:
+            start, stop = rank["process_slice"]
+            torch.testing.assert_close(rank["local_advantages"][step], full[start:stop], atol=0, rtol=0)
+    assert split > 0
+    saved = json.loads((tmp_path / "trainer" / "checkpoint-2" / STORE_FILE).read_text())
+    assert saved == ranks[0]["stores"][1]
+
+
+def test_single_process_run_of_the_same_script(arithmetic_checkpoint, tmp_path):
+    run_checked(
+        [
+            sys.executable,
+            str(SCRIPT),
+            "--checkpoint",
+            arithmetic_checkpoint,
+            "--model",
+            "text",
+            "--out",
+            str(tmp_path),
+            "--per-device-rows",
+            "6",
+        ],
+        timeout=300,
+    )
+    record = torch.load(tmp_path / "rank0.pt", weights_only=False)
+    assert record["num_processes"] == 1 and record["process_slice"] == (0, 12)
+    assert record["stores"][-1]["round_index"] == 4
+    for ids in record["ids"]:
+        # Every generation batch holds 3 whole problems: the original (even rows) and its variant.
+        assert [ids[i] for i in range(0, 12, 4)] == [ids[i] for i in range(2, 12, 4)]
+        assert len(set(ids)) == 3
