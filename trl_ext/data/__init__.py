@@ -1,5 +1,6 @@
 """Built-in synthetic tasks (no downloads): datasets, reward functions and the quickstart settings."""
 
+from trl_ext.data import deepsearch  # noqa: F401  (registers the "deepsearch" task)
 from trl_ext.data.tasks import (
     ARITHMETIC_ALPHABET,
     ARITHMETIC_LEVELS,
