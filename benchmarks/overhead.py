@@ -8,6 +8,10 @@ the same seed, in an order that alternates between repeats. We read TRL's own ``
 ``training_step``, generation included), drop the first step of each run (warm-up), and report the median per
 trainer and its ratio to ``trl.GRPOTrainer``. On CUDA the peak allocated memory is reported too. Results go to
 ``benchmarks/results/overhead.json``.
+
+Every row gets a unique ``id`` (DIVA needs one; the other trainers ignore it). The ``diva`` arm builds its variants
+with :func:`copy_variants` (unchanged copies), so that its prompts have exactly the shapes of the others' and the
+ratio measures DIVA's machinery (slot dataset, variant bookkeeping, store, advantage), not longer hinted prompts.
 """
 
 from __future__ import annotations
@@ -23,6 +27,15 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+
+
+def copy_variants(row, difficulty, num_variants, rng):
+    """A DIVA variant generator that returns unchanged copies (prompt shapes identical to the other arms')."""
+    return [(dict(row), difficulty) for _ in range(num_variants)]
+
+
+#: Extra config fields per trainer arm.
+ARM_EXTRAS = {"diva": {"diva_variant_generator": copy_variants}}
 
 
 def run_once(name: str, checkpoint: str, dataset, reward_funcs, steps: int, device: str, seed: int) -> dict:
@@ -51,6 +64,7 @@ def run_once(name: str, checkpoint: str, dataset, reward_funcs, steps: int, devi
             bf16=False,
             seed=seed,
             disable_tqdm=True,
+            **ARM_EXTRAS.get(name, {}),
         )
         trainer = trainer_cls(model=checkpoint, reward_funcs=reward_funcs, args=args, train_dataset=dataset)
         trainer.remove_callback(PrinterCallback)
@@ -84,6 +98,10 @@ def main(argv: list[str] | None = None) -> dict:
 
     task = get_task("arithmetic")
     dataset = task.make_dataset(4096, 0)
+    # Unique ids, and the 0-3 level renamed: DIVA reads `difficulty` as a 1-9 starting level.
+    dataset = dataset.map(lambda _, index: {"id": f"row{index}"}, with_indices=True).rename_column(
+        "difficulty", "level"
+    )
     cache = Path(tempfile.gettempdir()) / f"trl-ext-bench-tiny-{options.hidden_size}"
     checkpoint = build_tiny_checkpoint(
         str(cache), alphabet=task.alphabet, hidden_size=options.hidden_size, num_layers=4

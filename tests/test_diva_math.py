@@ -322,6 +322,16 @@ def test_slot_dataset_rows():
     assert len(slots) == 6
     assert slots[3] == {"id": 1, "prompt": "p1", SLOT_KEY: 1}
     assert SLOT_KEY not in data[1]  # the underlying rows are not modified
+    assert slots.__getitems__([5, 0, 3]) == [slots[5], slots[0], slots[3]]
+
+
+def test_slot_dataset_batched_access_uses_the_datasets_batched_fetch():
+    from datasets import Dataset
+
+    data = Dataset.from_dict({"id": ["a", "b", "c"], "variants": [["x"], [], ["y", "z"]]})
+    slots = VariantSlotDataset(data, num_slots=3)
+    indices = [8, 8, 0, 4, 3]
+    assert slots.__getitems__(indices) == [slots[i] for i in indices]
 
 
 @pytest.mark.parametrize("shuffle", [True, False])

@@ -16,7 +16,7 @@ RECIPES = sorted(p for p in (ROOT / "recipes").glob("*/*.yaml") if p.parent.name
 
 def test_every_trainer_directory_has_recipes():
     assert RECIPES, "no recipes found"
-    assert {p.parent.name for p in RECIPES} >= {"grpo", "bnpo", "minpro", "hapo"}
+    assert {p.parent.name for p in RECIPES} >= {"grpo", "bnpo", "minpro", "hapo", "diva"}
 
 
 @pytest.mark.parametrize("path", RECIPES, ids=lambda p: f"{p.parent.name}/{p.name}")

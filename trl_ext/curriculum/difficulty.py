@@ -99,6 +99,13 @@ class VariantSlotDataset(Dataset):
         row[SLOT_KEY] = slot
         return row
 
+    def __getitems__(self, indices: list[int]) -> list[dict[str, Any]]:
+        """Batched access (what torch's DataLoader uses when present): one fetch from the underlying dataset."""
+        problems = [int(index) // self.num_slots for index in indices]
+        fetch = getattr(self.dataset, "__getitems__", None)
+        rows = fetch(problems) if fetch is not None else [self.dataset[problem] for problem in problems]
+        return [{**row, SLOT_KEY: int(index) % self.num_slots} for row, index in zip(rows, indices, strict=True)]
+
 
 class ProblemRepeatSampler(Sampler[int]):
     """``RepeatSampler`` over whole problems: yields slot indices ``problem * num_slots + v`` for v = 0..V together.
