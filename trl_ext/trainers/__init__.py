@@ -16,6 +16,7 @@ register_trainer(
 )
 
 from trl_ext.trainers.bnpo import BNPOConfig, BNPOTrainer  # noqa: E402  (registers "bnpo")
+from trl_ext.trainers.calibadv import CalibAdvConfig, CalibAdvTrainer  # noqa: E402  (registers "calibadv")
 from trl_ext.trainers.diva import DIVAConfig, DIVATrainer  # noqa: E402  (registers "diva")
 from trl_ext.trainers.hapo import HAPOConfig, HAPOTrainer  # noqa: E402  (registers "hapo")
 from trl_ext.trainers.minpro import MinPROConfig, MinPROTrainer  # noqa: E402  (registers "minpro")
@@ -25,6 +26,8 @@ __all__ = [
     "BNPOTrainer",
     "BaseGRPOConfig",
     "BaseGRPOTrainer",
+    "CalibAdvConfig",
+    "CalibAdvTrainer",
     "DIVAConfig",
     "DIVATrainer",
     "HAPOConfig",

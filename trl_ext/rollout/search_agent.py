@@ -1,0 +1,592 @@
+"""The multi-turn search-agent rollout of CalibAdv (Wu et al., arXiv 2604.18235; spec ``specs/calibadv.md`` §2.2, §3.2).
+
+One trajectory, run batched over the trajectories still active (Search-R1 protocol)::
+
+    prompt [+ "<think>"]
+    turn 1:  <think> ... </think> <search> query </search>          generated, env_mask = 1
+             \\n\\n<information>Doc 1(Title: T) text ...</information>\\n\\n [<think>]     observation, env_mask = 0
+    turn 2:  <think> ... </think> <search> query </search>          generated
+             ...
+    turn t:  <think> ... </think> <answer> short answer </answer>   generated; the trajectory is done
+
+Turns t = 1 .. ``max_turns`` + 1. Each turn samples up to ``max_tokens_per_turn`` tokens with the trainer's sampling
+settings and stops right after the first ``</search>`` or ``</answer>``; the sampled tokens are kept up to and
+including the token that completes the stop string (never re-tokenised), an EOS is dropped. The turn text's first
+``<(search|answer)>(.*?)</\\1>`` decides what happens next:
+
+* ``answer``: done.
+* ``search`` in turns 1 .. ``max_turns``: the stripped queries of all trajectories of the turn go to the retriever in
+  one batch (``retriever.search(queries, top_k)``); the observation ``"\\n\\n<information>" + strip(format_documents(
+  docs)) + "</information>\\n\\n"`` (+ ``"<think>"`` when prepending) is appended with env_mask 0 and log-prob 0, its
+  document body shortened so that the observation fits ``max_obs_tokens`` tokens with its tags intact. The step
+  ``{"think": <think text of the turn>, "docs": [doc keys]}`` is recorded.
+* ``search`` in the final turn (t = ``max_turns`` + 1): not executed; done without an answer.
+* no valid action: :data:`INVALID_ACTION_OBSERVATION` is appended (env_mask 0), the trajectory is marked invalid and
+  is done.
+
+The whole completion never exceeds ``max_completion_length`` tokens: a turn or observation that would cross it is cut
+there and the trajectory is done (``calibadv_truncated``).
+
+**Plugging into TRL.** A :class:`SearchAgentRollout` is a ``rollout_func(prompts, trainer) -> dict`` for
+``trl.GRPOTrainer`` (the CalibAdv trainer installs one). TRL passes this process's prompts, one per completion (each
+prompt already repeated ``num_generations`` times), as strings or as chat messages; the rollout applies the chat
+template itself. It returns, per completion: ``prompt_ids``, ``completion_ids``, ``logprobs`` (the sampling
+log-probs of the generated tokens after temperature / top-k / top-p / min-p; 0 on observations), ``env_mask`` (TRL's
+``tool_mask``: 1 on generated tokens, 0 on observations; the loss mask is ``completion_mask * tool_mask``) and the
+extra fields ``calibadv_transcript`` (``"<think>"`` if prepending + all turn texts and observations),
+``calibadv_steps``, ``calibadv_invalid_action``, ``calibadv_turns`` and ``calibadv_truncated``. TRL merges the extra
+fields into each input row, so reward functions receive them as keyword lists and the advantage seam can gather them.
+
+**Backends.** transformers ``generate`` only (batched over the active trajectories, with a stopping criterion on the
+decoded text of the new tokens). vLLM is not supported by this rollout; the CalibAdv trainer rejects ``use_vllm=True``
+at construction.
+
+Decisions where the spec is silent:
+
+* A completion never ends with EOS (the spec drops it), so TRL's ``completions/clipped_ratio`` reads 1 and
+  ``mask_truncated_completions=True`` would mask every completion (the trainer rejects it).
+* A turn that reaches ``max_tokens_per_turn`` without a stop string or EOS has no valid action (invalid-action
+  observation); a turn cut by the total budget is a truncation, not an invalid action.
+* The invalid-action observation does not end with ``<think>`` even when prepending: the trajectory ends there.
+* A step whose observation is cut by the total budget is still recorded (its search was executed); the trainer's
+  segment check then counts the trajectory in ``calibadv/segment_mismatch``.
+"""
+
+from __future__ import annotations
+
+import bisect
+import contextlib
+import copy
+import re
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import torch
+from transformers import LogitsProcessor, StoppingCriteria
+
+from trl_ext.advantages.calibadv_math import step_think_text
+from trl_ext.retrieval.base import Document, Retriever, check_top_k, format_documents
+
+__all__ = [
+    "INVALID_ACTION_OBSERVATION",
+    "STOP_STRINGS",
+    "SearchAgentRollout",
+    "StopOnStrings",
+    "TransformersTurnGenerator",
+    "TurnGenerator",
+    "parse_action",
+]
+
+#: A turn ends right after the first of these strings.
+STOP_STRINGS: tuple[str, ...] = ("</search>", "</answer>")
+
+#: Appended (env_mask 0) after a turn with no valid action; the trajectory then ends and is format-invalid.
+INVALID_ACTION_OBSERVATION: str = (
+    "\nMy previous action is invalid. If I want to search, I should put the query between <search> and </search>. "
+    "If I want to give the final answer, I should put the answer between <answer> and </answer>.\n"
+)
+
+_ACTION = re.compile(r"<(search|answer)>(.*?)</\1>", re.DOTALL)
+_INFORMATION_OPEN = "\n\n<information>"
+_INFORMATION_CLOSE = "</information>\n\n"
+_THINK_OPEN = "<think>"
+
+
+def parse_action(turn_text: str) -> tuple[str | None, str]:
+    """``(action, content)`` of a turn: the first ``<(search|answer)>(.*?)</\\1>`` match, or ``(None, "")``."""
+    match = _ACTION.search(turn_text)
+    return (match.group(1), match.group(2)) if match else (None, "")
+
+
+class TurnGenerator(Protocol):
+    """Samples one turn for a batch of contexts.
+
+    ``generator(contexts, max_new_tokens, rows, turn)`` gets the token ids of every active trajectory (prompt +
+    completion so far), the token budget of the turn, the trajectories' global row indices (process index x local
+    batch + local index; a scripted generator may key on them) and the turn number (1-based). It returns, per context,
+    the sampled token ids and their sampling log-probs (same length). It may return tokens past a stop string or an
+    EOS: the rollout cuts them.
+    """
+
+    def __call__(
+        self, contexts: list[list[int]], max_new_tokens: int, rows: list[int], turn: int
+    ) -> list[tuple[list[int], list[float]]]: ...
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# transformers generate backend
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+class StopOnStrings(StoppingCriteria):
+    """A transformers ``StoppingCriteria``: a row is done once the decoded text of its *new* tokens contains one of
+    ``stop_strings``. Only the last ``window`` new tokens are decoded at each step (the stop string completes at the
+    newest token)."""
+
+    def __init__(self, tokenizer: Any, start: int, stop_strings: Sequence[str] = STOP_STRINGS, window: int = 32):
+        self.tokenizer = tokenizer
+        self.start = start
+        self.stop_strings = tuple(stop_strings)
+        self.window = max(window, max(len(s) for s in self.stop_strings) + 1)
+
+    def __call__(self, input_ids: torch.LongTensor, scores: Any = None, **kwargs: Any) -> torch.BoolTensor:
+        tail = input_ids[:, max(self.start, input_ids.shape[1] - self.window) :]
+        texts = self.tokenizer.batch_decode(tail.tolist(), skip_special_tokens=True)
+        done = [any(stop in text for stop in self.stop_strings) for text in texts]
+        return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
+
+
+class _SamplingLogprobRecorder(LogitsProcessor):
+    """Last logits processor: keeps the final (processed) scores of one step and, at the next step, reads off the
+    log-prob of the token that was sampled from them, so only one (B, V) tensor is held."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.logprobs: list[torch.Tensor] = []
+        self._scores: torch.Tensor | None = None
+        self._lse: torch.Tensor | None = None
+
+    def _flush(self, tokens: torch.Tensor) -> None:
+        if self._scores is not None:
+            picked = self._scores.gather(1, tokens.view(-1, 1).to(self._scores.device)).squeeze(1)
+            self.logprobs.append((picked - self._lse).float().cpu())
+            self._scores = self._lse = None
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        self._flush(input_ids[:, -1])
+        self._scores = scores.detach()
+        self._lse = torch.logsumexp(self._scores.float(), dim=-1)
+        return scores
+
+    def finish(self, last_tokens: torch.Tensor) -> torch.Tensor:
+        """(B, S) log-probs of the S sampled steps, once ``generate`` has returned."""
+        self._flush(last_tokens)
+        if not self.logprobs:
+            return torch.zeros(last_tokens.shape[0], 0)
+        return torch.stack(self.logprobs, dim=1)
+
+
+def _sampling_warpers(generation_config: Any) -> list[Any]:
+    """temperature, top-k, top-p, min-p as transformers applies them when sampling (same order, same conditions)."""
+    from transformers import MinPLogitsWarper, TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
+
+    warpers: list[Any] = []
+    temperature = generation_config.temperature
+    if temperature is not None and temperature != 1.0:
+        warpers.append(TemperatureLogitsWarper(temperature))
+    if generation_config.top_k is not None and generation_config.top_k != 0:
+        warpers.append(TopKLogitsWarper(top_k=generation_config.top_k, min_tokens_to_keep=1))
+    if generation_config.top_p is not None and generation_config.top_p < 1.0:
+        warpers.append(TopPLogitsWarper(top_p=generation_config.top_p, min_tokens_to_keep=1))
+    if generation_config.min_p is not None:
+        warpers.append(MinPLogitsWarper(min_p=generation_config.min_p, min_tokens_to_keep=1))
+    return warpers
+
+
+class TransformersTurnGenerator:
+    """:class:`TurnGenerator` over a transformers causal LM's ``generate``.
+
+    Sampling follows ``generation_config`` (TRL's: ``do_sample``, temperature, top-k, top-p, min-p, repetition penalty,
+    eos and pad ids). Temperature / top-k / top-p / min-p are applied by this class's own processor list, followed by a
+    recorder that reads off the log-prob of every sampled token under the final sampling distribution (what vLLM
+    reports as processed log-probs); ``generate``'s own copies of those warpers are switched off so they act once.
+    Extra ``logits_processors`` run before them (transformers' place for custom processors). Other warpers set through
+    ``generation_kwargs`` (typical-p, epsilon / eta cutoffs) stay in ``generate`` and therefore act before temperature.
+
+    Args:
+        model: the (unwrapped) model.
+        tokenizer: its tokenizer (for padding and the stop-string check).
+        generation_config: a ``transformers.GenerationConfig`` (``trainer.generation_config``); copied, not modified.
+        logits_processors: extra ``LogitsProcessor`` objects.
+        stop_strings: strings that end a turn.
+    """
+
+    def __init__(
+        self,
+        model: Any,
+        tokenizer: Any,
+        generation_config: Any | None = None,
+        logits_processors: Sequence[Any] = (),
+        stop_strings: Sequence[str] = STOP_STRINGS,
+    ) -> None:
+        from transformers import GenerationConfig
+
+        self.model = model
+        self.tokenizer = tokenizer
+        base = copy.deepcopy(generation_config) if generation_config is not None else GenerationConfig(do_sample=True)
+        self.warpers = _sampling_warpers(base) if base.do_sample else []
+        base.temperature, base.top_k, base.top_p, base.min_p = 1.0, None, 1.0, None
+        base.return_dict_in_generate = False
+        base.output_scores = base.output_logits = False
+        if base.pad_token_id is None:
+            base.pad_token_id = tokenizer.pad_token_id
+        if base.eos_token_id is None:
+            base.eos_token_id = tokenizer.eos_token_id
+        self.generation_config = base
+        self.logits_processors = list(logits_processors)
+        self.stop_strings = tuple(stop_strings)
+
+    def __call__(
+        self, contexts: list[list[int]], max_new_tokens: int, rows: list[int] | None = None, turn: int | None = None
+    ) -> list[tuple[list[int], list[float]]]:
+        from transformers import LogitsProcessorList, StoppingCriteriaList
+
+        if not contexts:
+            return []
+        pad_id = self.generation_config.pad_token_id
+        width = max(len(ids) for ids in contexts)
+        input_ids = torch.tensor([[pad_id] * (width - len(ids)) + list(ids) for ids in contexts], dtype=torch.long)
+        attention_mask = torch.tensor([[0] * (width - len(ids)) + [1] * len(ids) for ids in contexts])
+        device = next(self.model.parameters()).device
+        config = copy.copy(self.generation_config)
+        config.max_new_tokens = max_new_tokens
+        recorder = _SamplingLogprobRecorder()
+        with torch.no_grad():
+            sequences = self.model.generate(
+                input_ids=input_ids.to(device),
+                attention_mask=attention_mask.to(device),
+                generation_config=config,
+                logits_processor=LogitsProcessorList([*self.logits_processors, *self.warpers, recorder]),
+                stopping_criteria=StoppingCriteriaList([StopOnStrings(self.tokenizer, width, self.stop_strings)]),
+            )
+        new_tokens = sequences[:, width:].cpu()
+        logprobs = recorder.finish(new_tokens[:, -1]) if new_tokens.shape[1] else torch.zeros(len(contexts), 0)
+        steps = min(new_tokens.shape[1], logprobs.shape[1])
+        return [(new_tokens[i, :steps].tolist(), logprobs[i, :steps].tolist()) for i in range(len(contexts))]
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# The rollout
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Trajectory:
+    prompt_ids: list[int]
+    completion_ids: list[int] = field(default_factory=list)
+    env_mask: list[int] = field(default_factory=list)
+    logprobs: list[float] = field(default_factory=list)
+    pieces: list[str] = field(default_factory=list)
+    steps: list[dict[str, Any]] = field(default_factory=list)
+    invalid_action: bool = False
+    truncated: bool = False
+    turns: int = 0
+    done: bool = False
+
+    def append(self, ids: Sequence[int], text: str, generated: bool, logprobs: Sequence[float] | None = None) -> None:
+        self.completion_ids.extend(ids)
+        self.env_mask.extend([1 if generated else 0] * len(ids))
+        self.logprobs.extend(list(logprobs) if logprobs is not None else [0.0] * len(ids))
+        self.pieces.append(text)
+
+
+def _tokenizer_of(processing_class: Any) -> Any:
+    return getattr(processing_class, "tokenizer", processing_class)
+
+
+def _check_positive_int(value: Any, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    return value
+
+
+class SearchAgentRollout:
+    """Multi-turn search-agent rollout, usable as TRL's ``rollout_func`` (see the module docstring).
+
+    Args:
+        retriever: an object with ``search(queries: list[str], top_k: int) -> list[list[Document]]``
+            (:mod:`trl_ext.retrieval`).
+        max_turns: ``calibadv_max_turns``: turns that may search; one final turn without search follows. Default 4.
+        max_tokens_per_turn: ``calibadv_max_tokens_per_turn``: tokens sampled per turn at most. Default 1024.
+        max_obs_tokens: ``calibadv_max_obs_tokens``: tokens of one observation at most. Default 2048.
+        top_k: ``calibadv_topk``: documents per search. Default 3.
+        prepend_think_token: ``calibadv_prepend_think_token``: end the prompt and every observation with ``<think>``.
+        logits_processors: extra transformers ``LogitsProcessor`` objects for every turn (e.g. constrained decoding).
+
+    Call it as ``rollout(prompts, trainer)`` (TRL), or without a trainer as ``rollout.generate(prompts, model,
+    tokenizer, max_completion_length=...)``, or on token ids with any :class:`TurnGenerator` via :meth:`run`.
+    """
+
+    def __init__(
+        self,
+        retriever: Retriever,
+        *,
+        max_turns: int = 4,
+        max_tokens_per_turn: int = 1024,
+        max_obs_tokens: int = 2048,
+        top_k: int = 3,
+        prepend_think_token: bool = False,
+        logits_processors: Sequence[Any] = (),
+    ) -> None:
+        if not callable(getattr(retriever, "search", None)):
+            raise ValueError(f"retriever must have a search(queries, top_k) method, got {retriever!r}")
+        self.retriever = retriever
+        self.max_turns = _check_positive_int(max_turns, "calibadv_max_turns")
+        self.max_tokens_per_turn = _check_positive_int(max_tokens_per_turn, "calibadv_max_tokens_per_turn")
+        self.max_obs_tokens = _check_positive_int(max_obs_tokens, "calibadv_max_obs_tokens")
+        self.top_k = check_top_k(top_k)
+        self.prepend_think_token = bool(prepend_think_token)
+        self.logits_processors = list(logits_processors)
+
+    @classmethod
+    def from_config(cls, args: Any, retriever: Retriever, **kwargs: Any) -> SearchAgentRollout:
+        """Build from a config with the ``calibadv_*`` rollout fields (``CalibAdvConfig``)."""
+        return cls(
+            retriever,
+            max_turns=args.calibadv_max_turns,
+            max_tokens_per_turn=args.calibadv_max_tokens_per_turn,
+            max_obs_tokens=args.calibadv_max_obs_tokens,
+            top_k=args.calibadv_topk,
+            prepend_think_token=args.calibadv_prepend_think_token,
+            **kwargs,
+        )
+
+    # ------------------------------------------------------------------------------------------------------------
+    # Entry points
+    # ------------------------------------------------------------------------------------------------------------
+    def __call__(self, prompts: list[Any], trainer: Any) -> dict[str, list[Any]]:
+        """TRL's ``rollout_func``: one completion per prompt with the trainer's (unwrapped) model and settings."""
+        if getattr(trainer, "use_vllm", False):
+            raise ValueError(
+                "SearchAgentRollout generates with transformers `generate` only; set use_vllm=False (vLLM multi-turn "
+                "search rollouts are not supported)"
+            )
+        tokenizer = _tokenizer_of(trainer.processing_class)
+        prompt_ids = self.encode_prompts(
+            prompts,
+            tokenizer,
+            chat_template=getattr(trainer, "chat_template", None),
+            chat_template_kwargs=getattr(trainer, "chat_template_kwargs", None),
+        )
+        accelerator = trainer.accelerator
+        with self._generation_model(trainer) as model:
+            generator = self.make_turn_generator(model, tokenizer, trainer)
+            output = self.run(
+                prompt_ids,
+                tokenizer,
+                generator,
+                max_completion_length=trainer.max_completion_length,
+                eos_token_ids=getattr(trainer, "eos_token_ids", None),
+                row_offset=accelerator.process_index * len(prompts),
+            )
+        log_extra = getattr(trainer, "_log_completion_extra", None)
+        if callable(log_extra):  # one column in the completions table
+            log_extra("calibadv_turns", list(output["calibadv_turns"]))
+        return output
+
+    def make_turn_generator(self, model: Any, tokenizer: Any, trainer: Any | None = None) -> TurnGenerator:
+        """The :class:`TurnGenerator` of a rollout (override for scripted generation)."""
+        config = getattr(trainer, "generation_config", None) if trainer is not None else None
+        return TransformersTurnGenerator(model, tokenizer, config, self.logits_processors)
+
+    @contextlib.contextmanager
+    def _generation_model(self, trainer: Any) -> Iterator[Any]:
+        from trl.models import unwrap_model_for_generation
+
+        args = trainer.args
+        with contextlib.ExitStack() as stack:
+            model = stack.enter_context(
+                unwrap_model_for_generation(
+                    trainer.model_wrapped,
+                    trainer.accelerator,
+                    gather_deepspeed3_params=args.ds3_gather_for_generation,
+                    generation_kwargs=getattr(trainer, "generation_kwargs", None),
+                    gradient_checkpointing_kwargs=args.gradient_checkpointing_kwargs,
+                )
+            )
+            stack.enter_context(torch.no_grad())
+            dist = getattr(trainer, "_dist", None)
+            if dist is not None and hasattr(dist, "summon_full_params"):  # FSDP: full weights while generating
+                stack.enter_context(dist.summon_full_params(trainer.model_wrapped, recurse=False))
+            yield model
+
+    def generate(
+        self,
+        prompts: list[Any],
+        model: Any,
+        tokenizer: Any,
+        *,
+        max_completion_length: int,
+        generation_config: Any | None = None,
+        chat_template_kwargs: dict[str, Any] | None = None,
+    ) -> dict[str, list[Any]]:
+        """The rollout outside a trainer: ``model.generate`` with ``generation_config`` (default: sampling at T=1)."""
+        tokenizer = _tokenizer_of(tokenizer)
+        prompt_ids = self.encode_prompts(prompts, tokenizer, chat_template_kwargs=chat_template_kwargs)
+        generator = TransformersTurnGenerator(model, tokenizer, generation_config, self.logits_processors)
+        return self.run(prompt_ids, tokenizer, generator, max_completion_length=max_completion_length)
+
+    def encode_prompts(
+        self,
+        prompts: list[Any],
+        tokenizer: Any,
+        *,
+        chat_template: str | None = None,
+        chat_template_kwargs: dict[str, Any] | None = None,
+    ) -> list[list[int]]:
+        """Token ids of each prompt: chat messages get the chat template with the generation prompt; plain strings
+        are tokenised as TRL does; ``<think>`` is appended when prepending."""
+        suffix = _THINK_OPEN if self.prepend_think_token else ""
+        encoded = []
+        for prompt in prompts:
+            if isinstance(prompt, str):
+                encoded.append(list(tokenizer(prompt + suffix)["input_ids"]))
+                continue
+            if not isinstance(prompt, list) or not all(isinstance(m, dict) for m in prompt):
+                raise ValueError(f"a prompt must be a string or a list of chat messages, got {prompt!r:.200}")
+            text = tokenizer.apply_chat_template(
+                prompt,
+                chat_template=chat_template,
+                add_generation_prompt=True,
+                tokenize=False,
+                **(chat_template_kwargs or {}),
+            )
+            encoded.append(list(tokenizer(text + suffix, add_special_tokens=False)["input_ids"]))
+        return encoded
+
+    # ------------------------------------------------------------------------------------------------------------
+    # The loop
+    # ------------------------------------------------------------------------------------------------------------
+    def run(
+        self,
+        prompt_ids: list[list[int]],
+        tokenizer: Any,
+        generator: TurnGenerator | Callable[..., Any],
+        *,
+        max_completion_length: int,
+        eos_token_ids: Sequence[int] | None = None,
+        row_offset: int = 0,
+    ) -> dict[str, list[Any]]:
+        """Roll out every prompt once (see the module docstring) and return TRL's ``rollout_func`` dict.
+
+        Args:
+            prompt_ids: token ids of each prompt (already templated).
+            tokenizer: for decoding turns and encoding observations.
+            generator: samples one turn for a batch of contexts (:class:`TurnGenerator`).
+            max_completion_length: total token budget of a completion (turns and observations).
+            eos_token_ids: ids that end a turn and are dropped (default: the tokenizer's eos).
+            row_offset: global index of the first prompt (passed on to ``generator`` as ``rows``).
+        """
+        budget = _check_positive_int(max_completion_length, "max_completion_length")
+        if eos_token_ids is None:
+            eos_token_ids = [] if tokenizer.eos_token_id is None else [tokenizer.eos_token_id]
+        eos = frozenset(int(t) for t in eos_token_ids)
+        trajectories = [_Trajectory(list(ids)) for ids in prompt_ids]
+
+        for turn in range(1, self.max_turns + 2):
+            active = [i for i, traj in enumerate(trajectories) if not traj.done]
+            if not active:
+                break
+            limits = {i: min(self.max_tokens_per_turn, budget - len(trajectories[i].completion_ids)) for i in active}
+            contexts = [trajectories[i].prompt_ids + trajectories[i].completion_ids for i in active]
+            sampled = generator(contexts, max(limits.values()), [row_offset + i for i in active], turn)
+            if len(sampled) != len(active):
+                raise RuntimeError(f"the turn generator returned {len(sampled)} turns for {len(active)} contexts")
+
+            searches: list[tuple[int, str, str]] = []  # (trajectory, query, think text)
+            for i, (ids, logprobs) in zip(active, sampled, strict=True):
+                traj = trajectories[i]
+                ids, logprobs, _ = self._cut_turn(list(ids), list(logprobs), tokenizer, eos, limits[i])
+                text = tokenizer.decode(ids, skip_special_tokens=True)
+                traj.append(ids, text, generated=True, logprobs=logprobs)
+                traj.turns += 1
+                action, content = parse_action(text)
+                if action == "answer":
+                    traj.done = True
+                elif len(traj.completion_ids) >= budget:  # no room left for an observation or another turn
+                    traj.done = traj.truncated = True
+                elif action == "search" and turn <= self.max_turns:
+                    searches.append((i, content.strip(), step_think_text(text, self.prepend_think_token)))
+                elif action == "search":  # a search in the final turn is not executed
+                    traj.done = True
+                else:  # no valid action: EOS or the per-turn limit before a stop string
+                    self._append_observation(traj, INVALID_ACTION_OBSERVATION, tokenizer, budget)
+                    traj.invalid_action = traj.done = True
+
+            if searches:
+                results = self.retriever.search([query for _, query, _ in searches], self.top_k)
+                if len(results) != len(searches):
+                    raise RuntimeError(
+                        f"retriever {self.retriever!r} returned {len(results)} result lists for {len(searches)} queries"
+                    )
+                for (i, _, think), documents in zip(searches, results, strict=True):
+                    docs = [Document.coerce(doc) for doc in documents][: self.top_k]
+                    traj = trajectories[i]
+                    traj.steps.append({"think": think, "docs": [doc.key for doc in docs]})
+                    self._append_observation(traj, self._information(docs, tokenizer), tokenizer, budget)
+                    if len(traj.completion_ids) >= budget:
+                        traj.done = traj.truncated = True
+
+        prefix = _THINK_OPEN if self.prepend_think_token else ""
+        return {
+            "prompt_ids": [traj.prompt_ids for traj in trajectories],
+            "completion_ids": [traj.completion_ids for traj in trajectories],
+            "logprobs": [traj.logprobs for traj in trajectories],
+            "env_mask": [traj.env_mask for traj in trajectories],
+            "calibadv_transcript": [prefix + "".join(traj.pieces) for traj in trajectories],
+            "calibadv_steps": [traj.steps for traj in trajectories],
+            "calibadv_invalid_action": [traj.invalid_action for traj in trajectories],
+            "calibadv_turns": [traj.turns for traj in trajectories],
+            "calibadv_truncated": [traj.truncated for traj in trajectories],
+        }
+
+    # ------------------------------------------------------------------------------------------------------------
+    # Pieces
+    # ------------------------------------------------------------------------------------------------------------
+    @staticmethod
+    def _cut_turn(
+        ids: list[int], logprobs: list[float], tokenizer: Any, eos: frozenset[int], limit: int
+    ) -> tuple[list[int], list[float], str]:
+        """Keep the sampled tokens up to the first EOS (dropped), at most ``limit`` of them, and up to and including
+        the token that completes the first stop string. Returns ``(ids, logprobs, reason)`` with reason ``"stop"``,
+        ``"eos"`` (EOS, or the generator ended), or ``"limit"``."""
+        if len(logprobs) != len(ids):
+            raise RuntimeError(f"the turn generator returned {len(ids)} tokens but {len(logprobs)} log-probs")
+        reason = "eos"
+        for position, token in enumerate(ids):
+            if token in eos:
+                ids = ids[:position]
+                break
+        if len(ids) >= limit:
+            ids, reason = ids[:limit], "limit"
+        text = tokenizer.decode(ids, skip_special_tokens=True)
+        if any(stop in text for stop in STOP_STRINGS):
+
+            def completes(n: int) -> bool:
+                prefix = tokenizer.decode(ids[:n], skip_special_tokens=True)
+                return any(stop in prefix for stop in STOP_STRINGS)
+
+            # the shortest prefix containing a stop string (prefix decodes grow monotonically)
+            end = bisect.bisect_left(range(len(ids) + 1), True, key=completes)
+            ids, reason = ids[:end], "stop"
+        return ids, logprobs[: len(ids)], reason
+
+    def _encode(self, tokenizer: Any, text: str) -> list[int]:
+        return list(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    def _information(self, docs: list[Document], tokenizer: Any) -> str:
+        """The observation text for a search, its document body shortened to fit ``max_obs_tokens`` tokens."""
+        suffix = _INFORMATION_CLOSE + (_THINK_OPEN if self.prepend_think_token else "")
+        body = format_documents(docs).strip()
+        text = _INFORMATION_OPEN + body + suffix
+        excess = len(self._encode(tokenizer, text)) - self.max_obs_tokens
+        if excess <= 0:
+            return text
+        body_ids = self._encode(tokenizer, body)
+        keep = len(body_ids) - excess
+        while keep > 0:
+            text = _INFORMATION_OPEN + tokenizer.decode(body_ids[:keep], skip_special_tokens=True) + suffix
+            excess = len(self._encode(tokenizer, text)) - self.max_obs_tokens
+            if excess <= 0:
+                return text
+            keep -= excess
+        return _INFORMATION_OPEN + suffix  # the tags alone; _append_observation cuts further if they do not fit
+
+    def _append_observation(self, traj: _Trajectory, text: str, tokenizer: Any, budget: int) -> None:
+        ids = self._encode(tokenizer, text)
+        limit = min(self.max_obs_tokens, budget - len(traj.completion_ids))
+        if len(ids) > limit:
+            ids = ids[: max(limit, 0)]
+            text = tokenizer.decode(ids, skip_special_tokens=True)
+        traj.append(ids, text, generated=False)
