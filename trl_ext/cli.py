@@ -189,6 +189,10 @@ def run_training(script_args, training_args, model_args, dataset_args=None, *, c
         kwargs = {k: v for k, v in QUICKSTART_SETTINGS["model"].items() if k != "alphabet"}
         if task is not None:
             kwargs["alphabet"] = task.alphabet
+        # Long tasks (e.g. deepsearch: ~1000-character prompts) need more positions than the default 256; with the
+        # character tokenizer a prompt's length in characters bounds its length in tokens.
+        longest_prompt = max(len(str(prompt)) for prompt in train_dataset[:1000]["prompt"])
+        kwargs["max_position_embeddings"] = max(256, longest_prompt + (training_args.max_completion_length or 0))
         with PartialState().main_process_first():  # one process writes the checkpoint, the others reuse it
             model = build_tiny_checkpoint(os.path.join(training_args.output_dir, "tiny-model"), **kwargs)
     elif model_args.model_name_or_path:

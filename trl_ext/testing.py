@@ -296,7 +296,10 @@ def build_tiny_checkpoint(
     os.makedirs(save_dir, exist_ok=True)
     staging_dir = tempfile.mkdtemp(prefix=".tiny-staging-", dir=save_dir)
     try:
-        tokenizer = build_char_tokenizer(staging_dir, alphabet=alphabet)
+        tokenizer = build_char_tokenizer(alphabet=alphabet)
+        # The tokenizer's length limit follows the model's, so long prompts do not trigger a spurious warning.
+        tokenizer.model_max_length = max(tokenizer.model_max_length, model_kwargs.get("max_position_embeddings", 0))
+        tokenizer.save_pretrained(staging_dir)
         build_tiny_model(tokenizer, staging_dir, **model_kwargs)
         files = sorted(os.listdir(staging_dir))
         for name in files:
