@@ -115,7 +115,7 @@ def test_generation_batch_holds_variants_and_trains_on_the_diva_advantage(tiny_c
     ((batch, result),) = calls
     assert batch.extras["diva_ids"] == ["q0"] * 8 + ["q1"] * 8
     assert batch.extras["diva_is_original"] == ([True] * 4 + [False] * 4) * 2
-    rewards = combined_rewards(batch.rewards_per_func, batch.reward_weights)
+    rewards = combined_rewards(batch.rewards_per_func.double(), batch.reward_weights)
     assert rewards.std() > 0  # the check below would be vacuous on a constant batch
     expected = diva_advantages(
         rewards, NUM_GENERATIONS, batch.extras["diva_ids"], torch.tensor(batch.extras["diva_difficulties"])
@@ -167,7 +167,7 @@ def test_warmup_uses_local_zscores_and_leaves_the_store(tiny_checkpoint, tmp_pat
     torch.manual_seed(1)
     output = trainer._generate_and_score_completions(slot_rows(dataset, [0, 1]))
     batch, _ = calls[0]
-    rewards = combined_rewards(batch.rewards_per_func, batch.reward_weights)
+    rewards = combined_rewards(batch.rewards_per_func.double(), batch.reward_weights)
     local = diva_advantages(rewards, NUM_GENERATIONS, batch.extras["diva_ids"], torch.full((16,), 5.0)).local_z
     torch.testing.assert_close(output["advantages"], local.float(), atol=1e-6, rtol=0)
     assert trainer.difficulty_store.levels == {} and trainer.difficulty_store.round_index == 1
@@ -314,7 +314,7 @@ def test_reference_batch_norm_gathers_token_counts(tiny_checkpoint, tmp_path):
     batch, _ = calls[0]
     assert torch.equal(batch.completion_lengths, output["completion_mask"].sum(1))
     expected = diva_advantages(
-        combined_rewards(batch.rewards_per_func, batch.reward_weights),
+        combined_rewards(batch.rewards_per_func.double(), batch.reward_weights),
         NUM_GENERATIONS,
         batch.extras["diva_ids"],
         torch.tensor(batch.extras["diva_difficulties"]),

@@ -66,6 +66,15 @@ class AdvantageBatch:
         return torch.isnan(self.rewards_per_func).all(dim=1)
 
 
+def combined_rewards(rewards_per_func: torch.Tensor, reward_weights: torch.Tensor) -> torch.Tensor:
+    """TRL's combined reward R = sum_k w_k r_k, ignoring ``None`` (NaN) columns; NaN where every column is NaN.
+
+    The result has the dtype of `rewards_per_func` (pass float64 rewards for float64 statistics).
+    """
+    rewards = (rewards_per_func * reward_weights.to(rewards_per_func.device).unsqueeze(0)).nansum(dim=1)
+    return torch.where(torch.isnan(rewards_per_func).all(dim=1), torch.full_like(rewards, torch.nan), rewards)
+
+
 @dataclass
 class AdvantageOutput:
     """What an estimator returns.

@@ -37,7 +37,7 @@ from typing import Any
 
 import torch
 
-from trl_ext.advantages.base import AdvantageBatch, AdvantageEstimator, AdvantageOutput
+from trl_ext.advantages.base import AdvantageBatch, AdvantageEstimator, AdvantageOutput, combined_rewards
 from trl_ext.advantages.calibadv_math import calibrate_advantages, group_advantages, group_step_scores
 from trl_ext.registry import register_advantage_estimator
 from trl_ext.rewards.qa import extract_answer, qa_f1_format_score
@@ -80,12 +80,6 @@ def validate_calibadv_advantage_fields(
     for name, value in (("calibadv_rebalance_lambda", rebalance_lambda), ("calibadv_group_eps", group_eps)):
         if isinstance(value, bool) or not isinstance(value, int | float) or not (value > 0 and math.isfinite(value)):
             raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
-
-
-def combined_rewards(rewards_per_func: torch.Tensor, reward_weights: torch.Tensor) -> torch.Tensor:
-    """R = sum_k w_k r_k over the non-NaN columns (TRL's combination), NaN for rows where every column is NaN."""
-    rewards = (rewards_per_func * reward_weights.to(rewards_per_func.device).unsqueeze(0)).nansum(dim=1)
-    return torch.where(torch.isnan(rewards_per_func).all(dim=1), torch.full_like(rewards, torch.nan), rewards)
 
 
 def _golds(value: Any) -> list[str] | None:

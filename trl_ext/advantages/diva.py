@@ -33,7 +33,7 @@ from typing import Any
 
 import torch
 
-from trl_ext.advantages.base import AdvantageBatch, AdvantageEstimator, AdvantageOutput
+from trl_ext.advantages.base import AdvantageBatch, AdvantageEstimator, AdvantageOutput, combined_rewards
 from trl_ext.advantages.grpo import grpo_advantages
 from trl_ext.registry import register_advantage_estimator
 
@@ -63,15 +63,6 @@ class DivaAdvantageParts:
     global_: torch.Tensor
     local_constant: torch.Tensor
     global_constant: torch.Tensor
-
-
-def combined_rewards(rewards_per_func: torch.Tensor, reward_weights: torch.Tensor) -> torch.Tensor:
-    """TRL's combined reward sum_k w_k r_k (NaN-aware), as float64; NaN for rows every function left unscored."""
-    rewards_per_func = rewards_per_func.to(torch.float64)
-    weights = reward_weights.to(device=rewards_per_func.device, dtype=torch.float64)
-    rewards = (rewards_per_func * weights.unsqueeze(0)).nansum(dim=1)
-    rewards[torch.isnan(rewards_per_func).all(dim=1)] = torch.nan
-    return rewards
 
 
 def encode_ids(problem_ids: Sequence[Any]) -> tuple[torch.Tensor, list[str]]:
@@ -352,7 +343,7 @@ class DivaAdvantageEstimator(AdvantageEstimator):
                 f"the 'diva' advantage estimator needs {missing} from the DIVA trainer (its difficulty store and "
                 "variants); use trl_ext.DIVATrainer (trainer name 'diva') rather than advantage_estimator='diva' alone"
             )
-        rewards = combined_rewards(batch.rewards_per_func, batch.reward_weights)
+        rewards = combined_rewards(batch.rewards_per_func.double(), batch.reward_weights)
         ids = batch.extras["diva_ids"]
         difficulties = torch.as_tensor(batch.extras["diva_difficulties"], dtype=torch.float64)
         parts = diva_advantages(

@@ -28,19 +28,13 @@ from __future__ import annotations
 
 import torch
 
-from trl_ext.advantages.base import AdvantageBatch, AdvantageEstimator, AdvantageOutput
+from trl_ext.advantages.base import AdvantageBatch, AdvantageEstimator, AdvantageOutput, combined_rewards
 from trl_ext.advantages.grpo import grpo_advantages
 from trl_ext.registry import register_advantage_estimator
 
 FALLBACK_MODES = ("valid", "reference")
 
 __all__ = ["FALLBACK_MODES", "TokenLevelGroupAdvantage", "combined_rewards", "tlga_advantages", "validate_tlga_fields"]
-
-
-def combined_rewards(rewards_per_func: torch.Tensor, reward_weights: torch.Tensor) -> torch.Tensor:
-    """R = sum_k w_k r_k ignoring ``None`` (NaN) columns, NaN for rows where every column is NaN (as TRL)."""
-    rewards = (rewards_per_func * reward_weights.to(rewards_per_func.device).unsqueeze(0)).nansum(dim=1)
-    return torch.where(torch.isnan(rewards_per_func).all(dim=1), torch.full_like(rewards, torch.nan), rewards)
 
 
 def validate_tlga_fields(fallback_threshold: float, fallback_mode: str, eps: float) -> None:

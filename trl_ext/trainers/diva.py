@@ -335,7 +335,7 @@ class DIVATrainer(BaseGRPOTrainer):
         return batch
 
     def _update_store(self, batch: AdvantageBatch) -> None:
-        rewards = combined_rewards(batch.rewards_per_func, batch.reward_weights)
+        rewards = combined_rewards(batch.rewards_per_func.double(), batch.reward_weights)
         finite = rewards[~torch.isnan(rewards)]
         if not self._warned_reward_range and finite.numel() and (finite.min() < 0 or finite.max() > 1):
             logger.warning(
