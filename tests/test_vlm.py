@@ -10,35 +10,18 @@ import shutil
 import pytest
 import torch
 from conftest import IMAGE_COLOURS, char_sum_reward, make_image_dataset
-from harness import loss_grads_metrics
+from harness import NUM_GENERATIONS, NUM_PROMPTS, config_kwargs, loss_grads_metrics
 from trl import GRPOConfig, GRPOTrainer
 
 from trl_ext import BaseGRPOConfig, BaseGRPOTrainer
 from trl_ext.testing import VLM_SPECIAL_TOKENS, build_char_tokenizer, build_tiny_vlm_checkpoint
 
-NUM_PROMPTS, NUM_GENERATIONS = 4, 4
 VISION_PREFIXES = ("model.vision_tower.", "model.multi_modal_projector.")
 
 
 def _vlm_config_kwargs(output_dir, **overrides):
-    kwargs = dict(
-        output_dir=str(output_dir),
-        per_device_train_batch_size=NUM_PROMPTS * NUM_GENERATIONS,
-        num_generations=NUM_GENERATIONS,
-        max_completion_length=4,
-        learning_rate=5e-2,
-        report_to="none",
-        use_cpu=True,
-        bf16=False,
-        logging_steps=1,
-        seed=0,
-        save_strategy="no",
-        temperature=1.0,
-        max_steps=2,
-        disable_tqdm=True,
-    )
-    kwargs.update(overrides)
-    return kwargs
+    """The shared small-run config (`harness.config_kwargs`) with 4-token completions."""
+    return config_kwargs(output_dir, **{"max_completion_length": 4, **overrides})
 
 
 def _make_vlm_trainer(trainer_cls, config_cls, checkpoint, dataset, output_dir, **overrides):
