@@ -49,6 +49,8 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
+from common import moving_average, spread  # noqa: E402
+
 RESULTS = Path(__file__).parent / "results"
 COLORS = {"grpo": "tab:blue", "diva": "tab:green"}
 HINT_TEMPLATE = "{hints}={question}"
@@ -98,14 +100,9 @@ def train_run(arm: str, checkpoint: str, dataset, reward_funcs, seed: int, optio
     }
 
 
-def moving_average(values: list[float], window: int = SMOOTHING) -> list[float]:
-    """Trailing mean over up to `window` values (the first entries average what exists so far)."""
-    return [statistics.mean(values[max(0, i - window + 1) : i + 1]) for i in range(len(values))]
-
-
 def steps_to(target: float, steps: list[int], accuracy: list[float]) -> int | None:
     """First evaluation step whose smoothed accuracy reaches `target`."""
-    for step, value in zip(steps, moving_average(accuracy), strict=True):
+    for step, value in zip(steps, moving_average(accuracy, SMOOTHING), strict=True):
         if value >= target - 1e-12:
             return step
     return None
@@ -136,14 +133,7 @@ def summarise(runs: dict) -> dict:
         entry["speedup"] = (g / d) if (g and d) else None
         per_seed[seed] = entry
     keys = [k for k in next(iter(per_seed.values())) if not k.endswith("thirds")]
-    overall = {}
-    for key in keys:
-        values = [entry[key] for entry in per_seed.values() if entry[key] is not None]
-        overall[key] = (
-            {"mean": statistics.mean(values), "min": min(values), "max": max(values), "n": len(values)}
-            if values
-            else None
-        )
+    overall = {key: spread([entry[key] for entry in per_seed.values()]) for key in keys}
     return {"per_seed": per_seed, "overall": overall}
 
 

@@ -47,6 +47,8 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
+from common import moving_average  # noqa: E402
+
 RESULTS = Path(__file__).parent / "results"
 COLORS = {"grpo": "tab:blue", "hapo": "tab:red"}
 #: timing arm -> (registered trainer, extra config fields)
@@ -209,10 +211,6 @@ def _mean_and_range(runs: dict, key: str) -> tuple[list[float], list[float], lis
     return [statistics.mean(c) for c in columns], [min(c) for c in columns], [max(c) for c in columns]
 
 
-def _moving_average(values: list[float], window: int) -> list[float]:
-    return [statistics.mean(values[max(0, i - window + 1) : i + 1]) for i in range(len(values))]
-
-
 def plot(report: dict, path: Path) -> None:
     import matplotlib
 
@@ -226,7 +224,7 @@ def plot(report: dict, path: Path) -> None:
             mean, low, high = _mean_and_range(learning[arm], key)
             steps = list(range(1, len(mean) + 1))
             if key == "reward":
-                mean, low, high = (_moving_average(v, 10) for v in (mean, low, high))
+                mean, low, high = (moving_average(v, 10) for v in (mean, low, high))
             ax.plot(steps, mean, color=COLORS[arm], label=f"{arm} (mean of {len(learning[arm])} seeds)")
             ax.fill_between(steps, low, high, color=COLORS[arm], alpha=0.2)
             ax.set_title(title + (" (10-step moving average)" if key == "reward" else ""))

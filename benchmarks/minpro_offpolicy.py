@@ -56,6 +56,8 @@ ARMS: dict[str, tuple[str, dict]] = {
     "minpro_capped": ("minpro", {"minpro_cap_at_one": True}),
 }
 COLORS = {"grpo": "tab:blue", "minpro": "tab:orange", "minpro_capped": "tab:green"}
+from common import moving_average  # noqa: E402
+
 RESULTS = Path(__file__).parent / "results"
 SPIKE_FACTOR = 10.0
 ACTIVE_GRAD_NORM = 1e-6
@@ -123,11 +125,6 @@ def curves(history: list[dict]) -> dict:
 # ----------------------------------------------------------------------------------------------------------------------
 # Stability measures (pure functions of the curves)
 # ----------------------------------------------------------------------------------------------------------------------
-def moving_average(values: list[float], window: int = SMOOTHING) -> list[float]:
-    """Trailing moving average: m_t = mean(v_{max(0, t-w+1)} .. v_t)."""
-    return [statistics.fmean(values[max(0, t - window + 1) : t + 1]) for t in range(len(values))]
-
-
 def largest_drop(values: list[float]) -> float:
     """Largest peak-to-trough fall, max_{s<t} (v_s - v_t), of a sequence (0 if it never falls)."""
     peak, drop = -math.inf, 0.0
@@ -149,7 +146,7 @@ def collapse_step(grad_norms: list[float], threshold: float = ACTIVE_GRAD_NORM) 
 
 def summarise(run: dict, spike_threshold: float) -> dict:
     reward, grad_norms = run["reward"], run["grad_norm"]
-    smoothed = moving_average(reward)
+    smoothed = moving_average(reward, SMOOTHING)
     return {
         "final_reward": statistics.fmean(reward[-FINAL_WINDOW:]),
         "peak_reward": max(smoothed),
@@ -219,7 +216,7 @@ def _plot_sweep(axes, sweep: dict, spike_threshold: float, num_iterations: int) 
         stats = sweep["summary"][arm]
         width = min(len(r["reward"]) for r in runs)
         steps = runs[0]["reward_step"][:width]
-        smoothed = [moving_average(r["reward"][:width]) for r in runs]
+        smoothed = [moving_average(r["reward"][:width], SMOOTHING) for r in runs]
         label = (
             f"{arm}: final {stats['final_reward']['mean']:.2f}, "
             f"largest drop {stats['largest_reward_drop']['mean']:.2f}"

@@ -1,0 +1,165 @@
+"""Learning efficiency of every named trainer against `grpo` on the built-in task, over seeds.
+
+    python benchmarks/learning.py                                    # 4 trainers x 3 seeds x 300 steps (~5 minutes)
+    python benchmarks/learning.py --trainers grpo bnpo --seeds 0 --steps 100
+
+The quickstart's setting (``trl_ext.data.QUICKSTART_SETTINGS``): a tiny randomly initialised Qwen2, the ``arithmetic``
+task (8192 rows, four difficulty levels), 16 prompts x 8 completions per step, lr 1e-3 linear, T = 1, no KL, one
+update per batch. Every trainer runs with its spec defaults from the same weights, data order and seed. ``minpro``
+is on-policy here, where it equals ``grpo`` by construction (its off-policy behaviour is
+``benchmarks/minpro_offpolicy.py``); ``diva`` needs unique problem ids and is compared on its own task by
+``benchmarks/diva_variants.py``; ``calibadv`` needs the search rollout.
+
+Reported per trainer, over seeds: the reward curve (10-step moving average; mean and range), the steps at which the
+moving average first reaches 0.5 and 0.8, the mean reward over the last 30 steps, and the fraction of all-equal
+groups (TRL's ``frac_reward_zero_std``) over training. Writes ``benchmarks/results/learning.json`` and ``.png``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import tempfile
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+from common import moving_average, spread  # noqa: E402
+
+RESULTS = Path(__file__).parent / "results"
+COLORS = {"grpo": "tab:blue", "bnpo": "tab:orange", "minpro": "tab:purple", "hapo": "tab:red"}
+THRESHOLDS = (0.5, 0.8)
+WINDOW = 10
+
+
+def first_step(curve: list[float], threshold: float) -> int | None:
+    return next((i + 1 for i, value in enumerate(curve) if value >= threshold), None)
+
+
+def train_run(name: str, checkpoint: str, dataset, task, seed: int, steps: int) -> dict:
+    from transformers import PrinterCallback
+
+    from trl_ext import get_trainer
+    from trl_ext.data import QUICKSTART_SETTINGS
+
+    trainer_cls, config_cls = get_trainer(name)
+    config = dict(QUICKSTART_SETTINGS["config"])
+    config.update(seed=seed, max_steps=steps, logging_steps=1)
+    with tempfile.TemporaryDirectory() as output_dir:
+        args = config_cls(output_dir=output_dir, disable_tqdm=True, **config)
+        trainer = trainer_cls(model=checkpoint, reward_funcs=task.reward_funcs, args=args, train_dataset=dataset)
+        trainer.remove_callback(PrinterCallback)
+        trainer.train()
+    entries = [entry for entry in trainer.state.log_history if "loss" in entry]
+    return {key: [entry[key] for entry in entries] for key in ("reward", "frac_reward_zero_std", "step_time")}
+
+
+def summarise(runs: dict) -> dict:
+    summary = {}
+    for name, per_seed in runs.items():
+        rows = {}
+        for seed, run in per_seed.items():
+            curve = moving_average(run["reward"], WINDOW)
+            rows[seed] = {
+                **{f"steps_to_{t}": first_step(curve, t) for t in THRESHOLDS},
+                "final_reward": statistics.mean(run["reward"][-30:]),
+                "frac_zero_std": statistics.mean(run["frac_reward_zero_std"]),
+            }
+        aggregate = {key: spread([row[key] for row in rows.values()]) for key in next(iter(rows.values()))}
+        summary[name] = {"per_seed": rows, "overall": aggregate}
+    return summary
+
+
+def plot(report: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    for name, per_seed in report["runs"].items():
+        curves = [moving_average(run["reward"], WINDOW) for run in per_seed.values()]
+        x = range(1, len(curves[0]) + 1)
+        color = COLORS.get(name)
+        ax.plot(x, [statistics.mean(c[i] for c in curves) for i in range(len(x))], color=color, label=name)
+        ax.fill_between(
+            x,
+            [min(c[i] for c in curves) for i in range(len(x))],
+            [max(c[i] for c in curves) for i in range(len(x))],
+            color=color,
+            alpha=0.12,
+        )
+    ax.set_xlabel("optimizer step (128 completions each)")
+    ax.set_ylabel(f"training reward ({WINDOW}-step mean)")
+    ax.set_title(f"Built-in arithmetic task, {len(next(iter(report['runs'].values())))} seeds (mean, range)")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--trainers", nargs="+", default=["grpo", "bnpo", "minpro", "hapo"])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--steps", type=int, default=300)
+    parser.add_argument("--out", type=Path, default=RESULTS / "learning.json")
+    options = parser.parse_args(argv)
+
+    import torch
+
+    from trl_ext.data import QUICKSTART_SETTINGS, get_task
+    from trl_ext.testing import build_tiny_checkpoint
+
+    torch.set_num_threads(1)
+    task = get_task(QUICKSTART_SETTINGS["task"])
+    names = list(dict.fromkeys(["grpo", *options.trainers]))
+    runs: dict = {name: {} for name in names}
+    for seed in options.seeds:
+        dataset = task.make_dataset(QUICKSTART_SETTINGS["dataset"]["num_rows"], seed)
+        model_kwargs = {k: v for k, v in QUICKSTART_SETTINGS["model"].items() if k != "alphabet"}
+        model_kwargs["seed"] = seed
+        checkpoint = build_tiny_checkpoint(
+            str(Path(tempfile.gettempdir()) / f"trl-ext-learning-{seed}"), alphabet=task.alphabet, **model_kwargs
+        )
+        order = names if seed % 2 == 0 else list(reversed(names))
+        for name in order:
+            run = train_run(name, checkpoint, dataset, task, seed, options.steps)
+            runs[name][str(seed)] = run
+            print(
+                f"seed {seed} {name:>6}: reward last 30 steps {statistics.mean(run['reward'][-30:]):.3f}", flush=True
+            )
+    summary = summarise(runs)
+    report = {
+        "command": "python benchmarks/learning.py " + " ".join(sys.argv[1:] if argv is None else argv),
+        "options": {"trainers": names, "seeds": options.seeds, "steps": options.steps},
+        "summary": summary,
+        "runs": runs,
+    }
+    options.out.parent.mkdir(parents=True, exist_ok=True)
+    options.out.write_text(json.dumps(report, indent=1))
+    plot(report, options.out.with_suffix(".png"))
+    print(f"\n{'trainer':>8} {'steps to 0.5':>13} {'steps to 0.8':>13} {'final reward':>13} {'all-equal groups':>17}")
+    for name, row in summary.items():
+        cells = []
+        for key in ("steps_to_0.5", "steps_to_0.8", "final_reward", "frac_zero_std"):
+            value = row["overall"][key]
+            cells.append(
+                "never"
+                if value is None
+                else f"{value['mean']:.3f}"
+                if key in ("final_reward", "frac_zero_std")
+                else f"{value['mean']:.0f} ({value['n']}/{len(options.seeds)})"
+            )
+        print(f"{name:>8} {cells[0]:>13} {cells[1]:>13} {cells[2]:>13} {cells[3]:>17}")
+    print(f"wrote {options.out}")
+    return report
+
+
+if __name__ == "__main__":
+    main()

