@@ -159,7 +159,7 @@ def test_worked_example_5_2_segment_advantages(lam, kappa, answer0, answer1):
         start, end = runs[-1]
         answer_mask[i, start:end] = 1
     answer = tokens.double() * answer_mask
-    assert lam * answer.clamp(min=0).sum() == pytest.approx(-answer.clamp(max=0).sum(), rel=1e-5)
+    assert float(lam * answer.clamp(min=0).sum()) == pytest.approx(float(-answer.clamp(max=0).sum()), rel=1e-5)
 
 
 # §5.3 and text functions -------------------------------------------------------------------------------------------
