@@ -1,0 +1,785 @@
+"""`grpo` versus `calibadv` on the built-in `deepsearch` task: how often the update penalises correct search steps of
+failed trajectories, and answer F1 over training.
+
+    python benchmarks/calibadv_search.py                  # the measured configuration (2 CPU cores, ~20 minutes)
+    python benchmarks/calibadv_search.py --lr 1e-4 --out benchmarks/results/calibadv_search_lr1e-4.json
+    python benchmarks/calibadv_search.py --seeds 0 --steps 10 --sft_steps 300   # a quick look (a weak warm start)
+
+Task: ``deepsearch`` (world 0: 224 two- and three-hop questions over 148 invented-entity documents), BM25 over its
+corpus (``calibadv_corpus_path="deepsearch"``), top-2 documents per search, observations cut to 180 tokens (the first
+document always whole), up to 3 executed searches and a final answer turn (``calibadv_max_turns=3``), ``<think>``
+prepended (the paper's setting). The prompt is the bare question (``prompt_builder``): tokens are characters, so
+CPU cost grows with every character of the context.
+
+Warm start. A randomly initialised tiny model never writes the tag protocol, so RL from scratch measures nothing. We
+first fine-tune a tiny Qwen2 (hidden 64, 2 layers, 4 heads, initializer_range 0.02;
+``trl_ext.testing.build_tiny_checkpoint``) with a plain PyTorch loop (AdamW, lr ``--sft_lr`` with 5 % warm-up and
+linear decay, batch 8, ``--sft_steps`` steps) on scripted expert transcripts: for a question, one turn
+``<kind></think>\n<search> <title> </search>`` per document of its reasoning chain (the named film / novel, then the
+director / author / studio, then the city for country questions) and a final ``<kind></think>\n<answer> <answer>
+</answer>``, with the **real observations** in between: the transcripts come from the same ``SearchAgentRollout`` and
+BM25 retriever as the RL runs (a scripted turn generator writes the expert's turns), so token ids and masks are
+exactly the RL ones. The loss is next-token cross-entropy on the model-written tokens only (prompt and observations
+masked). In ``--error_rate`` (25 %) of the transcripts the final answer is replaced by a wrong one of the same kind
+(another city, year or country), so the policy also learns to fail *after correct searches*, the case CalibAdv
+targets; the imperfect copying of invented names at temperature 1 adds failures of every kind. The result writes the
+protocol almost always and answers 81 % right greedily, but only ~45 % of its temperature-1 samples score, so groups
+mix successes and failures. The warm start is **one checkpoint shared by all seeds** (~6 minutes; three of them do
+not fit in the budget); it is cached under the temporary directory, keyed by its settings. Seeds differ in the RL
+data order and sampling.
+
+Arms (the same warm start, seed, data and step budget; the same ``CalibAdvTrainer`` and rollout):
+
+* ``grpo``: ``calibadv_soft_penalty=False, calibadv_answer_rebalance=False``: every model token of trajectory i gets
+  the GRPO advantage A_i = (R_i - mean_g R) / (std_g R + 1e-6). Checked at every step: the token advantages equal
+  A_i on model tokens and 0 elsewhere (max deviation 0), and A_i equals TRL's GRPO advantage up to its epsilon (1e-4
+  instead of 1e-6; max deviation ~3e-4);
+* ``calibadv``: the spec's defaults (soft penalty and answer rebalance, lambda 1, silver F1 >= 0.7).
+
+RL: 4 questions x 4 completions per step, one optimizer step per generation batch, 60 steps, constant ``--lr``
+(3e-4), ``loss_type="bnpo"`` (TRL's token mean), epsilon 0.2, no KL, temperature 1. The learning rate matters more
+than anything else here: at 1e-4 neither arm's F1 moves in 60 steps (second command above); from 3e-4 on the updates
+destabilise the warm start (format validity and greedy F1 fall), the regime the paper's stability claim is about
+(at 5e-4, seed 0 only, greedy F1 fell from 0.81 to 0.20 with grpo and to 0.46 with calibadv; at 1e-3, on an earlier
+and weaker warm start, both arms collapsed to F1 0 within ~15 steps).
+
+Measured at every generation batch, in both arms, from the same quantities (the advantage seam's gathered batch, in a
+``_check_advantages`` override):
+
+* **penalised share**: among the *failed* trajectories (A_i < 0), the search steps that are *correct* by the spec's
+  in-group silver-document rule with **step score s > 0** (the step retrieved a new document of the group's silver
+  set and is not a repeat; groups with no eligible trajectory have no silver set, and their steps are not judged),
+  and the fraction of those steps whose tokens received a negative advantage in the update actually applied (grpo:
+  the broadcast A_i; calibadv: the calibrated token advantages). Also the **penalty kept**: the mean over those steps
+  of (advantage on the step) / A_i, 1 for grpo and 1 - s for calibadv; both numbers again for fully correct steps
+  (s = 1); and the share of all judged steps of failed trajectories that are correct;
+* the training reward (answer F1 x format validity), F1 alone, format validity, searches per trajectory;
+* every ``--eval_every`` steps, greedy decoding on ``--eval_questions`` fixed questions spread over the world
+  (F1 x format, F1, format validity). They are in the training distribution: the warm start saw every question.
+
+Reported per seed and over seeds (mean, min, max): the penalised share and penalty kept (pooled over the run), the
+training reward over the first and last 10 steps and its mean over all steps (area under the curve), the greedy
+evaluation at the start and the end. No "steps to an F1 threshold": F1 does not rise in either arm. Writes
+``benchmarks/results/calibadv_search.json`` and ``.png`` (F1, format validity, penalised share over training: mean
+over seeds, band = range).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import math
+import os
+import random
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+RESULTS = Path(__file__).parent / "results"
+ARMS = ("grpo", "calibadv")
+COLORS = {"grpo": "tab:blue", "calibadv": "tab:orange"}
+WORLD_SEED = 0
+#: Rollout settings shared by the warm start and the RL runs.
+ROLLOUT = {"max_turns": 3, "max_tokens_per_turn": 64, "max_obs_tokens": 180, "top_k": 2, "prepend_think_token": True}
+MAX_COMPLETION_LENGTH = 4 * 64 + 3 * 180
+#: The tiny model (``build_tiny_checkpoint`` keyword arguments).
+MODEL = {
+    "hidden_size": 64,
+    "num_layers": 2,
+    "num_heads": 4,
+    "max_position_embeddings": 1024,
+    "initializer_range": 0.02,
+}
+#: The kind of answer of each question template (the think word of the expert's answer turn; wrong answers are drawn
+#: from the other answers of the same kind).
+ANSWER_KIND = {
+    "film_director_birthplace": "city",
+    "film_director_birth_year": "year",
+    "film_studio_city": "city",
+    "novel_author_birthplace": "city",
+    "film_director_birth_country": "country",
+}
+SMOOTHING = 10
+SFT_FORMAT_VERSION = 1
+
+
+def question_prompt(question: str) -> str:
+    """The compact prompt: the bare question and a newline (the rollout appends ``<think>``)."""
+    return question + "\n"
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Warm start: supervised fine-tuning on scripted expert transcripts
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def expert_turns(question, rng: random.Random, error_rate: float, answers_by_kind: dict[str, list[str]]) -> list[str]:
+    """The expert's turns for a question (``<think>`` is in the context, so every turn starts inside it): one search
+    per document of the reasoning chain, by its title, then the answer; with probability ``error_rate`` the answer is
+    another one of the same kind."""
+    from trl_ext.data.deepsearch import build_deepsearch_world
+
+    titles = {doc.id: doc.title for doc in build_deepsearch_world(WORLD_SEED).documents}
+    turns = [
+        f"{doc_id.split('-')[0]}</think>\n<search> {titles[doc_id]} </search>"
+        for doc_id in question.supporting_doc_ids
+    ]
+    kind = ANSWER_KIND[question.template]
+    answer = question.golden_answers[0]
+    if rng.random() < error_rate:
+        answer = rng.choice([a for a in answers_by_kind[kind] if a != answer])
+    turns.append(f"{kind}</think>\n<answer> {answer} </answer>")
+    return turns
+
+
+class ScriptedTurns:
+    """A ``TurnGenerator`` writing ``plans[row][turn - 1]`` (log-probs 0): the rollout then runs the real retriever."""
+
+    def __init__(self, tokenizer, plans: list[list[str]]) -> None:
+        self.tokenizer = tokenizer
+        self.plans = plans
+
+    def __call__(self, contexts, max_new_tokens, rows, turn):
+        out = []
+        for row in rows:
+            ids = self.tokenizer.encode(self.plans[row][turn - 1], add_special_tokens=False)[:max_new_tokens]
+            out.append((ids, [0.0] * len(ids)))
+        return out
+
+
+def make_rollout(retriever):
+    from trl_ext.rollout.search_agent import SearchAgentRollout
+
+    return SearchAgentRollout(retriever, **ROLLOUT)
+
+
+def sft_examples(tokenizer, retriever, options) -> list[tuple[list[int], list[int]]]:
+    """(input ids, labels) of ``--sft_examples`` expert transcripts; labels are -100 on prompt and observations."""
+    from trl_ext.data.deepsearch import build_deepsearch_world
+
+    questions = list(build_deepsearch_world(WORLD_SEED).questions)
+    answers_by_kind: dict[str, set[str]] = {}
+    for question in questions:
+        answers_by_kind.setdefault(ANSWER_KIND[question.template], set()).add(question.golden_answers[0])
+    answers = {kind: sorted(values) for kind, values in answers_by_kind.items()}
+    rng = random.Random(options.sft_seed)
+    chosen = [rng.choice(questions) for _ in range(options.sft_examples)]
+    plans = [expert_turns(q, rng, options.error_rate, answers) for q in chosen]
+    rollout = make_rollout(retriever)
+    prompt_ids = rollout.encode_prompts([question_prompt(q.question) for q in chosen], tokenizer)
+    output = rollout.run(
+        prompt_ids, tokenizer, ScriptedTurns(tokenizer, plans), max_completion_length=MAX_COMPLETION_LENGTH
+    )
+    if any(output["calibadv_truncated"]) or any(output["calibadv_invalid_action"]):
+        raise RuntimeError("an expert transcript was truncated or invalid: raise MAX_COMPLETION_LENGTH")
+    examples = []
+    for prompt, completion, env_mask in zip(
+        output["prompt_ids"], output["completion_ids"], output["env_mask"], strict=True
+    ):
+        labels = [-100] * len(prompt) + [t if m else -100 for t, m in zip(completion, env_mask, strict=True)]
+        examples.append((prompt + completion, labels))
+    return examples
+
+
+def sft_settings(options) -> dict:
+    return {
+        "version": SFT_FORMAT_VERSION,
+        "model": MODEL,
+        "rollout": ROLLOUT,
+        "steps": options.sft_steps,
+        "batch": options.sft_batch,
+        "lr": options.sft_lr,
+        "examples": options.sft_examples,
+        "error_rate": options.error_rate,
+        "seed": options.sft_seed,
+    }
+
+
+def warm_start(options) -> tuple[str, dict]:
+    """The supervised warm start (cached): returns the checkpoint path and its training log."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from trl_ext.data.deepsearch import DEEPSEARCH_ALPHABET, deepsearch_corpus
+    from trl_ext.retrieval import BM25Retriever
+    from trl_ext.testing import build_tiny_checkpoint
+
+    settings = sft_settings(options)
+    key = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
+    cache = Path(options.cache_dir)
+    target = cache / f"sft-{key}"
+    stamp = target / "warm_start.json"
+    if stamp.is_file():
+        log = json.loads(stamp.read_text())
+        print(f"warm start: cached {target}", flush=True)
+        return str(target), log
+
+    start = time.perf_counter()
+    init = build_tiny_checkpoint(
+        str(cache / f"init-{key}"), alphabet=DEEPSEARCH_ALPHABET, seed=options.sft_seed, **MODEL
+    )
+    tokenizer = AutoTokenizer.from_pretrained(init)
+    model = AutoModelForCausalLM.from_pretrained(init)
+    examples = sft_examples(tokenizer, BM25Retriever(deepsearch_corpus(WORLD_SEED)), options)
+    generator = torch.Generator().manual_seed(options.sft_seed)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=options.sft_lr, betas=(0.9, 0.98), weight_decay=0.0)
+    warmup = max(options.sft_steps // 20, 1)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: min(1.0, (s + 1) / warmup) * max(0.0, 1.0 - s / options.sft_steps)
+    )
+    pad = tokenizer.pad_token_id
+    losses = []
+    model.train()
+    order: list[int] = []
+    for step in range(options.sft_steps):
+        if len(order) < options.sft_batch:
+            order += torch.randperm(len(examples), generator=generator).tolist()
+        batch = [examples[order.pop()] for _ in range(options.sft_batch)]
+        width = max(len(ids) for ids, _ in batch)
+        input_ids = torch.tensor([ids + [pad] * (width - len(ids)) for ids, _ in batch])
+        labels = torch.tensor([lab + [-100] * (width - len(lab)) for _, lab in batch])
+        attention = torch.tensor([[1] * len(ids) + [0] * (width - len(ids)) for ids, _ in batch])
+        loss = model(input_ids=input_ids, attention_mask=attention, labels=labels).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        losses.append(loss.item())
+        if (step + 1) % 100 == 0 or step + 1 == options.sft_steps:
+            print(
+                f"warm start: step {step + 1}/{options.sft_steps} loss {statistics.mean(losses[-100:]):.4f} "
+                f"({time.perf_counter() - start:.0f}s)",
+                flush=True,
+            )
+    model.eval()
+    target.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(target)
+    tokenizer.save_pretrained(target)
+    log = {"settings": settings, "loss": losses, "seconds": time.perf_counter() - start}
+    stamp.write_text(json.dumps(log))  # last: marks the checkpoint complete
+    return str(target), log
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Evaluation
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def evaluate(model, tokenizer, rollout, questions) -> dict:
+    """Greedy rollouts on ``questions``: mean F1 x format, format validity, searches per trajectory."""
+    import torch
+    from transformers import GenerationConfig
+
+    from trl_ext.rewards.qa import qa_f1_format_score
+
+    was_training = model.training
+    model.eval()
+    config = GenerationConfig(
+        do_sample=False, pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id
+    )
+    with torch.no_grad():
+        output = rollout.generate(
+            [question_prompt(q.question) for q in questions],
+            model,
+            tokenizer,
+            max_completion_length=MAX_COMPLETION_LENGTH,
+            generation_config=config,
+        )
+    if was_training:
+        model.train()
+    scores = [
+        qa_f1_format_score(transcript, list(q.golden_answers), invalid)
+        for transcript, q, invalid in zip(
+            output["calibadv_transcript"], questions, output["calibadv_invalid_action"], strict=True
+        )
+    ]
+    n = len(questions)
+    return {
+        "reward": sum(f1 * valid for f1, valid in scores) / n,
+        "f1": sum(f1 for f1, _ in scores) / n,
+        "format_valid": sum(valid for _, valid in scores) / n,
+        "searches": sum(len(steps) for steps in output["calibadv_steps"]) / n,
+    }
+
+
+def eval_questions(count: int) -> list:
+    """``count`` questions spread evenly over the world's question list (every template and entity kind)."""
+    from trl_ext.data.deepsearch import build_deepsearch_world
+
+    questions = list(build_deepsearch_world(WORLD_SEED).questions)
+    stride = len(questions) / count
+    return [questions[int(i * stride)] for i in range(count)]
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# RL runs
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def penalty_record(trainer, advantages, batch) -> dict:
+    """What one generation batch's update did to the search steps of failed trajectories (see the module docstring).
+
+    Uses the estimator's own per-row A_i, F1 / format scores and step-score function on the gathered batch, and the
+    token advantages ``advantages`` that the update applies."""
+    from trl_ext.advantages.calibadv import combined_rewards
+    from trl_ext.advantages.calibadv_math import group_step_scores, mask_runs
+
+    estimator = trainer.advantage_estimator
+    group = batch.num_generations
+    rows = estimator.last_row_advantages.double().cpu()
+    f1, valid, answered = estimator.score_rows(batch)
+    steps = [list(row or []) for row in batch.columns["calibadv_steps"]]
+    scores, _ = group_step_scores(
+        f1,
+        valid,
+        steps,
+        group,
+        min_f1=estimator.silver_min_f1,
+        think_similarity_threshold=estimator.think_similarity_threshold,
+        max_shared_docs=estimator.max_shared_docs,
+    )
+    token_advantages = advantages.detach().double().cpu()
+    mask = batch.completion_mask.detach().double().cpu()
+    runs = mask_runs(mask)
+    record = {
+        "failed": 0,
+        "failed_with_silver": 0,
+        "failed_steps": 0,
+        "correct": 0,
+        "correct_penalised": 0,
+        "kept_sum": 0.0,
+        "full": 0,
+        "full_penalised": 0,
+        "full_kept_sum": 0.0,
+        "mismatch": 0,
+    }
+    for i, a_i in enumerate(rows.tolist()):
+        if a_i >= 0:
+            continue
+        record["failed"] += 1
+        if scores[i] is None:
+            continue
+        record["failed_with_silver"] += 1
+        if len(runs[i]) != len(steps[i]) + 1:
+            record["mismatch"] += 1
+            continue
+        for (start, end), score in zip(runs[i], scores[i], strict=False):
+            record["failed_steps"] += 1
+            if score <= 0:
+                continue
+            value = token_advantages[i, start:end].mean().item()
+            kept = value / a_i
+            record["correct"] += 1
+            record["correct_penalised"] += value < 0
+            record["kept_sum"] += kept
+            if score >= 1:
+                record["full"] += 1
+                record["full_penalised"] += value < 0
+                record["full_kept_sum"] += kept
+    rewards = combined_rewards(batch.rewards_per_func, batch.reward_weights).double().cpu()
+    n = len(rows)
+    # Sanity checks of the baseline arm: token advantages = A_i on model tokens, 0 elsewhere; A_i = TRL's GRPO.
+    grouped = rewards.view(-1, group)
+    trl = ((grouped - grouped.mean(dim=1, keepdim=True)) / (grouped.std(dim=1, keepdim=True) + 1e-4)).view(-1)
+    record.update(
+        reward=rewards.mean().item(),
+        f1=statistics.mean(x for x in f1 if x == x) if any(x == x for x in f1) else 0.0,
+        format_valid=sum(valid) / n,
+        answered=sum(answered) / n,
+        searches=sum(len(s) for s in steps) / n,
+        broadcast_deviation=(token_advantages - rows.unsqueeze(1) * mask).abs().max().item(),
+        trl_grpo_deviation=(rows - trl).abs().max().item(),
+        groups_with_silver=sum(any(scores[j] is not None for j in range(g, g + group)) for g in range(0, n, group))
+        / (n // group),
+    )
+    return record
+
+
+def make_recording_trainer_class():
+    from trl_ext import CalibAdvTrainer
+
+    class RecordingCalibAdvTrainer(CalibAdvTrainer):
+        """Records :func:`penalty_record` for every training generation batch."""
+
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.penalty_records: list[dict] = []
+
+        def _check_advantages(self, advantages, batch):
+            advantages = super()._check_advantages(advantages, batch)
+            if batch.mode == "train":
+                self.penalty_records.append(penalty_record(self, advantages, batch))
+            return advantages
+
+    return RecordingCalibAdvTrainer
+
+
+def make_eval_callback(trainer_ref: dict, rollout, questions, every: int, curve: list):
+    from transformers import TrainerCallback
+
+    class PeriodicEvaluation(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            if state.global_step % every == 0 or state.global_step == state.max_steps:
+                trainer = trainer_ref["trainer"]
+                curve.append(
+                    {"step": state.global_step, **evaluate(trainer.model, trainer._tokenizer, rollout, questions)}
+                )
+
+    return PeriodicEvaluation()
+
+
+def train_run(arm: str, checkpoint: str, seed: int, options, initial_eval: dict) -> dict:
+    """One RL run of ``arm`` from the warm start; returns its per-step records and evaluation curve."""
+    from transformers import PrinterCallback
+
+    from trl_ext import CalibAdvConfig
+    from trl_ext.data.deepsearch import make_deepsearch_dataset
+    from trl_ext.rewards.qa import make_qa_f1_format_reward
+
+    calibrate = arm == "calibadv"
+    prompts_per_step = options.batch // options.group
+    dataset = make_deepsearch_dataset(
+        options.steps * prompts_per_step, seed, world_seed=WORLD_SEED, prompt_builder=question_prompt
+    )
+    trainer_cls = make_recording_trainer_class()
+    with tempfile.TemporaryDirectory() as output_dir:
+        args = CalibAdvConfig(
+            output_dir=output_dir,
+            seed=seed,
+            max_steps=options.steps,
+            per_device_train_batch_size=options.batch,
+            num_generations=options.group,
+            max_completion_length=MAX_COMPLETION_LENGTH,
+            temperature=options.temperature,
+            top_p=1.0,
+            learning_rate=options.lr,
+            lr_scheduler_type="constant",
+            beta=0.0,
+            epsilon=0.2,
+            epsilon_high=0.2,
+            loss_type="bnpo",
+            logging_steps=1,
+            save_strategy="no",
+            report_to="none",
+            use_cpu=True,
+            bf16=False,
+            disable_tqdm=True,
+            calibadv_retriever="bm25",
+            calibadv_corpus_path=f"deepsearch:{WORLD_SEED}",
+            calibadv_max_turns=ROLLOUT["max_turns"],
+            calibadv_max_tokens_per_turn=ROLLOUT["max_tokens_per_turn"],
+            calibadv_max_obs_tokens=ROLLOUT["max_obs_tokens"],
+            calibadv_topk=ROLLOUT["top_k"],
+            calibadv_prepend_think_token=ROLLOUT["prepend_think_token"],
+            calibadv_soft_penalty=calibrate,
+            calibadv_answer_rebalance=calibrate,
+        )
+        trainer = trainer_cls(
+            model=checkpoint,
+            reward_funcs=[make_qa_f1_format_reward(prepend_think_token=ROLLOUT["prepend_think_token"])],
+            args=args,
+            train_dataset=dataset,
+        )
+        trainer.remove_callback(PrinterCallback)
+        curve: list[dict] = [{"step": 0, **initial_eval}]
+        rollout = make_rollout(trainer.retriever)
+        trainer.add_callback(
+            make_eval_callback(
+                {"trainer": trainer}, rollout, eval_questions(options.eval_questions), options.eval_every, curve
+            )
+        )
+        start = time.perf_counter()
+        trainer.train()
+        seconds = time.perf_counter() - start
+    records = trainer.penalty_records
+    return {"seconds": seconds, "steps": records, "eval": curve}
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Summary and plot
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def pooled_shares(records: list[dict]) -> dict:
+    """Penalised share and penalty kept, pooled over the records (None when there is no such step)."""
+    correct = sum(r["correct"] for r in records)
+    full = sum(r["full"] for r in records)
+    failed_steps = sum(r["failed_steps"] for r in records)
+    return {
+        "correct_steps_in_failed": correct,
+        "scored_steps_in_failed": failed_steps,
+        "frac_failed_steps_correct": correct / failed_steps if failed_steps else None,
+        "penalised_share": sum(r["correct_penalised"] for r in records) / correct if correct else None,
+        "penalty_kept": sum(r["kept_sum"] for r in records) / correct if correct else None,
+        "full_correct_steps_in_failed": full,
+        "full_penalised_share": sum(r["full_penalised"] for r in records) / full if full else None,
+        "full_penalty_kept": sum(r["full_kept_sum"] for r in records) / full if full else None,
+        "failed_with_silver_frac": (
+            sum(r["failed_with_silver"] for r in records) / max(sum(r["failed"] for r in records), 1)
+        ),
+    }
+
+
+def moving_average(values: list[float], window: int = SMOOTHING) -> list[float]:
+    """Trailing mean over up to `window` values."""
+    return [statistics.mean(values[max(0, i - window + 1) : i + 1]) for i in range(len(values))]
+
+
+def run_summary(run: dict) -> dict:
+    rewards = [r["reward"] for r in run["steps"]]
+    window = min(SMOOTHING, len(rewards))
+    return {
+        **pooled_shares(run["steps"]),
+        "reward_first10": statistics.mean(rewards[:window]),
+        "reward_last10": statistics.mean(rewards[-window:]),
+        "reward_auc": statistics.mean(rewards),
+        "f1_last10": statistics.mean(r["f1"] for r in run["steps"][-window:]),
+        "format_valid_last10": statistics.mean(r["format_valid"] for r in run["steps"][-window:]),
+        "searches_last10": statistics.mean(r["searches"] for r in run["steps"][-window:]),
+        "eval_start": run["eval"][0]["reward"],
+        "eval_end": run["eval"][-1]["reward"],
+        "eval_mean": statistics.mean(e["reward"] for e in run["eval"][1:]) if len(run["eval"]) > 1 else None,
+        "eval_f1_end": run["eval"][-1]["f1"],
+        "eval_format_valid_end": run["eval"][-1]["format_valid"],
+        "groups_with_silver": statistics.mean(r["groups_with_silver"] for r in run["steps"]),
+        "segment_mismatch_rows": sum(r["mismatch"] for r in run["steps"]),
+        "broadcast_deviation_max": max(r["broadcast_deviation"] for r in run["steps"]),
+        "trl_grpo_deviation_max": max(r["trl_grpo_deviation"] for r in run["steps"]),
+        "seconds": run["seconds"],
+    }
+
+
+def summarise(runs: dict) -> dict:
+    per_seed = {arm: {seed: run_summary(run) for seed, run in runs[arm].items()} for arm in runs}
+    overall = {}
+    for arm, seeds in per_seed.items():
+        overall[arm] = {}
+        for key in next(iter(seeds.values())):
+            values = [entry[key] for entry in seeds.values() if entry[key] is not None]
+            overall[arm][key] = (
+                {"mean": statistics.mean(values), "min": min(values), "max": max(values), "n": len(values)}
+                if values
+                else None
+            )
+    return {"per_seed": per_seed, "overall": overall}
+
+
+def _band(axis, x, curves, color, label, linestyle="-"):
+    mean = [statistics.mean(c[i] for c in curves) for i in range(len(x))]
+    axis.plot(x, mean, color=color, label=label, linestyle=linestyle)
+    if len(curves) > 1:
+        low = [min(c[i] for c in curves) for i in range(len(x))]
+        high = [max(c[i] for c in curves) for i in range(len(x))]
+        axis.fill_between(x, low, high, color=color, alpha=0.15)
+
+
+def plot(report: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    runs = report["runs"]
+    fig, (left, middle, right) = plt.subplots(1, 3, figsize=(19, 5.2))
+    for arm in ARMS:
+        if arm not in runs:
+            continue
+        seeds = list(runs[arm])
+        color = COLORS[arm]
+        rewards = [moving_average([r["reward"] for r in runs[arm][s]["steps"]]) for s in seeds]
+        x = range(1, len(rewards[0]) + 1)
+        _band(left, x, rewards, color, f"{arm}: training F1 x format ({SMOOTHING}-step mean)")
+        evals = [[e["reward"] for e in runs[arm][s]["eval"]] for s in seeds]
+        eval_steps = [e["step"] for e in runs[arm][seeds[0]]["eval"]]
+        _band(left, eval_steps, evals, color, f"{arm}: greedy evaluation F1 x format", linestyle="--")
+        valid = [moving_average([r["format_valid"] for r in runs[arm][s]["steps"]]) for s in seeds]
+        _band(middle, x, valid, color, f"{arm}: training ({SMOOTHING}-step mean)")
+        eval_valid = [[e["format_valid"] for e in runs[arm][s]["eval"]] for s in seeds]
+        _band(middle, eval_steps, eval_valid, color, f"{arm}: greedy evaluation", linestyle="--")
+
+        def share(record):
+            return record["correct_penalised"] / record["correct"] if record["correct"] else math.nan
+
+        def kept(record):
+            return record["kept_sum"] / record["correct"] if record["correct"] else math.nan
+
+        def correct_frac(record):
+            return record["correct"] / record["failed_steps"] if record["failed_steps"] else math.nan
+
+        for fn, style, what in (
+            (share, "-", "share of them penalised"),
+            (kept, ":", "penalty kept on them"),
+            (correct_frac, "--", "correct / all judged steps of failed trajs"),
+        ):
+            curves = []
+            for s in seeds:
+                values = [fn(r) for r in runs[arm][s]["steps"]]
+                # trailing mean over the steps that had such a step (NaN where none so far)
+                smoothed, window = [], []
+                for v in values:
+                    if v == v:
+                        window = (window + [v])[-SMOOTHING:]
+                    smoothed.append(statistics.mean(window) if window else math.nan)
+                curves.append(smoothed)
+            xs = range(1, len(curves[0]) + 1)
+            mean = [
+                statistics.mean([c[i] for c in curves if c[i] == c[i]]) if any(c[i] == c[i] for c in curves) else None
+                for i in range(len(xs))
+            ]
+            right.plot(
+                xs,
+                [m if m is not None else math.nan for m in mean],
+                color=color,
+                linestyle=style,
+                label=f"{arm}: {what}",
+            )
+    left.set_xlabel(f"optimizer step ({report['options']['batch']} trajectories each)")
+    left.set_ylabel("answer F1 x format validity")
+    left.set_title("F1 over training (mean over seeds, band: range)")
+    left.legend(fontsize=8)
+    middle.set_xlabel("optimizer step")
+    middle.set_ylabel("fraction of trajectories with a valid format")
+    middle.set_title("Format validity")
+    middle.set_ylim(-0.05, 1.05)
+    middle.legend(fontsize=8)
+    right.set_xlabel("optimizer step")
+    right.set_ylabel(f"fraction / ratio ({SMOOTHING}-step mean)")
+    right.set_ylim(-0.05, 1.05)
+    right.set_title(
+        "Correct search steps (s > 0) of failed trajectories (A_i < 0):\nshare with a negative advantage, A_step / A_i"
+    )
+    right.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def _fmt(value, digits=3) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def print_summary(summary: dict) -> None:
+    keys = (
+        ("penalised_share", "share of correct steps in failed trajs penalised"),
+        ("penalty_kept", "penalty kept on them (A_step / A_i)"),
+        ("full_penalised_share", "share of fully correct (s=1) steps penalised"),
+        ("frac_failed_steps_correct", "correct / scored steps in failed trajs"),
+        ("reward_first10", "training F1 x format, first 10 steps"),
+        ("reward_last10", "training F1 x format, last 10 steps"),
+        ("reward_auc", "training F1 x format, mean over steps"),
+        ("eval_start", "greedy eval F1 x format, start"),
+        ("eval_end", "greedy eval F1 x format, end"),
+        ("eval_mean", "greedy eval F1 x format, mean of evals after 0"),
+        ("eval_f1_end", "greedy eval F1 (format ignored), end"),
+        ("eval_format_valid_end", "greedy eval format validity, end"),
+        ("f1_last10", "training F1 (format ignored), last 10 steps"),
+        ("format_valid_last10", "format validity, last 10 steps"),
+        ("searches_last10", "searches per trajectory, last 10 steps"),
+    )
+    seeds = list(next(iter(summary["per_seed"].values())))
+    for arm in summary["per_seed"]:
+        print(f"== {arm}")
+        for key, label in keys:
+            per_seed = " ".join(_fmt(summary["per_seed"][arm][s][key]) for s in seeds)
+            agg = summary["overall"][arm][key]
+            mean = "-" if agg is None else f"{agg['mean']:.3f} [{agg['min']:.3f}, {agg['max']:.3f}]"
+            print(f"  {label:<52} {mean:<24} seeds {per_seed}")
+    grpo = summary["overall"].get("grpo")
+    if grpo:
+        print(
+            f"grpo arm checks: max |token adv - A_i mask| {grpo['broadcast_deviation_max']['max']:.2e}, "
+            f"max |A_i - TRL GRPO (eps 1e-4)| {grpo['trl_grpo_deviation_max']['max']:.2e}"
+        )
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--arms", nargs="+", default=list(ARMS), choices=ARMS)
+    parser.add_argument("--steps", type=int, default=60, help="RL optimizer steps per run")
+    parser.add_argument("--batch", type=int, default=16, help="trajectories per step")
+    parser.add_argument("--group", type=int, default=4, help="completions per question (num_generations)")
+    parser.add_argument("--lr", type=float, default=3e-4)
+    parser.add_argument("--temperature", type=float, default=1.0)
+    parser.add_argument("--eval_every", type=int, default=15)
+    parser.add_argument("--eval_questions", type=int, default=96)
+    parser.add_argument("--sft_steps", type=int, default=1000)
+    parser.add_argument("--sft_batch", type=int, default=8)
+    parser.add_argument("--sft_lr", type=float, default=6e-3)
+    parser.add_argument("--sft_examples", type=int, default=2048)
+    parser.add_argument("--sft_seed", type=int, default=0)
+    parser.add_argument("--error_rate", type=float, default=0.25, help="expert transcripts with a wrong answer")
+    parser.add_argument("--cache_dir", default=str(Path(tempfile.gettempdir()) / "trl-ext-calibadv-bench"))
+    parser.add_argument("--out", type=Path, default=RESULTS / "calibadv_search.json")
+    parser.add_argument("--replot", action="store_true", help="re-summarise and re-plot --out without training")
+    options = parser.parse_args(argv)
+    if options.replot:
+        report = json.loads(options.out.read_text())
+        report["summary"] = summarise(report["runs"])
+        options.out.write_text(json.dumps(report, indent=1))
+        plot(report, options.out.with_suffix(".png"))
+        print_summary(report["summary"])
+        return report
+
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from trl_ext.data.deepsearch import deepsearch_corpus
+    from trl_ext.retrieval import BM25Retriever
+
+    torch.set_num_threads(1)
+    begin = time.perf_counter()
+    checkpoint, sft_log = warm_start(options)
+    tokenizer = AutoTokenizer.from_pretrained(checkpoint)
+    model = AutoModelForCausalLM.from_pretrained(checkpoint)
+    rollout = make_rollout(BM25Retriever(deepsearch_corpus(WORLD_SEED)))
+    initial_eval = evaluate(model, tokenizer, rollout, eval_questions(options.eval_questions))
+    print(f"warm start: greedy eval {initial_eval}", flush=True)
+    del model
+
+    arms = [arm for arm in ARMS if arm in options.arms]
+    runs: dict = {arm: {} for arm in arms}
+    for seed in options.seeds:
+        for arm in arms if seed % 2 == 0 else arms[::-1]:
+            run = train_run(arm, checkpoint, seed, options, initial_eval)
+            runs[arm][str(seed)] = run
+            entry = run_summary(run)
+            print(
+                f"seed {seed} {arm:>8}: {run['seconds']:5.0f}s | penalised share {_fmt(entry['penalised_share'])} "
+                f"(kept {_fmt(entry['penalty_kept'])}, {entry['correct_steps_in_failed']} steps) | train F1 "
+                f"{entry['reward_first10']:.3f} -> {entry['reward_last10']:.3f} | eval {entry['eval_start']:.3f} -> "
+                f"{entry['eval_end']:.3f}",
+                flush=True,
+            )
+    summary = summarise(runs)
+    report = {
+        "command": "python benchmarks/calibadv_search.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "options": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(options).items() if k != "replot"},
+        "rollout": ROLLOUT,
+        "model": MODEL,
+        "warm_start": {"seconds": sft_log["seconds"], "loss_last100": statistics.mean(sft_log["loss"][-100:])},
+        "initial_eval": initial_eval,
+        "seconds_total": time.perf_counter() - begin,
+        "summary": summary,
+        "runs": runs,
+    }
+    options.out.parent.mkdir(parents=True, exist_ok=True)
+    options.out.write_text(json.dumps(report, indent=1))
+    plot(report, options.out.with_suffix(".png"))
+    print_summary(summary)
+    print(f"total {report['seconds_total']:.0f}s; wrote {options.out} and {options.out.with_suffix('.png')}")
+    return report
+
+
+if __name__ == "__main__":
+    main()
