@@ -84,6 +84,8 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
+from common import moving_average, replot  # noqa: E402
+
 RESULTS = Path(__file__).parent / "results"
 ARMS = ("grpo", "calibadv")
 COLORS = {"grpo": "tab:blue", "calibadv": "tab:orange"}
@@ -530,11 +532,6 @@ def pooled_shares(records: list[dict]) -> dict:
     }
 
 
-def moving_average(values: list[float], window: int = SMOOTHING) -> list[float]:
-    """Trailing mean over up to `window` values."""
-    return [statistics.mean(values[max(0, i - window + 1) : i + 1]) for i in range(len(values))]
-
-
 def run_summary(run: dict) -> dict:
     rewards = [r["reward"] for r in run["steps"]]
     window = min(SMOOTHING, len(rewards))
@@ -596,13 +593,13 @@ def plot(report: dict, path: Path) -> None:
             continue
         seeds = list(runs[arm])
         color = COLORS[arm]
-        rewards = [moving_average([r["reward"] for r in runs[arm][s]["steps"]]) for s in seeds]
+        rewards = [moving_average([r["reward"] for r in runs[arm][s]["steps"]], SMOOTHING) for s in seeds]
         x = range(1, len(rewards[0]) + 1)
         _band(left, x, rewards, color, f"{arm}: training F1 x format ({SMOOTHING}-step mean)")
         evals = [[e["reward"] for e in runs[arm][s]["eval"]] for s in seeds]
         eval_steps = [e["step"] for e in runs[arm][seeds[0]]["eval"]]
         _band(left, eval_steps, evals, color, f"{arm}: greedy evaluation F1 x format", linestyle="--")
-        valid = [moving_average([r["format_valid"] for r in runs[arm][s]["steps"]]) for s in seeds]
+        valid = [moving_average([r["format_valid"] for r in runs[arm][s]["steps"]], SMOOTHING) for s in seeds]
         _band(middle, x, valid, color, f"{arm}: training ({SMOOTHING}-step mean)")
         eval_valid = [[e["format_valid"] for e in runs[arm][s]["eval"]] for s in seeds]
         _band(middle, eval_steps, eval_valid, color, f"{arm}: greedy evaluation", linestyle="--")
@@ -724,12 +721,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--replot", action="store_true", help="re-summarise and re-plot --out without training")
     options = parser.parse_args(argv)
     if options.replot:
-        report = json.loads(options.out.read_text())
-        report["summary"] = summarise(report["runs"])
-        options.out.write_text(json.dumps(report, indent=1))
-        plot(report, options.out.with_suffix(".png"))
-        print_summary(report["summary"])
-        return report
+        return replot(options.out, summarise, plot, print_summary)
 
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer

@@ -49,7 +49,7 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
-from common import moving_average, spread  # noqa: E402
+from common import moving_average, replot, spread  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
 COLORS = {"grpo": "tab:blue", "diva": "tab:green"}
@@ -199,12 +199,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--replot", action="store_true", help="re-summarise and re-plot --out without training")
     options = parser.parse_args(argv)
     if options.replot:
-        report = json.loads(options.out.read_text())
-        report["summary"] = summarise(report["runs"])
-        options.out.write_text(json.dumps(report, indent=1))
-        plot(report, options.out.with_suffix(".png"))
-        print_summary(report["summary"])
-        return report
+        return replot(options.out, summarise, plot, print_summary)
 
     import torch
 
