@@ -8,13 +8,19 @@ its calls.
 from __future__ import annotations
 
 import math
+import threading
 
 import pytest
 import torch
 from calibadv_helpers import FakeRetriever, ScriptedTurns, deepsearch_checkpoint_fixture  # noqa: F401  (fixture)
 
 from trl_ext.rewards.qa import is_valid_format, qa_f1_format_score
-from trl_ext.rollout.search_agent import INVALID_ACTION_OBSERVATION, SearchAgentRollout, parse_action
+from trl_ext.rollout.search_agent import (
+    INVALID_ACTION_OBSERVATION,
+    SearchAgentRollout,
+    TransformersTurnGenerator,
+    parse_action,
+)
 
 
 @pytest.fixture(scope="module")
@@ -288,3 +294,139 @@ def test_invalid_settings_name_the_field():
         SearchAgentRollout(FakeRetriever(), top_k=0)
     with pytest.raises(ValueError, match="retriever"):
         SearchAgentRollout(object())
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Lockstep turns (collective generators): two simulated processes in two threads
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+class RowScriptGenerator:
+    """Row ``r`` searches until turn ``turns[r]``, where it answers; records every call. ``collective`` as given."""
+
+    def __init__(self, tokenizer, turns, collective):
+        self.tokenizer, self.turns, self.collective = tokenizer, turns, collective
+        self.calls = []
+
+    def __call__(self, contexts, max_new_tokens, rows, turn):
+        assert len(contexts) == len(rows)
+        self.calls.append((list(rows), turn))
+        out = []
+        for row in rows:
+            action = f"<answer>a{row}</answer>" if turn >= self.turns[row] else f"<search>q{row} t{turn}</search>"
+            ids = self.tokenizer.encode(f"<think>r{row}</think>{action}", add_special_tokens=False)
+            out.append((ids, [-0.25] * len(ids)))
+        return out
+
+
+class ThreadedOr:
+    """``any_active`` for simulated processes in threads: every thread's flag is published, then OR-ed."""
+
+    def __init__(self, world_size):
+        self.barrier = threading.Barrier(world_size, timeout=20)
+        self.flags = [False] * world_size
+        self.calls = [0] * world_size
+
+    def for_rank(self, rank):
+        def any_active(flag):
+            self.calls[rank] += 1
+            self.flags[rank] = flag
+            self.barrier.wait()  # every flag of this round is written
+            result = any(self.flags)
+            self.barrier.wait()  # every flag of this round is read before the next round writes
+            return result
+
+        return any_active
+
+
+# Two processes of two rows each; the second process needs two more turns than the first.
+ROW_TURNS = {0: 1, 1: 2, 2: 4, 3: 3}
+
+
+def _two_process_rollout(tokenizer, collective, lockstep):
+    rollout = SearchAgentRollout(FakeRetriever(), max_turns=4, top_k=1)
+    prompt_ids = [tokenizer(p)["input_ids"] for p in ("A\n", "B\n")]
+    generators = [RowScriptGenerator(tokenizer, ROW_TURNS, collective) for _ in range(2)]
+    any_or = ThreadedOr(2)
+    outputs = [None, None]
+
+    def process(rank):
+        outputs[rank] = rollout.run(
+            prompt_ids,
+            tokenizer,
+            generators[rank],
+            max_completion_length=500,
+            row_offset=2 * rank,
+            any_active=any_or.for_rank(rank) if lockstep else None,
+        )
+
+    threads = [threading.Thread(target=process, args=(rank,)) for rank in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert not any(thread.is_alive() for thread in threads)
+    return outputs, generators, any_or
+
+
+def test_collective_generator_is_called_equally_often_on_every_process(model_and_tokenizer):
+    _, tokenizer = model_and_tokenizer
+    free, free_generators, _ = _two_process_rollout(tokenizer, collective=True, lockstep=False)
+    locked, locked_generators, any_or = _two_process_rollout(tokenizer, collective=True, lockstep=True)
+
+    # Without lockstep the processes make different numbers of generator calls (what hangs a synchronised generate).
+    assert [len(g.calls) for g in free_generators] == [2, 4]
+    # With lockstep both make 4 (the most any process needs), and one OR per turn plus the final one that ends it.
+    assert [len(g.calls) for g in locked_generators] == [4, 4]
+    assert any_or.calls == [5, 5]
+    assert locked_generators[0].calls == [([0, 1], 1), ([1], 2), ([], 3), ([], 4)]
+    assert locked_generators[1].calls == free_generators[1].calls == [([2, 3], 1), ([2, 3], 2), ([2, 3], 3), ([2], 4)]
+    # Same trajectories as the unsynchronised loop, and the uneven turn counts are real.
+    assert locked == free
+    assert [out["calibadv_turns"] for out in locked] == [[1, 2], [4, 3]]
+    assert all(not any(out["calibadv_invalid_action"]) for out in locked)
+
+
+def test_non_collective_generator_makes_no_cross_process_call(model_and_tokenizer):
+    _, tokenizer = model_and_tokenizer
+    outputs, generators, any_or = _two_process_rollout(tokenizer, collective=False, lockstep=True)
+    assert any_or.calls == [0, 0]
+    assert [len(g.calls) for g in generators] == [2, 4]
+    assert [out["calibadv_turns"] for out in outputs] == [[1, 2], [4, 3]]
+
+
+def test_generator_returning_turns_for_no_contexts_is_an_error(model_and_tokenizer):
+    _, tokenizer = model_and_tokenizer
+
+    def bad(contexts, max_new_tokens, rows, turn):
+        return [([1], [0.0])]
+
+    bad.collective = True
+    rollout = SearchAgentRollout(FakeRetriever(), max_turns=2, top_k=1)
+    with pytest.raises(RuntimeError, match="no contexts"):
+        rollout.run([], tokenizer, bad, max_completion_length=50, any_active=lambda active: True)
+
+
+def test_transformers_generator_is_collective_only_when_generate_is_synchronised(model_and_tokenizer):
+    model, tokenizer = model_and_tokenizer
+    generator = TransformersTurnGenerator(model, tokenizer)
+    assert generator.collective is False  # one process, no sharding: no extra collective
+    assert generator([], 8) == []
+    # The empty call of a collective generator runs a one-token dummy generate (here on one process) and returns [].
+    generator.collective = True
+    calls = []
+    original = model.generate
+
+    def counting_generate(*args, **kwargs):
+        calls.append(kwargs)
+        return original(*args, **kwargs)
+
+    model.generate = counting_generate
+    try:
+        state = torch.get_rng_state()
+        assert generator([], 8) == []
+        assert torch.equal(state, torch.get_rng_state())  # greedy: this process's sampling stream is untouched
+    finally:
+        del model.generate
+    assert len(calls) == 1 and calls[0]["input_ids"].shape == (1, 1)
+    assert calls[0]["generation_config"].max_new_tokens == 1 and calls[0]["generation_config"].do_sample is False

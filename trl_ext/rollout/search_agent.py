@@ -41,6 +41,18 @@ fields into each input row, so reward functions receive them as keyword lists an
 decoded text of the new tokens). vLLM is not supported by this rollout; the CalibAdv trainer rejects ``use_vllm=True``
 at construction.
 
+**Lockstep turns.** Each process runs the turn loop over its own trajectories, so processes may need different numbers
+of turns. That is fine when a process's ``generate`` talks to no other process (one process, DDP, DeepSpeed ZeRO-1/2),
+but transformers synchronises ``generate`` across ranks at every decoding step when the parameters are sharded
+(``synced_gpus``: DeepSpeed ZeRO-3 or an FSDP-managed model, world size > 1); a process that left the loop early
+would leave the others waiting in that collective forever (ZeRO-3) or mismatch their messages (FSDP2). A turn
+generator whose ``collective`` attribute is True (:class:`TransformersTurnGenerator` sets it exactly under
+transformers' ``synced_gpus`` condition) is therefore called the same number of times on every process: before each
+turn one cross-process OR (``any_active``, an all-reduce built from the trainer's accelerator) says whether any process
+still has an active trajectory; while one has, every process calls the generator, with empty ``contexts`` and ``rows``
+where none is active left (the generator takes part in its collective and returns ``[]``). The trajectories are those
+of the unsynchronised loop; the cost is one small all-reduce per turn, and only for collective generators.
+
 Decisions where the spec is silent:
 
 * A completion never ends with EOS (the spec drops it), so TRL's ``completions/clipped_ratio`` reads 1 and
@@ -75,6 +87,7 @@ __all__ = [
     "StopOnStrings",
     "TransformersTurnGenerator",
     "TurnGenerator",
+    "generate_is_synchronised",
     "parse_action",
 ]
 
@@ -107,6 +120,11 @@ class TurnGenerator(Protocol):
     batch + local index; a scripted generator may key on them) and the turn number (1-based). It returns, per context,
     the sampled token ids and their sampling log-probs (same length). It may return tokens past a stop string or an
     EOS: the rollout cuts them.
+
+    A generator may set ``collective = True`` (absent means False) when each call takes part in a collective with the
+    other processes (see "Lockstep turns" in the module docstring): :meth:`SearchAgentRollout.run` then calls it the
+    same number of times on every process, with empty ``contexts`` and ``rows`` where this process has no active
+    trajectory left; it must still join its collective and return ``[]``.
     """
 
     def __call__(
@@ -167,6 +185,21 @@ class _SamplingLogprobRecorder(LogitsProcessor):
         return torch.stack(self.logprobs, dim=1)
 
 
+def generate_is_synchronised(model: Any) -> bool:
+    """Whether transformers ``generate`` on ``model`` synchronises the ranks at every decoding step.
+
+    The same condition as transformers' default ``synced_gpus``: DeepSpeed ZeRO-3 or an FSDP-managed model (FSDP1
+    wrapper or FSDP2 ``fully_shard``), with a torch.distributed world size above one.
+    """
+    import torch.distributed as dist
+    from transformers.integrations.deepspeed import is_deepspeed_zero3_enabled
+    from transformers.integrations.fsdp import is_fsdp_managed_module
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() <= 1:
+        return False
+    return bool(is_deepspeed_zero3_enabled() or is_fsdp_managed_module(model))
+
+
 def _sampling_warpers(generation_config: Any) -> list[Any]:
     """temperature, top-k, top-p, min-p as transformers applies them when sampling (same order, same conditions)."""
     from transformers import MinPLogitsWarper, TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
@@ -193,6 +226,12 @@ class TransformersTurnGenerator:
     reports as processed log-probs); ``generate``'s own copies of those warpers are switched off so they act once.
     Extra ``logits_processors`` run before them (transformers' place for custom processors). Other warpers set through
     ``generation_kwargs`` (typical-p, epsilon / eta cutoffs) stay in ``generate`` and therefore act before temperature.
+
+    :attr:`collective` is :func:`generate_is_synchronised` for ``model`` at construction (ZeRO-3 or FSDP with more
+    than one process). A call with no contexts then still runs ``generate`` on one dummy row for one new token,
+    greedily (no random numbers drawn): under ``synced_gpus`` that ``generate`` keeps stepping, without sampling, until
+    every other process has finished its turn, which is what keeps the ranks' collectives matched. Otherwise an
+    empty call returns ``[]`` at once.
 
     Args:
         model: the (unwrapped) model.
@@ -226,6 +265,7 @@ class TransformersTurnGenerator:
         self.generation_config = base
         self.logits_processors = list(logits_processors)
         self.stop_strings = tuple(stop_strings)
+        self.collective = generate_is_synchronised(model)
 
     def __call__(
         self, contexts: list[list[int]], max_new_tokens: int, rows: list[int] | None = None, turn: int | None = None
@@ -233,6 +273,8 @@ class TransformersTurnGenerator:
         from transformers import LogitsProcessorList, StoppingCriteriaList
 
         if not contexts:
+            if self.collective:
+                self._join_synchronised_generate()
             return []
         pad_id = self.generation_config.pad_token_id
         width = max(len(ids) for ids in contexts)
@@ -255,10 +297,43 @@ class TransformersTurnGenerator:
         steps = min(new_tokens.shape[1], logprobs.shape[1])
         return [(new_tokens[i, :steps].tolist(), logprobs[i, :steps].tolist()) for i in range(len(contexts))]
 
+    def _join_synchronised_generate(self) -> None:
+        """One greedy token for one dummy row: under ``synced_gpus`` this ``generate`` keeps running forward passes
+        (and the per-step all-reduce) until every process's ``generate`` of this turn has finished."""
+        token = self.generation_config.pad_token_id
+        if token is None:
+            token = self.generation_config.eos_token_id
+        if isinstance(token, (list, tuple)):
+            token = token[0]
+        config = copy.copy(self.generation_config)
+        config.do_sample = False  # draws no random numbers, so this process's sampling stream is untouched
+        config.max_new_tokens = 1
+        device = next(self.model.parameters()).device
+        with torch.no_grad():
+            self.model.generate(
+                input_ids=torch.tensor([[int(token)]], dtype=torch.long, device=device),
+                attention_mask=torch.ones(1, 1, dtype=torch.long, device=device),
+                generation_config=config,
+            )
+
 
 # ---------------------------------------------------------------------------------------------------------------------
 # The rollout
 # ---------------------------------------------------------------------------------------------------------------------
+
+
+def any_active_across(accelerator: Any) -> Callable[[bool], bool]:
+    """``any_active(flag)``: True when ``flag`` is True on at least one process of ``accelerator``.
+
+    One all-reduce (sum) of a one-element float tensor on the accelerator's device, through accelerate's ``reduce``,
+    so it works over gloo (CPU) as over NCCL. Every process must call it the same number of times.
+    """
+
+    def any_active(active: bool) -> bool:
+        flag = torch.tensor([1.0 if active else 0.0], device=accelerator.device)
+        return bool(accelerator.reduce(flag, reduction="sum").item() > 0)
+
+    return any_active
 
 
 @dataclass
@@ -369,6 +444,7 @@ class SearchAgentRollout:
                 max_completion_length=trainer.max_completion_length,
                 eos_token_ids=getattr(trainer, "eos_token_ids", None),
                 row_offset=accelerator.process_index * len(prompts),
+                any_active=any_active_across(accelerator) if accelerator.num_processes > 1 else None,
             )
         log_extra = getattr(trainer, "_log_completion_extra", None)
         if callable(log_extra):  # one column in the completions table
@@ -457,6 +533,7 @@ class SearchAgentRollout:
         max_completion_length: int,
         eos_token_ids: Sequence[int] | None = None,
         row_offset: int = 0,
+        any_active: Callable[[bool], bool] | None = None,
     ) -> dict[str, list[Any]]:
         """Roll out every prompt once (see the module docstring) and return TRL's ``rollout_func`` dict.
 
@@ -467,17 +544,28 @@ class SearchAgentRollout:
             max_completion_length: total token budget of a completion (turns and observations).
             eos_token_ids: ids that end a turn and are dropped (default: the tokenizer's eos).
             row_offset: global index of the first prompt (passed on to ``generator`` as ``rows``).
+            any_active: cross-process OR of "this process still has an active trajectory" (:func:`any_active_across`).
+                Used only when ``generator.collective`` is True: the loop then runs while any process has an active
+                trajectory, calling ``generator`` with empty contexts where this one has none ("Lockstep turns" in
+                the module docstring). ``None``: every process stops at its own last turn.
         """
         budget = _check_positive_int(max_completion_length, "max_completion_length")
         if eos_token_ids is None:
             eos_token_ids = [] if tokenizer.eos_token_id is None else [tokenizer.eos_token_id]
         eos = frozenset(int(t) for t in eos_token_ids)
         trajectories = [_Trajectory(list(ids)) for ids in prompt_ids]
+        lockstep = any_active is not None and bool(getattr(generator, "collective", False))
 
         for turn in range(1, self.max_turns + 2):
             active = [i for i, traj in enumerate(trajectories) if not traj.done]
-            if not active:
+            # Every process evaluates the same sequence of any_active calls, so all leave the loop at the same turn.
+            if not (any_active(bool(active)) if lockstep else active):
                 break
+            if not active:  # lockstep: another process still generates; join the generator's collective
+                sampled = generator([], self.max_tokens_per_turn, [], turn)
+                if len(sampled) != 0:
+                    raise RuntimeError(f"the turn generator returned {len(sampled)} turns for no contexts")
+                continue
             limits = {i: min(self.max_tokens_per_turn, budget - len(trajectories[i].completion_ids)) for i in active}
             contexts = [trajectories[i].prompt_ids + trajectories[i].completion_ids for i in active]
             sampled = generator(contexts, max(limits.values()), [row_offset + i for i in active], turn)
