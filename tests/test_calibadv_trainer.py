@@ -296,10 +296,39 @@ def test_configuration_errors_name_the_field(deepsearch_checkpoint, tmp_path):
         calibadv_retriever_payload='{"topk_rerank": 3}',
     )
     assert args.calibadv_retriever_payload == {"topk_rerank": 3}
-    # vLLM is rejected before any model is loaded, with the reason.
-    with pytest.raises(ValueError, match="use_vllm=True is not supported"):
-        CalibAdvTrainer(
-            model=deepsearch_checkpoint, reward_funcs=[qa_f1_format_reward], args=make_config(tmp_path, use_vllm=True)
+
+
+def test_vllm_trainers_get_the_vllm_turn_generator():
+    # With use_vllm the rollout samples turns with the trainer's engine (the vllm lane trains it for real); the
+    # generator is a collective exactly when its engine call gathers over processes. No vLLM import is needed here.
+    from types import SimpleNamespace
+
+    from trl_ext.rollout.search_agent import SearchAgentRollout
+    from trl_ext.rollout.vllm_turns import VLLMTurnGenerator
+
+    class NoDocuments:
+        def search(self, queries, top_k):
+            return [[] for _ in queries]
+
+    rollout = SearchAgentRollout(NoDocuments())
+
+    def trainer(mode, tensor_parallel_size=1, use_vllm=True):
+        generation = SimpleNamespace(mode=mode, tensor_parallel_size=tensor_parallel_size)
+        return SimpleNamespace(use_vllm=use_vllm, vllm_generation=generation, accelerator=None, generation_config=None)
+
+    expected = {("colocate", 1): False, ("colocate", 2): True, ("server", 1): True}
+    for (mode, tp), collective in expected.items():
+        generator = rollout.make_turn_generator(None, None, trainer(mode, tp))
+        assert isinstance(generator, VLLMTurnGenerator)
+        assert generator.collective is collective, (mode, tp)
+        assert generator.stop_strings == ["</search>", "</answer>"]
+    # a process with no active trajectory and a non-collective engine makes no request
+    assert rollout.make_turn_generator(None, None, trainer("colocate"))([], 8) == []
+    with pytest.raises(ValueError, match="no vLLM engine"):
+        rollout.make_turn_generator(None, None, SimpleNamespace(use_vllm=True, vllm_generation=None, accelerator=None))
+    with pytest.raises(ValueError, match="cannot run inside vLLM"):
+        SearchAgentRollout(rollout.retriever, logits_processors=[object()]).make_turn_generator(
+            None, None, trainer("colocate")
         )
 
 

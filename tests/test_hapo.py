@@ -528,7 +528,6 @@ def test_statistics_subsample_is_seeded():
         ({"hapo_advantage_eps": 0.0}, "hapo_advantage_eps"),
         ({"loss_type": "cispo"}, "loss_type"),
         ({"hapo_adaptive_clip": "yes"}, "hapo_adaptive_clip"),
-        ({"use_vllm": True}, "hapo_adaptive_temperature"),
         ({"use_transformers_continuous_batching": True}, "hapo_adaptive_temperature"),
     ],
 )
@@ -546,7 +545,11 @@ def test_config_defaults_and_registry(tmp_path):
     assert get_advantage_estimator("hapo_tlga") is TokenLevelGroupAdvantage
     assert get_policy_objective("hapo") is HAPOObjective
     assert HAPOTrainer._paper["id"] == "2509.16591" and "hapo" in HAPOTrainer._tag_names
-    # vLLM with the other three components is fine; equal delta and c too.
+    # vLLM with every component, adaptive temperature included (a vLLM logits processor; tests/test_vllm.py), is
+    # accepted in both modes; equal delta and c too.
+    for mode in ("colocate", "server"):
+        args = HAPOConfig(output_dir=str(tmp_path), report_to="none", use_cpu=True, use_vllm=True, vllm_mode=mode)
+        assert args.hapo_adaptive_temperature and args.use_vllm
     HAPOConfig(output_dir=str(tmp_path), report_to="none", use_cpu=True, delta=10.0)
     HAPOConfig(
         output_dir=str(tmp_path),

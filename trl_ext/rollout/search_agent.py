@@ -37,9 +37,12 @@ extra fields ``calibadv_transcript`` (``"<think>"`` if prepending + all turn tex
 ``calibadv_steps``, ``calibadv_invalid_action``, ``calibadv_turns`` and ``calibadv_truncated``. TRL merges the extra
 fields into each input row, so reward functions receive them as keyword lists and the advantage seam can gather them.
 
-**Backends.** transformers ``generate`` only (batched over the active trajectories, with a stopping criterion on the
-decoded text of the new tokens). vLLM is not supported by this rollout; the CalibAdv trainer rejects ``use_vllm=True``
-at construction.
+**Backends.** transformers ``generate`` (batched over the active trajectories, with a stopping criterion on the
+decoded text of the new tokens), or, when the trainer runs with ``use_vllm=True``, the trainer's vLLM engine
+(:class:`~trl_ext.rollout.vllm_turns.VLLMTurnGenerator`: one request per active trajectory and turn, vLLM's stop
+strings with the stop string kept, the sampled tokens' processed log-probs; colocate or server mode). Either way the
+sampled token ids are used as returned and the rollout cuts them after the stop string or EOS, so both backends build
+the same structure (env_mask, observations, log-probs 0 on observations).
 
 **Lockstep turns.** Each process runs the turn loop over its own trajectories, so processes may need different numbers
 of turns. That is fine when a process's ``generate`` talks to no other process (one process, DDP, DeepSpeed ZeRO-1/2),
@@ -422,11 +425,6 @@ class SearchAgentRollout:
     # ------------------------------------------------------------------------------------------------------------
     def __call__(self, prompts: list[Any], trainer: Any) -> dict[str, list[Any]]:
         """TRL's ``rollout_func``: one completion per prompt with the trainer's (unwrapped) model and settings."""
-        if getattr(trainer, "use_vllm", False):
-            raise ValueError(
-                "SearchAgentRollout generates with transformers `generate` only; set use_vllm=False (vLLM multi-turn "
-                "search rollouts are not supported)"
-            )
         tokenizer = _tokenizer_of(trainer.processing_class)
         prompt_ids = self.encode_prompts(
             prompts,
@@ -452,7 +450,18 @@ class SearchAgentRollout:
         return output
 
     def make_turn_generator(self, model: Any, tokenizer: Any, trainer: Any | None = None) -> TurnGenerator:
-        """The :class:`TurnGenerator` of a rollout (override for scripted generation)."""
+        """The :class:`TurnGenerator` of a rollout (override for scripted generation): the trainer's vLLM engine
+        (:class:`~trl_ext.rollout.vllm_turns.VLLMTurnGenerator`) when it runs with ``use_vllm=True``, else
+        transformers ``generate`` on ``model``."""
+        if trainer is not None and getattr(trainer, "use_vllm", False):
+            from trl_ext.rollout.vllm_turns import VLLMTurnGenerator
+
+            if self.logits_processors:
+                raise ValueError(
+                    "SearchAgentRollout(logits_processors=...) are transformers processors and cannot run inside vLLM; "
+                    "drop them or set use_vllm=False"
+                )
+            return VLLMTurnGenerator.from_trainer(trainer)
         config = getattr(trainer, "generation_config", None) if trainer is not None else None
         return TransformersTurnGenerator(model, tokenizer, config, self.logits_processors)
 

@@ -16,7 +16,9 @@ This module holds the pure function (:func:`rollout_temperatures`), the checkpoi
 (:class:`TemperatureStatistics`, :class:`RolloutTemperatureState`) and the transformers ``LogitsProcessor``
 (:class:`AdaptiveTemperatureLogitsProcessor`). The processor applies T0 and top-k / top-p / min-p itself, so it must
 run with ``generate``'s own warpers neutralised (temperature 1.0, top_k 0, top_p 1.0, min_p 0.0): then the result
-does not depend on where transformers places custom processors. vLLM is not supported (see ``docs/trainers/hapo.md``).
+does not depend on where transformers places custom processors. The same T_t under vLLM is
+:class:`trl_ext.rollout.vllm_temperature.HAPOTemperatureLogitsProcessor` (it scales the raw logits by 1 / (1 + tau h)
+and leaves T0 and the filters to vLLM).
 """
 
 from __future__ import annotations

@@ -253,8 +253,8 @@ class CalibAdvTrainer(BaseGRPOTrainer):
     Takes every `trl.GRPOTrainer` argument; `args` is a [`CalibAdvConfig`]. Extra keyword argument `retriever`: an
     object with `search(queries, top_k)` (or a function `f(queries, top_k)`) used instead of the one the config names.
     Unless `rollout_func` is given, a [`~trl_ext.rollout.search_agent.SearchAgentRollout`] built from the config is
-    installed (available as `trainer.rollout_func`). Generation uses transformers `generate`; `use_vllm=True` is
-    rejected with the built-in rollout. A `prompt`-less dataset with a `question` column gets the search instruction
+    installed (available as `trainer.rollout_func`). It generates each turn with transformers `generate`, or with the
+    trainer's vLLM engine when `use_vllm=True` (colocate or server mode; see `trl_ext.rollout.vllm_turns`). A `prompt`-less dataset with a `question` column gets the search instruction
     (:data:`trl_ext.data.deepsearch.SEARCH_INSTRUCTION`) as a chat prompt when the tokenizer has a chat template, else
     as plain text.
     """
@@ -279,13 +279,6 @@ class CalibAdvTrainer(BaseGRPOTrainer):
         config = bound.get("args")
         if config is None or not hasattr(config, "calibadv_max_turns"):
             raise ValueError(f"CalibAdvTrainer needs a CalibAdvConfig, got {type(config).__name__}")
-        user_rollout = bound.get("rollout_func") is not None
-        if config.use_vllm and not user_rollout:
-            raise ValueError(
-                "use_vllm=True is not supported by CalibAdv's built-in search-agent rollout, which generates with "
-                "transformers `generate` (multi-turn generation with retrieval between turns); set use_vllm=False, "
-                "or pass your own `rollout_func`"
-            )
         if bound.get("tools") or bound.get("environment_factory") is not None:
             raise ValueError(
                 "CalibAdvTrainer does not take `tools` or `environment_factory`: its rollout executes the <search> "

@@ -14,13 +14,19 @@ This module is the preset (config with the ``hapo_`` fields) and the rollout glu
 * **Sampling.** While the base single-turn ``generate`` runs, the unwrapped model's ``generate`` receives the
   :class:`~trl_ext.rollout.temperature.AdaptiveTemperatureLogitsProcessor`, and the generation config's own
   temperature / top-k / top-p / min-p are neutralised (the processor applies them). ``self.temperature`` stays T0,
-  so log-probs and entropies are computed as in TRL.
+  so log-probs and entropies are computed as in TRL. With ``use_vllm=True`` the statistics go with every request
+  (``extra_args`` / ``vllm_xargs``) to :class:`~trl_ext.rollout.vllm_temperature.HAPOTemperatureLogitsProcessor`,
+  which the trainer registers in TRL's colocated engine (server mode: start the server with ``trl-ext vllm-serve``);
+  vLLM then returns the log-probs of the adapted distribution, which TRL's importance-sampling correction uses.
 * **Checkpoint.** The statistics are saved in ``trl_ext_state.json`` and restored on every process on resume.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import inspect
+import os
 import textwrap
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -29,6 +35,7 @@ from typing import Any
 
 import torch
 from transformers import LogitsProcessorList
+from trl import GRPOTrainer
 
 from trl_ext.advantages.hapo import FALLBACK_MODES, validate_tlga_fields
 from trl_ext.objectives.base import LossContext
@@ -65,7 +72,9 @@ class HAPOConfig(BaseGRPOConfig):
             Quantile q in [0, 1] of log-entropy used as the pivot m (nearest rank).
         hapo_adaptive_temperature (`bool`, *optional*, defaults to `True`):
             Component 1: sample at T_t = T0 (1 + tau h_t) with h from the previous training batch's statistics.
-            Not supported with `use_vllm=True` or `use_transformers_continuous_batching=True` (`ValueError`).
+            With `use_vllm=True` a vLLM logits processor applies it (colocate: registered by the trainer; server:
+            start the server with `trl-ext vllm-serve`). Not supported with
+            `use_transformers_continuous_batching=True` (`ValueError`).
         hapo_temperature_tau (`float`, *optional*, defaults to `0.05`):
             tau in [0, 1): the temperature range is [0.95, 1.05] T0 (signed) or [T0, 1.05 T0] (reference).
             T0 is TRL's `temperature`.
@@ -120,7 +129,7 @@ class HAPOConfig(BaseGRPOConfig):
     )
     hapo_adaptive_temperature: bool = field(
         default=True,
-        metadata={"help": "Component 1: entropy-adaptive sampling temperature T0 (1 + tau h). Not with vLLM."},
+        metadata={"help": "Component 1: entropy-adaptive sampling temperature T0 (1 + tau h)."},
     )
     hapo_temperature_tau: float = field(
         default=0.05, metadata={"help": "tau in [0, 1): T_t = T0 (1 + tau h_t). Default 0.05."}
@@ -202,18 +211,40 @@ class HAPOConfig(BaseGRPOConfig):
             self.loss_type,
             self.delta,
         )
-        if self.hapo_adaptive_temperature and self.use_vllm:
-            raise ValueError(
-                "hapo_adaptive_temperature=True is not supported with use_vllm=True: TRL 1.16 builds the vLLM engine "
-                "without custom logits processors (colocate) and does not forward per-request statistics (server). "
-                "Set hapo_adaptive_temperature=False to use vLLM with the other HAPO components, or use_vllm=False "
-                "for adaptive temperature with transformers generate."
-            )
         if self.hapo_adaptive_temperature and self.use_transformers_continuous_batching:
             raise ValueError(
                 "hapo_adaptive_temperature=True is not supported with use_transformers_continuous_batching=True "
                 "(generate_batch takes no logits processor); set one of them to False."
             )
+
+
+@contextmanager
+def _vllm_logits_processor_registered(enabled: bool) -> Iterator[None]:
+    """While TRL builds its colocated engine, add HAPO's vLLM logits processor to the ``vllm.LLM(...)`` call.
+
+    TRL 1.16 constructs ``LLM`` inside ``VLLMGeneration`` without a ``logits_processors`` argument; the processor is
+    passed by name, as vLLM loads it. A no-op when ``enabled`` is False (nothing is imported then).
+    """
+    if not enabled:
+        yield
+        return
+    from trl.generation import vllm_generation
+
+    from trl_ext.rollout.vllm_temperature import LOGITS_PROCESSOR_FQCN
+
+    original = vllm_generation.LLM
+
+    def build_llm(*args: Any, **kwargs: Any) -> Any:
+        processors = list(kwargs.pop("logits_processors", None) or [])
+        if LOGITS_PROCESSOR_FQCN not in processors:
+            processors.append(LOGITS_PROCESSOR_FQCN)
+        return original(*args, logits_processors=processors, **kwargs)
+
+    vllm_generation.LLM = build_llm
+    try:
+        yield
+    finally:
+        vllm_generation.LLM = original
 
 
 class HAPOTrainer(BaseGRPOTrainer):
@@ -241,11 +272,21 @@ class HAPOTrainer(BaseGRPOTrainer):
     }
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
+        config = inspect.signature(GRPOTrainer.__init__).bind(None, *args, **kwargs).arguments.get("args")
+        colocated = (
+            config is not None
+            and bool(getattr(config, "hapo_adaptive_temperature", False))
+            and bool(getattr(config, "use_vllm", False))
+            and getattr(config, "vllm_mode", None) == "colocate"
+        )
+        with _vllm_logits_processor_registered(colocated):
+            super().__init__(*args, **kwargs)
         self.hapo_temperature = RolloutTemperatureState()
         self.hapo_adaptive_temperature = bool(getattr(self.args, "hapo_adaptive_temperature", False))
-        if self.hapo_adaptive_temperature and (self.use_vllm or self.use_transformers_continuous_batching):
-            raise ValueError("hapo_adaptive_temperature=True needs transformers generate (no vLLM, no paged batching)")
+        if self.hapo_adaptive_temperature and self.use_transformers_continuous_batching:
+            raise ValueError("hapo_adaptive_temperature=True does not work with use_transformers_continuous_batching")
+        # Tags this trainer's vLLM requests so that the colocated processor's temperature summaries can be found.
+        self._hapo_vllm_tag = f"hapo-{os.getpid()}-{id(self)}"
         self._hapo_processor: AdaptiveTemperatureLogitsProcessor | None = None
         self._hapo_collect_remaining = 0
         self._hapo_entropy_buffer: list[torch.Tensor] = []
@@ -257,13 +298,20 @@ class HAPOTrainer(BaseGRPOTrainer):
         mode = "train" if self.model.training else "eval"
         adapt = self.hapo_adaptive_temperature and mode == "train"
         stats = self.hapo_temperature.advance() if adapt else None
-        self._hapo_processor = self.hapo_build_processor(stats) if stats is not None else None
+        on_vllm = self.use_vllm and stats is not None
+        self._hapo_processor = self.hapo_build_processor(stats) if stats is not None and not self.use_vllm else None
         try:
-            output = super()._generate_and_score_completions(inputs)
+            with self._vllm_statistics(stats) if on_vllm else contextlib.nullcontext():
+                output = super()._generate_and_score_completions(inputs)
         finally:
             processor, self._hapo_processor = self._hapo_processor, None
         if adapt:
-            self._log_rollout_metrics(processor, stats)
+            summary = None
+            if processor is not None:
+                summary = processor.summary_tensor(self.accelerator.device)
+            elif on_vllm:
+                summary = self._vllm_temperature_summary()
+            self._log_rollout_metrics(summary, stats)
             # The loss pipeline's entropies of this batch's first pass feed the next generation's statistics.
             self._hapo_collect_remaining = self.args.steps_per_generation
             self._hapo_entropy_buffer = []
@@ -334,24 +382,65 @@ class HAPOTrainer(BaseGRPOTrainer):
             else:
                 model.generate = shadowed
 
-    def _log_rollout_metrics(
-        self, processor: AdaptiveTemperatureLogitsProcessor | None, stats: TemperatureStatistics | None
-    ) -> None:
+    @contextmanager
+    def _vllm_statistics(self, stats: TemperatureStatistics) -> Iterator[None]:
+        """Send ``stats`` with every vLLM request of this generation (the engine's processor applies them).
+
+        Colocate: TRL turns ``generation_kwargs`` into ``SamplingParams`` fields (``extra_args``). Server: they go into
+        the OpenAI request body, where vLLM takes per-request extra arguments as ``vllm_xargs``.
+        """
+        from trl_ext.rollout.vllm_temperature import temperature_extra_args
+
+        generation = self.vllm_generation
+        saved = generation.generation_kwargs
+        key = "vllm_xargs" if generation.mode == "server" else "extra_args"
+        extra = {
+            **(saved.get(key) or {}),
+            **temperature_extra_args(stats, self.args.hapo_temperature_tau, self._hapo_vllm_tag),
+        }
+        generation.generation_kwargs = {**saved, key: extra}
+        try:
+            yield
+        finally:
+            generation.generation_kwargs = saved
+
+    def _vllm_temperature_summary(self) -> torch.Tensor | None:
+        """[min, max, sum, count] of the temperatures the colocated engine realised in this process; ``None`` in
+        server mode, where the processor runs in the server process."""
+        if self.vllm_generation.mode != "colocate":
+            return None
+        from trl_ext.rollout.vllm_temperature import pop_temperature_summary
+
+        summary = pop_temperature_summary(self._hapo_vllm_tag)
+        if summary is None:  # no token generated in this process
+            summary = torch.tensor([float("inf"), float("-inf"), 0.0, 0.0])
+        return summary.to(self.accelerator.device)
+
+    def _log_rollout_metrics(self, summary: torch.Tensor | None, stats: TemperatureStatistics | None) -> None:
+        """Log the realised temperature range from this process's [min, max, sum, count] ``summary`` (gathered).
+
+        ``stats`` None: the generation sampled at plain T0. ``summary`` None with statistics (vLLM server mode): the
+        temperatures are not observable here and only the statistics are logged. Both decisions are the same on
+        every process, so the gather is matched.
+        """
         metrics = self._metrics["train"]
-        if processor is None:  # first generation of a fresh run: plain T0 (same decision on every process)
-            base = float(self._effective_sampling()["temperature"])
+        base = float(self._effective_sampling()["temperature"])
+        if stats is None:  # first generation of a fresh run: plain T0
             low, high, mean = base, base, base
+        elif summary is None:
+            low = high = mean = None
         else:
-            totals = self.accelerator.gather(processor.summary_tensor(self.accelerator.device).unsqueeze(0))
+            totals = self.accelerator.gather(summary.unsqueeze(0))
             count = totals[:, 3].sum()
             if count > 0:
                 low, high = totals[:, 0].min().item(), totals[:, 1].max().item()
                 mean = (totals[:, 2].sum() / count).item()
             else:
-                low = high = mean = float(processor.base_temperature)
-        metrics["hapo/temperature_min"].append(low)
-        metrics["hapo/temperature_max"].append(high)
-        metrics["hapo/temperature_mean"].append(mean)
+                low = high = mean = base
+        if mean is not None:
+            metrics["hapo/temperature_min"].append(low)
+            metrics["hapo/temperature_max"].append(high)
+            metrics["hapo/temperature_mean"].append(mean)
         if stats is not None:
             metrics["hapo/rollout_entropy_pivot"].append(stats.pivot)
             metrics["hapo/rollout_entropy_scale"].append(stats.scale)

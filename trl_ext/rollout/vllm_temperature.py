@@ -1,0 +1,175 @@
+"""HAPO's entropy-adaptive rollout temperature as a vLLM V1 logits processor (arXiv 2509.16591, §2.5).
+
+This module imports vLLM; ``import trl_ext`` never imports it (the HAPO trainer imports it only with
+``use_vllm=True``).
+
+**How it samples.** vLLM's sampler runs, per decoding step: the logits processors that are *not* argmax-invariant on
+the raw float32 logits, then penalties, then the request's temperature, then min-p and top-k / top-p, and samples.
+:class:`HAPOTemperatureLogitsProcessor` is not argmax-invariant, so it sees the raw logits l; for every request that
+carries HAPO statistics it computes the per-row factor ``f = 1 + tau h`` from the entropy of l exactly as
+:func:`~trl_ext.rollout.temperature.rollout_temperatures` does (with T0 = 1) and returns ``l / f``. vLLM then divides
+by the request's temperature T0, so the sampling distribution is ``softmax(l / (T0 (1 + tau h)))`` followed by
+top-k / top-p / min-p: the transformers processor's (:class:`~trl_ext.rollout.temperature.AdaptiveTemperatureLogitsProcessor`).
+Requests without statistics are left untouched (plain T0).
+
+**Log-probs.** TRL builds its engines with ``logprobs_mode="processed_logprobs"``: the returned log-prob of a sampled
+token is taken from the final sampling distribution (after this processor, temperature and filtering). The log-probs
+TRL receives are therefore those of the distribution actually sampled from, and TRL's importance-sampling correction
+(``vllm_importance_sampling_correction``) compares the training policy at T0 against it.
+
+**Per-request statistics** travel in ``SamplingParams.extra_args`` (colocate: TRL's ``generation_kwargs`` become
+``SamplingParams`` fields) or in the OpenAI request's ``vllm_xargs`` (server mode; vLLM copies them into
+``extra_args``). Both take a flat dict of numbers and strings, built by :func:`temperature_extra_args`.
+
+**Registering it.** Colocate: the HAPO trainer passes :data:`LOGITS_PROCESSOR_FQCN` to the ``vllm.LLM`` that TRL
+builds. Server: ``trl-ext vllm-serve --model ...`` (or ``trl vllm-serve --model ... --logits-processors
+trl_ext.rollout.vllm_temperature:HAPOTemperatureLogitsProcessor``).
+
+**Metrics.** When a request's extra args carry a ``hapo_tag``, the realised temperatures T0 (1 + tau h) of its rows
+are summarised in this process (:func:`pop_temperature_summary`). That works when the engine runs in the training
+process (colocate); a server's summaries stay in the server process.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from typing import Any, NamedTuple
+
+import torch
+from vllm import SamplingParams
+from vllm.v1.sample.logits_processor import BatchUpdate, LogitsProcessor
+from vllm.v1.sample.logits_processor.builtin import process_dict_updates
+
+from trl_ext.rollout.temperature import TemperatureStatistics, rollout_temperatures
+
+__all__ = [
+    "HAPOTemperatureLogitsProcessor",
+    "LOGITS_PROCESSOR_FQCN",
+    "STAT_KEYS",
+    "TAG_KEY",
+    "TAU_KEY",
+    "pop_temperature_summary",
+    "temperature_extra_args",
+]
+
+#: What ``logits_processors=[...]`` / ``--logits-processors`` take to load :class:`HAPOTemperatureLogitsProcessor`.
+LOGITS_PROCESSOR_FQCN = "trl_ext.rollout.vllm_temperature:HAPOTemperatureLogitsProcessor"
+
+#: extra-args keys of the four §2.2 statistics, in :class:`TemperatureStatistics` field order.
+STAT_KEYS: tuple[str, ...] = ("hapo_pivot", "hapo_scale", "hapo_scale_pos", "hapo_scale_neg")
+TAU_KEY = "hapo_tau"
+TAG_KEY = "hapo_tag"
+
+# tag -> per-step [min, max, sum, count] tensors of realised temperatures (see pop_temperature_summary)
+_SUMMARIES: dict[str, list[torch.Tensor]] = defaultdict(list)
+
+
+def temperature_extra_args(stats: TemperatureStatistics, tau: float, tag: str | None = None) -> dict[str, Any]:
+    """The flat ``extra_args`` / ``vllm_xargs`` dict that asks the processor for adaptive temperature.
+
+    Args:
+        stats: the previous training batch's statistics.
+        tau: adaptation strength in [0, 1).
+        tag: if given, the realised temperatures are summarised under it (:func:`pop_temperature_summary`).
+    """
+    if not 0.0 <= tau < 1.0:
+        raise ValueError(f"hapo_temperature_tau must be in [0, 1), got {tau}")
+    values = (stats.pivot, stats.scale, stats.scale_pos, stats.scale_neg)
+    args: dict[str, Any] = {key: float(value) for key, value in zip(STAT_KEYS, values, strict=True)}
+    args[TAU_KEY] = float(tau)
+    if tag is not None:
+        args[TAG_KEY] = str(tag)
+    return args
+
+
+def pop_temperature_summary(tag: str) -> torch.Tensor | None:
+    """[min, max, sum, count] of the temperatures realised under ``tag`` in this process since the last call, or
+    ``None`` if no request with that tag was processed here (e.g. the engine is a separate server)."""
+    steps = _SUMMARIES.pop(tag, None)
+    if not steps:
+        return None
+    stacked = torch.stack([step.cpu() for step in steps])
+    return torch.stack([stacked[:, 0].min(), stacked[:, 1].max(), stacked[:, 2].sum(), stacked[:, 3].sum()])
+
+
+class _Request(NamedTuple):
+    stats: TemperatureStatistics
+    tau: float
+    base_temperature: float
+    tag: str | None
+
+
+def _parse(params: SamplingParams) -> _Request | None:
+    """The request's HAPO settings from its extra args; ``None`` when it asks for none (plain T0)."""
+    extra = params.extra_args or {}
+    if not any(key in extra for key in (*STAT_KEYS, TAU_KEY)):
+        return None
+    missing = [key for key in (*STAT_KEYS, TAU_KEY) if key not in extra]
+    if missing:
+        raise ValueError(f"HAPO adaptive temperature: extra_args lacks {missing}")
+    try:
+        values = [float(extra[key]) for key in STAT_KEYS]
+        tau = float(extra[TAU_KEY])
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"HAPO adaptive temperature: non-numeric extra_args ({error})") from error
+    if not all(math.isfinite(v) for v in values) or not 0.0 <= tau < 1.0:
+        raise ValueError(f"HAPO adaptive temperature: invalid statistics {values} or tau {tau} (need 0 <= tau < 1)")
+    tag = extra.get(TAG_KEY)
+    return _Request(TemperatureStatistics(*values), tau, float(params.temperature), None if tag is None else str(tag))
+
+
+class HAPOTemperatureLogitsProcessor(LogitsProcessor):
+    """vLLM V1 logits processor: raw logits l -> l / (1 + tau h) for requests with HAPO statistics.
+
+    vLLM divides the result by the request's temperature T0 afterwards, which gives HAPO's T_t = T0 (1 + tau h); see
+    the module docstring. Rows of requests without statistics are returned unchanged.
+    """
+
+    def __init__(self, vllm_config: Any, device: torch.device, is_pin_memory: bool) -> None:
+        self._requests: dict[int, _Request] = {}  # persistent-batch index -> settings
+
+    @classmethod
+    def validate_params(cls, sampling_params: SamplingParams) -> None:
+        """Reject malformed statistics when the request arrives (HTTP 400 in server mode)."""
+        _parse(sampling_params)
+
+    def is_argmax_invariant(self) -> bool:
+        """False: the processor must run on the raw logits, before vLLM's temperature and top-k / top-p."""
+        return False
+
+    def update_state(self, batch_update: BatchUpdate | None) -> None:
+        """Track which persistent-batch rows carry statistics (added, removed and moved requests)."""
+        process_dict_updates(self._requests, batch_update, lambda params, _prompt, _output: _parse(params))
+
+    def apply(self, logits: torch.Tensor) -> torch.Tensor:
+        """Divide the rows of requests with statistics by their factor 1 + tau h (in place)."""
+        if not self._requests:
+            return logits
+        groups: dict[tuple[TemperatureStatistics, float], list[int]] = defaultdict(list)
+        for index, request in self._requests.items():
+            if index < logits.shape[0]:
+                groups[(request.stats, request.tau)].append(index)
+        for (stats, tau), indices in groups.items():
+            rows = torch.tensor(sorted(indices), device=logits.device)
+            selected = logits.index_select(0, rows)
+            factors = rollout_temperatures(selected, stats, tau, 1.0)
+            logits.index_copy_(0, rows, selected / factors.unsqueeze(-1).to(selected.dtype))
+            self._record(sorted(indices), factors)
+        return logits
+
+    def _record(self, indices: list[int], factors: torch.Tensor) -> None:
+        by_tag: dict[str, list[int]] = defaultdict(list)
+        for position, index in enumerate(indices):
+            request = self._requests[index]
+            if request.tag is not None:
+                by_tag[request.tag].append(position)
+        for tag, positions in by_tag.items():
+            # Kept on the logits' device (no host sync per decoding step); reduced once in pop_temperature_summary.
+            where = torch.tensor(positions, device=factors.device)
+            bases = torch.tensor(
+                [self._requests[indices[p]].base_temperature for p in positions], device=factors.device
+            )
+            temperatures = factors.detach().float().index_select(0, where) * bases
+            count = torch.tensor(float(len(positions)), device=factors.device)
+            _SUMMARIES[tag].append(torch.stack([temperatures.min(), temperatures.max(), temperatures.sum(), count]))
