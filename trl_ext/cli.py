@@ -3,6 +3,11 @@
     trl-ext list                                   # the trainer table
     trl-ext train --config recipes/grpo/quickstart.yaml [--any_config_field value ...]
     trl-ext quickstart [--trainer grpo] [--max_steps N] [--seed S] [--output_dir DIR]
+    trl-ext vllm-serve --model MODEL [any `trl vllm-serve` option]
+
+``vllm-serve`` is TRL's ``trl vllm-serve`` (vLLM's OpenAI server with TRL's weight-transfer settings) with HAPO's
+vLLM logits processor (:mod:`trl_ext.rollout.vllm_temperature`) registered, for ``vllm_mode="server"`` runs of the
+HAPO trainer with adaptive temperature. Other trainers run with either server command.
 
 ``train`` parses ``(TrainScriptArguments, <trainer config>, ModelConfig, DatasetMixtureConfig)`` with TRL's
 ``TrlParser``; the trainer comes from ``--trainer`` or the YAML's ``trainer:`` key, and its config class decides
@@ -361,18 +366,47 @@ def list_main(argv: list[str] | None = None) -> None:
             print("  ".join("-" * width for width in widths))
 
 
-COMMANDS = {"list": list_main, "train": train_main, "quickstart": quickstart_main}
+def vllm_serve_command(argv: list[str]) -> list[str]:
+    """The command ``trl vllm-serve`` would run for ``argv``, with HAPO's logits processor added to vLLM's
+    ``--logits-processors`` (appended to the user's list if the option is given)."""
+    from trl.scripts.vllm_serve import build_command, make_parser
+
+    from trl_ext.rollout.vllm_temperature import LOGITS_PROCESSOR_FQCN
+
+    script_args, extra_args = make_parser(prog="trl-ext vllm-serve").parse_args_and_config(
+        argv, return_remaining_strings=True
+    )
+    extra_args = list(extra_args or [])
+    if "--logits-processors" in extra_args:
+        position = extra_args.index("--logits-processors") + 1
+        extra_args.insert(position, LOGITS_PROCESSOR_FQCN)
+    else:
+        extra_args += ["--logits-processors", LOGITS_PROCESSOR_FQCN]
+    return build_command(script_args, extra_args)
+
+
+def vllm_serve_main(argv: list[str] | None = None) -> None:
+    """Replace this process with the vLLM server (see :func:`vllm_serve_command`), as ``trl vllm-serve`` does."""
+    command = vllm_serve_command(list(sys.argv[1:] if argv is None else argv))
+    env = os.environ.copy()
+    env["VLLM_SERVER_DEV_MODE"] = "1"  # TRL's weight-transfer and prefix-cache endpoints live behind vLLM's dev mode
+    print("trl-ext vllm-serve:", " ".join(command), flush=True)
+    os.execve(command[0], command, env)
+
+
+COMMANDS = {"list": list_main, "train": train_main, "quickstart": quickstart_main, "vllm-serve": vllm_serve_main}
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``trl-ext {list,train,quickstart} ...``"""
+    """``trl-ext {list,train,quickstart,vllm-serve} ...``"""
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
         print(
-            "usage: trl-ext {list,train,quickstart} [options]\n\n"
+            "usage: trl-ext {list,train,quickstart,vllm-serve} [options]\n\n"
             "  list        the registered trainers (name, what it changes, paper)\n"
             "  train       train from a YAML recipe: trl-ext train --config recipes/grpo/quickstart.yaml\n"
-            "  quickstart  train the default trainer on the built-in task with a tiny model, offline\n\n"
+            "  quickstart  train the default trainer on the built-in task with a tiny model, offline\n"
+            "  vllm-serve  `trl vllm-serve` with HAPO's vLLM logits processor registered (vllm_mode=server)\n\n"
             "`trl-ext train --trainer NAME --help` lists every config field of that trainer."
         )
         return 0 if argv and argv[0] in ("-h", "--help") else (2 if argv else 0)

@@ -332,6 +332,9 @@ class HAPOTrainer(BaseGRPOTrainer):
 
     def _effective_sampling(self) -> dict[str, Any]:
         # What generate() would use: TRL's generation config, with None filled from the model's generation_config.
+        if self.use_vllm:  # TRL builds no generation config for vLLM; the engine samples with TRL's own fields
+            generation = self.vllm_generation
+            return {name: getattr(generation, name, None) for name in _NEUTRAL_SAMPLING}
         model_config = getattr(self.accelerator.unwrap_model(self.model_wrapped), "generation_config", None)
         effective = {}
         for name in _NEUTRAL_SAMPLING:

