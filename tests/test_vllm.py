@@ -177,19 +177,21 @@ def load(out: Path, trainer: str, rank: int = 0) -> dict:
 @pytest.mark.parametrize("name", TRAINERS)
 def test_trainer_trains_with_vllm_colocate(trained, name):
     record = load(trained, name)
-    assert record["num_processes"] == 1 and record["global_step"] == 2
+    steps = 4 if name == "minpro" else 2  # minpro: num_iterations=2, so 4 steps make two generations
+    assert record["num_processes"] == 1 and record["global_step"] == steps
     assert record["engine_type"] == "vllm.entrypoints.llm.LLM"
-    assert record["engine_generate_calls"] >= 2  # at least one engine call per generation
+    assert record["engine_generate_calls"] >= 2  # at least one engine call per generation, two generations
     assert record["shim_active"]  # CPU platform: the weight sync went through the test shim
-    assert len(record["losses"]) == 2 and all(math.isfinite(loss) for loss in record["losses"])
+    assert len(record["losses"]) == steps and all(math.isfinite(loss) for loss in record["losses"])
     assert record["weights_finite"] and record["weights_max_change"] > 0  # the optimizer moved the weights
     if name != "calibadv":
-        # TRL logs these only when the sampling log-probs came from vLLM. The second generation runs after a weight
-        # sync; a failed sync would leave vLLM on the initial weights and the difference large.
-        assert len(record["sampling_metrics"]) == 2
-        second = record["sampling_metrics"][1]
-        if name != "hapo":
-            assert second["sampling/sampling_logp_difference/mean"] < 0.05, second
+        # TRL logs these only when the sampling log-probs came from vLLM, once per generation. The second
+        # generation runs after a weight sync; a failed sync would leave vLLM on the initial weights and the
+        # difference large.
+        generations = [entry for entry in record["sampling_metrics"] if entry]
+        assert len(generations) == 2
+        if name != "hapo":  # hapo's second generation samples at adapted temperatures (its own test)
+            assert generations[1]["sampling/sampling_logp_difference/mean"] < 0.05, generations[1]
 
 
 def test_hapo_adaptive_temperature_under_vllm_colocate(trained):

@@ -163,11 +163,13 @@ def build_trainer(name: str, cli: argparse.Namespace, output_dir: str) -> Any:
         dataset = Dataset.from_dict({"prompt": [f"{a}+{b}=" for a in range(4) for b in range(4)]})
         reward_funcs = [char_sum_reward]
         extra: dict[str, Any] = {}
-        if name == "minpro":  # the prefix ratio needs a second pass over the batch; vLLM log-probs as pi_old
-            extra = {"num_iterations": 2, "minpro_ratio_source": "sampling"}
+        if name == "minpro":
+            # the prefix ratio needs a second pass over each batch (vLLM's log-probs as pi_old); twice the steps so
+            # that a second generation follows a weight sync
+            extra = {"num_iterations": 2, "minpro_ratio_source": "sampling", "max_steps": 2 * cli.max_steps}
         if name == "hapo":
             extra = {"hapo_adaptive_temperature": True, "hapo_temperature_tau": 0.5}
-        args = Config(per_device_train_batch_size=4, num_generations=4, max_completion_length=8, **common, **extra)
+        args = Config(per_device_train_batch_size=4, num_generations=4, max_completion_length=8, **{**common, **extra})
     trainer = Trainer(
         model=checkpoint,
         reward_funcs=reward_funcs,
