@@ -8,7 +8,9 @@ skip. Each engine runs in a subprocess (``tests/scripts/vllm_*.py``) that writes
   rollout with ``VLLMTurnGenerator`` against ``TransformersTurnGenerator`` (greedy, scripted turns, scripted retriever).
 * ``vllm_train.py``: grpo, bnpo, minpro, hapo (adaptive temperature on), diva and calibadv trained for 2 optimizer steps
   with ``use_vllm=True, vllm_mode="colocate"`` in one process (one engine each, built one after the other), and grpo
-  on two CPU processes.
+  and calibadv on two CPU processes.
+* ``vllm_server_checks.py``: against ``trl-ext vllm-serve`` (started through ``tests/vllm_shims/serve_cpu.py``), HAPO's
+  statistics sent as ``vllm_xargs`` through TRL's client, and ``VLLMTurnGenerator`` in server mode.
 
 On vLLM's CPU platform TRL's colocated weight sync needs ``tests/vllm_shims`` (see its docstring); the scripts install
 it only there.
@@ -262,28 +264,37 @@ def test_calibadv_rolls_out_turns_with_the_vllm_engine(trained):
         assert transcript.count("<information>") == 2 and transcript.endswith("</answer>")
 
 
-def test_grpo_with_vllm_colocate_on_two_processes(checkpoints, tmp_path, monkeypatch):
+def test_grpo_and_calibadv_with_vllm_colocate_on_two_processes(checkpoints, tmp_path, monkeypatch):
     monkeypatch.setenv("VLLM_CPU_KVCACHE_SPACE", "1")  # launch_two_processes copies this environment
     launch_two_processes(
         str(SCRIPTS / "vllm_train.py"),
         "--checkpoint",
         checkpoints["plain"],
+        "--calibadv-checkpoint",
+        checkpoints["deepsearch"],
         "--out",
         str(tmp_path),
         "--trainers",
-        "grpo",
+        "grpo,calibadv",
         timeout=900,
     )
-    records = [load(tmp_path, "grpo", rank) for rank in (0, 1)]
-    for rank, record in enumerate(records):
-        assert record["num_processes"] == 2 and record["process_index"] == rank
-        assert record["global_step"] == 2 and record["engine_generate_calls"] >= 2
-        assert record["weights_finite"] and record["weights_max_change"] > 0
-        assert record["sampling_metrics"][1]["sampling/sampling_logp_difference/mean"] < 0.05
-    # DDP keeps the replicas identical: same weights and the same (globally reduced) logs on both ranks.
-    assert records[0]["weights_sha256"] == records[1]["weights_sha256"]
-    assert records[0]["losses"] == records[1]["losses"]
-    assert records[0]["sampling_metrics"] == records[1]["sampling_metrics"]
+    for name in ("grpo", "calibadv"):
+        records = [load(tmp_path, name, rank) for rank in (0, 1)]
+        for rank, record in enumerate(records):
+            assert record["num_processes"] == 2 and record["process_index"] == rank
+            assert record["global_step"] == 2 and record["engine_generate_calls"] >= 2
+            assert record["weights_finite"] and record["weights_max_change"] > 0
+        # DDP keeps the replicas identical: same weights and the same (globally reduced) logs on both ranks.
+        assert records[0]["weights_sha256"] == records[1]["weights_sha256"], name
+        assert records[0]["losses"] == records[1]["losses"], name
+        assert records[0]["sampling_metrics"] == records[1]["sampling_metrics"], name
+    grpo = load(tmp_path, "grpo")
+    assert grpo["sampling_metrics"][1]["sampling/sampling_logp_difference/mean"] < 0.05
+    # calibadv: process 0 holds the question answered at once, process 1 the one needing two searches, so their
+    # engines run 1 and 3 turns per step; plain colocate turns are not collectives, so nothing waits or hangs.
+    turns = [load(tmp_path, "calibadv", rank)["calibadv_turns"] for rank in (0, 1)]
+    assert turns == [[[1, 1, 1, 1]] * 2, [[3, 3, 3, 3]] * 2]
+    assert [load(tmp_path, "calibadv", rank)["turn_generator_calls"] for rank in (0, 1)] == [[1, 1], [3, 3]]
 
 
 def wait_for_server(url: str, process: subprocess.Popen, timeout: float) -> None:
