@@ -45,6 +45,7 @@ from transformers import AutoTokenizer  # noqa: E402
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # tests/ for the helpers
 from calibadv_helpers import ScriptedTurns  # noqa: E402
 from conftest import char_sum_reward, length_reward  # noqa: E402
+from uneven_turns import uneven_turn_questions  # noqa: E402
 
 from trl_ext import get_trainer  # noqa: E402
 from trl_ext.data import get_task  # noqa: E402
@@ -159,35 +160,6 @@ class RecordingRollout(SearchAgentRollout):
         return output
 
 
-def calibadv_dataset_and_scripts() -> tuple[Dataset, dict[str, list[list[str]]]]:
-    """Two deepsearch questions; the first is answered at once, the second after two searches. Each answer is the
-    gold one or a wrong one (sampled uniformly), so the rewards of a group differ and the loss has a signal."""
-    rows, seen = [], set()
-    for row in get_task("deepsearch").make_dataset(64, 0):
-        if row["prompt"] not in seen:
-            seen.add(row["prompt"])
-            rows.append(row)
-        if len(rows) == 2:
-            break
-    first, second = rows
-
-    def answers(row: dict[str, Any]) -> list[str]:
-        return [
-            f"<think>c</think>\n<answer> {row['golden_answers'][0]} </answer>",
-            "<think>c</think>\n<answer> zz </answer>",
-        ]
-
-    scripts = {
-        first["prompt"]: [answers(first)],
-        second["prompt"]: [
-            ["<think>a</think>\n<search> one </search>"],
-            ["<think>b</think>\n<search> two </search>"],
-            answers(second),
-        ],
-    }
-    return Dataset.from_list(rows), scripts
-
-
 def build_trainer(name: str, cli: argparse.Namespace, output_dir: str) -> Any:
     """Trainer ``name`` (``"trl"`` is ``trl.GRPOTrainer``) on the tiny model, under the launching engine."""
     if name == "trl":
@@ -224,7 +196,7 @@ def build_trainer(name: str, cli: argparse.Namespace, output_dir: str) -> Any:
         )
     elif name == "calibadv":
         checkpoint = cli.calibadv_checkpoint
-        dataset, _ = calibadv_dataset_and_scripts()
+        dataset, _ = uneven_turn_questions()
         reward_funcs = get_task("deepsearch").reward_funcs
         args = Config(
             per_device_train_batch_size=4,  # one question (four completions) per process
@@ -252,7 +224,7 @@ def build_trainer(name: str, cli: argparse.Namespace, output_dir: str) -> Any:
     )
     if name == "calibadv":
         installed = trainer.rollout_func
-        _, scripts = calibadv_dataset_and_scripts()
+        _, scripts = uneven_turn_questions()
         trainer.rollout_func = RecordingRollout(
             trainer.retriever,
             max_turns=installed.max_turns,

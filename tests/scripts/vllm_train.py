@@ -35,6 +35,7 @@ import vllm_shims  # noqa: E402
 from conftest import char_sum_reward  # noqa: E402
 from datasets import Dataset  # noqa: E402
 from transformers import AutoTokenizer  # noqa: E402
+from uneven_turns import uneven_turn_questions  # noqa: E402
 
 from trl_ext import get_trainer  # noqa: E402
 from trl_ext.data import get_task  # noqa: E402
@@ -78,35 +79,6 @@ class CountingRollout(SearchAgentRollout):
         return output
 
 
-def calibadv_data() -> tuple[Dataset, dict[str, list[list[str]]]]:
-    """Two deepsearch questions: the first answered at once, the second after two searches. Each answer is the gold
-    one or a wrong one (the sampled token decides where they diverge), so a group's rewards differ."""
-    rows, seen = [], set()
-    for row in get_task("deepsearch").make_dataset(64, 0):
-        if row["prompt"] not in seen:
-            seen.add(row["prompt"])
-            rows.append(row)
-        if len(rows) == 2:
-            break
-    first, second = rows
-
-    def answers(row: dict[str, Any]) -> list[str]:
-        return [
-            f"<think>c</think>\n<answer> {row['golden_answers'][0]} </answer>",
-            "<think>c</think>\n<answer> zz </answer>",
-        ]
-
-    scripts = {
-        first["prompt"]: [answers(first)],
-        second["prompt"]: [
-            ["<think>a</think>\n<search> one </search>"],
-            ["<think>b</think>\n<search> two </search>"],
-            answers(second),
-        ],
-    }
-    return Dataset.from_list(rows), scripts
-
-
 def build_trainer(name: str, cli: argparse.Namespace, output_dir: str) -> Any:
     Trainer, Config = get_trainer(name)
     common = dict(
@@ -140,7 +112,7 @@ def build_trainer(name: str, cli: argparse.Namespace, output_dir: str) -> Any:
         )
     elif name == "calibadv":
         checkpoint = cli.calibadv_checkpoint
-        dataset, scripts = calibadv_data()
+        dataset, scripts = uneven_turn_questions()
         reward_funcs = get_task("deepsearch").reward_funcs
         args = Config(
             per_device_train_batch_size=4,
