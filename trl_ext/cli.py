@@ -3,6 +3,7 @@
     trl-ext list                                   # the trainer table
     trl-ext train --config recipes/grpo/quickstart.yaml [--any_config_field value ...]
     trl-ext quickstart [--trainer grpo] [--max_steps N] [--seed S] [--output_dir DIR]
+    trl-ext compare --trainers grpo bnpo hapo --config RECIPE.yaml --seeds 3 [--max_steps N] [--output_dir DIR]
     trl-ext vllm-serve --model MODEL [any `trl vllm-serve` option]
 
 ``vllm-serve`` is TRL's ``trl vllm-serve`` (vLLM's OpenAI server with TRL's weight-transfer settings) with HAPO's
@@ -145,6 +146,15 @@ class ProgressPrinter:
 
 def run_training(script_args, training_args, model_args, dataset_args=None, *, callbacks=None):
     """Build the named trainer from parsed arguments, train, save; returns the trainer."""
+    trainer = build_trainer(script_args, training_args, model_args, dataset_args, callbacks=callbacks)
+    trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+    trainer.save_model(training_args.output_dir)
+    trainer.accelerator.print(f"Model saved to {training_args.output_dir}")
+    return trainer
+
+
+def build_trainer(script_args, training_args, model_args, dataset_args=None, *, callbacks=None):
+    """The named trainer built from parsed arguments (data, model, rewards, PEFT), ready to ``train()``."""
     from datasets import load_dataset
     from trl import get_peft_config, get_quantization_config
 
@@ -228,9 +238,6 @@ def run_training(script_args, training_args, model_args, dataset_args=None, *, c
         from transformers import PrinterCallback
 
         trainer.remove_callback(PrinterCallback)  # our one-line progress replaces the raw log dicts
-    trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
-    trainer.save_model(training_args.output_dir)
-    trainer.accelerator.print(f"Model saved to {training_args.output_dir}")
     return trainer
 
 
@@ -394,18 +401,32 @@ def vllm_serve_main(argv: list[str] | None = None) -> None:
     os.execve(command[0], command, env)
 
 
-COMMANDS = {"list": list_main, "train": train_main, "quickstart": quickstart_main, "vllm-serve": vllm_serve_main}
+def compare_main(argv: list[str] | None = None):
+    """``trl-ext compare``: see :mod:`trl_ext.compare`."""
+    from trl_ext.compare import compare_main as main
+
+    return main(argv)
+
+
+COMMANDS = {
+    "list": list_main,
+    "train": train_main,
+    "quickstart": quickstart_main,
+    "compare": compare_main,
+    "vllm-serve": vllm_serve_main,
+}
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``trl-ext {list,train,quickstart,vllm-serve} ...``"""
+    """``trl-ext {list,train,quickstart,compare,vllm-serve} ...``"""
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
         print(
-            "usage: trl-ext {list,train,quickstart,vllm-serve} [options]\n\n"
+            "usage: trl-ext {list,train,quickstart,compare,vllm-serve} [options]\n\n"
             "  list        the registered trainers (name, what it changes, paper)\n"
             "  train       train from a YAML recipe: trl-ext train --config recipes/grpo/quickstart.yaml\n"
             "  quickstart  train the default trainer on the built-in task with a tiny model, offline\n"
+            "  compare     several trainers on one recipe and seeds, interleaved: table, JSON and plot\n"
             "  vllm-serve  `trl vllm-serve` with HAPO's vLLM logits processor registered (vllm_mode=server)\n\n"
             "`trl-ext train --trainer NAME --help` lists every config field of that trainer."
         )
