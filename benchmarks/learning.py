@@ -3,6 +3,8 @@
     python benchmarks/learning.py                                    # 4 trainers x 3 seeds x 300 steps (~5 minutes)
     python benchmarks/learning.py --trainers grpo bnpo --seeds 0 --steps 100
 
+Built on ``trl-ext compare`` (:func:`trl_ext.compare.compare`), with a tiny model per seed.
+
 The quickstart's setting (``trl_ext.data.QUICKSTART_SETTINGS``): a tiny randomly initialised Qwen2, the ``arithmetic``
 task (8192 rows, four difficulty levels), 16 prompts x 8 completions per step, lr 1e-3 linear, T = 1, no KL, one
 update per batch. Every trainer runs with its spec defaults from the same weights, data order and seed. ``minpro``
@@ -40,24 +42,6 @@ WINDOW = 10
 
 def first_step(curve: list[float], threshold: float) -> int | None:
     return next((i + 1 for i, value in enumerate(curve) if value >= threshold), None)
-
-
-def train_run(name: str, checkpoint: str, dataset, task, seed: int, steps: int) -> dict:
-    from transformers import PrinterCallback
-
-    from trl_ext import get_trainer
-    from trl_ext.data import QUICKSTART_SETTINGS
-
-    trainer_cls, config_cls = get_trainer(name)
-    config = dict(QUICKSTART_SETTINGS["config"])
-    config.update(seed=seed, max_steps=steps, logging_steps=1)
-    with tempfile.TemporaryDirectory() as output_dir:
-        args = config_cls(output_dir=output_dir, disable_tqdm=True, **config)
-        trainer = trainer_cls(model=checkpoint, reward_funcs=task.reward_funcs, args=args, train_dataset=dataset)
-        trainer.remove_callback(PrinterCallback)
-        trainer.train()
-    entries = [entry for entry in trainer.state.log_history if "loss" in entry]
-    return {key: [entry[key] for entry in entries] for key in ("reward", "frac_reward_zero_std", "step_time")}
 
 
 def summarise(runs: dict) -> dict:
@@ -109,31 +93,50 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--steps", type=int, default=300)
     parser.add_argument("--out", type=Path, default=RESULTS / "learning.json")
+    parser.add_argument(
+        "--work_dir",
+        type=Path,
+        default=Path(tempfile.gettempdir()) / "trl-ext-learning-compare",
+        help="trl-ext compare's output (per-run results, its table and plot); rerun to resume",
+    )
     options = parser.parse_args(argv)
 
     import torch
 
+    from trl_ext.compare import compare
     from trl_ext.data import QUICKSTART_SETTINGS, get_task
     from trl_ext.testing import build_tiny_checkpoint
 
     torch.set_num_threads(1)
     task = get_task(QUICKSTART_SETTINGS["task"])
     names = list(dict.fromkeys(["grpo", *options.trainers]))
-    runs: dict = {name: {} for name in names}
-    for seed in options.seeds:
-        dataset = task.make_dataset(QUICKSTART_SETTINGS["dataset"]["num_rows"], seed)
+    recipe = {
+        **QUICKSTART_SETTINGS["config"],
+        "task": task.name,
+        "task_num_rows": QUICKSTART_SETTINGS["dataset"]["num_rows"],
+    }
+
+    def model_for(seed: int) -> str:  # the quickstart's tiny model, initialised with the run's seed
         model_kwargs = {k: v for k, v in QUICKSTART_SETTINGS["model"].items() if k != "alphabet"}
         model_kwargs["seed"] = seed
-        checkpoint = build_tiny_checkpoint(
-            str(Path(tempfile.gettempdir()) / f"trl-ext-learning-{seed}"), alphabet=task.alphabet, **model_kwargs
-        )
-        order = names if seed % 2 == 0 else list(reversed(names))
-        for name in order:
-            run = train_run(name, checkpoint, dataset, task, seed, options.steps)
-            runs[name][str(seed)] = run
-            print(
-                f"seed {seed} {name:>6}: reward last 30 steps {statistics.mean(run['reward'][-30:]):.3f}", flush=True
-            )
+        directory = Path(tempfile.gettempdir()) / f"trl-ext-learning-{seed}"
+        return build_tiny_checkpoint(str(directory), alphabet=task.alphabet, **model_kwargs)
+
+    # `trl-ext compare` runs the arms interleaved (arm order reversed on every other seed) and resumes from
+    # --work_dir; its own table and plot land there too.
+    report = compare(
+        names,
+        config=recipe,
+        seeds=options.seeds,
+        max_steps=options.steps,
+        output_dir=options.work_dir,
+        model_factory=model_for,
+    )
+    runs: dict = {name: {} for name in names}
+    for result in report["results"]:
+        runs[result["arm"]][str(result["seed"])] = {
+            key: result[key] for key in ("reward", "frac_reward_zero_std", "step_time")
+        }
     summary = summarise(runs)
     report = {
         "command": "python benchmarks/learning.py " + " ".join(sys.argv[1:] if argv is None else argv),
