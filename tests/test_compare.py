@@ -232,3 +232,36 @@ def test_cli_reports_bad_input_with_exit_code_2(tmp_path, capsys):
         main(["compare", "--trainers", "grpo", "nope", "--config", RECIPE, "--output_dir", str(tmp_path)])
     assert exit_info.value.code == 2
     assert "trl-ext compare: error: arm 'nope': unknown trainer" in capsys.readouterr().err
+
+
+def test_under_accelerate_launch_every_run_uses_both_processes(tmp_path):
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from twoproc import launch_two_processes
+
+    output = tmp_path / "out"
+    result = launch_two_processes(
+        "-m",  # accelerate's --module: the console script's module, as `accelerate launch -m trl_ext.cli compare`
+        "trl_ext.cli",
+        "compare",
+        "--trainers",
+        "grpo",
+        "bnpo",
+        "--config",
+        RECIPE,
+        "--seeds",
+        "1",
+        "--max_steps",
+        "2",
+        "--output_dir",
+        str(output),
+        "--per_device_train_batch_size",
+        "64",
+    )
+    assert result.stdout.count("trl-ext compare: 2 arms x 1 seeds") == 1  # printed by the main process only
+    report = json.loads((output / "comparison.json").read_text())
+    for run in report["results"]:
+        assert run["num_processes"] == 2
+        assert run["completions"] == [128, 256]  # 64 per process x 2 processes per step
+        assert all(math.isfinite(r) for r in run["reward"])

@@ -416,6 +416,7 @@ def markdown_table(summary: dict, arms: list[Arm]) -> str:
         f"highest moving average (window: 10% of the steps); fractions are of the best moving average of any arm and seed "
         f"({summary['best_reward']:.3f}); (k/n) = seeds that reached it. Step time: median over steps after the "
         f"first. Peak memory: {'the CUDA allocator peak' if memory_kind == 'cuda_max_allocated' else 'the process resident set'} "
+        f"of the main process"
         f"during the run (largest over seeds).\n"
     )
     return "\n".join(lines) + "\n" + note
@@ -495,8 +496,10 @@ def compare(
     """
     from accelerate import PartialState
 
-    state = PartialState()
-    say = log if state.is_main_process else (lambda *a, **k: None)
+    def say(*args: Any) -> None:  # the main process speaks; asked each time (the state is set up by the first parse)
+        if PartialState().is_main_process:
+            log(*args)
+
     output = Path(output_dir)
     extra = list(extra_args or [])
     arm_list = build_arms(list(trainers), list(arms or []))
@@ -505,18 +508,22 @@ def compare(
     if isinstance(config, dict):
         import yaml
 
+        # Written by every process (same text, atomic rename): the distributed state is not set up before the
+        # first parse, so no process can tell yet whether it is the main one.
         config_path = str(output / "recipe.yaml")
-        if state.is_main_process:
-            output.mkdir(parents=True, exist_ok=True)
-            Path(config_path).write_text(yaml.safe_dump(config, sort_keys=False))
-        state.wait_for_everyone()
+        output.mkdir(parents=True, exist_ok=True)
+        tmp = output / f"recipe.yaml.{os.getpid()}.tmp"
+        tmp.write_text(yaml.safe_dump(config, sort_keys=False))
+        os.replace(tmp, config_path)
     else:
         config_path = str(config) if config is not None else None
         if config_path is not None and not Path(config_path).is_file():
             raise ValueError(f"--config: no such file {config_path!r}")
 
-    # Seeds: a count starts at the recipe's seed (parsed with the first arm's config).
+    # Seeds: a count starts at the recipe's seed (parsed with the first arm's config). Parsing builds the training
+    # arguments, which set up the distributed state under `accelerate launch`.
     first = _parse_run(arm_list[0], _run_argv(arm_list[0], 0, config_path, max_steps, output, extra)[:-2])
+    state = PartialState()
     if isinstance(seeds, int):
         if seeds < 1:
             raise ValueError(f"--seeds: give at least one seed, got {seeds}")
