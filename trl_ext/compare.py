@@ -416,7 +416,7 @@ def markdown_table(summary: dict, arms: list[Arm]) -> str:
         f"highest moving average (window: 10% of the steps); fractions are of the best moving average of any arm and seed "
         f"({summary['best_reward']:.3f}); (k/n) = seeds that reached it. Step time: median over steps after the "
         f"first. Peak memory: {'the CUDA allocator peak' if memory_kind == 'cuda_max_allocated' else 'the process resident set'} "
-        f"of the main process"
+        f"of the main process "
         f"during the run (largest over seeds).\n"
     )
     return "\n".join(lines) + "\n" + note
