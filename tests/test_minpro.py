@@ -238,6 +238,49 @@ def test_gradient_flows_only_through_the_current_ratio():
         assert prefix_min_log_ratio(new.clone().requires_grad_(True), valid).requires_grad is False
 
 
+def test_inclusive_prefix_minimum_replaces_the_current_ratio():
+    # minpro_include_current=True: the effective weight of an unclipped token is min_{j<=t} rho_j (an O(T^2) oracle),
+    # not rho_t * min_{j<=t} rho_j, which counted the token's own ratio twice.
+    generator = torch.Generator().manual_seed(3)
+    old = torch.randn(2, 9, generator=generator, dtype=torch.float64)
+    new = old + 0.4 * torch.randn(2, 9, generator=generator, dtype=torch.float64)
+    mask = torch.ones(2, 9, dtype=torch.long)
+    mask[1, 7:] = 0  # padding
+    mask[0, 4] = 0  # a tool token: outside the minimum and the loss
+    objective = MinPROObjective(SimpleNamespace(minpro_include_current=True))
+    for advantage in (1.3, -0.6):
+        advantages = torch.full((2, 1), advantage, dtype=torch.float64)
+
+        def per_token_loss(logps, advantages=advantages):
+            ctx = _context({}, logps, old, mask)
+            return minpro_clipped_surrogate(torch.exp(logps - old), advantages, objective.token_weights(ctx), 0.2, 0.2)
+
+        logps = new.clone().requires_grad_(True)
+        (grad,) = torch.autograd.grad((per_token_loss(logps) * mask).sum(), logps)
+        ratio = torch.exp(new - old)
+        for i in range(2):
+            for t in range(9):
+                if not mask[i, t]:
+                    assert grad[i, t] == 0
+                    continue
+                prefix_min = min(ratio[i, j].item() for j in range(t + 1) if mask[i, j])
+                clipped = (advantage > 0 and ratio[i, t] > 1.2) or (advantage < 0 and ratio[i, t] < 0.8)
+                expected = 0.0 if clipped else -prefix_min * advantage
+                assert grad[i, t].item() == pytest.approx(expected, abs=1e-10), (i, t)
+        # the metrics report the effective weight M
+        ctx = _context({}, new, old, mask)
+        objective.token_weights(ctx)
+        oracle = [
+            min(ratio[i, j].item() for j in range(t + 1) if mask[i, j])
+            for i in range(2)
+            for t in range(9)
+            if mask[i, t]
+        ]
+        metrics = objective.metrics(ctx)
+        assert metrics["minpro/weight_max"] == pytest.approx(max(oracle), abs=1e-6)
+        assert metrics["minpro/weight_min"] == pytest.approx(min(oracle), abs=1e-6)
+
+
 @pytest.mark.parametrize("loss_type", SUPPORTED_LOSS_TYPES)
 def test_masked_positions_cannot_change_the_loss(loss_type):
     log_ratio, completion, tool = random_batch(5, scale=0.5)
@@ -277,7 +320,14 @@ def test_log_ratios_of_80_give_a_finite_loss(include_current, cap_at_one):
         logps = (old + 80.0 * signs).requires_grad_(True)
         ctx = _context({"old_per_token_logps": old}, logps, old, mask)
         weights = objective.token_weights(ctx)
-        assert weights.requires_grad is False and weights.log().abs().max() <= 20.0
+        assert weights.requires_grad is False
+        if (
+            include_current
+        ):  # the factor is M / rho_t: bounded, and the effective weight (factor x rho_t) is |log| <= 20
+            assert weights.log().abs().max() <= 64.0
+            assert (weights.log() + ctx.log_ratio.detach()).abs().max() <= 20.0
+        else:
+            assert weights.log().abs().max() <= 20.0
         per_token = minpro_clipped_surrogate(ctx.log_ratio.exp(), torch.tensor([[advantage]]), weights, 0.2, 0.2)
         for loss_type in SUPPORTED_LOSS_TYPES:
             loss = F.aggregate_loss(
@@ -510,9 +560,11 @@ def test_off_policy_equals_base_with_weighted_advantages(tiny_checkpoint, toy_da
     # M is the spec's weight over the valid tokens (padding and tool tokens excluded).
     valid = inputs["completion_mask"] * inputs["tool_mask"]
     log_ratio = captured["logps"].double() - inputs["old_per_token_logps"].double()
-    expected_log_m = naive_log_m(
-        log_ratio, valid, overrides.get("minpro_include_current", False), overrides.get("minpro_cap_at_one", False)
-    )
+    inclusive = overrides.get("minpro_include_current", False)
+    expected_log_m = naive_log_m(log_ratio, valid, inclusive, overrides.get("minpro_cap_at_one", False))
+    effective = expected_log_m.exp().float()  # M, what the metrics report
+    if inclusive:  # the inclusive minimum replaces rho_t: the surrogate's factor is M / rho_t on the loss tokens
+        expected_log_m = torch.where(valid.bool(), expected_log_m - log_ratio, expected_log_m)
     torch.testing.assert_close(weights.log().double(), expected_log_m, atol=1e-5, rtol=0)
     assert weights[valid.bool()].min() < 0.8  # off-policy enough that M matters
 
@@ -522,10 +574,10 @@ def test_off_policy_equals_base_with_weighted_advantages(tiny_checkpoint, toy_da
     unweighted_loss = loss_grads_metrics(base, inputs)[0]
     assert not torch.allclose(actual[0], unweighted_loss, atol=1e-4)
     metrics = actual[2]
-    assert metrics["minpro/weight_min"][0] == pytest.approx(weights[valid.bool()].min().item())
-    assert metrics["minpro/weight_max"][0] == pytest.approx(weights[valid.bool()].max().item())
-    assert metrics["minpro/weight_mean"][0] == pytest.approx(weights[valid.bool()].mean().item(), rel=1e-6)
-    below = (weights[valid.bool()] < 0.5).float().mean().item()
+    assert metrics["minpro/weight_min"][0] == pytest.approx(effective[valid.bool()].min().item(), rel=1e-5)
+    assert metrics["minpro/weight_max"][0] == pytest.approx(effective[valid.bool()].max().item(), rel=1e-5)
+    assert metrics["minpro/weight_mean"][0] == pytest.approx(effective[valid.bool()].mean().item(), rel=1e-5)
+    below = (effective[valid.bool()] < 0.5).float().mean().item()
     assert metrics["minpro/frac_weight_below_half"][0] == pytest.approx(below)
 
 

@@ -16,7 +16,9 @@ loss (masks, KL, aggregation) is the base trainer's; the KL term is not weighted
 **Reconstruction.** No reference code is public and the paper's listing was not available; five choices are
 reconstructed (see ``specs/minpro.md``) and must be revisited if the authors' code appears:
 
-* exclusive (j < t, default) or inclusive (j <= t) prefix: ``include_current``;
+* exclusive (j < t, default) or inclusive (j <= t) prefix: ``include_current``. Inclusive, the prefix minimum takes
+  the place of the token's ratio, l_t = -sg(M_t / rho_t) * min(rho_t A, clip(rho_t) A), so the effective weight of
+  an unclipped token is M_t (rho_t is not counted twice, as it would be in sg(M_t) * rho_t);
 * capping M at 1 (default: not capped): ``cap_at_one``;
 * the ratio source, pi_theta / pi_old (default) or pi_theta / mu_sampler: ``minpro_ratio_source``;
 * M is detached (fixed);
@@ -239,7 +241,9 @@ class MinPROObjective(PolicyObjective):
             )
 
     def token_weights(self, ctx: LossContext) -> torch.Tensor:
-        """M (B, T), detached, float32; also kept in ``ctx.extras["minpro_weights"]`` for the metrics."""
+        """The detached (B, T) factor of the clipped surrogate, float32: M (exclusive prefix, the default), or
+        M / rho_t with ``minpro_include_current`` (the inclusive minimum replaces rho_t instead of multiplying it).
+        M itself is kept in ``ctx.extras["minpro_weights"]`` for the metrics."""
         if self.ratio_source == "old":
             # ctx.log_ratio = log pi_theta - log pi_old, exactly 0 on-policy (old falls back to logps.detach()).
             log_ratio, valid = ctx.log_ratio, minpro_valid_mask(ctx.mask)
@@ -255,6 +259,16 @@ class MinPROObjective(PolicyObjective):
             log_ratio = ctx.logps.detach().float() - sampling
             valid = minpro_valid_mask(ctx.mask, sampling)
         log_m = prefix_min_log_ratio(log_ratio, valid, self.include_current, self.cap_at_one, self.log_weight_clamp)
+        if self.include_current:
+            # The inclusive prefix minimum takes the place of the token's own ratio (specs/minpro.md): the surrogate
+            # already holds rho_t, so it is multiplied by M / rho_t and the token's effective weight is M, not
+            # rho_t * M (rho_t counted twice). The PPO clip still acts on rho_t. Positions outside the loss keep M,
+            # so that no garbage log-ratio there can make inf * 0.
+            current = ctx.log_ratio.detach().to(log_m.dtype)
+            log_multiplier = (log_m - current).clamp(-MAX_LOG_WEIGHTED_RATIO, MAX_LOG_WEIGHTED_RATIO)
+            multiplier = torch.where(ctx.mask.bool(), log_multiplier, log_m).exp()
+            ctx.extras["minpro_weights"] = log_m.exp()  # the effective weight M, for the metrics
+            return multiplier
         if not self.cap_at_one:
             log_m = guard_weighted_ratio_overflow(log_m, ctx.log_ratio)
         weights = log_m.exp()
