@@ -130,6 +130,28 @@ def test_difficulty_change_boundaries_are_inclusive_first_match(mean, change):
     assert difficulty_change(mean, DEFAULT_SCORE_RANGES, DEFAULT_DIFFICULTY_CHANGES) == change
 
 
+@pytest.mark.parametrize(
+    ("rewards", "boundary", "change"),
+    [
+        ([0.1] * 5 + [0.0] * 5, 0.05, 2),  # five 0.1 format rewards out of ten
+        ([0.3] * 10, 0.3, 1),
+        ([0.2, 0.8] * 5, 0.5, 0),
+        ([0.6, 0.8] * 5, 0.7, -1),
+    ],
+    ids=["0.05", "0.3", "0.5", "0.7"],
+)
+def test_boundaries_reached_through_float32_rewards_keep_their_range(rewards, boundary, change):
+    # Rewards arrive as float32: their float64 mean lands a few 1e-9 above the boundary it is in exact arithmetic.
+    rewards32 = torch.tensor(rewards, dtype=torch.float32)
+    mean = rewards32.double().mean().item()
+    assert boundary < mean < boundary + 1e-7  # the case this test is about: just above the boundary
+    updated = difficulty_updates(rewards32, ["p"] * len(rewards), {"p": 5})
+    assert updated == {"p": 5 + change}
+    # The slack is tiny: a mean clearly above the boundary takes the next range.
+    next_change = DEFAULT_DIFFICULTY_CHANGES[[hi for _, hi in DEFAULT_SCORE_RANGES].index(boundary) + 1]
+    assert difficulty_change(boundary + 1e-4) == next_change
+
+
 def test_difficulty_change_outside_every_range_is_zero():
     assert difficulty_change(1.5) == 0
     assert difficulty_change(-0.2) == 0

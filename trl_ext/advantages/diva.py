@@ -39,6 +39,9 @@ from trl_ext.registry import register_advantage_estimator
 
 BATCH_NORMS = ("responses", "reference")
 DEFAULT_SCORE_RANGES: tuple[tuple[float, float], ...] = ((0.0, 0.05), (0.05, 0.3), (0.3, 0.5), (0.5, 0.7), (0.7, 1.0))
+#: Slack of the range boundaries in :func:`difficulty_change`: far above the float32 rounding of a mean of rewards in
+#: [0, 1] (about 6e-8), far below any meaningful difference of success rates.
+BOUNDARY_TOLERANCE: float = 1e-6
 DEFAULT_DIFFICULTY_CHANGES: tuple[int, ...] = (2, 1, 0, -1, -2)
 
 
@@ -230,9 +233,15 @@ def difficulty_change(
     score_ranges: Sequence[Sequence[float]] = DEFAULT_SCORE_RANGES,
     changes: Sequence[int] = DEFAULT_DIFFICULTY_CHANGES,
 ) -> int:
-    """Δ for a problem's mean reward: the change of the first inclusive range [lo, hi] holding it, else 0."""
+    """Δ for a problem's mean reward: the change of the first inclusive range [lo, hi] holding it, else 0.
+
+    The boundaries are inclusive up to :data:`BOUNDARY_TOLERANCE`: rewards arrive rounded to float32, so a mean that
+    is a boundary in exact arithmetic (five 0.1 format rewards out of ten: 0.05) can land a few 1e-9 above it, and
+    without the tolerance would take the next range's change (the authors' float32 mean and comparison give the
+    boundary's own range, as the spec's table does).
+    """
     for (lo, hi), change in zip(score_ranges, changes, strict=True):
-        if lo <= mean_reward <= hi:
+        if lo - BOUNDARY_TOLERANCE <= mean_reward <= hi + BOUNDARY_TOLERANCE:
             return int(change)
     return 0
 
