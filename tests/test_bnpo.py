@@ -165,6 +165,24 @@ def test_group_of_one_completion_gives_zero():
     assert torch.equal(advantages, torch.zeros(5, dtype=torch.float64))
 
 
+def test_one_outlier_in_a_tight_cluster_is_flagged_and_the_recommended_cap_bounds_it():
+    # 63 prompts at 8/16 or 9/16 successes and one at 1/16: the concentrated fit gives the outlier a weight near 6.5e5
+    # under the authors' cap (1e6), i.e. advantages ~1e5 times the others'. bnpo/frac_weight_large flags it, and the
+    # recommended bnpo_max_inv_density of 10 bounds it.
+    rewards = []
+    for index in range(63):
+        successes = 8 if index % 2 else 9
+        rewards += [1] * successes + [0] * (16 - successes)
+    rewards += [1] + [0] * 15
+    advantages, _, stats = bnpo(rewards, group_size=16)
+    assert stats["max_weight"] > 1e5 and advantages[-16:].abs().max() > 1e5
+    assert advantages[:-16].abs().max() < 1.0
+    assert stats["frac_weight_large"] == pytest.approx(1 / 64)
+    safer, _, safer_stats = bnpo(rewards, group_size=16, max_inv_density=10.0)
+    assert safer.abs().max() <= 10.0 and safer_stats["frac_weight_capped"] == pytest.approx(1 / 64)
+    torch.testing.assert_close(safer[:-16], advantages[:-16])  # the cluster is untouched
+
+
 def test_weight_cap_bounds_the_advantage():
     # One rare success (p = 1/16) among concentrated groups: 1/f is large; the cap bounds it.
     def group(successes):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -43,3 +44,59 @@ def test_recipe_parses_into_its_trainer_config(path):
             if isinstance(parsed, float) and isinstance(value, str):
                 value = float(value)  # YAML 1.1 reads 1.0e6 (no sign in the exponent) as a string
             assert parsed == value or str(parsed) == str(value), key
+
+
+@pytest.mark.parametrize("path", RECIPES, ids=lambda p: f"{p.parent.name}/{p.name}")
+def test_recipe_reward_functions_resolve(path):
+    from trl_ext.cli import resolve_reward_funcs
+    from trl_ext.data import get_task
+
+    name = yaml.safe_load(path.read_text())["trainer"]
+    script_args, training_args, _, _ = make_train_parser(name).parse_args_and_config(
+        ["--config", str(path), "--use_cpu", "true", "--bf16", "false"]
+    )
+    task = get_task(script_args.task) if script_args.task else None
+    rewards = resolve_reward_funcs(script_args, task)
+    assert rewards and all(callable(r) or isinstance(r, str) for r in rewards)
+    if training_args.reward_weights is not None:
+        assert len(training_args.reward_weights) == len(rewards), "one weight per reward function"
+
+
+def test_hapo_paper_recipe_is_the_authors_run():
+    from trl_ext.cli import resolve_reward_funcs
+
+    path = ROOT / "recipes" / "hapo" / "dapo_math_qwen.yaml"
+    script_args, training_args, _, _ = make_train_parser("hapo").parse_args_and_config(
+        ["--config", str(path), "--use_cpu", "true", "--bf16", "false"]
+    )
+    assert training_args.hapo_entropy_sign_mode == "reference"  # the authors' code, not the library default
+    assert training_args.hapo_tlga_fallback_mode == "reference"
+    accuracy, overlong = resolve_reward_funcs(script_args, None)
+    assert accuracy.__name__ == "accuracy_reward" and training_args.reward_weights == [2.0, 1.0]
+    # DAPO's soft overlong punishment with the authors' buffer: 0 up to 12288 - 4096 tokens, then linear down to -1
+    lengths = [8192, 10240, 12288, 12289]
+    assert overlong([[0] * n for n in lengths]) == pytest.approx([0.0, -0.5, -1.0, -1.0])
+
+
+def test_diva_paper_recipe_uses_the_authors_batch_statistic():
+    path = ROOT / "recipes" / "diva" / "qwen2.5-vl-7b_mmk12.yaml"
+    _, training_args, _, _ = make_train_parser("diva").parse_args_and_config(
+        ["--config", str(path), "--use_cpu", "true", "--bf16", "false"]
+    )
+    assert training_args.diva_batch_norm == "reference"
+
+
+def test_reward_factory_calls_and_their_errors():
+    from trl_ext.cli import TrainScriptArguments, resolve_reward_funcs
+
+    (punish,) = resolve_reward_funcs(
+        TrainScriptArguments(reward_funcs=["get_soft_overlong_punishment(100, soft_punish_cache=20)"]), None
+    )
+    assert punish([[1] * 90]) == pytest.approx([-0.5])
+    for spec, message in [
+        ("get_soft_overlong_punishment(max_completion_len=n)", "not a call with literal arguments"),
+        ("no_such_factory(1)", "no reward factory 'no_such_factory'"),
+        ("get_soft_overlong_punishment(1, 2, 3)", "get_soft_overlong_punishment(1, 2, 3)"),
+    ]:
+        with pytest.raises(ValueError, match=re.escape(message)):
+            resolve_reward_funcs(TrainScriptArguments(reward_funcs=[spec]), None)

@@ -91,6 +91,44 @@ def _trl_reward_registry() -> dict[str, Any]:
     }
 
 
+def _call_reward_factory(spec: str) -> Any:
+    """``factory(args)`` in ``reward_funcs``: a TRL reward factory (``trl.rewards.get_*``) or a dotted import path,
+    called with literal arguments, e.g. ``get_soft_overlong_punishment(max_completion_len=12288,
+    soft_punish_cache=4096)`` (DAPO's soft overlong punishment, which needs its lengths)."""
+    import ast
+
+    try:
+        call = ast.parse(spec.strip(), mode="eval").body
+        if not isinstance(call, ast.Call):
+            raise ValueError
+        target = ast.unparse(call.func)
+        args = [ast.literal_eval(arg) for arg in call.args]
+        kwargs = {kw.arg: ast.literal_eval(kw.value) for kw in call.keywords if kw.arg is not None}
+        if len(kwargs) != len(call.keywords):
+            raise ValueError
+    except (SyntaxError, ValueError) as exc:
+        raise ValueError(
+            f"reward_funcs: {spec!r} is not a call with literal arguments, e.g. "
+            "'get_soft_overlong_punishment(max_completion_len=12288, soft_punish_cache=4096)'"
+        ) from exc
+    if "." in target:
+        module_path, attr = target.rsplit(".", 1)
+        sys.path.insert(0, os.getcwd())
+        factory = getattr(importlib.import_module(module_path), attr, None)
+    else:
+        import trl.rewards
+
+        factory = getattr(trl.rewards, target, None) if target.startswith("get_") else None
+    if not callable(factory):
+        raise ValueError(
+            f"reward_funcs: {spec!r}: no reward factory {target!r} (TRL's trl.rewards.get_* or a dotted path)"
+        )
+    try:
+        return factory(*args, **kwargs)
+    except TypeError as exc:
+        raise ValueError(f"reward_funcs: {spec!r}: {exc}") from exc
+
+
 def resolve_reward_funcs(script_args: TrainScriptArguments, task: Any | None) -> list[Any]:
     """Reward functions for a run: the task's, then ``reward_funcs`` by name or import path, then a reward model."""
     rewards: list[Any] = list(task.reward_funcs) if task is not None else []
@@ -99,7 +137,9 @@ def resolve_reward_funcs(script_args: TrainScriptArguments, task: Any | None) ->
     for name in script_args.reward_funcs or []:
         if task is not None and name in by_name:
             continue  # already included with the task
-        if name in trl_rewards:
+        if "(" in name:
+            rewards.append(_call_reward_factory(name))
+        elif name in trl_rewards:
             rewards.append(trl_rewards[name])
         elif "." in name:
             module_path, attr = name.rsplit(".", 1)
@@ -108,7 +148,8 @@ def resolve_reward_funcs(script_args: TrainScriptArguments, task: Any | None) ->
         else:
             raise ValueError(
                 f"reward_funcs: cannot resolve {name!r}; expected one of the task's rewards "
-                f"{sorted(by_name)}, TRL's {sorted(trl_rewards)}, or a dotted import path"
+                f"{sorted(by_name)}, TRL's {sorted(trl_rewards)}, a dotted import path, or a factory call such as "
+                f"'get_soft_overlong_punishment(max_completion_len=12288, soft_punish_cache=4096)'"
             )
     if script_args.reward_model_name_or_path:
         rewards.append(script_args.reward_model_name_or_path)

@@ -55,6 +55,12 @@ class BetaFit:
     num_groups: int
 
 
+#: A BNPO weight 1/f above this is reported as large (``bnpo/frac_weight_large``): such a group's advantages are more
+#: than ten times a Beta(1, 1) fit's. With the authors' cap (1e6) one outlier success rate in a tight cluster can get a
+#: weight near 1e6; ``bnpo_max_inv_density: 10`` bounds it (docs/trainers/bnpo.md).
+LARGE_WEIGHT: float = 10.0
+
+
 def beta_log_pdf(p: torch.Tensor, alpha: float, beta: float) -> torch.Tensor:
     """log f_Beta(p; alpha, beta) = xlogy(alpha - 1, p) + xlogy(beta - 1, 1 - p) - log B(alpha, beta), in float64.
 
@@ -127,8 +133,8 @@ def beta_normalized_advantages(
 
     Returns:
         ``(advantages, fit, weight_stats)``: (N,) float64 advantages in normalised reward units, the Beta fit, and
-        ``{"max_weight", "mean_weight", "frac_weight_capped"}`` of 1/f over the groups with 0 < p < 1 (elsewhere
-        the weight multiplies zero).
+        ``{"max_weight", "mean_weight", "frac_weight_capped", "frac_weight_large"}`` of 1/f over the groups with
+        0 < p < 1 (elsewhere the weight multiplies zero); "large" is above :data:`LARGE_WEIGHT`.
     """
     if not max_inv_density > 0:
         raise ValueError(f"bnpo_max_inv_density must be > 0, got {max_inv_density}")
@@ -148,7 +154,7 @@ def beta_normalized_advantages(
     rates = group_rates[participating]
     if fit.num_groups == 0 or bool(((rates == 0) | (rates == 1)).all()):
         # No group carries signal: every scorable s equals its group's p.
-        stats = {"max_weight": 1.0, "mean_weight": 1.0, "frac_weight_capped": 0.0}
+        stats = {"max_weight": 1.0, "mean_weight": 1.0, "frac_weight_capped": 0.0, "frac_weight_large": 0.0}
         return torch.zeros(n, dtype=torch.float64, device=rewards.device), fit, stats
 
     weights = torch.exp(-beta_log_pdf(group_rates, fit.alpha, fit.beta)).clamp(max=max_inv_density)  # 1/f, capped
@@ -162,6 +168,7 @@ def beta_normalized_advantages(
         "max_weight": float(acting.max()),
         "mean_weight": float(acting.mean()),
         "frac_weight_capped": float((acting >= max_inv_density).double().mean()),
+        "frac_weight_large": float((acting > LARGE_WEIGHT).double().mean()),
     }
     return advantages, fit, stats
 
@@ -275,6 +282,7 @@ def _fit_metrics(prefix: str, fit: BetaFit, stats: dict[str, float]) -> dict[str
         f"{prefix}max_weight": stats["max_weight"],
         f"{prefix}mean_weight": stats["mean_weight"],
         f"{prefix}frac_weight_capped": stats["frac_weight_capped"],
+        f"{prefix}frac_weight_large": stats["frac_weight_large"],
     }
 
 
