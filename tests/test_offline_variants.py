@@ -24,12 +24,15 @@ from trl_ext.curriculum.offline_variants import (
     TransformersChatBackend,
     add_variant_columns,
     answer_leaks,
+    boxed_answer,
     hint_messages,
     main,
     parse_hints,
     parse_list,
     parse_rewordings,
+    parse_solution_steps,
     rewording_messages,
+    solution_messages,
     summarize,
     write_parquet,
 )
@@ -542,3 +545,76 @@ def test_openai_compatible_backend_against_stub_server():
     backend = OpenAICompatibleBackend(dead_url, "m", max_retries=1, retry_backoff=0.01, timeout=2)
     with pytest.raises(RuntimeError, match=f"POST {dead_url}/v1/chat/completions failed after 2 attempt"):
         backend([rewording_messages("q", 1)])
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# The authors' hint mode: full solutions ending in \boxed{}, kept only when right
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def test_solution_messages_ask_for_a_boxed_solution_without_the_answer():
+    user = solution_messages("Find x if 2x = 24.", min_steps=3, max_steps=5)[1]["content"]
+    assert "Find x if 2x = 24." in user and "3 to 5 short steps" in user and "\\boxed{...}" in user
+    assert "Correct final answer" not in user and "Stop before the final answer" not in user
+
+
+@pytest.mark.parametrize(
+    ("reply", "answer", "kept"),
+    [
+        ("1. Divide by 2.\n2. x = 12.\n3. So \\boxed{12}.", "12", 3),
+        ("1. Divide by 2.\n2. So \\boxed{12.0}.", "12", 2),  # numbers compare as numbers
+        ("1. Halve.\n2. So \\boxed{\\frac{1}{2}}.", "$\\frac{1}{2}$", 2),  # wrappers and spaces ignored
+        ("1. Divide by 2.\n2. So \\boxed{13}.", "12", 0),  # wrong answer: the hint is rejected
+        ("1. Divide by 2.\n2. x is twelve.", "12", 0),  # no boxed answer
+        ("1. So \\boxed{12}.", "", 0),  # no gold answer to check against
+        (None, "12", 0),
+    ],
+)
+def test_parse_solution_steps_keeps_only_right_solutions(reply, answer, kept):
+    steps = parse_solution_steps(reply, answer)
+    assert len(steps) == kept
+    if kept:
+        assert "\\boxed" in steps[-1]  # the final step, with the answer, is kept (shown at the largest offsets)
+
+
+def test_boxed_answer_balances_braces_and_takes_the_last():
+    assert boxed_answer("\\boxed{1} then \\boxed{\\frac{a}{b}} end") == "\\frac{a}{b}"
+    assert boxed_answer("\\boxed{unclosed") is None and boxed_answer("none") is None
+
+
+class AuthorsBackend:
+    """Full solutions: right for the first two questions, wrong for the third."""
+
+    def __call__(self, conversations):
+        replies = []
+        for messages in conversations:
+            user = messages[-1]["content"]
+            question = user.split("Problem:\n", 1)[1].split("\n", 1)[0].strip()
+            if "different ways" in user:
+                replies.append("\n".join(f"{k}. In other words (take {k}), {question}" for k in range(1, 6)))
+            else:
+                answer = ANSWERS[QUESTIONS.index(question)]
+                boxed = answer if question != QUESTIONS[2] else "13"
+                replies.append(f"1. Read: {question}\n2. Work it out.\n3. The result is \\boxed{{{boxed}}}.")
+        return replies
+
+
+def test_cli_authors_mode_asks_for_five_rewordings_and_checks_solutions(tmp_path, capsys, caplog):
+    source = tmp_path / "source"
+    _image_dataset().save_to_disk(str(source))
+    out = tmp_path / "out"
+    with caplog.at_level(logging.WARNING, logger="trl_ext.curriculum.offline_variants"):
+        code = main(["--dataset", str(source), "--out", str(out), "--hint-mode", "authors"], AuthorsBackend())
+    assert code == 0
+    assert "1 solution(s) had no boxed answer matching `answer`" in caplog.text
+    loaded = load_dataset(str(out), cache_dir=str(tmp_path / "cache"))["train"]
+    assert [len(v) for v in loaded["variants"]] == [5, 5, 5]  # the authors' 5 rewordings
+    assert loaded["hints"][0] == [f"Read: {QUESTIONS[0]}", "Work it out.", "The result is \\boxed{16}."]
+    assert loaded["hints"][2] == []  # the wrong solution is not a hint
+
+
+def test_authors_mode_needs_the_answer_column():
+    with pytest.raises(ValueError, match="hint_mode='authors' checks each solution"):
+        add_variant_columns(_image_dataset(), AuthorsBackend(), answer_column=None, hint_mode="authors")
+    with pytest.raises(ValueError, match="`hint_mode` must be one of"):
+        add_variant_columns(_image_dataset(), AuthorsBackend(), hint_mode="paper")

@@ -48,6 +48,7 @@ import ast
 import importlib
 import json
 import logging
+import math
 import os
 import re
 import sys
@@ -69,8 +70,12 @@ __all__ = [
     "hint_messages",
     "load_source_dataset",
     "main",
+    "HINT_MODES",
+    "boxed_answer",
     "parse_hints",
     "parse_list",
+    "parse_solution_steps",
+    "solution_messages",
     "parse_rewordings",
     "rewording_messages",
     "summarize",
@@ -83,6 +88,13 @@ Messages = list[dict[str, Any]]
 
 DEFAULT_MIN_HINTS = 3
 DEFAULT_MAX_HINTS = 5
+#: ``hint_mode`` values: ``"withhold"`` (default) asks for steps that stop before the answer, given the answer;
+#: ``"authors"`` follows the DIVA authors' pipeline: a full 3-5 step solution ending in ``\boxed{}``, without the
+#: answer, kept only when its boxed answer matches the gold answer (the last step then states the answer, so the
+#: largest negative offsets, which show every step, show the whole solution).
+HINT_MODES = ("withhold", "authors")
+#: Rewordings the authors ask for per problem (``--num-rewordings`` default in their mode).
+AUTHORS_NUM_REWORDINGS = 5
 
 
 @runtime_checkable
@@ -186,6 +198,30 @@ def hint_messages(
         max_steps=max_steps,
         answer_repeat=repeat,
     )
+    return [{"role": "system", "content": HINT_SYSTEM_PROMPT}, {"role": "user", "content": text}]
+
+
+SOLUTION_TEMPLATE = """\
+Here is a math problem. The problem may refer to a figure that you cannot see; rely on the text.
+
+Problem:
+{question}
+
+Solve it in {min_steps} to {max_steps} short steps. Each step is one or two sentences with the key idea or computation \
+of that step. The last step states the final answer as \\boxed{{...}}.
+
+Output only the steps as a numbered list ("1.", "2.", ...), one step per line, and nothing else."""
+
+
+def solution_messages(
+    question: str, *, min_steps: int = DEFAULT_MIN_HINTS, max_steps: int = DEFAULT_MAX_HINTS
+) -> Messages:
+    """The authors' hint request (``hint_mode="authors"``): a complete ``min_steps``-``max_steps`` step solution whose
+    last step gives the answer in ``\\boxed{}``. The answer is not given to the model; :func:`parse_solution_steps`
+    keeps the solution only if its boxed answer matches the gold one."""
+    if not (isinstance(min_steps, int) and isinstance(max_steps, int) and 1 <= min_steps <= max_steps):
+        raise ValueError(f"need 1 <= min_steps <= max_steps, got min_steps={min_steps!r}, max_steps={max_steps!r}")
+    text = SOLUTION_TEMPLATE.format(question=question.strip(), min_steps=min_steps, max_steps=max_steps)
     return [{"role": "system", "content": HINT_SYSTEM_PROMPT}, {"role": "user", "content": text}]
 
 
@@ -463,6 +499,60 @@ def parse_hints(text: Any, answer: Any = None, max_steps: int = DEFAULT_MAX_HINT
         kept.append(item)
         if len(kept) >= max_steps:
             break
+    return kept
+
+
+def boxed_answer(text: str) -> str | None:
+    """The content of the last ``\\boxed{...}`` in ``text`` (nested braces balanced), or ``None``."""
+    start = text.rfind("\\boxed{")
+    if start < 0:
+        return None
+    depth, begin = 0, start + len("\\boxed{")
+    for index in range(begin, len(text)):
+        if text[index] == "{":
+            depth += 1
+        elif text[index] == "}":
+            if depth == 0:
+                return text[begin:index].strip()
+            depth -= 1
+    return None
+
+
+def _answer_key(answer: Any) -> str:
+    """Comparison key of an answer: normalised, ``$``/``\\boxed`` removed, spaces dropped, numbers canonical."""
+    text = re.sub(r"\s+", "", _normalize_answer(answer)).rstrip(".").casefold()
+    text = text.replace("\\left", "").replace("\\right", "").replace("\\dfrac", "\\frac")
+    try:
+        number = float(text.replace(",", "")) if re.fullmatch(r"[-+]?[\d,]*\.?\d+(e[-+]?\d+)?", text) else None
+    except ValueError:  # pragma: no cover - the pattern only admits numbers
+        number = None
+    if number is not None and math.isfinite(number):
+        return repr(round(number, 9))
+    return text
+
+
+def parse_solution_steps(text: Any, answer: Any, *, question: str = "") -> list[str]:
+    """The steps of a reply to :func:`solution_messages`, kept only when the solution is right.
+
+    The reply's last ``\\boxed{}`` must match ``answer`` (both normalised: ``$``/``\\boxed`` wrappers, spaces and
+    case ignored, numbers compared as numbers, so "2.0" matches "2"; no symbolic equivalence, so "0.5" does not
+    match "\\frac{1}{2}"); otherwise, or without a boxed answer, ``[]``. Empty and duplicate steps are dropped; every other step is kept, in order,
+    including the final one that states the answer (this mode shows whole solutions at the largest offsets). Never
+    raises.
+    """
+    if not isinstance(text, str):
+        return []
+    reply = _THINK_BLOCK.sub("", text)
+    boxed = boxed_answer(reply)
+    if boxed is None or not _normalize_answer(answer) or _answer_key(boxed) != _answer_key(answer):
+        return []
+    seen: set[str] = set()
+    kept: list[str] = []
+    for item in parse_list(reply, keep_newlines=False):
+        key = _norm(item)
+        if key and key not in seen:
+            seen.add(key)
+            kept.append(item)
     return kept
 
 
@@ -758,6 +848,7 @@ def add_variant_columns(
     min_hints: int = DEFAULT_MIN_HINTS,
     max_hints: int = DEFAULT_MAX_HINTS,
     progress: bool = True,
+    hint_mode: str = "withhold",
 ) -> datasets.Dataset:
     """Add DIVA's ``variants`` (rewordings) and ``hints`` (solution steps) columns, generated by ``backend``.
 
@@ -782,8 +873,13 @@ def add_variant_columns(
         overwrite: ``False`` (default) keeps the existing non-empty ``variants`` / ``hints`` of a row and does not
             ask for them again (so a rerun fills only the gaps); ``True`` regenerates everything.
         batch_size: rows per backend call.
-        min_hints, max_hints: the requested step range (default 3 to 5); at most ``max_hints`` steps are kept.
+        min_hints, max_hints: the requested step range (default 3 to 5); at most ``max_hints`` steps are kept
+            (``"withhold"``; the authors' mode keeps a verified solution whole).
         progress: show a progress bar.
+        hint_mode: ``"withhold"`` (default): :func:`hint_messages` with the answer, steps that stop before it
+            (:func:`parse_hints`); ``"authors"``: the DIVA authors' pipeline, :func:`solution_messages` without the
+            answer and :func:`parse_solution_steps`, which keeps a solution only if its boxed answer is right (needs
+            ``answer_column``).
 
     Returns:
         A new dataset with the columns ``variants`` and ``hints`` (``list[str]``; replaced when they existed) and
@@ -806,6 +902,13 @@ def add_variant_columns(
         raise ValueError(f"`batch_size` must be a positive integer, got {batch_size!r}")
     if not (isinstance(min_hints, int) and isinstance(max_hints, int) and 1 <= min_hints <= max_hints):
         raise ValueError(f"need 1 <= min_hints <= max_hints, got min_hints={min_hints!r}, max_hints={max_hints!r}")
+    if hint_mode not in HINT_MODES:
+        raise ValueError(f"`hint_mode` must be one of {HINT_MODES}, got {hint_mode!r}")
+    if hint_mode == "authors" and answer_column is None:
+        raise ValueError(
+            "hint_mode='authors' checks each solution against the gold answer: give answer_column "
+            "(CLI: --answer-column, without --no-answer)"
+        )
     generate = _generate_fn(backend)
     backend_name = _backend_name(backend)
     columns = dataset.column_names
@@ -838,6 +941,7 @@ def add_variant_columns(
     hints_out: list[list[str]] = []
     empty_questions = 0
     missing_answers = 0
+    rejected_solutions = 0
     num_rows = len(dataset)
     bar = None
     if progress:
@@ -871,7 +975,10 @@ def add_variant_columns(
                 requests_.append(rewording_messages(question, num_rewordings))
                 slots.append((i, "variants", question, answer))
             if not existing_hints:
-                if has_answer:
+                if has_answer and hint_mode == "authors":
+                    requests_.append(solution_messages(question, min_steps=min_hints, max_steps=max_hints))
+                    slots.append((i, "hints", question, answer))
+                elif has_answer:
                     hint_answer = None if answer_column is None else _normalize_answer(answer)
                     requests_.append(hint_messages(question, hint_answer, min_steps=min_hints, max_steps=max_hints))
                     slots.append((i, "hints", question, answer))
@@ -892,6 +999,9 @@ def add_variant_columns(
             for (i, kind, question, answer), reply in zip(slots, replies):
                 if kind == "variants":
                     batch_variants[i] = parse_rewordings(reply, question, num_rewordings, answer=answer)
+                elif hint_mode == "authors":
+                    batch_hints[i] = parse_solution_steps(reply, answer, question=question)
+                    rejected_solutions += not batch_hints[i]
                 else:
                     batch_hints[i] = parse_hints(reply, answer, max_hints, question=question)
         variants_out.extend(batch_variants)
@@ -903,6 +1013,12 @@ def add_variant_columns(
     if empty_questions:
         logger.warning(
             "add_variant_columns: %d row(s) have an empty question; they get no variants or hints", empty_questions
+        )
+    if rejected_solutions:
+        logger.warning(
+            "add_variant_columns: %d solution(s) had no boxed answer matching `%s`; those rows get no hints",
+            rejected_solutions,
+            answer_column,
         )
     if missing_answers:
         logger.warning(
@@ -1055,7 +1171,19 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--max-shard-size", default="500MB", help="Parquet shard size limit (default: 500MB)")
 
     gen = parser.add_argument_group("generation")
-    gen.add_argument("--num-rewordings", type=int, default=3, help="rewordings per problem (default: 3)")
+    gen.add_argument(
+        "--num-rewordings",
+        type=int,
+        default=None,
+        help=f"rewordings per problem (default: 3; {AUTHORS_NUM_REWORDINGS} with --hint-mode authors)",
+    )
+    gen.add_argument(
+        "--hint-mode",
+        choices=HINT_MODES,
+        default="withhold",
+        help="withhold (default): steps that stop before the answer; authors: the DIVA authors' pipeline, full "
+        "solutions ending in \\boxed{} kept only when the boxed answer matches the gold answer",
+    )
     gen.add_argument("--min-hints", type=int, default=DEFAULT_MIN_HINTS, help="fewest steps asked for (default: 3)")
     gen.add_argument("--max-hints", type=int, default=DEFAULT_MAX_HINTS, help="most steps kept (default: 5)")
     gen.add_argument("--overwrite", action="store_true", help="regenerate existing non-empty variants/hints")
@@ -1149,7 +1277,9 @@ def main(argv: Sequence[str] | None = None, backend: Any = None) -> int:
     result = add_variant_columns(
         dataset,
         backend,
-        num_rewordings=args.num_rewordings,
+        num_rewordings=args.num_rewordings
+        if args.num_rewordings is not None
+        else (AUTHORS_NUM_REWORDINGS if args.hint_mode == "authors" else 3),
         question_column=args.question_column,
         answer_column=None if args.no_answer else args.answer_column,
         id_column=args.id_column,
@@ -1157,6 +1287,7 @@ def main(argv: Sequence[str] | None = None, backend: Any = None) -> int:
         batch_size=args.batch_size,
         min_hints=args.min_hints,
         max_hints=args.max_hints,
+        hint_mode=args.hint_mode,
     )
     paths = write_parquet(result, args.out, out_split, max_shard_size=args.max_shard_size)
     summary = summarize(result)
