@@ -24,7 +24,7 @@ def test_list_prints_the_trainer_table(capsys):
 
 def test_unknown_command_is_an_error(capsys):
     assert main(["nope"]) == 2
-    assert "usage: trl-ext" in capsys.readouterr().out
+    assert "trl-ext: unknown command 'nope'; choose one of list, train" in capsys.readouterr().err
 
 
 def test_trainer_name_comes_from_flag_then_yaml(tmp_path):

@@ -355,6 +355,10 @@ def quickstart_main(argv: list[str] | None = None):
         help="torch CPU threads (default: the quickstart setting, 1; a tiny model gains nothing from more)",
     )
     options = parser.parse_args(argv)
+    if options.max_steps is not None and options.max_steps < 1:
+        parser.error(f"--max_steps must be at least 1, got {options.max_steps}")
+    if options.threads is not None and options.threads < 1:
+        parser.error(f"--threads must be at least 1, got {options.threads}")
 
     import torch
 
@@ -461,7 +465,20 @@ COMMANDS = {
 def main(argv: list[str] | None = None) -> int:
     """``trl-ext {list,train,quickstart,compare,vllm-serve} ...``"""
     argv = list(sys.argv[1:] if argv is None else argv)
-    if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
+    if argv and argv[0] in ("--version", "-V"):
+        from importlib.metadata import version
+
+        import trl
+
+        print(f"trl-ext {version('trl-ext')} (trl {trl.__version__})")
+        return 0
+    if argv and argv[0] not in COMMANDS and argv[0] not in ("-h", "--help"):
+        print(
+            f"trl-ext: unknown command {argv[0]!r}; choose one of {', '.join(COMMANDS)} (trl-ext --help)",
+            file=sys.stderr,
+        )
+        return 2
+    if not argv or argv[0] in ("-h", "--help"):
         print(
             "usage: trl-ext {list,train,quickstart,compare,vllm-serve} [options]\n\n"
             "  list        the registered trainers (name, what it changes, paper)\n"
@@ -469,9 +486,10 @@ def main(argv: list[str] | None = None) -> int:
             "  quickstart  train the default trainer on the built-in task with a tiny model, offline\n"
             "  compare     several trainers on one recipe and seeds, interleaved: table, JSON and plot\n"
             "  vllm-serve  `trl vllm-serve` with HAPO's vLLM logits processor registered (vllm_mode=server)\n\n"
-            "`trl-ext train --trainer NAME --help` lists every config field of that trainer."
+            "`trl-ext train --trainer NAME --help` lists every config field of that trainer; "
+            "`trl-ext --version` prints the versions."
         )
-        return 0 if argv and argv[0] in ("-h", "--help") else (2 if argv else 0)
+        return 0
     COMMANDS[argv[0]](argv[1:])
     return 0
 

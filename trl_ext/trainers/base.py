@@ -21,6 +21,7 @@ Checkpoint hook
 
 from __future__ import annotations
 
+import inspect
 import json
 import logging
 import os
@@ -42,6 +43,17 @@ logger = logging.getLogger(__name__)
 
 STATE_FILE = "trl_ext_state.json"
 _OPTIONAL_FACTS = frozenset({"completion_lengths", "completion_mask", "completion_ids"})
+
+
+def _has_accelerator() -> bool:
+    """Whether torch sees a GPU-like device (CUDA/ROCm, XPU, MPS) on which TRL's bf16 default makes sense."""
+    if torch.cuda.is_available():
+        return True
+    xpu = getattr(torch, "xpu", None)
+    if xpu is not None and xpu.is_available():
+        return True
+    mps = getattr(torch.backends, "mps", None)
+    return bool(mps is not None and mps.is_available())
 
 
 @dataclass
@@ -69,6 +81,30 @@ class BaseGRPOConfig(GRPOConfig):
     )
 
     def __post_init__(self):
+        # Values TRL accepts silently but that make no sense (a negative clip range or KL weight, no update per
+        # generation, empty completions): refuse them before anything is built.
+        for name, low, what in (
+            ("epsilon", 0.0, "the lower clip range (ratios below 1 - epsilon are clipped)"),
+            ("epsilon_high", 0.0, "the upper clip range (ratios above 1 + epsilon_high are clipped)"),
+            ("beta", 0.0, "the KL coefficient (0 disables the KL term)"),
+        ):
+            value = getattr(self, name, None)
+            if value is not None and not value >= low:
+                raise ValueError(f"{name} must be >= {low:g}, {what}; got {value!r}")
+        if not (isinstance(self.num_iterations, int) and self.num_iterations >= 1):
+            raise ValueError(
+                f"num_iterations must be >= 1, an integer (optimizer passes per generation batch); got "
+                f"{self.num_iterations!r}"
+            )
+        if self.max_completion_length is not None and not self.max_completion_length >= 1:
+            raise ValueError(
+                f"max_completion_length must be >= 1 (tokens generated per completion), got {self.max_completion_length!r}"
+            )
+        if getattr(self, "bf16", None) is None and not getattr(self, "fp16", False) and not _has_accelerator():
+            # TRL turns bf16 on when it is left unset, and transformers then refuses a machine without a GPU unless
+            # use_cpu is set. Without any accelerator, leave bf16 off instead (an explicit bf16=True still errors).
+            self.bf16 = False
+            logger.info("no GPU found: bf16 left off (set bf16=True explicitly to override)")
         super().__post_init__()
         for field_name, lookup in (
             ("advantage_estimator", get_advantage_estimator),
@@ -90,7 +126,32 @@ class BaseGRPOTrainer(GRPOTrainer):
     _tag_names = ["trl", "grpo", "trl-ext"]
     _name = "GRPO"
 
+    @classmethod
+    def _with_default_args(cls, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+        """The constructor's arguments with ``args`` filled in when it was not given.
+
+        ``trl.GRPOTrainer`` builds a plain ``GRPOConfig`` then, which would silently turn every trl-ext trainer into
+        plain GRPO (the base falls back to the ``grpo`` components). Instead each trainer gets its own config's
+        defaults (``<model>-<Trainer>`` as output directory, as TRL names it). Idempotent.
+        """
+        bound = inspect.signature(GRPOTrainer.__init__).bind(None, *args, **kwargs)
+        if bound.arguments.get("args") is not None:
+            return args, kwargs
+        from trl.trainer.utils import get_config_model_id
+
+        from trl_ext.registry import get_trainer_entry, list_trainers
+
+        config_cls = next(
+            (get_trainer_entry(n).config_cls for n in list_trainers() if get_trainer_entry(n).trainer_cls is cls),
+            BaseGRPOConfig,
+        )
+        model = bound.arguments.get("model")
+        model_name = model if isinstance(model, str) else get_config_model_id(model.config)
+        bound.arguments["args"] = config_cls(f"{model_name.split('/')[-1]}-{cls._name}")
+        return bound.args[1:], bound.kwargs
+
     def __init__(self, *args: Any, **kwargs: Any) -> None:
+        args, kwargs = self._with_default_args(args, kwargs)
         super().__init__(*args, **kwargs)
         self.advantage_estimator: AdvantageEstimator = self._build_component(
             "advantage_estimator", get_advantage_estimator
@@ -103,6 +164,25 @@ class BaseGRPOTrainer(GRPOTrainer):
                 f"known: {sorted(_OPTIONAL_FACTS)}"
             )
         self._captured_rewards_per_func: torch.Tensor | None = None
+        self._check_train_dataset_size()
+
+    def _prompts_per_generation_batch(self) -> int:
+        """Distinct dataset rows one generation batch draws (TRL's sampler drops an incomplete last batch)."""
+        return max(1, int(self.args.generation_batch_size) // int(self.num_generations))
+
+    def _check_train_dataset_size(self) -> None:
+        """Refuse a training set too small for one generation batch: TRL would run 0 steps and report success."""
+        dataset = self.train_dataset
+        if dataset is None or not hasattr(dataset, "__len__") or type(dataset).__name__ == "IterableDataset":
+            return
+        needed = self._prompts_per_generation_batch()
+        if len(dataset) < needed:
+            raise ValueError(
+                f"train_dataset: {len(dataset)} row(s), but one generation batch draws {needed} distinct rows "
+                f"(generation_batch_size {self.args.generation_batch_size} / num_generations {self.num_generations}); "
+                "with fewer, TRL's sampler yields no batch and training would run 0 steps. Add rows or lower "
+                "per_device_train_batch_size / steps_per_generation / generation_batch_size"
+            )
 
     def _build_component(self, field_name: str, lookup):
         name = getattr(self.args, field_name, "grpo")

@@ -275,6 +275,7 @@ class CalibAdvTrainer(BaseGRPOTrainer):
     }
 
     def __init__(self, *args: Any, retriever: Retriever | Any | None = None, **kwargs: Any) -> None:
+        args, kwargs = self._with_default_args(args, kwargs)
         bound = inspect.signature(GRPOTrainer.__init__).bind(None, *args, **kwargs).arguments
         config = bound.get("args")
         if config is None or not hasattr(config, "calibadv_max_turns"):

@@ -221,6 +221,11 @@ class DIVATrainer(BaseGRPOTrainer):
     # ------------------------------------------------------------------------------------------------------------
     # Dataset and batch composition
     # ------------------------------------------------------------------------------------------------------------
+    def _prompts_per_generation_batch(self) -> int:
+        """Problems one generation batch draws: each fills ``diva_num_variants + 1`` slots of ``num_generations``."""
+        slots = int(getattr(self.args, "diva_num_variants", 0)) + 1
+        return max(1, int(self.args.generation_batch_size) // (int(self.num_generations) * slots))
+
     def _validate_train_dataset(self, dataset: Any) -> None:
         if isinstance(dataset, IterableDataset) or not hasattr(dataset, "__getitem__"):
             raise ValueError(

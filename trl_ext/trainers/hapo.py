@@ -272,6 +272,7 @@ class HAPOTrainer(BaseGRPOTrainer):
     }
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
+        args, kwargs = self._with_default_args(args, kwargs)
         config = inspect.signature(GRPOTrainer.__init__).bind(None, *args, **kwargs).arguments.get("args")
         colocated = (
             config is not None

@@ -58,7 +58,8 @@ class MinPROConfig(BaseGRPOConfig):
             Registered policy objective; `"minpro"` is this method.
 
     MinPRO needs `importance_sampling_level="token"` and a clipped-surrogate `loss_type` (`"grpo"`, `"bnpo"`,
-    `"dr_grpo"`, `"dapo"` (TRL's default), `"luspo"`); anything else raises a `ValueError`. The KL term (`beta`) is
+    `"dr_grpo"`, `"dapo"` (TRL's default), `"luspo"`); anything else raises a `ValueError` (checked only while
+    `policy_objective="minpro"`). The KL term (`beta`) is
     not weighted by M. Use an off-policy regime (`num_iterations > 1` or `steps_per_generation >
     gradient_accumulation_steps`): on-policy the trainer equals `grpo` exactly.
     """
@@ -67,7 +68,7 @@ class MinPROConfig(BaseGRPOConfig):
         default=False,
         metadata={
             "help": "Reconstructed choice. False (default): M_t = min over valid j < t (exclusive prefix). "
-            "True: min over valid j <= t."
+            "True: the minimum over valid j <= t replaces the token's own ratio."
         },
     )
     minpro_cap_at_one: bool = field(
@@ -93,12 +94,15 @@ class MinPROConfig(BaseGRPOConfig):
 
     def __post_init__(self):
         super().__post_init__()
-        if self.importance_sampling_level != "token":
+        # The method's own requirements apply only when its objective is on (policy_objective="minpro", the
+        # default); with another objective the config is a plain BaseGRPOConfig with unused minpro_* fields.
+        method_on = self.policy_objective == "minpro"
+        if method_on and self.importance_sampling_level != "token":
             raise ValueError(
                 "importance_sampling_level: MinPRO requires token-level importance sampling "
                 f"(importance_sampling_level='token'), got {self.importance_sampling_level!r}"
             )
-        if self.loss_type not in MINPRO_LOSS_TYPES:
+        if method_on and self.loss_type not in MINPRO_LOSS_TYPES:
             raise ValueError(
                 f"loss_type: MinPRO weights the clipped surrogate and supports loss_type in {MINPRO_LOSS_TYPES}, "
                 f"got {self.loss_type!r}"

@@ -1,0 +1,146 @@
+"""A practitioner's first day (issue 15, first part): nonsense values refused before training, trainers built without
+``args`` that still run their method, a too-small dataset refused, CPU defaults, and the console script's edges."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import length_reward
+
+from trl_ext import get_trainer, list_trainers
+
+CONSOLE = shutil.which("trl-ext", path=str(Path(sys.executable).parent)) or shutil.which("trl-ext")
+
+
+@pytest.mark.parametrize("name", ["grpo", "bnpo", "minpro", "hapo", "diva", "calibadv"])
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("epsilon", -0.1), ("epsilon_high", -0.2), ("beta", -0.01), ("num_iterations", 0), ("max_completion_length", 0)],
+)
+def test_nonsense_values_are_refused_naming_the_field(tmp_path, name, field, value):
+    _, config_cls = get_trainer(name)
+    with pytest.raises(ValueError, match=rf"^{field} must be >= "):
+        config_cls(output_dir=str(tmp_path), use_cpu=True, **{field: value})
+
+
+def test_zero_is_accepted_where_it_means_off(tmp_path):
+    _, config_cls = get_trainer("grpo")
+    config = config_cls(output_dir=str(tmp_path), use_cpu=True, beta=0.0, epsilon=0.0)
+    assert config.beta == 0.0 and config.epsilon == 0.0
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the default on a machine without a GPU")
+def test_bf16_is_left_off_without_a_gpu(tmp_path):
+    # TRL turns bf16 on by default, and transformers then refuses a CPU-only machine unless use_cpu is set.
+    from trl import GRPOConfig
+
+    with pytest.raises(ValueError, match="bf16"):
+        GRPOConfig(output_dir=str(tmp_path))
+    for name in list_trainers():
+        extra = {"calibadv_corpus_path": "deepsearch"} if name == "calibadv" else {}
+        assert get_trainer(name)[1](output_dir=str(tmp_path), **extra).bf16 is False
+    with pytest.raises(ValueError, match="bf16"):  # an explicit request is still honoured, and refused by transformers
+        get_trainer("grpo")[1](output_dir=str(tmp_path), bf16=True)
+
+
+@pytest.mark.parametrize(
+    ("name", "estimator", "objective"),
+    [
+        ("bnpo", "BetaNormalizationAdvantage", "GRPOObjective"),
+        ("minpro", "GRPOAdvantage", "MinPROObjective"),
+        ("hapo", "TokenLevelGroupAdvantage", "HAPOObjective"),
+    ],
+)
+def test_a_trainer_built_without_args_runs_its_own_method(
+    tiny_checkpoint, toy_dataset, tmp_path, monkeypatch, name, estimator, objective
+):
+    # As with trl.GRPOTrainer, `args` may be left out; the trainer then uses its own config's defaults, not a plain
+    # GRPOConfig (which silently turned the trainer into GRPO).
+    trainer_cls, config_cls = get_trainer(name)
+    monkeypatch.chdir(tmp_path)  # the default output directory is relative, as TRL's
+    trainer = trainer_cls(model=tiny_checkpoint, reward_funcs=length_reward, train_dataset=toy_dataset)
+    assert type(trainer.args) is config_cls
+    assert Path(trainer.args.output_dir).name == f"{Path(tiny_checkpoint).name}-{trainer_cls._name}"
+    assert type(trainer.advantage_estimator).__name__ == estimator
+    assert type(trainer.policy_objective).__name__ == objective
+
+
+def test_diva_without_args_gets_its_own_config_and_its_own_checks(tiny_checkpoint, toy_dataset, tmp_path, monkeypatch):
+    # DIVAConfig's defaults (TRL's 8 x 8 batch) hold one prompt row per generation batch, too few for a problem and
+    # its variant: DIVA's own check says so, instead of refusing a missing DIVAConfig.
+    trainer_cls, _ = get_trainer("diva")
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ValueError, match="must be a multiple of diva_num_variants"):
+        trainer_cls(model=tiny_checkpoint, reward_funcs=length_reward, train_dataset=toy_dataset)
+
+
+def test_calibadv_without_args_asks_for_its_retriever_not_for_a_config(
+    tiny_checkpoint, toy_dataset, tmp_path, monkeypatch
+):
+    trainer_cls, _ = get_trainer("calibadv")
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ValueError) as error:
+        trainer_cls(model=tiny_checkpoint, reward_funcs=length_reward, train_dataset=toy_dataset)
+    assert "needs a CalibAdvConfig" not in str(error.value)
+    assert "calibadv" in str(error.value) or "retriever" in str(error.value)
+
+
+def test_minpro_checks_apply_only_when_its_objective_is_on(tmp_path):
+    _, config_cls = get_trainer("minpro")
+    config = config_cls(
+        output_dir=str(tmp_path), use_cpu=True, policy_objective="grpo", importance_sampling_level="sequence"
+    )
+    assert config.importance_sampling_level == "sequence"
+    config = config_cls(output_dir=str(tmp_path), use_cpu=True, policy_objective="grpo", loss_type="cispo")
+    assert config.loss_type == "cispo"
+    with pytest.raises(ValueError, match="importance_sampling_level: MinPRO requires token-level"):
+        config_cls(output_dir=str(tmp_path), use_cpu=True, importance_sampling_level="sequence")
+
+
+@pytest.mark.parametrize("name", ["grpo", "bnpo", "diva"])
+def test_a_dataset_smaller_than_one_generation_batch_is_refused(tiny_checkpoint, toy_dataset, tmp_path, name):
+    # Today TRL's sampler yields no batch: 0 steps, exit 0, "Model saved".
+    trainer_cls, config_cls = get_trainer(name)
+    args = config_cls(
+        output_dir=str(tmp_path), use_cpu=True, per_device_train_batch_size=16, num_generations=2, max_steps=1
+    )  # 8 prompts per generation batch (4 problems for DIVA: each also fills a variant slot)
+    needed = 4 if name == "diva" else 8
+    small = toy_dataset.select(range(needed - 1))
+    with pytest.raises(
+        ValueError, match=rf"train_dataset: {needed - 1} row\(s\), but one generation batch draws {needed}"
+    ):
+        trainer_cls(model=tiny_checkpoint, reward_funcs=length_reward, args=args, train_dataset=small)
+    trainer = trainer_cls(
+        model=tiny_checkpoint, reward_funcs=length_reward, args=args, train_dataset=toy_dataset.select(range(needed))
+    )
+    assert len(trainer.train_dataset) == needed
+
+
+def _console(*args: str) -> subprocess.CompletedProcess:
+    assert CONSOLE, "the trl-ext console script is not installed"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "CUDA_VISIBLE_DEVICES": ""}
+    return subprocess.run([CONSOLE, *args], capture_output=True, text=True, timeout=120, env=env)
+
+
+def test_console_version_and_unknown_command():
+    from importlib.metadata import version
+
+    result = _console("--version")
+    assert result.returncode == 0 and result.stdout.startswith(f"trl-ext {version('trl-ext')} (trl ")
+    result = _console("trian")
+    assert result.returncode == 2
+    assert "unknown command 'trian'" in result.stderr and "train" in result.stderr
+
+
+@pytest.mark.parametrize("steps", ["0", "-3"])
+def test_quickstart_refuses_a_step_count_below_one(steps, tmp_path):
+    result = _console("quickstart", "--max_steps", steps, "--output_dir", str(tmp_path))
+    assert result.returncode == 2
+    assert f"--max_steps must be at least 1, got {steps}" in result.stderr
+    assert not (tmp_path / "tiny-model").exists()  # refused before anything was built
