@@ -113,6 +113,9 @@ def test_state_file_written_to_every_checkpoint(stateful_run):
         state = _read_state(output_dir / f"checkpoint-{step}")
         expected_counts = Counter(row for ids in estimator.ids_per_call[:step] for row in ids)
         assert state == {
+            "trainer_class": "BaseGRPOTrainer",
+            "advantage_estimator_name": "test_counting",
+            "policy_objective_name": "grpo",
             "advantage_estimator": {"batches_seen": step, "rows_per_id": dict(expected_counts)},
             "policy_objective": {},
             "trainer": {},
@@ -157,6 +160,9 @@ def test_stateless_run_writes_empty_state_and_resumes(tiny_checkpoint, toy_datas
     first.train()
     for step in (1, 2):
         assert _read_state(tmp_path / "run" / f"checkpoint-{step}") == {
+            "trainer_class": "BaseGRPOTrainer",
+            "advantage_estimator_name": "grpo",
+            "policy_objective_name": "grpo",
             "advantage_estimator": {},
             "policy_objective": {},
             "trainer": {},
@@ -183,3 +189,36 @@ def test_stateless_run_writes_empty_state_and_resumes(tiny_checkpoint, toy_datas
         AutoModelForCausalLM.from_pretrained(tmp_path / "run" / "checkpoint-1").named_parameters()
     )
     assert any(not torch.equal(checkpoint_weights[n], resumed_weights[n]) for n in checkpoint_weights)
+
+
+def test_resume_from_another_trainer_warns_naming_both(stateful_run, tiny_checkpoint, toy_dataset, tmp_path):
+    _, original_dir = stateful_run  # written by BaseGRPOTrainer with the test_counting estimator
+    resumed = _make_trainer(tiny_checkpoint, toy_dataset, tmp_path, max_steps=2)  # the grpo estimator
+    with pytest.warns(UserWarning, match="advantage estimator 'test_counting' into 'grpo'"):
+        resumed.train(resume_from_checkpoint=str(original_dir / "checkpoint-1"))
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ("{ half written", "not valid JSON"),
+        ("[1, 2]", "expected a JSON object"),
+        ('{"trainer": 3}', "'trainer' must be"),
+    ],
+)
+def test_a_corrupt_state_file_is_an_error_naming_it(
+    stateful_run, tiny_checkpoint, toy_dataset, tmp_path, content, message
+):
+    _, original_dir = stateful_run
+    checkpoint = tmp_path / "checkpoint-1"
+    shutil.copytree(original_dir / "checkpoint-1", checkpoint)
+    (checkpoint / STATE_FILE).write_text(content)
+    resumed = _make_trainer(tiny_checkpoint, toy_dataset, tmp_path / "out", estimator="test_counting", max_steps=2)
+    with pytest.raises(ValueError, match=message) as error:
+        resumed.train(resume_from_checkpoint=str(checkpoint))
+    assert STATE_FILE in str(error.value)
+
+
+def test_state_files_are_written_atomically(stateful_run):
+    _, output_dir = stateful_run
+    assert not list(output_dir.rglob("*.tmp-*"))  # the temporary file was renamed into place

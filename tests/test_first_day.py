@@ -144,3 +144,45 @@ def test_quickstart_refuses_a_step_count_below_one(steps, tmp_path):
     assert result.returncode == 2
     assert f"--max_steps must be at least 1, got {steps}" in result.stderr
     assert not (tmp_path / "tiny-model").exists()  # refused before anything was built
+
+
+def _bad_reward(value):
+    def exploding_reward(completions, **kwargs):
+        return [value if i == 3 else 0.5 for i in range(len(completions))]
+
+    return exploding_reward
+
+
+@pytest.mark.parametrize("name", ["grpo", "bnpo", "minpro", "hapo", "diva"])
+@pytest.mark.parametrize("value", [float("inf"), -float("inf"), 1e9])
+def test_infinite_or_absurd_rewards_fail_alike_naming_the_function(
+    tiny_checkpoint, toy_dataset, tmp_path, name, value
+):
+    trainer_cls, config_cls = get_trainer(name)
+    args = config_cls(
+        output_dir=str(tmp_path),
+        use_cpu=True,
+        per_device_train_batch_size=8,
+        num_generations=2,
+        max_completion_length=4,
+        max_steps=1,
+        report_to="none",
+        save_strategy="no",
+        **({"bnpo_reward_max": 1e12, "bnpo_reward_min": -1e12} if name == "bnpo" else {}),
+    )
+    trainer = trainer_cls(model=tiny_checkpoint, reward_funcs=_bad_reward(value), args=args, train_dataset=toy_dataset)
+    with pytest.raises(ValueError, match=r"reward function 'exploding_reward' returned .* for completion 3") as error:
+        trainer.train()
+    assert "must be finite with |r| <= 1e+06" in str(error.value)
+
+
+def test_checkpoint_json_errors_name_the_file(tmp_path):
+    from trl_ext.trainers.base import read_json_object, write_json_atomic
+
+    path = tmp_path / "diva_difficulty.json"
+    write_json_atomic(str(path), {"levels": {"a": 3}})
+    assert read_json_object(str(path), "x") == {"levels": {"a": 3}}
+    assert [p.name for p in tmp_path.iterdir()] == ["diva_difficulty.json"]
+    path.write_text('{"levels": ')
+    with pytest.raises(ValueError, match=r"diva_difficulty.json: not valid JSON .* resume from an earlier checkpoint"):
+        read_json_object(str(path), "DIVA's difficulty store")

@@ -25,6 +25,7 @@ import inspect
 import json
 import logging
 import os
+import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -43,6 +44,34 @@ logger = logging.getLogger(__name__)
 
 STATE_FILE = "trl_ext_state.json"
 _OPTIONAL_FACTS = frozenset({"completion_lengths", "completion_mask", "completion_ids"})
+
+
+def write_json_atomic(path: str, payload: Any) -> None:
+    """Write JSON through a temporary file and a rename, so that a kill mid-write never leaves a half file."""
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "w") as f:
+        json.dump(payload, f)
+    os.replace(tmp, path)
+
+
+def read_json_object(path: str, what: str) -> dict[str, Any]:
+    """A checkpoint's JSON object file, or a ``ValueError`` naming the file and what is wrong with it."""
+    try:
+        with open(path) as f:
+            value = json.load(f)
+    except json.JSONDecodeError as exc:
+        raise ValueError(
+            f"{path}: not valid JSON ({exc.msg} at line {exc.lineno}, column {exc.colno}); {what} cannot be restored. "
+            "The checkpoint may have been cut off while saving: resume from an earlier checkpoint"
+        ) from None
+    if not isinstance(value, dict):
+        raise ValueError(f"{path}: expected a JSON object with {what}, got a {type(value).__name__}")
+    return value
+
+
+#: Largest reward magnitude accepted (:meth:`BaseGRPOTrainer._check_rewards`); beyond it float32 advantages and losses
+#: lose precision or overflow, and such a value is almost always a bug in the reward function.
+MAX_ABS_REWARD: float = 1e6
 
 
 def _has_accelerator() -> bool:
@@ -197,8 +226,28 @@ class BaseGRPOTrainer(GRPOTrainer):
     # ------------------------------------------------------------------------------------------------------------
     def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
         rewards_per_func = super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
+        self._check_rewards(rewards_per_func)
         self._captured_rewards_per_func = rewards_per_func
         return rewards_per_func
+
+    def _check_rewards(self, rewards_per_func: torch.Tensor) -> None:
+        """Refuse infinite or absurdly large rewards (|r| > :data:`MAX_ABS_REWARD`), naming the reward function.
+
+        Every trainer handles them the same way (before, some zeroed the advantages silently, some raised without
+        naming the function). NaN stays allowed: it is TRL's "unscorable" (a reward function returned None). The
+        gathered (N, F) tensor is the same on every process, so every process raises together.
+        """
+        bad = torch.isinf(rewards_per_func) | (rewards_per_func.abs() > MAX_ABS_REWARD)
+        if not bool(bad.any()):
+            return
+        row, column = (int(i) for i in bad.nonzero()[0].tolist())
+        names = list(getattr(self, "reward_func_names", [])) or [f"reward_funcs[{i}]" for i in range(bad.size(1))]
+        value = float(rewards_per_func[row, column])
+        raise ValueError(
+            f"reward function {names[column]!r} returned {value!r} for completion {row} of the generation batch "
+            f"({int(bad[:, column].sum())} such value(s)); rewards must be finite with |r| <= {MAX_ABS_REWARD:g}. "
+            "Return None for a completion that cannot be scored"
+        )
 
     def _generate_and_score_completions(self, inputs: list[dict[str, Any]]) -> dict[str, Any]:
         self._captured_rewards_per_func = None
@@ -536,13 +585,33 @@ class BaseGRPOTrainer(GRPOTrainer):
     def trl_ext_state_dict(self) -> dict[str, Any]:
         """State that outlives a step: estimator, objective and trainer parts (JSON-serialisable)."""
         return {
+            "trainer_class": type(self).__name__,
+            "advantage_estimator_name": getattr(self.args, "advantage_estimator", "grpo"),
+            "policy_objective_name": getattr(self.args, "policy_objective", "grpo"),
             "advantage_estimator": self.advantage_estimator.state_dict(),
             "policy_objective": self.policy_objective.state_dict(),
             "trainer": self.extra_state_dict(),
         }
 
     def load_trl_ext_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore what :meth:`trl_ext_state_dict` returned."""
+        """Restore what :meth:`trl_ext_state_dict` returned (warns when another trainer or component wrote it)."""
+        for key, current in (
+            ("trainer_class", type(self).__name__),
+            ("advantage_estimator_name", getattr(self.args, "advantage_estimator", "grpo")),
+            ("policy_objective_name", getattr(self.args, "policy_objective", "grpo")),
+        ):
+            saved = state.get(key)
+            if saved is not None and saved != current:
+                warnings.warn(
+                    f"resuming a checkpoint written with {key.replace('_name', '').replace('_', ' ')} {saved!r} "
+                    f"into {current!r}: the weights and optimizer carry over, the method's own state may not fit. "
+                    "Resume with the same trainer, or start from the weights only (model_name_or_path)",
+                    UserWarning,
+                    stacklevel=2,
+                )
+        for key in ("advantage_estimator", "policy_objective", "trainer"):
+            if not isinstance(state.get(key, {}), dict):
+                raise ValueError(f"{STATE_FILE}: {key!r} must be a JSON object, got {type(state[key]).__name__}")
         self.advantage_estimator.load_state_dict(state.get("advantage_estimator", {}))
         self.policy_objective.load_state_dict(state.get("policy_objective", {}))
         self.load_extra_state_dict(state.get("trainer", {}))
@@ -561,8 +630,7 @@ class BaseGRPOTrainer(GRPOTrainer):
                 self._get_output_dir(trial=trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
             )
             os.makedirs(checkpoint_dir, exist_ok=True)
-            with open(os.path.join(checkpoint_dir, STATE_FILE), "w") as f:
-                json.dump(self.trl_ext_state_dict(), f)
+            write_json_atomic(os.path.join(checkpoint_dir, STATE_FILE), self.trl_ext_state_dict())
         super()._save_checkpoint(model, trial)
 
     def _load_optimizer_and_scheduler(self, checkpoint):
@@ -571,7 +639,6 @@ class BaseGRPOTrainer(GRPOTrainer):
             return
         path = os.path.join(checkpoint, STATE_FILE)
         if os.path.exists(path):
-            with open(path) as f:
-                self.load_trl_ext_state_dict(json.load(f))
-        elif any(self.trl_ext_state_dict().values()):
+            self.load_trl_ext_state_dict(read_json_object(path, "the trl-ext trainer state"))
+        elif any(self.trl_ext_state_dict()[key] for key in ("advantage_estimator", "policy_objective", "trainer")):
             logger.warning("Resuming from %s without %s: trl-ext state starts fresh", checkpoint, STATE_FILE)

@@ -19,7 +19,6 @@ The loss is the base (TRL) loss; the reference's settings are ``loss_type="dapo"
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import textwrap
@@ -55,7 +54,7 @@ from trl_ext.curriculum.variants import (
     variant_rng,
 )
 from trl_ext.registry import TrainerEntry, register_trainer
-from trl_ext.trainers.base import BaseGRPOConfig, BaseGRPOTrainer
+from trl_ext.trainers.base import BaseGRPOConfig, BaseGRPOTrainer, read_json_object, write_json_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -385,8 +384,7 @@ class DIVATrainer(BaseGRPOTrainer):
                 self._get_output_dir(trial=trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
             )
             os.makedirs(checkpoint_dir, exist_ok=True)
-            with open(os.path.join(checkpoint_dir, STORE_FILE), "w") as f:
-                json.dump(self.difficulty_store.state_dict(), f)
+            write_json_atomic(os.path.join(checkpoint_dir, STORE_FILE), self.difficulty_store.state_dict())
         super()._save_checkpoint(model, trial)
 
     def _load_optimizer_and_scheduler(self, checkpoint):
@@ -395,8 +393,11 @@ class DIVATrainer(BaseGRPOTrainer):
             return
         path = os.path.join(checkpoint, STORE_FILE)
         if os.path.exists(path):
-            with open(path) as f:
-                self.difficulty_store.load_state_dict(json.load(f))
+            state = read_json_object(path, "DIVA's difficulty store")
+            levels = state.get("levels", {})
+            if not isinstance(levels, dict) or not all(isinstance(v, int | float) for v in levels.values()):
+                raise ValueError(f"{path}: 'levels' must map problem ids to integer levels")
+            self.difficulty_store.load_state_dict(state)
         else:
             self.difficulty_store.load_state_dict({})
             logger.warning(
