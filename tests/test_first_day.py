@@ -186,3 +186,74 @@ def test_checkpoint_json_errors_name_the_file(tmp_path):
     path.write_text('{"levels": ')
     with pytest.raises(ValueError, match=r"diva_difficulty.json: not valid JSON .* resume from an earlier checkpoint"):
         read_json_object(str(path), "DIVA's difficulty store")
+
+
+def _calibadv_args(tmp_path, **overrides):
+    _, config_cls = get_trainer("calibadv")
+    return config_cls(
+        output_dir=str(tmp_path), use_cpu=True, calibadv_corpus_path="deepsearch", num_generations=2, **overrides
+    )
+
+
+@pytest.mark.parametrize("key", ["num_beams", "num_return_sequences"])
+def test_calibadv_refuses_beam_search_at_init(tiny_checkpoint, tmp_path, key):
+    from datasets import Dataset
+
+    trainer_cls, _ = get_trainer("calibadv")
+    args = _calibadv_args(tmp_path, generation_kwargs={key: 2})
+    with pytest.raises(ValueError, match=rf"generation_kwargs: {key}=2 is not supported by CalibAdv's search rollout"):
+        trainer_cls(
+            model=tiny_checkpoint,
+            reward_funcs=length_reward,
+            args=args,
+            train_dataset=Dataset.from_dict({"question": ["q"] * 8}),
+        )
+
+
+def test_calibadv_refuses_a_vision_language_model_at_init(tiny_vlm_checkpoint, tmp_path):
+    from datasets import Dataset
+
+    trainer_cls, _ = get_trainer("calibadv")
+    with pytest.raises(ValueError, match="belongs to a vision-language model"):
+        trainer_cls(
+            model=tiny_vlm_checkpoint,
+            reward_funcs=length_reward,
+            args=_calibadv_args(tmp_path),
+            train_dataset=Dataset.from_dict({"question": ["q"] * 8}),
+        )
+
+
+def test_train_names_a_missing_local_model_directory(tmp_path):
+    result = _console(
+        "train", "--config", str(Path(__file__).parents[1] / "recipes" / "grpo" / "quickstart.yaml"),
+        "--tiny_model", "false", "--model_name_or_path", str(tmp_path / "no-such-model"), "--output_dir", str(tmp_path),
+    )  # fmt: skip
+    assert result.returncode != 0
+    assert f"model_name_or_path: no such directory {str(tmp_path / 'no-such-model')!r}" in result.stderr
+
+
+def test_train_threads_default_to_the_quickstart_setting_with_a_tiny_model(monkeypatch):
+    from trl_ext.cli import TrainScriptArguments, _set_threads
+
+    calls = []
+    monkeypatch.setattr(torch, "set_num_threads", calls.append)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    _set_threads(TrainScriptArguments(tiny_model=True))
+    _set_threads(TrainScriptArguments(tiny_model=False))
+    _set_threads(TrainScriptArguments(tiny_model=False, threads=3))
+    assert calls == [1, 3]  # 1 for the tiny model, nothing for a real one (torch's default), 3 when asked
+    with pytest.raises(ValueError, match="threads must be at least 1"):
+        _set_threads(TrainScriptArguments(threads=0))
+
+
+@pytest.mark.parametrize(
+    ("steps", "expected"),
+    [("5", "mean reward over steps 1-5: "), ("25", "over steps 21-25: ")],
+)
+def test_quickstart_summary_compares_windows_that_exist(tmp_path, steps, expected):
+    result = _console("quickstart", "--max_steps", steps, "--output_dir", str(tmp_path))
+    assert result.returncode == 0, result.stderr[-2000:]
+    summary = result.stdout.strip().splitlines()[-1]
+    assert expected in summary
+    if steps == "5":
+        assert "single logging window" in summary and "rising" not in summary

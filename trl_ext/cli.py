@@ -53,6 +53,13 @@ class TrainScriptArguments(ScriptArguments):
     """
 
     trainer: str = field(default="grpo", metadata={"help": "Registered trainer name (see `trl-ext list`)."})
+    threads: int | None = field(
+        default=None,
+        metadata={
+            "help": "torch CPU threads. Default: 1 with `tiny_model` on a machine without a GPU (as the quickstart: "
+            "a tiny model gains nothing from more, and a busy CPU makes more much slower), else torch's default."
+        },
+    )
     task: str | None = field(
         default=None,
         metadata={"help": "Built-in synthetic task (offline); replaces dataset_name and adds the task's rewards."},
@@ -168,11 +175,13 @@ class ProgressPrinter:
             def __init__(self) -> None:
                 self.start = time.perf_counter()
                 self.rewards: list[float] = []
+                self.steps: list[int] = []  # the step each reward was logged at (its window ends there)
 
             def on_log(self, args, state, control, logs=None, **kwargs):
                 if not state.is_world_process_zero or not logs or "reward" not in logs:
                     return
                 self.rewards.append(float(logs["reward"]))
+                self.steps.append(int(state.global_step))
                 elapsed = time.perf_counter() - self.start
                 loss = logs.get("loss")
                 loss_text = f"{loss:8.4f}" if isinstance(loss, int | float) else "     n/a"
@@ -253,6 +262,12 @@ def build_trainer(script_args, training_args, model_args, dataset_args=None, *, 
             model = build_tiny_checkpoint(os.path.join(training_args.output_dir, "tiny-model"), **kwargs)
     elif model_args.model_name_or_path:
         model = model_args.model_name_or_path
+        looks_local = model.startswith(("/", "./", "../", "~")) or os.path.isabs(model)
+        if looks_local and not os.path.isdir(os.path.expanduser(model)):
+            raise ValueError(
+                f"model_name_or_path: no such directory {model!r} (a local path must be a directory holding the "
+                "model's config and weights; a Hub id has the form 'org/name')"
+            )
     else:
         raise ValueError("model_name_or_path: give a model id or path, or set `tiny_model: true`")
 
@@ -326,12 +341,28 @@ def make_train_parser(trainer_name: str):
     return TrlParser((TrainScriptArguments, config_cls, ModelConfig, DatasetMixtureConfig), prog="trl-ext train")
 
 
+def _set_threads(script_args: TrainScriptArguments) -> None:
+    """Apply ``threads`` (see :class:`TrainScriptArguments`)."""
+    import torch
+
+    threads = script_args.threads
+    if threads is not None and threads < 1:
+        raise ValueError(f"threads must be at least 1, got {threads}")
+    if threads is None and script_args.tiny_model and not torch.cuda.is_available():
+        from trl_ext.data.tasks import QUICKSTART_SETTINGS
+
+        threads = QUICKSTART_SETTINGS.get("torch_num_threads", 1)
+    if threads is not None:
+        torch.set_num_threads(threads)
+
+
 def train_main(argv: list[str] | None = None):
     """Entry point of ``recipes/train.py`` and ``trl-ext train``."""
     argv = list(sys.argv[1:] if argv is None else argv)
     trainer_name = _peek_trainer_name(argv)
     parser = make_train_parser(trainer_name)
     script_args, training_args, model_args, dataset_args = parser.parse_args_and_config(argv)
+    _set_threads(script_args)
     if script_args.trainer != trainer_name:  # the YAML and --trainer disagree after parsing: trust the parsed value
         raise ValueError(f"trainer: parsed {script_args.trainer!r} but the config class is for {trainer_name!r}")
     return run_training(script_args, training_args, model_args, dataset_args, callbacks=[ProgressPrinter()])
@@ -392,12 +423,22 @@ def quickstart_main(argv: list[str] | None = None):
     progress = ProgressPrinter()
     start = time.perf_counter()
     run_training(script_args, training_args, model_args, callbacks=[progress])
-    rewards = progress.rewards
+    rewards, steps = progress.rewards, progress.steps
+    elapsed = time.perf_counter() - start
+    if not rewards:
+        print(f"no reward was logged in {training_args.max_steps} step(s) ({elapsed:.0f}s)", flush=True)
+        return None, None
+    if len(rewards) < 2:  # one logging window: nothing to compare it with
+        print(
+            f"mean reward over steps 1-{steps[0]}: {rewards[0]:.3f} (a single logging window: run more steps to see "
+            f"the trend; {elapsed:.0f}s)",
+            flush=True,
+        )
+        return rewards[0], rewards[0]
     first, last = rewards[0], rewards[-1]
-    every = training_args.logging_steps
     print(
-        f"mean reward over steps 1-{every}: {first:.3f}; over the last {every} steps: {last:.3f} "
-        f"({'rising' if last > first else 'NOT rising'}; {time.perf_counter() - start:.0f}s)",
+        f"mean reward over steps 1-{steps[0]}: {first:.3f}; over steps {steps[-2] + 1}-{steps[-1]}: {last:.3f} "
+        f"({'rising' if last > first else 'NOT rising'}; {elapsed:.0f}s)",
         flush=True,
     )
     return first, last

@@ -285,7 +285,23 @@ class CalibAdvTrainer(BaseGRPOTrainer):
                 "CalibAdvTrainer does not take `tools` or `environment_factory`: its rollout executes the <search> "
                 "actions itself"
             )
+        generation_kwargs = dict(getattr(config, "generation_kwargs", None) or {})
+        for key in ("num_beams", "num_return_sequences"):
+            if int(generation_kwargs.get(key, 1) or 1) > 1:
+                raise ValueError(
+                    f"generation_kwargs: {key}={generation_kwargs[key]} is not supported by CalibAdv's search rollout, "
+                    "which samples one continuation per trajectory and turn and records its sampling log-probs; "
+                    f"remove {key} (num_generations sets the trajectories per question)"
+                )
         super().__init__(*args, **kwargs)
+        from transformers import ProcessorMixin
+
+        if bound.get("rollout_func") is None and isinstance(self.processing_class, ProcessorMixin):
+            raise ValueError(
+                f"CalibAdv's search rollout encodes text-only prompts with the tokenizer; the model's processor "
+                f"({type(self.processing_class).__name__}) belongs to a vision-language model, whose image tokens "
+                "the rollout cannot produce. Use a text model, or pass your own `rollout_func`"
+            )
         if not isinstance(self.advantage_estimator, CalibAdvAdvantage):
             logger.info(
                 "CalibAdvTrainer with advantage_estimator=%r: no CalibAdv calibration", config.advantage_estimator
