@@ -257,3 +257,29 @@ def test_quickstart_summary_compares_windows_that_exist(tmp_path, steps, expecte
     assert expected in summary
     if steps == "5":
         assert "single logging window" in summary and "rising" not in summary
+
+
+def test_model_card_names_the_local_base_model_and_the_method(tiny_checkpoint, toy_dataset, tmp_path):
+    trainer_cls, config_cls = get_trainer("bnpo")
+    out = tmp_path / "my-run"
+    trainer = trainer_cls(
+        model=tiny_checkpoint,
+        reward_funcs=length_reward,
+        args=config_cls(str(out), use_cpu=True),
+        train_dataset=toy_dataset,
+    )
+    trainer.create_model_card()
+    card = (out / "README.md").read_text()
+    assert "[None]" not in card and "Model Card for None" not in card
+    assert f"fine-tuned version of the local model `{tiny_checkpoint}`" in card
+    assert "# Model Card for my-run" in card
+    assert "trained with BNPO" in card and "arXiv:2506.02864" in card
+
+
+@pytest.mark.parametrize("name", sorted(list_trainers()))
+def test_quickstart_runs_every_registered_trainer(tmp_path, name):
+    # diva and calibadv train on their own built-in tasks (trl_ext.data.tasks.QUICKSTART_TRAINER_OVERRIDES).
+    result = _console("quickstart", "--trainer", name, "--max_steps", "2", "--output_dir", str(tmp_path))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert f"trl-ext quickstart: trainer={name}" in result.stdout
+    assert "mean reward over steps 1-2:" in result.stdout.strip().splitlines()[-1]

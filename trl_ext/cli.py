@@ -395,24 +395,32 @@ def quickstart_main(argv: list[str] | None = None):
 
     torch.set_num_threads(options.threads or QUICKSTART_SETTINGS.get("torch_num_threads", 1))
 
-    task = get_task(QUICKSTART_SETTINGS["task"])
+    from trl_ext.data.tasks import QUICKSTART_TRAINER_OVERRIDES
+
+    override = QUICKSTART_TRAINER_OVERRIDES.get(options.trainer, {})
+    task = get_task(override.get("task", QUICKSTART_SETTINGS["task"]))
+    num_rows = override.get("num_rows", QUICKSTART_SETTINGS["dataset"]["num_rows"])
     model_kwargs = dict(QUICKSTART_SETTINGS["model"])
     model_kwargs.setdefault("alphabet", task.alphabet)
+    if override:  # the trainer's own task: its alphabet, and positions for its longest prompt plus the completion
+        model_kwargs["alphabet"] = task.alphabet
     config = dict(QUICKSTART_SETTINGS["config"])
+    config.update(override.get("config", {}))
     config.update(output_dir=options.output_dir, seed=options.seed, disable_tqdm=True, save_strategy="no")
     config.setdefault("report_to", "none")
     if options.max_steps is not None:
         config["max_steps"] = options.max_steps
     _, config_cls = get_trainer(options.trainer)
     training_args = config_cls(**config)
-    script_args = TrainScriptArguments(
-        trainer=options.trainer, task=task.name, task_num_rows=QUICKSTART_SETTINGS["dataset"]["num_rows"]
-    )
+    script_args = TrainScriptArguments(trainer=options.trainer, task=task.name, task_num_rows=num_rows)
 
     from trl import ModelConfig
 
     from trl_ext.testing import build_tiny_checkpoint
 
+    if override:
+        longest = max(len(str(p)) for p in task.make_dataset(num_rows, options.seed)["prompt"])
+        model_kwargs["max_position_embeddings"] = max(256, longest + training_args.max_completion_length)
     checkpoint = build_tiny_checkpoint(os.path.join(options.output_dir, "tiny-model"), **model_kwargs)
     model_args = ModelConfig(model_name_or_path=checkpoint)
     print(

@@ -432,3 +432,44 @@ QUICKSTART_SETTINGS: dict[str, Any] = {
     },
     "torch_num_threads": 1,
 }
+
+#: ``trl-ext quickstart --trainer NAME`` for trainers that cannot train on the default task: the task, its row count and
+#: the config fields that replace the defaults above (the settings of ``recipes/<trainer>/*_tiny.yaml``). DIVA needs
+#: unique problem ids with rewordings and hints; CalibAdv needs its search task and retriever.
+QUICKSTART_TRAINER_OVERRIDES: dict[str, dict[str, Any]] = {
+    "diva": {
+        "task": "arithmetic_variants",
+        "num_rows": 100,
+        "config": {
+            "diva_num_variants": 1,
+            "diva_difficulty_k": 0.1,
+            "diva_rrb_threshold": 0.15,
+            "diva_rrb_scale": 0.1,
+            "diva_initial_difficulty": 5,
+            "diva_hint_template": "{hints}={question}",
+            "max_steps": 400,
+        },
+    },
+    "calibadv": {
+        "task": "deepsearch",
+        "num_rows": 512,
+        "config": {
+            "calibadv_retriever": "bm25",
+            "calibadv_corpus_path": "deepsearch",
+            "calibadv_topk": 2,
+            "calibadv_max_turns": 2,
+            "calibadv_max_tokens_per_turn": 48,
+            "calibadv_max_obs_tokens": 160,
+            "calibadv_prepend_think_token": True,
+            "num_generations": 4,
+            "per_device_train_batch_size": 8,
+            "max_completion_length": 480,
+            "top_p": 1.0,
+            "epsilon": 0.2,
+            "epsilon_high": 0.2,
+            "loss_type": "bnpo",
+            "max_steps": 50,
+            "logging_steps": 5,
+        },
+    },
+}

@@ -195,6 +195,26 @@ class BaseGRPOTrainer(GRPOTrainer):
         self._captured_rewards_per_func: torch.Tensor | None = None
         self._check_train_dataset_size()
 
+    def create_model_card(self, model_name=None, dataset_name=None, tags=None):
+        """TRL's model card, naming a local base model instead of "fine-tuned version of [None]" and the run's output
+        folder instead of "Model Card for None"; the method and its citation come from the trainer's ``_paper``."""
+        if model_name is None and self.args.output_dir:
+            model_name = os.path.basename(os.path.normpath(self.args.output_dir))
+        super().create_model_card(model_name=model_name, dataset_name=dataset_name, tags=tags)
+        path = os.path.join(self.args.output_dir, "README.md")
+        if not self.is_world_process_zero() or not os.path.isfile(path):
+            return
+        from trl.trainer.utils import get_config_model_id
+
+        source = get_config_model_id(self.model.config)
+        missing = "fine-tuned version of [None](https://huggingface.co/None)"
+        with open(path) as f:
+            text = f.read()
+        if missing in text:
+            named = f"fine-tuned version of the local model `{source}`" if source else "fine-tuned model"
+            with open(path, "w") as f:
+                f.write(text.replace(missing, named))
+
     def _prompts_per_generation_batch(self) -> int:
         """Distinct dataset rows one generation batch draws (TRL's sampler drops an incomplete last batch)."""
         return max(1, int(self.args.generation_batch_size) // int(self.num_generations))
