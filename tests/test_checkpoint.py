@@ -222,3 +222,28 @@ def test_a_corrupt_state_file_is_an_error_naming_it(
 def test_state_files_are_written_atomically(stateful_run):
     _, output_dir = stateful_run
     assert not list(output_dir.rglob("*.tmp-*"))  # the temporary file was renamed into place
+
+
+@pytest.mark.parametrize("latest", [True, "true", "latest"])
+def test_resume_latest_skips_a_half_written_checkpoint(stateful_run, tiny_checkpoint, toy_dataset, tmp_path, latest):
+    _, original_dir = stateful_run
+    run_dir = tmp_path / "run"
+    shutil.copytree(original_dir, run_dir)
+    newest = run_dir / f"checkpoint-{MAX_STEPS}"
+    (newest / "trainer_state.json").unlink()  # as after a kill while saving: weights written, trainer state not
+    resumed = _make_trainer(tiny_checkpoint, toy_dataset, run_dir, estimator="test_counting")
+    with pytest.warns(UserWarning, match=rf"skipping incomplete checkpoint\(s\) .*checkpoint-{MAX_STEPS}"):
+        resumed.train(resume_from_checkpoint=latest)
+    # resumed from checkpoint MAX_STEPS - 1: the estimator's first call already sees that many batches
+    assert resumed.advantage_estimator.counter_at_call[0] == MAX_STEPS - 1
+    assert resumed.state.global_step == MAX_STEPS
+
+
+def test_resume_latest_without_a_complete_checkpoint_is_an_error(tiny_checkpoint, toy_dataset, tmp_path):
+    (tmp_path / "checkpoint-1").mkdir()
+    trainer = _make_trainer(tiny_checkpoint, toy_dataset, tmp_path, max_steps=1)
+    with (
+        pytest.warns(UserWarning, match="every checkpoint"),
+        pytest.raises(ValueError, match="no complete checkpoint"),
+    ):
+        trainer.train(resume_from_checkpoint="latest")

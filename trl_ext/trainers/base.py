@@ -69,6 +69,46 @@ def read_json_object(path: str, what: str) -> dict[str, Any]:
     return value
 
 
+def latest_complete_checkpoint(output_dir: str) -> str | None:
+    """The newest ``checkpoint-N`` folder of ``output_dir`` that was written to the end, or ``None``.
+
+    Complete means it holds ``trainer_state.json`` (transformers writes it after the weights and optimizer) and, if the
+    run wrote one, a readable ``trl_ext_state.json``. Newer incomplete folders (a kill during saving leaves the weights
+    without the trainer state) are skipped with a warning naming them, instead of being picked and crashing.
+    """
+    if not os.path.isdir(output_dir):
+        return None
+    numbered = []
+    for name in os.listdir(output_dir):
+        prefix, _, number = name.partition("-")
+        if prefix == PREFIX_CHECKPOINT_DIR and number.isdigit() and os.path.isdir(os.path.join(output_dir, name)):
+            numbered.append((int(number), os.path.join(output_dir, name)))
+    skipped = []
+    for _, path in sorted(numbered, reverse=True):
+        complete = os.path.isfile(os.path.join(path, "trainer_state.json"))
+        state = os.path.join(path, STATE_FILE)
+        if complete and os.path.exists(state):
+            try:
+                read_json_object(state, "the trl-ext trainer state")
+            except ValueError:
+                complete = False
+        if complete:
+            if skipped:
+                warnings.warn(
+                    f"skipping incomplete checkpoint(s) {', '.join(skipped)} (no trainer_state.json or a corrupt "
+                    f"{STATE_FILE}: probably cut off while saving); resuming from {path}",
+                    UserWarning,
+                    stacklevel=3,
+                )
+            return path
+        skipped.append(path)
+    if skipped:
+        warnings.warn(
+            f"every checkpoint in {output_dir} is incomplete: {', '.join(skipped)}", UserWarning, stacklevel=3
+        )
+    return None
+
+
 #: Largest reward magnitude accepted (:meth:`BaseGRPOTrainer._check_rewards`); beyond it float32 advantages and losses
 #: lose precision or overflow, and such a value is almost always a bug in the reward function.
 MAX_ABS_REWARD: float = 1e6
@@ -194,6 +234,21 @@ class BaseGRPOTrainer(GRPOTrainer):
             )
         self._captured_rewards_per_func: torch.Tensor | None = None
         self._check_train_dataset_size()
+
+    def train(self, resume_from_checkpoint: str | bool | None = None, *args: Any, **kwargs: Any):
+        """``Trainer.train``; ``resume_from_checkpoint`` of ``True``, ``"true"`` or ``"latest"`` resumes from the newest
+        *complete* checkpoint in ``output_dir`` (:func:`latest_complete_checkpoint`), skipping half-written ones."""
+        if resume_from_checkpoint is True or (
+            isinstance(resume_from_checkpoint, str) and resume_from_checkpoint.strip().lower() in ("true", "latest")
+        ):
+            resume_from_checkpoint = latest_complete_checkpoint(self.args.output_dir)
+            if resume_from_checkpoint is None:
+                raise ValueError(
+                    f"resume_from_checkpoint: no complete checkpoint (a checkpoint-N folder with trainer_state.json) "
+                    f"in output_dir {self.args.output_dir!r}"
+                )
+            logger.info("Resuming from the newest complete checkpoint: %s", resume_from_checkpoint)
+        return super().train(resume_from_checkpoint, *args, **kwargs)
 
     def create_model_card(self, model_name=None, dataset_name=None, tags=None):
         """TRL's model card, naming a local base model instead of "fine-tuned version of [None]" and the run's output
