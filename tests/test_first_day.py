@@ -283,3 +283,31 @@ def test_quickstart_runs_every_registered_trainer(tmp_path, name):
     assert result.returncode == 0, result.stderr[-3000:]
     assert f"trl-ext quickstart: trainer={name}" in result.stdout
     assert "mean reward over steps 1-2:" in result.stdout.strip().splitlines()[-1]
+
+
+@pytest.mark.parametrize("conversational", [False, True])
+def test_prompts_longer_than_the_model_positions_are_refused(tmp_path, conversational):
+    from datasets import Dataset
+
+    from trl_ext.testing import build_tiny_checkpoint
+
+    checkpoint = build_tiny_checkpoint(str(tmp_path / "short"), max_position_embeddings=64)
+    trainer_cls, config_cls = get_trainer("grpo")
+    args = config_cls(output_dir=str(tmp_path / "out"), use_cpu=True, max_completion_length=16, num_generations=2)
+    long_prompt = "1+2=" * 17  # 68 characters: 68 tokens with the character tokenizer, > 64 positions
+    prompts = ["1+1="] * 7 + [long_prompt]
+    if conversational:
+        prompts = [[{"role": "user", "content": p}] for p in prompts]
+    with pytest.raises(
+        ValueError, match=r"train_dataset: the prompt of row 7 has \d+ tokens, more than the model's 64 positions"
+    ):
+        trainer_cls(
+            model=checkpoint,
+            reward_funcs=length_reward,
+            args=args,
+            train_dataset=Dataset.from_dict({"prompt": prompts}),
+        )
+    fits = Dataset.from_dict({"prompt": prompts[:7]})
+    assert (
+        trainer_cls(model=checkpoint, reward_funcs=length_reward, args=args, train_dataset=fits).train_dataset is fits
+    )

@@ -234,6 +234,7 @@ class BaseGRPOTrainer(GRPOTrainer):
             )
         self._captured_rewards_per_func: torch.Tensor | None = None
         self._check_train_dataset_size()
+        self._check_prompt_lengths()
 
     def train(self, resume_from_checkpoint: str | bool | None = None, *args: Any, **kwargs: Any):
         """``Trainer.train``; ``resume_from_checkpoint`` of ``True``, ``"true"`` or ``"latest"`` resumes from the newest
@@ -269,6 +270,48 @@ class BaseGRPOTrainer(GRPOTrainer):
             named = f"fine-tuned version of the local model `{source}`" if source else "fine-tuned model"
             with open(path, "w") as f:
                 f.write(text.replace(missing, named))
+
+    def _check_prompt_lengths(self, max_rows: int = 1000) -> None:
+        """Refuse text prompts longer than the model's positions (``max_position_embeddings``).
+
+        The first ``max_rows`` rows of the training set are tokenized as TRL will (the chat template for
+        conversational prompts). Vision-language processors and models without ``max_position_embeddings`` are not
+        checked. Raises before training, naming the row and the lengths.
+        """
+        from transformers import ProcessorMixin
+
+        dataset = self.train_dataset
+        config = getattr(getattr(self, "model", None), "config", None)
+        positions = getattr(config, "max_position_embeddings", None)
+        tokenizer = self.processing_class
+        if (
+            dataset is None
+            or not hasattr(dataset, "__len__")
+            or not positions
+            or isinstance(tokenizer, ProcessorMixin)
+            or "prompt" not in (getattr(dataset, "column_names", None) or [])
+        ):
+            return
+        budget = int(positions)
+        prompts = dataset.select(range(min(len(dataset), max_rows)))["prompt"]
+        for index, prompt in enumerate(prompts):
+            if isinstance(prompt, str):
+                length = len(tokenizer(prompt, add_special_tokens=False)["input_ids"])
+            elif isinstance(prompt, list) and all(
+                isinstance(m, dict) and isinstance(m.get("content"), str) for m in prompt
+            ):
+                if getattr(tokenizer, "chat_template", None) is None:
+                    return
+                text = tokenizer.apply_chat_template(prompt, add_generation_prompt=True, tokenize=False)
+                length = len(tokenizer(text, add_special_tokens=False)["input_ids"])
+            else:
+                return  # multimodal or custom content: not checked
+            if length > budget:
+                raise ValueError(
+                    f"train_dataset: the prompt of row {index} has {length} tokens, more than the model's {positions} "
+                    "positions (max_position_embeddings). Shorten or filter the prompts, or use a model with a "
+                    "longer context"
+                )
 
     def _prompts_per_generation_batch(self) -> int:
         """Distinct dataset rows one generation batch draws (TRL's sampler drops an incomplete last batch)."""
