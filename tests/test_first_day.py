@@ -311,3 +311,29 @@ def test_prompts_longer_than_the_model_positions_are_refused(tmp_path, conversat
     assert (
         trainer_cls(model=checkpoint, reward_funcs=length_reward, args=args, train_dataset=fits).train_dataset is fits
     )
+
+
+def test_list_prints_trainers_estimators_and_objectives_without_importing_them():
+    code = (
+        "import sys; from trl_ext.cli import list_main; list_main([]); "
+        "print('HEAVY', sorted(m for m in ('torch', 'transformers', 'trl_ext.trainers') if m in sys.modules))"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert "HEAVY []" in result.stdout  # the table comes from trl_ext.catalogue: nothing heavy is imported
+    for header in ("name  ", "advantage_estimator  ", "policy_objective  "):
+        assert header in result.stdout
+    for name in ("beta_normalization", "hapo_tlga", "minpro", "calibadv"):
+        assert f"\n{name} " in result.stdout
+
+
+def test_the_catalogue_describes_every_registered_component():
+    from trl_ext.catalogue import BUILTIN_ESTIMATORS, BUILTIN_OBJECTIVES, BUILTIN_TRAINERS
+    from trl_ext.registry import get_trainer_entry, list_advantage_estimators, list_policy_objectives
+
+    assert set(BUILTIN_TRAINERS) == set(list_trainers())
+    assert set(BUILTIN_ESTIMATORS) == set(list_advantage_estimators())
+    assert set(BUILTIN_OBJECTIVES) == set(list_policy_objectives())
+    for name, (changes, paper) in BUILTIN_TRAINERS.items():
+        entry = get_trainer_entry(name)
+        assert (entry.changes, entry.paper) == (changes, paper)

@@ -452,19 +452,49 @@ def quickstart_main(argv: list[str] | None = None):
     return first, last
 
 
-def list_main(argv: list[str] | None = None) -> None:
-    """Print the registered trainers as a table: name, what it changes, paper."""
-    from trl_ext.registry import get_trainer_entry, list_trainers
-
-    rows = [("name", "changes", "paper")]
-    for name in list_trainers():
-        entry = get_trainer_entry(name)
-        rows.append((name, entry.changes, entry.paper))
-    widths = [max(len(row[i]) for row in rows) for i in range(3)]
+def _table(rows: list[tuple[str, ...]]) -> None:
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     for index, row in enumerate(rows):
         print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())
         if index == 0:
             print("  ".join("-" * width for width in widths))
+
+
+def list_main(argv: list[str] | None = None) -> None:
+    """Print the trainers (name, what it changes, paper), then the advantage estimators and policy objectives.
+
+    The built-in components are described by :mod:`trl_ext.catalogue` without importing them (no torch, no TRL
+    trainer), so this prints at once; trainers, estimators or objectives that other packages register through entry
+    points are loaded (and listed) only when such packages are installed.
+    """
+    from importlib.metadata import entry_points
+
+    from trl_ext.catalogue import BUILTIN_ESTIMATORS, BUILTIN_OBJECTIVES, BUILTIN_TRAINERS
+
+    trainers = {name: entry for name, entry in BUILTIN_TRAINERS.items()}
+    estimators, objectives = dict(BUILTIN_ESTIMATORS), dict(BUILTIN_OBJECTIVES)
+    groups = ("trl_ext.trainers", "trl_ext.advantage_estimators", "trl_ext.policy_objectives")
+    if any(entry_points(group=group) for group in groups):  # third-party components: ask the registry
+        from trl_ext.registry import (
+            get_trainer_entry,
+            list_advantage_estimators,
+            list_policy_objectives,
+            list_trainers,
+        )
+
+        for name in list_trainers():
+            entry = get_trainer_entry(name)
+            trainers.setdefault(name, (entry.changes, entry.paper))
+        for name in list_advantage_estimators():
+            estimators.setdefault(name, "(registered by another package)")
+        for name in list_policy_objectives():
+            objectives.setdefault(name, "(registered by another package)")
+    _table([("name", "changes", "paper")] + [(n, *trainers[n]) for n in sorted(trainers)])
+    print()
+    _table([("advantage_estimator", "what it computes")] + [(n, estimators[n]) for n in sorted(estimators)])
+    print()
+    _table([("policy_objective", "what it computes")] + [(n, objectives[n]) for n in sorted(objectives)])
+    print("\nCombine them in any config: advantage_estimator=NAME, policy_objective=NAME (docs/extending.md).")
 
 
 def vllm_serve_command(argv: list[str]) -> list[str]:

@@ -2,6 +2,7 @@
 
 import trl_ext.advantages  # noqa: F401  (registers the built-in estimators)
 import trl_ext.objectives  # noqa: F401  (registers the built-in objectives)
+from trl_ext.catalogue import BUILTIN_TRAINERS
 from trl_ext.registry import TrainerEntry, register_trainer
 from trl_ext.trainers.base import BaseGRPOConfig, BaseGRPOTrainer
 
@@ -10,8 +11,8 @@ register_trainer(
         name="grpo",
         trainer_cls=BaseGRPOTrainer,
         config_cls=BaseGRPOConfig,
-        changes="nothing: trl.GRPOTrainer's advantage and loss (the baseline every benchmark compares against)",
-        paper="arXiv 2402.03300",
+        changes=BUILTIN_TRAINERS["grpo"][0],
+        paper=BUILTIN_TRAINERS["grpo"][1],
     )
 )
 

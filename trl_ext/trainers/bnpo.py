@@ -14,6 +14,7 @@ from dataclasses import dataclass, field, fields
 from trl import GRPOConfig
 
 from trl_ext.advantages.beta_normalization import BNPO_DECOMPOSITION_WEIGHTINGS, validate_bnpo_fields
+from trl_ext.catalogue import BUILTIN_TRAINERS
 from trl_ext.registry import TrainerEntry, register_trainer
 from trl_ext.trainers.base import BaseGRPOConfig, BaseGRPOTrainer
 
@@ -158,8 +159,7 @@ register_trainer(
         name="bnpo",
         trainer_cls=BNPOTrainer,
         config_cls=BNPOConfig,
-        changes="advantage: (R - p) / BetaPDF(p; alpha, beta), Beta fitted to the batch's success rates "
-        "(not loss_type='bnpo')",
-        paper="arXiv 2506.02864",
+        changes=BUILTIN_TRAINERS["bnpo"][0],
+        paper=BUILTIN_TRAINERS["bnpo"][1],
     )
 )

@@ -31,6 +31,7 @@ from trl import GRPOTrainer
 
 from trl_ext.advantages.base import AdvantageBatch
 from trl_ext.advantages.calibadv import CalibAdvAdvantage, validate_calibadv_advantage_fields
+from trl_ext.catalogue import BUILTIN_TRAINERS
 from trl_ext.registry import TrainerEntry, register_trainer
 from trl_ext.retrieval import BM25Retriever, HTTPRetriever, Retriever, as_retriever
 from trl_ext.rollout.search_agent import SearchAgentRollout
@@ -356,8 +357,7 @@ register_trainer(
         name="calibadv",
         trainer_cls=CalibAdvTrainer,
         config_cls=CalibAdvConfig,
-        changes="rollout: multi-turn search agent (retriever between turns); advantage: token-level, soft penalty on "
-        "correct search steps of negative trajectories (silver docs), per-group answer rebalance",
-        paper="arXiv 2604.18235",
+        changes=BUILTIN_TRAINERS["calibadv"][0],
+        paper=BUILTIN_TRAINERS["calibadv"][1],
     )
 )

@@ -40,6 +40,7 @@ from trl_ext.advantages.diva import (
     difficulty_updates,
     validate_diva_fields,
 )
+from trl_ext.catalogue import BUILTIN_TRAINERS
 from trl_ext.curriculum.difficulty import (
     SLOT_KEY,
     STORE_FILE,
@@ -410,8 +411,7 @@ register_trainer(
         name="diva",
         trainer_cls=DIVATrainer,
         config_cls=DIVAConfig,
-        changes="batch: each problem with difficulty-adaptive variants (store per id); advantage: local + global "
-        "group z-scores, difficulty-weighted, low-reward groups damped",
-        paper="arXiv 2603.01106",
+        changes=BUILTIN_TRAINERS["diva"][0],
+        paper=BUILTIN_TRAINERS["diva"][1],
     )
 )

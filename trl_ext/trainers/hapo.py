@@ -38,6 +38,7 @@ from transformers import LogitsProcessorList
 from trl import GRPOTrainer
 
 from trl_ext.advantages.hapo import FALLBACK_MODES, validate_tlga_fields
+from trl_ext.catalogue import BUILTIN_TRAINERS
 from trl_ext.objectives.base import LossContext
 from trl_ext.objectives.hapo import SIGN_MODES, validate_objective_fields, validate_sign_mode
 from trl_ext.registry import TrainerEntry, register_trainer
@@ -511,8 +512,7 @@ register_trainer(
         name="hapo",
         trainer_cls=HAPOTrainer,
         config_cls=HAPOConfig,
-        changes="rollout: entropy-adaptive temperature; advantage: token-level group average; loss: entropy-driven "
-        "advantage redistribution, asymmetric adaptive clipping, dual clip",
-        paper="arXiv 2509.16591",
+        changes=BUILTIN_TRAINERS["hapo"][0],
+        paper=BUILTIN_TRAINERS["hapo"][1],
     )
 )

@@ -21,6 +21,7 @@ from typing import Any
 from trl import GRPOTrainer
 
 import trl_ext.objectives.minpro  # noqa: F401  (registers the "minpro" policy objective)
+from trl_ext.catalogue import BUILTIN_TRAINERS
 from trl_ext.objectives.minpro import (
     DEFAULT_LOG_WEIGHT_CLAMP,
     MINPRO_LOSS_TYPES,
@@ -163,7 +164,7 @@ register_trainer(
         name="minpro",
         trainer_cls=MinPROTrainer,
         config_cls=MinPROConfig,
-        changes="loss: each token's clipped surrogate weighted by the detached minimum prefix ratio (off-policy only)",
-        paper="arXiv 2601.22718",
+        changes=BUILTIN_TRAINERS["minpro"][0],
+        paper=BUILTIN_TRAINERS["minpro"][1],
     )
 )
