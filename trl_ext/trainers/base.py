@@ -22,7 +22,6 @@ Checkpoint hook
 from __future__ import annotations
 
 import inspect
-import json
 import logging
 import os
 import warnings
@@ -36,6 +35,7 @@ from trl import GRPOConfig, GRPOTrainer
 from trl.trainer.utils import nanmax, nanmin
 
 from trl_ext.advantages.base import AdvantageBatch, AdvantageEstimator
+from trl_ext.jsonio import read_json_object, write_json_atomic
 from trl_ext.objectives import functional as F
 from trl_ext.objectives.base import LossContext, PolicyObjective
 from trl_ext.registry import get_advantage_estimator, get_policy_objective
@@ -44,29 +44,6 @@ logger = logging.getLogger(__name__)
 
 STATE_FILE = "trl_ext_state.json"
 _OPTIONAL_FACTS = frozenset({"completion_lengths", "completion_mask", "completion_ids"})
-
-
-def write_json_atomic(path: str, payload: Any) -> None:
-    """Write JSON through a temporary file and a rename, so that a kill mid-write never leaves a half file."""
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w") as f:
-        json.dump(payload, f)
-    os.replace(tmp, path)
-
-
-def read_json_object(path: str, what: str) -> dict[str, Any]:
-    """A checkpoint's JSON object file, or a ``ValueError`` naming the file and what is wrong with it."""
-    try:
-        with open(path) as f:
-            value = json.load(f)
-    except json.JSONDecodeError as exc:
-        raise ValueError(
-            f"{path}: not valid JSON ({exc.msg} at line {exc.lineno}, column {exc.colno}); {what} cannot be restored. "
-            "The checkpoint may have been cut off while saving: resume from an earlier checkpoint"
-        ) from None
-    if not isinstance(value, dict):
-        raise ValueError(f"{path}: expected a JSON object with {what}, got a {type(value).__name__}")
-    return value
 
 
 def latest_complete_checkpoint(output_dir: str) -> str | None:
@@ -292,7 +269,6 @@ class BaseGRPOTrainer(GRPOTrainer):
             or "prompt" not in (getattr(dataset, "column_names", None) or [])
         ):
             return
-        budget = int(positions)
         prompts = dataset.select(range(min(len(dataset), max_rows)))["prompt"]
         for index, prompt in enumerate(prompts):
             if isinstance(prompt, str):
@@ -306,7 +282,7 @@ class BaseGRPOTrainer(GRPOTrainer):
                 length = len(tokenizer(text, add_special_tokens=False)["input_ids"])
             else:
                 return  # multimodal or custom content: not checked
-            if length > budget:
+            if length > int(positions):
                 raise ValueError(
                     f"train_dataset: the prompt of row {index} has {length} tokens, more than the model's {positions} "
                     "positions (max_position_embeddings). Shorten or filter the prompts, or use a model with a "
