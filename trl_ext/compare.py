@@ -37,6 +37,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from trl_ext.jsonio import write_json_atomic
+
 __all__ = ["Arm", "compare", "compare_main", "parse_arm", "summarise"]
 
 #: Metrics shown in the Markdown table for the built-in trainers (the JSON keeps every metric of the trainer's own
@@ -243,11 +245,9 @@ def _run_key(arm: Arm, argv: list[str]) -> str:
 
 
 def _write_json(path: Path, payload: dict) -> None:
-    """Write atomically: a half-written result must never look finished."""
+    """Write atomically (a half-written result must never look finished), creating the folder."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(payload, indent=1))
-    os.replace(tmp, path)
+    write_json_atomic(path, payload, indent=1)
 
 
 def _train_one(arm: Arm, seed: int, parsed, model_factory, progress) -> dict:
@@ -535,8 +535,22 @@ def compare(
     if max_steps is not None and max_steps < 1:
         raise ValueError(f"--max_steps: must be at least 1, got {max_steps}")
 
-    # Every run's arguments, parsed now: a bad override or value fails before any training.
-    plan: list[tuple[Arm, int, list[str], Path]] = []
+    def result_path(arm: Arm, seed: int) -> Path:
+        return output / "runs" / arm.label / f"seed-{seed}.json"
+
+    def finished(arm: Arm, seed: int, key: str) -> dict | None:
+        path = result_path(arm, seed)
+        if not path.is_file():
+            return None
+        try:
+            result = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError):
+            return None
+        return result if result.get("key") == key else None
+
+    # Every run's arguments, parsed now (a bad override or value fails before any training), with its resume key and
+    # its stored result if it already finished. A run trains with the arguments parsed here.
+    plan: list[tuple[Arm, int, list[str], tuple, str, dict | None]] = []
     for index, seed in enumerate(seed_list):
         order = arm_list if index % 2 == 0 else list(reversed(arm_list))
         for arm in order:
@@ -547,22 +561,10 @@ def compare(
                 raise ValueError(
                     f"arm {arm.label!r}: set max_steps (in the recipe or --max_steps) to a positive value"
                 )
-            plan.append((arm, seed, argv, run_dir))
+            key = _run_key(arm, argv)
+            plan.append((arm, seed, argv, parsed, key, finished(arm, seed, key)))
 
-    def result_path(arm: Arm, seed: int) -> Path:
-        return output / "runs" / arm.label / f"seed-{seed}.json"
-
-    def finished(arm: Arm, seed: int, argv: list[str]) -> dict | None:
-        path = result_path(arm, seed)
-        if not path.is_file():
-            return None
-        try:
-            result = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError):
-            return None
-        return result if result.get("key") == _run_key(arm, argv) else None
-
-    todo = [(arm, seed, argv, run_dir) for arm, seed, argv, run_dir in plan if finished(arm, seed, argv) is None]
+    todo = [entry for entry in plan if entry[5] is None]
     say(
         f"trl-ext compare: {len(arm_list)} arms x {len(seed_list)} seeds = {len(plan)} runs"
         + (f" ({len(plan) - len(todo)} already finished)" if len(todo) < len(plan) else "")
@@ -573,10 +575,11 @@ def compare(
         checked: set[str] = set()
         from trl_ext.cli import build_trainer
 
-        for arm, _seed, argv, _run_dir in todo:
+        for arm, _seed, argv, _parsed, _key, _done in todo:
             if arm.label in checked:
                 continue
             checked.add(arm.label)
+            # parsed afresh: building a trainer mutates its arguments, and the run itself uses the plan's copy
             script_args, training_args, model_args, dataset_args = _parse_run(arm, argv)
             if model_factory is not None:
                 model_args.model_name_or_path = model_factory(_seed)
@@ -589,15 +592,13 @@ def compare(
         say(f"preflight: every arm builds ({', '.join(a.label for a in arm_list)})")
 
     started = time.perf_counter()
-    steps_total = sum(_parse_run(arm, argv)[1].max_steps for arm, _, argv, _ in todo)
+    steps_total = sum(entry[3][1].max_steps for entry in todo)
     steps_done = 0
     results: list[dict] = []
-    for number, (arm, seed, argv, _run_dir) in enumerate(plan, start=1):
-        done = finished(arm, seed, argv)
+    for number, (arm, seed, _argv, parsed, key, done) in enumerate(plan, start=1):
         if done is not None:
             results.append(done)
             continue
-        parsed = _parse_run(arm, argv)
         run_steps = parsed[1].max_steps
         say(f"[{number}/{len(plan)}] arm {arm.label} ({arm.trainer}) seed {seed}: {run_steps} steps")
         every = max(1, run_steps // 10)
@@ -613,7 +614,7 @@ def compare(
             say(f"  {_label} seed {_seed} step {step}/{total} reward {reward:.3f} | ETA {eta / 60:.1f} min")
 
         result = _train_one(arm, seed, parsed, model_factory, progress)
-        result["key"] = _run_key(arm, argv)
+        result["key"] = key
         steps_done += run_steps
         if state.is_main_process:
             _write_json(result_path(arm, seed), result)
