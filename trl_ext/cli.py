@@ -402,8 +402,6 @@ def quickstart_main(argv: list[str] | None = None):
     num_rows = override.get("num_rows", QUICKSTART_SETTINGS["dataset"]["num_rows"])
     model_kwargs = dict(QUICKSTART_SETTINGS["model"])
     model_kwargs.setdefault("alphabet", task.alphabet)
-    if override:  # the trainer's own task: its alphabet, and positions for its longest prompt plus the completion
-        model_kwargs["alphabet"] = task.alphabet
     config = dict(QUICKSTART_SETTINGS["config"])
     config.update(override.get("config", {}))
     config.update(output_dir=options.output_dir, seed=options.seed, disable_tqdm=True, save_strategy="no")
@@ -419,10 +417,13 @@ def quickstart_main(argv: list[str] | None = None):
     from trl_ext.testing import build_tiny_checkpoint
 
     if override:
-        longest = max(len(str(p)) for p in task.make_dataset(num_rows, options.seed)["prompt"])
-        model_kwargs["max_position_embeddings"] = max(256, longest + training_args.max_completion_length)
-    checkpoint = build_tiny_checkpoint(os.path.join(options.output_dir, "tiny-model"), **model_kwargs)
-    model_args = ModelConfig(model_name_or_path=checkpoint)
+        # The trainer's own task: `tiny_model` builds the quickstart's model in <output_dir>/tiny-model with the task's
+        # alphabet and positions for its longest prompt plus the completion (build_trainer).
+        script_args.tiny_model = True
+        model_args = ModelConfig()
+    else:
+        checkpoint = build_tiny_checkpoint(os.path.join(options.output_dir, "tiny-model"), **model_kwargs)
+        model_args = ModelConfig(model_name_or_path=checkpoint)
     print(
         f"trl-ext quickstart: trainer={options.trainer} task={task.name} ({task.description}); "
         f"{training_args.max_steps} steps on {'CPU' if training_args.use_cpu else 'the default device'}",
