@@ -223,6 +223,44 @@ def test_calibadv_refuses_a_vision_language_model_at_init(tiny_vlm_checkpoint, t
         )
 
 
+def _http_calibadv(url, tmp_path, model, **overrides):
+    from datasets import Dataset
+
+    trainer_cls, _ = get_trainer("calibadv")
+    _, config_cls = get_trainer("calibadv")
+    args = config_cls(
+        output_dir=str(tmp_path), use_cpu=True, num_generations=2, calibadv_retriever="http",
+        calibadv_retriever_url=url, calibadv_retriever_max_retries=1, **overrides,
+    )  # fmt: skip
+    return trainer_cls(
+        model=model, reward_funcs=length_reward, args=args, train_dataset=Dataset.from_dict({"question": ["q"] * 8})
+    )
+
+
+def test_calibadv_checks_a_remote_retriever_before_loading_the_model(tiny_checkpoint, tmp_path):
+    from test_retrieval import MockServer, ok
+
+    missing_model = str(tmp_path / "model-that-would-fail-to-load")
+    # A server that is down: the health query fails before the model is even looked for.
+    with MockServer(ok(lambda body: [])) as server:
+        url = server.url
+    with pytest.raises(RuntimeError, match=r"calibadv_retriever_url='http://127.0.0.1:\d+/retrieve': .*health query"):
+        _http_calibadv(url, tmp_path, missing_model)
+    # A server speaking another protocol ({"docs": ...} instead of {"result": [[...]]}).
+    with MockServer(lambda body: (200, {"docs": ["T\nx"]}, 0.0)) as server:
+        with pytest.raises(RuntimeError, match=r"malformed response.*calibadv_retriever_check=false"):
+            _http_calibadv(server.url, tmp_path, missing_model)
+    assert len(server.requests) == 1  # a wrong shape is not retried
+    # A healthy server: one query, the same request training sends, and the trainer is built.
+    with MockServer(ok(lambda body: [[{"document": {"contents": "T\nx"}}] for _ in body["queries"]])) as server:
+        trainer = _http_calibadv(server.url, tmp_path, tiny_checkpoint)
+        assert server.requests == [{"queries": ["health check"], "topk": 1, "return_scores": True}]
+        assert trainer.retriever.url == server.url
+        # Switched off: no request at start.
+        _http_calibadv(server.url, tmp_path, tiny_checkpoint, calibadv_retriever_check=False)
+        assert len(server.requests) == 1
+
+
 def test_train_names_a_missing_local_model_directory(tmp_path):
     result = _console(
         "train", "--config", str(Path(__file__).parents[1] / "recipes" / "grpo" / "quickstart.yaml"),

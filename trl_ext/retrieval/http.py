@@ -14,6 +14,11 @@ Failure: a connection error, a timeout, an HTTP status >= 400 or a body that is 
 once (a server bug, not a transient failure). Failure never turns into empty results.
 
 Decision: a server that returns more than ``top_k`` documents for a query is cut to the first ``top_k``.
+
+Health check: :meth:`HTTPRetriever.check` sends one real query (``top_k`` 1) with the same retries and parses the
+answer as training would. :class:`~trl_ext.trainers.calibadv.CalibAdvTrainer` calls it once per process at start
+(``calibadv_retriever_check``, default on), so a server that is down or speaks another protocol stops the run before
+the first model update, not at the model's first ``<search>`` hours in.
 """
 
 from __future__ import annotations
@@ -119,3 +124,22 @@ class HTTPRetriever:
         return parsed
 
     __call__ = search
+
+    #: The query :meth:`check` sends.
+    HEALTH_QUERY = "health check"
+
+    def check(self) -> None:
+        """One query through the full request/parse path; raises ``RuntimeError`` saying what was wrong.
+
+        Raises:
+            RuntimeError: naming the URL, the failure (unreachable, HTTP error, not JSON, wrong response shape) and
+                how to skip the check (``calibadv_retriever_check=False``).
+        """
+        try:
+            self.search([self.HEALTH_QUERY], 1)
+        except RuntimeError as error:
+            raise RuntimeError(
+                f"calibadv_retriever_url={self.url!r}: the retrieval server failed the health query sent at trainer "
+                f"start ({error}). Start the server, fix the URL or calibadv_retriever_payload, or set "
+                "calibadv_retriever_check=false to skip this check"
+            ) from error

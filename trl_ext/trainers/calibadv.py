@@ -83,6 +83,9 @@ class CalibAdvConfig(BaseGRPOConfig):
             `{"topk_retrieval": 20, "topk_rerank": 3}` for the CalibAdv rerank server.
         calibadv_retriever_timeout (`float`, *optional*, defaults to `30.0`):
             Seconds to wait for one HTTP response. > 0.
+        calibadv_retriever_check (`bool`, *optional*, defaults to `True`):
+            With `calibadv_retriever="http"`, send one query to the server when the trainer starts (every process) and
+            stop with an error naming the URL if it is unreachable or answers in another format.
         calibadv_retriever_max_retries (`int`, *optional*, defaults to `3`):
             HTTP retries before a `RuntimeError` naming the URL. >= 0.
         calibadv_prepend_think_token (`bool`, *optional*, defaults to `False`):
@@ -132,6 +135,10 @@ class CalibAdvConfig(BaseGRPOConfig):
     )
     calibadv_retriever_timeout: float = field(default=30.0, metadata={"help": "Seconds per HTTP request."})
     calibadv_retriever_max_retries: int = field(default=3, metadata={"help": "HTTP retries before failing."})
+    calibadv_retriever_check: bool = field(
+        default=True,
+        metadata={"help": "Send one health query to the 'http' retriever at trainer start (fail fast if it is down)."},
+    )
     calibadv_prepend_think_token: bool = field(
         default=False, metadata={"help": "End the prompt and every observation with <think> (never generated)."}
     )
@@ -294,6 +301,13 @@ class CalibAdvTrainer(BaseGRPOTrainer):
                     "which samples one continuation per trajectory and turn and records its sampling log-probs; "
                     f"remove {key} (num_generations sets the trajectories per question)"
                 )
+        own_retriever: Retriever | None = None
+        if bound.get("rollout_func") is None:  # built (and an HTTP server checked) before the model loads
+            own_retriever = build_retriever(config) if retriever is None else as_retriever(retriever)
+            if isinstance(own_retriever, HTTPRetriever) and config.calibadv_retriever_check:
+                own_retriever.check()
+        elif retriever is not None:
+            raise ValueError("pass either `retriever` (for the built-in rollout) or your own `rollout_func`, not both")
         super().__init__(*args, **kwargs)
         from transformers import ProcessorMixin
 
@@ -307,12 +321,9 @@ class CalibAdvTrainer(BaseGRPOTrainer):
             logger.info(
                 "CalibAdvTrainer with advantage_estimator=%r: no CalibAdv calibration", config.advantage_estimator
             )
-        self.retriever: Retriever | None = None
+        self.retriever: Retriever | None = own_retriever
         if self.rollout_func is None:
-            self.retriever = build_retriever(config) if retriever is None else as_retriever(retriever)
             self.rollout_func = SearchAgentRollout.from_config(config, self.retriever)
-        elif retriever is not None:
-            raise ValueError("pass either `retriever` (for the built-in rollout) or your own `rollout_func`, not both")
         self.train_dataset = self._with_search_prompts(self.train_dataset)
         if isinstance(self.eval_dataset, dict):
             self.eval_dataset = {key: self._with_search_prompts(value) for key, value in self.eval_dataset.items()}
