@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import shutil
 import subprocess
@@ -122,9 +123,9 @@ def test_a_dataset_smaller_than_one_generation_batch_is_refused(tiny_checkpoint,
     assert len(trainer.train_dataset) == needed
 
 
-def _console(*args: str) -> subprocess.CompletedProcess:
+def _console(*args: str, **env_overrides: str) -> subprocess.CompletedProcess:
     assert CONSOLE, "the trl-ext console script is not installed"
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "CUDA_VISIBLE_DEVICES": ""}
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "CUDA_VISIBLE_DEVICES": "", **env_overrides}
     return subprocess.run([CONSOLE, *args], capture_output=True, text=True, timeout=120, env=env)
 
 
@@ -321,6 +322,17 @@ def test_quickstart_runs_every_registered_trainer(tmp_path, name):
     assert result.returncode == 0, result.stderr[-3000:]
     assert f"trl-ext quickstart: trainer={name}" in result.stdout
     assert "mean reward over steps 1-2:" in result.stdout.strip().splitlines()[-1]
+    # The progress line shows the method's own key metrics, each with a finite value.
+    from trl_ext.catalogue import KEY_METRICS
+
+    (line,) = [line for line in result.stdout.splitlines() if line.startswith("step    2/2 | reward")]
+    for key in KEY_METRICS.get(name, ()):
+        value = line.split(f"| {key} " if key == KEY_METRICS[name][0] else f" {key} ", 1)[1].split()[0]
+        assert math.isfinite(float(value)), (key, line)
+    if name not in KEY_METRICS:
+        assert line.count("|") == 3, line  # grpo: step | reward | loss | time, nothing else
+    # With disable_tqdm (the quickstart sets it), no model-loading or shard-writing bars.
+    assert "Loading weights" not in result.stderr and "Writing model shards" not in result.stderr
 
 
 @pytest.mark.parametrize("conversational", [False, True])
@@ -375,3 +387,113 @@ def test_the_catalogue_describes_every_registered_component():
     for name, (changes, paper) in BUILTIN_TRAINERS.items():
         entry = get_trainer_entry(name)
         assert (entry.changes, entry.paper) == (changes, paper)
+
+
+NOISE_SCRIPT = """
+import sys
+from datasets import Dataset
+if sys.argv[1] == "trl":
+    from trl import GRPOConfig as Config, GRPOTrainer as Trainer
+else:
+    from trl_ext import BNPOConfig as Config, BNPOTrainer as Trainer
+args = Config(output_dir=sys.argv[3], use_cpu=True, disable_tqdm=True, report_to="none", max_steps=1,
+              per_device_train_batch_size=4, num_generations=4, max_completion_length=4, save_strategy="no")
+trainer = Trainer(model=sys.argv[2], reward_funcs=lambda completions, **kw: [len(c) / 4 for c in completions],
+                  args=args, train_dataset=Dataset.from_dict({"prompt": ["1+1="] * 4}))
+trainer.train()
+trainer.save_model(sys.argv[3])
+"""
+
+
+def test_library_use_prints_no_third_party_noise(tiny_checkpoint, tmp_path):
+    # The control: trl.GRPOTrainer with the same settings shows the noise (so the check below can fail); a trl-ext
+    # trainer shows none of it. disable_tqdm=True in both.
+    noise = ("gemm_4bit_forward", "Loading weights", "Writing model shards", "`gradient_checkpointing` is deprecated")
+    outputs = {}
+    for library in ("trl", "trl_ext"):
+        result = subprocess.run(
+            [sys.executable, "-c", NOISE_SCRIPT, library, tiny_checkpoint, str(tmp_path / library)],
+            capture_output=True, text=True, timeout=600, env={**os.environ, "CUDA_VISIBLE_DEVICES": ""},
+        )  # fmt: skip
+        assert result.returncode == 0, result.stderr[-3000:]
+        outputs[library] = result.stdout + result.stderr
+    assert [n for n in noise if n in outputs["trl"]] == list(noise), outputs["trl"][-3000:]
+    assert [n for n in noise if n in outputs["trl_ext"]] == [], outputs["trl_ext"][-3000:]
+
+
+def test_recipe_comments_name_metrics_that_exist():
+    # A "watch X" comment must name a metric a trainer logs: each `<namespace>/<name>` in a recipe comment appears as
+    # a logged key in the package source (a string literal, or an f-string prefix for families of keys).
+    import re
+
+    root = Path(__file__).parents[1]
+    source = "\n".join(p.read_text() for p in (root / "trl_ext").rglob("*.py"))
+    mentioned = {}
+    for recipe in (root / "recipes").rglob("*.yaml"):
+        for line in recipe.read_text().splitlines():
+            comment = line.partition("#")[2]  # (a path such as recipes/bnpo/x.yaml is not a metric)
+            for match in re.findall(r"(?<![\w/])((?:bnpo|minpro|hapo|diva|calibadv)/[a-z_0-9]+)(?![\w./-])", comment):
+                mentioned.setdefault(match, recipe.name)
+    assert mentioned, "no recipe comment names a metric: the check below would pass vacuously"
+    missing = {key: where for key, where in mentioned.items() if f'"{key}"' not in source}
+    assert not missing, f"recipe comments name metrics no trainer logs: {missing}"
+
+
+READ_TRACKIO = """
+import json, sys
+from trackio.sqlite_storage import SQLiteStorage
+logs = SQLiteStorage.get_logs(sys.argv[1], sys.argv[2])
+print(json.dumps({k: v for log in logs for k, v in log.items() if k.startswith("train/")}))
+"""
+
+
+def test_train_shows_method_metrics_on_the_console_and_in_trackio(tmp_path):
+    # `trl-ext train` with the tracker extra: the console line has BNPO's key metrics and trackio (offline, local
+    # SQLite) receives every bnpo/* metric next to TRL's.
+    trackio_dir = str(tmp_path / "trackio")
+    result = _console(
+        "train", "--config", str(Path(__file__).parents[1] / "recipes" / "bnpo" / "arithmetic_tiny.yaml"),
+        "--max_steps", "2", "--logging_steps", "1", "--output_dir", str(tmp_path / "out"),
+        "--report_to", "trackio", "--project", "first-day", "--run_name", "bnpo-run",
+        TRACKIO_DIR=trackio_dir,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    lines = [line for line in result.stdout.splitlines() if line.startswith("step ")]
+    assert len(lines) == 2 and all("| bnpo/alpha " in line and " bnpo/max_weight " in line for line in lines), lines
+    read = subprocess.run(
+        [sys.executable, "-c", READ_TRACKIO, "first-day", "bnpo-run"],
+        capture_output=True, text=True, timeout=120, env={**os.environ, "TRACKIO_DIR": trackio_dir},
+    )  # fmt: skip
+    assert read.returncode == 0, read.stderr[-3000:]
+    import json
+
+    logged = json.loads(read.stdout.strip().splitlines()[-1])
+    for key in ("train/reward", "train/loss", "train/bnpo/alpha", "train/bnpo/beta", "train/bnpo/max_weight"):
+        assert key in logged and math.isfinite(float(logged[key])), (key, sorted(logged))
+
+
+@pytest.mark.parametrize("name", ["hapo", "calibadv"])
+def test_train_help_lists_the_trainers_own_fields_first(name):
+    import dataclasses
+
+    from trl import GRPOConfig
+
+    result = _console("train", "--trainer", name, "--help")
+    assert result.returncode == 0, result.stderr[-2000:]
+    text = result.stdout
+    assert text.startswith("usage: trl-ext train [--config FILE.yaml]"), text[:300]
+    _, config_cls = get_trainer(name)
+    own = [
+        f.name
+        for f in dataclasses.fields(config_cls)
+        if f.name not in {g.name for g in dataclasses.fields(GRPOConfig)}
+    ]
+    assert len(own) > 5
+    own_heading = text.index(f"{name} options ({config_cls.__name__}'s own fields")
+    grpo_heading = text.index("GRPOConfig options (TRL's, unchanged)")
+    # Every own field is listed under the first heading, before any of TRL's ~250 options.
+    assert text.index("-h, --help") < own_heading < grpo_heading
+    for field_name in own:
+        assert own_heading < text.index(f"  --{field_name} ") < grpo_heading, field_name
+    assert grpo_heading < text.index("  --learning_rate ")
+    assert text.index("script options") < grpo_heading and "model options (TRL's ModelConfig" in text

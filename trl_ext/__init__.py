@@ -2,6 +2,10 @@
 
 __version__ = "0.1.0.dev0"
 
+from trl_ext import _quiet  # noqa: E402
+
+_quiet.install()  # before TRL (and bitsandbytes) are imported; see trl_ext/_quiet.py for what is silenced
+
 from trl_ext.registry import (  # noqa: E402
     TrainerEntry,
     get_advantage_estimator,

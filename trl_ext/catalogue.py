@@ -52,3 +52,15 @@ BUILTIN_OBJECTIVES: dict[str, str] = {
     "hapo": "HAPO: advantage redistribution, asymmetric adaptive clipping, dual clip",
     "minpro": "MinPRO: clipped surrogate weighted by the minimum prefix ratio",
 }
+
+#: The method metrics shown on the console progress line of ``trl-ext train`` / ``quickstart`` and in the table of
+#: ``trl-ext compare``, per metric namespace (every trainer logs all of ``<namespace>/*``; see each trainer's page).
+#: The progress line shows those of every namespace present in a log, so e.g. ``grpo`` with
+#: ``advantage_estimator=beta_normalization`` shows BNPO's.
+KEY_METRICS: dict[str, tuple[str, ...]] = {
+    "bnpo": ("bnpo/alpha", "bnpo/beta", "bnpo/max_weight"),
+    "minpro": ("minpro/weight_min", "minpro/weight_mean"),
+    "hapo": ("hapo/temperature_mean", "hapo/clip_high_mean"),
+    "diva": ("diva/frac_zero_std_local", "diva/frac_zero_std_global"),
+    "calibadv": ("calibadv/frac_neg_traj_calibrated", "calibadv/turns_mean"),
+}

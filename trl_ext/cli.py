@@ -19,17 +19,13 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import logging
 import os
 import sys
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
-# bitsandbytes warns on import that an optional CPU kernel hub download is unavailable; it is harmless offline.
-logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
-
-from trl import ScriptArguments  # noqa: E402
+from trl import ScriptArguments  # trl_ext/__init__.py has installed trl_ext._quiet's filters before this import
 
 
 @dataclass
@@ -165,10 +161,23 @@ def resolve_reward_funcs(script_args: TrainScriptArguments, task: Any | None) ->
     return rewards
 
 
-class ProgressPrinter:
-    """A ``TrainerCallback`` printing one line per log: step, mean reward, loss and elapsed time."""
+def method_metrics(logs: dict[str, Any], trainer_name: str | None = None) -> list[tuple[str, float]]:
+    """The method metrics of one log to show on the console: the key metrics (``trl_ext.catalogue.KEY_METRICS``) of
+    every built-in namespace present, else up to three of the trainer's own namespace (``<trainer_name>/...``, for a
+    third-party trainer)."""
+    from trl_ext.catalogue import KEY_METRICS
 
-    def __new__(cls, *args: Any, **kwargs: Any):  # build the real callback lazily so importing the CLI stays cheap
+    shown = [key for keys in KEY_METRICS.values() for key in keys if key in logs]
+    if not shown and trainer_name:
+        shown = sorted(key for key in logs if key.startswith(f"{trainer_name}/"))[:3]
+    return [(key, float(logs[key])) for key in shown if isinstance(logs[key], int | float)]
+
+
+class ProgressPrinter:
+    """A ``TrainerCallback`` printing one line per log: step, mean reward, loss, the method's key metrics
+    (:func:`method_metrics`) and elapsed time."""
+
+    def __new__(cls, trainer_name: str | None = None):  # build the real callback lazily: importing the CLI stays cheap
         from transformers import TrainerCallback
 
         class _ProgressPrinter(TrainerCallback):
@@ -176,6 +185,7 @@ class ProgressPrinter:
                 self.start = time.perf_counter()
                 self.rewards: list[float] = []
                 self.steps: list[int] = []  # the step each reward was logged at (its window ends there)
+                self.trainer_name = trainer_name
 
             def on_log(self, args, state, control, logs=None, **kwargs):
                 if not state.is_world_process_zero or not logs or "reward" not in logs:
@@ -183,11 +193,12 @@ class ProgressPrinter:
                 self.rewards.append(float(logs["reward"]))
                 self.steps.append(int(state.global_step))
                 elapsed = time.perf_counter() - self.start
-                loss = logs.get("loss")
+                loss = logs.get("loss", logs.get("train_loss"))  # the end-of-training log names it train_loss
                 loss_text = f"{loss:8.4f}" if isinstance(loss, int | float) else "     n/a"
+                metrics = " ".join(f"{key} {value:.4g}" for key, value in method_metrics(logs, self.trainer_name))
                 print(
                     f"step {state.global_step:4d}/{state.max_steps} | reward {logs['reward']:.3f} | "
-                    f"loss {loss_text} | {elapsed:6.1f}s",
+                    f"loss {loss_text} | {metrics + ' | ' if metrics else ''}{elapsed:6.1f}s",
                     flush=True,
                 )
 
@@ -338,7 +349,48 @@ def make_train_parser(trainer_name: str):
     from trl_ext.registry import get_trainer
 
     _, config_cls = get_trainer(trainer_name)
-    return TrlParser((TrainScriptArguments, config_cls, ModelConfig, DatasetMixtureConfig), prog="trl-ext train")
+
+    class TrainParser(TrlParser):
+        """``--help`` lists the trainer's own fields first, then TRL's ``GRPOConfig``, the script's, the model's and
+        the dataset mixture's, each under a heading (TRL's parser puts all of them in one list of ~250 options, the
+        trainer's own at the very end)."""
+
+        def _add_dataclass_arguments(self, dtype):
+            import dataclasses
+            import typing
+
+            from trl import GRPOConfig
+
+            hints = typing.get_type_hints(dtype)
+            members = [member for member in dataclasses.fields(dtype) if member.init]
+            if dtype is config_cls:
+                grpo_fields = {member.name for member in dataclasses.fields(GRPOConfig)}
+                own = self.add_argument_group(
+                    f"{trainer_name} options ({config_cls.__name__}'s own fields; docs/trainers/{trainer_name}.md)"
+                )
+                self._action_groups.insert(2, self._action_groups.pop())  # right after -h, before everything else
+                inherited = self.add_argument_group("GRPOConfig options (TRL's, unchanged)")
+                groups = [(own if m.name not in grpo_fields else inherited, m) for m in members]
+            else:
+                titles = {
+                    TrainScriptArguments: "script options (data, rewards, model source)",
+                    ModelConfig: "model options (TRL's ModelConfig: PEFT, quantization, dtype)",
+                    DatasetMixtureConfig: "dataset mixture options (TRL's DatasetMixtureConfig)",
+                }
+                group = self.add_argument_group(titles.get(dtype, dtype.__name__))
+                groups = [(group, member) for member in members]
+            for group, member in groups:
+                member.type = hints[member.name]
+                self._parse_dataclass_field(group, member)
+
+    return TrainParser(
+        (TrainScriptArguments, config_cls, ModelConfig, DatasetMixtureConfig),
+        prog="trl-ext train",
+        usage="trl-ext train [--config FILE.yaml] [--trainer NAME] [--FIELD VALUE ...]",
+        description=f"Train with the {trainer_name!r} trainer ({config_cls.__name__}). Every field below can be set in "
+        "the YAML or on the command line; the command line wins. `trl-ext train --trainer NAME --help` shows another "
+        "trainer's fields; `trl-ext list` lists the trainers.",
+    )
 
 
 def _set_threads(script_args: TrainScriptArguments) -> None:
@@ -365,7 +417,9 @@ def train_main(argv: list[str] | None = None):
     _set_threads(script_args)
     if script_args.trainer != trainer_name:  # the YAML and --trainer disagree after parsing: trust the parsed value
         raise ValueError(f"trainer: parsed {script_args.trainer!r} but the config class is for {trainer_name!r}")
-    return run_training(script_args, training_args, model_args, dataset_args, callbacks=[ProgressPrinter()])
+    return run_training(
+        script_args, training_args, model_args, dataset_args, callbacks=[ProgressPrinter(script_args.trainer)]
+    )
 
 
 def quickstart_main(argv: list[str] | None = None):
@@ -429,7 +483,7 @@ def quickstart_main(argv: list[str] | None = None):
         f"{training_args.max_steps} steps on {'CPU' if training_args.use_cpu else 'the default device'}",
         flush=True,
     )
-    progress = ProgressPrinter()
+    progress = ProgressPrinter(options.trainer)
     start = time.perf_counter()
     run_training(script_args, training_args, model_args, callbacks=[progress])
     rewards, steps = progress.rewards, progress.steps

@@ -37,19 +37,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from trl_ext.catalogue import KEY_METRICS  # the method metrics shown in the Markdown table
 from trl_ext.jsonio import write_json_atomic
 
 __all__ = ["Arm", "compare", "compare_main", "parse_arm", "summarise"]
 
-#: Metrics shown in the Markdown table for the built-in trainers (the JSON keeps every metric of the trainer's own
-#: namespace, ``<trainer>/...``).
-KEY_METRICS: dict[str, tuple[str, ...]] = {
-    "bnpo": ("bnpo/alpha", "bnpo/beta", "bnpo/max_weight"),
-    "minpro": ("minpro/weight_min", "minpro/weight_mean"),
-    "hapo": ("hapo/temperature_mean", "hapo/clip_high_mean"),
-    "diva": ("diva/frac_zero_std_local", "diva/frac_zero_std_global"),
-    "calibadv": ("calibadv/frac_neg_traj_calibrated", "calibadv/turns_mean"),
-}
 #: Fractions of the best reward (over every arm and seed) whose first crossing the table reports.
 FRACTIONS = (0.5, 0.9)
 RESULT_VERSION = 1

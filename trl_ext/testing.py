@@ -31,6 +31,8 @@ import shutil
 import tempfile
 from typing import TYPE_CHECKING, Any
 
+from trl_ext._quiet import progress_bars_disabled
+
 if TYPE_CHECKING:  # heavy imports stay inside the functions so that `import trl_ext.testing` is cheap
     from transformers import PreTrainedTokenizerFast, Qwen2ForCausalLM
 
@@ -300,7 +302,8 @@ def build_tiny_checkpoint(
         # The tokenizer's length limit follows the model's, so long prompts do not trigger a spurious warning.
         tokenizer.model_max_length = max(tokenizer.model_max_length, model_kwargs.get("max_position_embeddings", 0))
         tokenizer.save_pretrained(staging_dir)
-        build_tiny_model(tokenizer, staging_dir, **model_kwargs)
+        with progress_bars_disabled():  # a few-kB model: no "Writing model shards" bar
+            build_tiny_model(tokenizer, staging_dir, **model_kwargs)
         files = sorted(os.listdir(staging_dir))
         for name in files:
             os.replace(os.path.join(staging_dir, name), os.path.join(save_dir, name))

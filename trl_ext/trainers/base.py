@@ -34,6 +34,7 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from trl import GRPOConfig, GRPOTrainer
 from trl.trainer.utils import nanmax, nanmin
 
+from trl_ext._quiet import progress_bars_disabled
 from trl_ext.advantages.base import AdvantageBatch, AdvantageEstimator
 from trl_ext.jsonio import read_json_object, write_json_atomic
 from trl_ext.objectives import functional as F
@@ -198,7 +199,9 @@ class BaseGRPOTrainer(GRPOTrainer):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         args, kwargs = self._with_default_args(args, kwargs)
-        super().__init__(*args, **kwargs)
+        config = inspect.signature(GRPOTrainer.__init__).bind(None, *args, **kwargs).arguments["args"]
+        with progress_bars_disabled(bool(getattr(config, "disable_tqdm", False))):  # no "Loading weights" bars
+            super().__init__(*args, **kwargs)
         self.advantage_estimator: AdvantageEstimator = self._build_component(
             "advantage_estimator", get_advantage_estimator
         )
@@ -716,6 +719,10 @@ class BaseGRPOTrainer(GRPOTrainer):
 
     def load_extra_state_dict(self, state: dict[str, Any]) -> None:
         """Override together with :meth:`extra_state_dict`."""
+
+    def _save(self, output_dir: str | None = None, state_dict=None):
+        with progress_bars_disabled(bool(self.args.disable_tqdm)):  # no "Writing model shards" bars
+            return super()._save(output_dir, state_dict)
 
     def _save_checkpoint(self, model, trial):
         # Written before the parent saves, so that a Hub push of the checkpoint folder (queued by the parent) has it.
