@@ -298,3 +298,7 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+    import torch.distributed
+
+    if torch.distributed.is_initialized():  # join gloo's threads before exit: without it a rare abort at teardown
+        torch.distributed.destroy_process_group()  # ("terminate called without an active exception") fails the run
