@@ -281,6 +281,29 @@ def test_turn_cut_drops_eos_and_what_follows_and_keeps_the_stop_token(model_and_
     assert generator.calls[0][2] == [10, 11] and generator.calls[1][3] == 2
 
 
+def test_a_trajectory_with_no_token_gets_one_masked_eos(model_and_tokenizer):
+    # An EOS as the first sampled token, and a tokenizer that encodes the invalid-action observation to no token
+    # (seen with a word-level tokenizer): TRL's completion bookkeeping needs one token (IndexError before).
+    _, tokenizer = model_and_tokenizer
+    eos = tokenizer.eos_token_id
+
+    class NoObservationTokens:
+        def __init__(self, inner):
+            self.inner = inner
+
+        def __getattr__(self, name):
+            return getattr(self.inner, name)
+
+        def __call__(self, text, **kwargs):
+            return {"input_ids": []}
+
+    generator = TextGenerator(tokenizer, [""], extra_ids=[eos, 5, 6])
+    rollout = SearchAgentRollout(FakeRetriever(), max_turns=1, top_k=1)
+    out = rollout.run([[3, 4]], NoObservationTokens(tokenizer), generator, max_completion_length=50)
+    assert out["completion_ids"] == [[eos]] and out["env_mask"] == [[0]] and out["logprobs"] == [[0.0]]
+    assert out["calibadv_invalid_action"] == [True]
+
+
 def test_parse_action_takes_the_first_complete_tag():
     assert parse_action("<think>x</think><search> q </search>") == ("search", " q ")
     assert parse_action("<answer>a</answer><search>q</search>") == ("answer", "a")

@@ -406,6 +406,32 @@ def test_rollout_temperature_table(mode, base):
         assert torch.equal(rollout_temperatures(ROLLOUT_LOGITS, stats, tau, base), torch.full((3,), base))
 
 
+def test_logits_entropy_matches_the_float64_definition_on_a_real_vocabulary():
+    # The one-exp-pass entropy against -sum p log p in float64, on SmolLM2's vocabulary size: ordinary, very peaked
+    # (H ~ 0), flat (H = log V), shifted by a large constant, half masked with -inf (0 log 0 = 0), bf16 input.
+    generator = torch.Generator().manual_seed(0)
+    vocab = 49152
+    logits = torch.randn(6, vocab, generator=generator) * 3
+    logits[1] *= 60
+    logits[2] = 0.0
+    logits[3] += 1e4
+    logits[4, : vocab // 2] = float("-inf")
+    logits[5, 7] = 40.0
+    probs = torch.softmax(logits.double(), dim=-1)
+    expected = torch.special.entr(probs).sum(dim=-1)
+    got = logits_entropy(logits)
+    assert got.dtype == torch.float32 and torch.isfinite(got).all()
+    torch.testing.assert_close(got.double(), expected, atol=2e-5, rtol=1e-5)
+    assert got[2].item() == pytest.approx(math.log(vocab), abs=1e-5)
+    bf16 = logits[:3].bfloat16()
+    torch.testing.assert_close(
+        logits_entropy(bf16).double(),
+        torch.special.entr(torch.softmax(bf16.double(), -1)).sum(-1),
+        atol=2e-5,
+        rtol=1e-5,
+    )
+
+
 def test_rollout_temperature_range_and_masked_logits():
     generator = torch.Generator().manual_seed(0)
     logits = torch.randn(256, 50, generator=generator) * torch.rand(256, 1, generator=generator) * 20

@@ -615,6 +615,17 @@ class SearchAgentRollout:
                     if len(traj.completion_ids) >= budget:
                         traj.done = traj.truncated = True
 
+        for traj in trajectories:
+            if not traj.completion_ids:
+                # Nothing sampled (an EOS first) and an observation that encoded to no token (a tokenizer without
+                # the observation's characters): TRL needs at least one completion token, so the trajectory ends with
+                # one EOS, masked from the loss like an observation (env_mask 0).
+                end = min(eos) if eos else tokenizer.pad_token_id
+                if end is None:
+                    raise RuntimeError(
+                        "an empty trajectory needs an EOS or pad token id to end it; the tokenizer has none"
+                    )
+                traj.append([end], "", generated=False)
         prefix = _THINK_OPEN if self.prepend_think_token else ""
         return {
             "prompt_ids": [traj.prompt_ids for traj in trajectories],

