@@ -5,10 +5,10 @@ CPU with a scaled-down model in seconds, so the test suite keeps it working.
 
 Model: a randomly initialised Qwen2 with Qwen2.5-1.5B's configuration (28 layers, hidden 1536, 12 heads / 2 KV heads,
 vocabulary 151,936), bf16, built here from the configuration (nothing can be downloaded on the lent machine), with
-trl-ext's character tokenizer (prompts of 128 random characters). Each arm
-trains ``--steps`` optimizer steps of 8 prompts x 8 completions of up to 512 new tokens (a random model rarely stops:
-completions are close to 512 tokens), micro-batches of 16, in one process, one after the other, with the GPU memory
-of the previous arm released and the peak counter reset in between.
+trl-ext's character tokenizer (prompts of 128 random characters). Each arm trains ``--steps`` optimizer steps
+(default 2: one warm-up, one timed) of 8 prompts x 8 completions of up to 512 new tokens (a random model rarely
+stops: completions are close to 512 tokens), micro-batches of 16, in one process, one after the other, with the GPU
+memory of the previous arm released and the peak counter reset in between.
 
 Per arm: median step time over the steps after the first (TRL's ``step_time``), completion tokens per second, and
 ``torch.cuda.max_memory_allocated``; each as a ratio to the ``trl`` arm (``trl.GRPOTrainer``) of the same run.
@@ -233,7 +233,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, required=True, help="the JSON to write (under $OUT on the GPU machine)")
     parser.add_argument("--arms", nargs="+", default=list(ARMS), choices=ARMS)
-    parser.add_argument("--steps", type=int, default=3, help="optimizer steps per arm; the first is not timed")
+    parser.add_argument("--steps", type=int, default=2, help="optimizer steps per arm; the first is not timed")
     parser.add_argument("--budget_s", type=float, default=400.0, help="skip arms that would end after this")
     parser.add_argument("--dry-run", dest="dry_run", action="store_true", help="CPU, scaled-down model, seconds")
     options = parser.parse_args(argv)

@@ -46,13 +46,14 @@ dry-run)
     PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" "$PYTHON" benchmarks/gpu_check.py --dry-run "${extra[@]}"
     ;;
 run)
-    count=$(find "$WHEELS_DIR" -name '*.whl' 2>/dev/null | wc -l)
-    if ((count != ${#WHEELS[@]})); then
-        echo "gpu_check: expected ${#WHEELS[@]} wheels in $WHEELS_DIR, found $count; run --prepare first" >&2
+    shopt -s nullglob
+    found=("$WHEELS_DIR"/*.whl)
+    if ((${#found[@]} != ${#WHEELS[@]})); then
+        echo "gpu_check: expected ${#WHEELS[@]} wheels in $WHEELS_DIR, found ${#found[@]}; run --prepare first" >&2
         exit 2
     fi
     "$PYTHON" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/gpu-check-site \
-        "$WHEELS_DIR"/*.whl
+        "${found[@]}"
     export PYTHONPATH="/tmp/gpu-check-site:$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
     nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
     [[ " ${extra[*]-} " == *" --out "* ]] || extra+=(--out "${OUT:-.}/gpu_check.json")

@@ -10,7 +10,8 @@ Two parts, both measured in this one run:
    ``AdaptiveTemperatureLogitsProcessor`` (with statistics, so the entropy is computed) on logits of the model's
    vocabulary, of the entropy alone, of the softmax + ``entr`` entropy this package used before (kept here as the
    reference "before"), and of one decoding step of the model (a forward of one token per row with a 64-token KV
-   cache). The processor's share of a decoding step is what HAPO adds to generation.
+   cache). The processor's share of a decoding step is what HAPO adds to generation; ``generate`` of 32 sampled
+   tokens per row with and without the processor checks it end to end.
 2. **A training step, side by side.** ``grpo``, ``hapo`` with every component on, and ``hapo`` without the adaptive
    temperature train the same steps from the same weights (4 prompts x 4 completions of up to ``--max_new_tokens``
    tokens, lr 1e-5) in an interleaved order (A B C, then C B A, ...). Per arm: the median step time (TRL's
@@ -36,7 +37,7 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
 sys.path.insert(0, str(Path(__file__).parent))
-from real_model import make_dataset, prepare_model, sum_correct  # noqa: E402
+from real_model import make_dataset, prepare_model, run_config, sum_correct  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
 ARMS = {
@@ -95,9 +96,42 @@ def measure_batch(model, ids, stats, repeats: int) -> dict:
             "divide_only_ms": median_ms(lambda: logits / 1.05, repeats),
             "max_entropy_gap": (logits_entropy(logits) - entropy_before(logits.double())).abs().max().item(),
         }
+    row.update(generate_with_and_without(model, ids, stats, max(repeats // 10, 3)))
     row["processor_share_of_decode_step"] = row["processor_ms"] / row["decode_step_ms"]
     row["entropy_speedup"] = row["entropy_before_ms"] / row["entropy_ms"]
     return row
+
+
+def generate_with_and_without(model, ids, stats, repeats: int, new_tokens: int = 32) -> dict:
+    """``generate`` of ``new_tokens`` sampled tokens per row (no early stop) at T = 1, without and with the processor,
+    interleaved; medians in seconds and their ratio."""
+    import torch
+    from transformers import LogitsProcessorList
+
+    from trl_ext.rollout.temperature import AdaptiveTemperatureLogitsProcessor
+
+    def run(with_processor: bool) -> float:
+        kwargs = dict(do_sample=True, max_new_tokens=new_tokens, min_new_tokens=new_tokens, temperature=1.0, top_k=0)
+        if with_processor:
+            processor = AdaptiveTemperatureLogitsProcessor(stats, 0.05, 1.0, finished_token_ids=[0])
+            kwargs["logits_processor"] = LogitsProcessorList([processor])
+        torch.manual_seed(0)
+        start = time.perf_counter()
+        with torch.no_grad():
+            model.generate(ids, attention_mask=torch.ones_like(ids), pad_token_id=0, **kwargs)
+        return time.perf_counter() - start
+
+    run(False), run(True)
+    plain, adaptive = [], []
+    for _ in range(repeats):
+        plain.append(run(False))
+        adaptive.append(run(True))
+    return {
+        "generate_tokens": new_tokens,
+        "generate_plain_s": statistics.median(plain),
+        "generate_adaptive_s": statistics.median(adaptive),
+        "generate_ratio": statistics.median(adaptive) / statistics.median(plain),
+    }
 
 
 def micro(checkpoint: str, batch_sizes: list[int], repeats: int) -> dict:
@@ -122,7 +156,9 @@ def micro(checkpoint: str, batch_sizes: list[int], repeats: int) -> dict:
         print(
             f"B={batch:3d}: decode step {row['decode_step_ms']:7.2f} ms | processor {row['processor_ms']:6.2f} ms "
             f"({100 * row['processor_share_of_decode_step']:.1f}% of a step) | entropy {row['entropy_ms']:.2f} ms "
-            f"(before: {row['entropy_before_ms']:.2f} ms, {row['entropy_speedup']:.2f}x)",
+            f"(before: {row['entropy_before_ms']:.2f} ms, {row['entropy_speedup']:.2f}x) | generate {row['generate_tokens']} "
+            f"tokens {row['generate_plain_s']:.2f} s plain, {row['generate_adaptive_s']:.2f} s adaptive "
+            f"({row['generate_ratio']:.3f}x)",
             flush=True,
         )
     return rows
@@ -162,24 +198,7 @@ def train_arm(arm: str, checkpoint: str, dataset, options) -> dict:
     name, extra = ARMS[arm]
     trainer_cls, config_cls = get_trainer(name)
     with tempfile.TemporaryDirectory() as output_dir:
-        args = config_cls(
-            output_dir=output_dir,
-            per_device_train_batch_size=16,
-            num_generations=4,
-            max_completion_length=options.max_new_tokens,
-            learning_rate=1e-5,
-            max_steps=options.steps,
-            logging_steps=1,
-            temperature=1.0,
-            beta=0.0,
-            report_to="none",
-            save_strategy="no",
-            use_cpu=True,
-            bf16=False,
-            seed=0,
-            disable_tqdm=True,
-            **extra,
-        )
+        args = config_cls(**run_config(output_dir, options.steps, options.max_new_tokens, **extra))
         trainer = trainer_cls(model=checkpoint, reward_funcs=[sum_correct], args=args, train_dataset=dataset)
         trainer.remove_callback(PrinterCallback)
         timer = PhaseTimer(trainer)

@@ -18,8 +18,10 @@ arms run in an interleaved order (forward, then backward, ...), ``--repeats`` ti
 
 Every ratio is to the ``trl`` arm (``trl.GRPOTrainer`` itself) measured in the same run, median over repeats.
 ``calibadv`` needs its search task: its row trains on the built-in ``deepsearch`` questions (BM25 over the task's
-corpus, 2 turns), and so does a second TRL arm, ``trl_deepsearch``, on the same prompts (one turn, the same token
-budget), which is its baseline.
+corpus; one search turn and a final turn of up to half ``--max_new_tokens`` each, observations of up to as many
+tokens), and its baseline, ``trl_deepsearch``, is ``trl.GRPOTrainer`` given exactly that rollout
+(``SearchAgentRollout``, same settings and retriever) as TRL's ``rollout_func``: the same sequences, so the row
+measures CalibAdv's own buffers and advantage computation.
 
 Writes ``benchmarks/results/memory.json``.
 """
@@ -84,44 +86,35 @@ def child(arm: str, options: argparse.Namespace) -> dict:
 
     torch.set_num_threads(options.threads)
     sys.path.insert(0, str(HERE))
-    from real_model import make_dataset, sum_correct
+    from real_model import make_dataset, run_config, sum_correct
     from transformers import PrinterCallback
 
-    common = dict(
-        per_device_train_batch_size=16,
-        num_generations=4,
-        max_completion_length=options.max_new_tokens,
-        learning_rate=1e-5,
-        max_steps=options.steps,
-        logging_steps=1,
-        temperature=1.0,
-        beta=0.0,
-        report_to="none",
-        save_strategy="no",
-        use_cpu=options.device == "cpu",
-        bf16=False,
-        seed=0,
-        disable_tqdm=True,
-    )
     output_dir = tempfile.mkdtemp(prefix=f"memory-{arm}-")
+    common = run_config(output_dir, options.steps, options.max_new_tokens, options.device == "cpu")
     if arm in ("trl_deepsearch", "calibadv"):
         from trl_ext.data import get_task
-        from trl_ext.data.deepsearch import make_search_prompt
         from trl_ext.rewards.qa import qa_f1_format_reward
 
-        dataset = get_task("deepsearch").make_dataset(64, 0)
+        dataset = get_task("deepsearch").make_dataset(64, 0)  # its text prompts, used as they are by both arms
         rewards = [qa_f1_format_reward]
-        if arm == "trl_deepsearch":  # the same questions as one-turn chat prompts
-            dataset = dataset.map(
-                lambda row: {"prompt": [{"role": "user", "content": make_search_prompt(row["question"])}]}
-            )
     else:
         dataset = make_dataset()
         rewards = [sum_correct]
+    search = dict(
+        max_turns=1, max_tokens_per_turn=options.max_new_tokens // 2, max_obs_tokens=options.max_new_tokens // 2
+    )
+    kwargs = {}
     if arm.startswith("trl"):
         from trl import GRPOConfig, GRPOTrainer
 
-        trainer_cls, args = GRPOTrainer, GRPOConfig(output_dir=output_dir, **common)
+        trainer_cls, args = GRPOTrainer, GRPOConfig(**common)
+        if arm == "trl_deepsearch":  # CalibAdv's own rollout, unchanged, as TRL's rollout_func: the same sequences
+            from trl_ext.data.deepsearch import deepsearch_corpus
+            from trl_ext.retrieval import BM25Retriever
+            from trl_ext.rollout.search_agent import SearchAgentRollout
+
+            kwargs["rollout_func"] = SearchAgentRollout(BM25Retriever(deepsearch_corpus(0)), top_k=3, **search)
+            args = GRPOConfig(**{**common, "max_completion_length": 2 * options.max_new_tokens})
     else:
         from trl_ext import get_trainer
 
@@ -130,13 +123,12 @@ def child(arm: str, options: argparse.Namespace) -> dict:
         if arm == "calibadv":
             extra.update(
                 calibadv_corpus_path="deepsearch",
-                calibadv_max_turns=1,
-                calibadv_max_tokens_per_turn=options.max_new_tokens // 2,
-                calibadv_max_obs_tokens=options.max_new_tokens // 2,
+                calibadv_topk=3,
                 max_completion_length=2 * options.max_new_tokens,
+                **{f"calibadv_{key}": value for key, value in search.items()},
             )
-        args = config_cls(output_dir=output_dir, **{**common, **extra})
-    trainer = trainer_cls(model=options.model, reward_funcs=rewards, args=args, train_dataset=dataset)
+        args = config_cls(**{**common, **extra})
+    trainer = trainer_cls(model=options.model, reward_funcs=rewards, args=args, train_dataset=dataset, **kwargs)
     trainer.remove_callback(PrinterCallback)
     if options.device == "cuda":
         torch.cuda.reset_peak_memory_stats()

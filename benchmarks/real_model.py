@@ -98,6 +98,29 @@ def sum_correct(completions, answer, **kwargs) -> list[float]:
     return rewards
 
 
+def run_config(output_dir: str, steps: int, max_completion_length: int, use_cpu: bool = True, **overrides) -> dict:
+    """The config fields every SmolLM2 benchmark trains with (real_model, memory, hapo_sampler): 4 prompts x 4
+    completions per step, lr 1e-5, T = 1, no KL, one log per step, no checkpoints, seed 0."""
+    return {
+        "output_dir": output_dir,
+        "per_device_train_batch_size": 16,
+        "num_generations": 4,
+        "max_completion_length": max_completion_length,
+        "learning_rate": 1e-5,
+        "max_steps": steps,
+        "logging_steps": 1,
+        "temperature": 1.0,
+        "beta": 0.0,
+        "report_to": "none",
+        "save_strategy": "no",
+        "use_cpu": use_cpu,
+        "bf16": False,
+        "seed": 0,
+        "disable_tqdm": True,
+        **overrides,
+    }
+
+
 def train_run(name: str, checkpoint: str, dataset, options) -> dict:
     from transformers import PrinterCallback
 
@@ -106,22 +129,7 @@ def train_run(name: str, checkpoint: str, dataset, options) -> dict:
     trainer_cls, config_cls = get_trainer(name)
     with tempfile.TemporaryDirectory() as output_dir:
         args = config_cls(
-            output_dir=output_dir,
-            per_device_train_batch_size=16,
-            num_generations=4,
-            max_completion_length=12,
-            learning_rate=1e-5,
-            max_steps=options.steps,
-            logging_steps=1,
-            temperature=1.0,
-            beta=0.0,
-            report_to="none",
-            save_strategy="no",
-            use_cpu=options.device == "cpu",
-            bf16=False,
-            seed=0,
-            disable_tqdm=True,
-            **EXTRA_CONFIG.get(name, {}),
+            **run_config(output_dir, options.steps, 12, options.device == "cpu", **EXTRA_CONFIG.get(name, {}))
         )
         trainer = trainer_cls(model=checkpoint, reward_funcs=[sum_correct], args=args, train_dataset=dataset)
         trainer.remove_callback(PrinterCallback)
