@@ -432,6 +432,21 @@ def test_logits_entropy_matches_the_float64_definition_on_a_real_vocabulary():
     )
 
 
+def test_logits_entropy_workspace_is_reused_and_changes_nothing():
+    generator = torch.Generator().manual_seed(1)
+    logits = torch.randn(4, 5000, generator=generator) * 4
+    logits[1, :100] = float("-inf")
+    workspace: list[torch.Tensor] = []
+    first = logits_entropy(logits, workspace)
+    pointers = [buffer.data_ptr() for buffer in workspace]
+    assert len(workspace) == 2 and torch.equal(first, logits_entropy(logits))
+    second = logits_entropy(logits * 0.5, workspace)  # the next decoding step: same buffers, no allocation
+    assert [buffer.data_ptr() for buffer in workspace] == pointers
+    assert torch.equal(second, logits_entropy(logits * 0.5))
+    smaller = logits_entropy(logits[:2], workspace)  # another shape: new buffers
+    assert workspace[0].shape == (2, 5000) and torch.equal(smaller, first[:2])
+
+
 def test_rollout_temperature_range_and_masked_logits():
     generator = torch.Generator().manual_seed(0)
     logits = torch.randn(256, 50, generator=generator) * torch.rand(256, 1, generator=generator) * 20

@@ -109,16 +109,29 @@ class TemperatureStatistics:
 _ENTROPY_SHIFT_FLOOR = -200.0
 
 
-def logits_entropy(logits: torch.Tensor) -> torch.Tensor:
+def logits_entropy(logits: torch.Tensor, workspace: list[torch.Tensor] | None = None) -> torch.Tensor:
     """H = -sum_v p_v log p_v of softmax(logits) over the last dimension, in float32; 0 log 0 = 0 (masked logits).
 
     One ``exp`` pass over the vocabulary: with d = l - max(l) and e = exp(d), Z = sum e,
-    H = log Z - sum(e d) / Z. (softmax followed by ``entr`` takes an ``exp`` and a ``log`` pass, each as costly as the
-    rest together on CPU; this is 2-2.5x faster on a 49k vocabulary, ``benchmarks/hapo_sampler.py``.)
+    H = log Z - sum(e d) / Z. (softmax followed by ``entr`` takes an ``exp`` and a ``log`` pass.)
+
+    Args:
+        logits: (..., V) logits.
+        workspace: a list that holds two (..., V) float32 buffers between calls (filled on first use, replaced when
+            the shape or device changes). A decoding loop that passes the same list every step allocates nothing per
+            step; on CPU, fresh vocabulary-sized allocations made this 2-5x slower and erratic (page faults of
+            memory mapped anew at every call; ``benchmarks/hapo_sampler.py``).
     """
     x = logits.float()
-    shifted = (x - x.amax(dim=-1, keepdim=True)).clamp_(min=_ENTROPY_SHIFT_FLOOR)
-    weights = torch.exp(shifted)
+    if workspace is None:
+        shifted = (x - x.amax(dim=-1, keepdim=True)).clamp_(min=_ENTROPY_SHIFT_FLOOR)
+        weights = torch.exp(shifted)
+    else:
+        if len(workspace) != 2 or workspace[0].shape != x.shape or workspace[0].device != x.device:
+            workspace[:] = [torch.empty(x.shape, dtype=torch.float32, device=x.device) for _ in range(2)]
+        shifted, weights = workspace
+        torch.sub(x, x.amax(dim=-1, keepdim=True), out=shifted).clamp_(min=_ENTROPY_SHIFT_FLOOR)
+        torch.exp(shifted, out=weights)
     total = weights.sum(dim=-1)
     return torch.log(total) - torch.linalg.vecdot(weights, shifted) / total
 
@@ -128,6 +141,7 @@ def rollout_temperatures(
     stats: TemperatureStatistics | None,
     tau: float,
     base_temperature: float,
+    workspace: list[torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """Per-row sampling temperature T_t = T0 (1 + tau h_t) of HAPO §2.5 (arXiv 2509.16591).
 
@@ -136,13 +150,14 @@ def rollout_temperatures(
         stats: the previous training batch's statistics; ``None`` gives T0 for every row.
         tau: adaptation strength in [0, 1).
         base_temperature: T0.
+        workspace: reusable buffers for :func:`logits_entropy`.
 
     Returns:
         (B,) float32 temperatures in [T0 (1 - tau), T0 (1 + tau)].
     """
     if stats is None or tau == 0:
         return torch.full(logits.shape[:-1], float(base_temperature), dtype=torch.float32, device=logits.device)
-    entropy = logits_entropy(logits)
+    entropy = logits_entropy(logits, workspace)
     z = (torch.log(entropy.clamp(min=ROLLOUT_LOG_ENTROPY_FLOOR)) - stats.pivot) / (stats.scale + ROLLOUT_SCALE_EPS)
     h = torch.where(z > 0, z * stats.scale_pos, z * stats.scale_neg).clamp(-1.0, 1.0)
     return base_temperature * (1.0 + tau * h)
@@ -232,9 +247,10 @@ class AdaptiveTemperatureLogitsProcessor(LogitsProcessor):
         self.history: list[dict[str, torch.Tensor]] | None = [] if keep_history else None
         self._finished: torch.Tensor | None = None
         self._steps: list[tuple[torch.Tensor, torch.Tensor]] = []  # (temperatures, active) per decoding step
+        self._workspace: list[torch.Tensor] = []  # the entropy's two vocabulary-sized buffers, reused every step
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.Tensor) -> torch.Tensor:
-        temperatures = rollout_temperatures(scores, self.stats, self.tau, self.base_temperature)
+        temperatures = rollout_temperatures(scores, self.stats, self.tau, self.base_temperature, self._workspace)
         processed = scores / temperatures.unsqueeze(-1).to(scores.dtype)
         for warper in self.warpers:
             processed = warper(input_ids, processed)
