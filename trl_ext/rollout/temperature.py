@@ -123,15 +123,12 @@ def logits_entropy(logits: torch.Tensor, workspace: list[torch.Tensor] | None = 
             memory mapped anew at every call; ``benchmarks/hapo_sampler.py``).
     """
     x = logits.float()
-    if workspace is None:
-        shifted = (x - x.amax(dim=-1, keepdim=True)).clamp_(min=_ENTROPY_SHIFT_FLOOR)
-        weights = torch.exp(shifted)
-    else:
-        if len(workspace) != 2 or workspace[0].shape != x.shape or workspace[0].device != x.device:
-            workspace[:] = [torch.empty(x.shape, dtype=torch.float32, device=x.device) for _ in range(2)]
-        shifted, weights = workspace
-        torch.sub(x, x.amax(dim=-1, keepdim=True), out=shifted).clamp_(min=_ENTROPY_SHIFT_FLOOR)
-        torch.exp(shifted, out=weights)
+    workspace = [] if workspace is None else workspace
+    if len(workspace) != 2 or workspace[0].shape != x.shape or workspace[0].device != x.device:
+        workspace[:] = [torch.empty(x.shape, dtype=torch.float32, device=x.device) for _ in range(2)]
+    shifted, weights = workspace
+    torch.sub(x, x.amax(dim=-1, keepdim=True), out=shifted).clamp_(min=_ENTROPY_SHIFT_FLOOR)
+    torch.exp(shifted, out=weights)
     total = weights.sum(dim=-1)
     return torch.log(total) - torch.linalg.vecdot(weights, shifted) / total
 
