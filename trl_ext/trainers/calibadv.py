@@ -310,7 +310,7 @@ class CalibAdvTrainer(BaseGRPOTrainer):
                 own_retriever = build_retriever(config)
             elif isinstance(retriever, HTTPRetriever):
                 own_retriever = retriever
-            if isinstance(own_retriever, HTTPRetriever) and config.calibadv_retriever_check:
+            if own_retriever is not None and config.calibadv_retriever_check:
                 own_retriever.check()
         elif retriever is not None:
             raise ValueError("pass either `retriever` (for the built-in rollout) or your own `rollout_func`, not both")
