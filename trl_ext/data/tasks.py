@@ -36,13 +36,16 @@ __all__ = [
     "QUICKSTART_SETTINGS",
     "RewardFunc",
     "Task",
+    "COUNT_CHAIN_LENGTH",
     "accuracy",
     "completion_text",
+    "count_chain_reward",
     "get_task",
     "list_tasks",
     "make_addition_dataset",
     "make_arithmetic_dataset",
     "make_arithmetic_variants_dataset",
+    "make_count_chain_dataset",
     "make_quickstart_dataset",
     "register_task",
 ]
@@ -318,6 +321,62 @@ def make_quickstart_dataset(num_rows: int | None = None, seed: int | None = None
     )
 
 
+# ---------------------------------------------------------------------------------------------------------------------
+# Count-up chain (long completions: MinPRO's experiment)
+# ---------------------------------------------------------------------------------------------------------------------
+
+#: Tokens in a ``count_chain`` answer.
+COUNT_CHAIN_LENGTH: int = 12
+
+
+def make_count_chain_dataset(num_rows: int = 4096, seed: int = 0) -> Dataset:
+    """Prompts ``"d="`` for a start digit d; the answer counts up from d for `COUNT_CHAIN_LENGTH` digits, mod 10.
+
+    ``"3="`` -> ``"456789012345"``. Every token of the answer depends on the one before it, so a completion's prefix
+    decides whether its later tokens can earn reward: the regime of prefix importance weights (MinPRO). ``id`` reads
+    ``"count_chain/d"``. Start digits are drawn uniformly.
+    """
+    from datasets import Dataset
+
+    _check_rows(num_rows, seed)
+    rng = random.Random(seed)
+    starts = [rng.randrange(10) for _ in range(num_rows)]
+    return Dataset.from_dict(
+        {
+            "prompt": [f"{d}=" for d in starts],
+            "answer": ["".join(str((d + k) % 10) for k in range(1, COUNT_CHAIN_LENGTH + 1)) for d in starts],
+            "id": [f"count_chain/{d}" for d in starts],
+        }
+    )
+
+
+def count_chain_reward(
+    prompts: Sequence[Any], completions: Sequence[Any], answer: Sequence[str | None] | None = None, **kwargs: Any
+) -> list[float | None]:
+    """Length of the completion's prefix that matches the ``answer`` column, divided by the answer's length.
+
+    Partial credit in [0, 1]: ``"4567x"`` for the answer ``"456789012345"`` scores 4/12; characters after the answer's
+    length are ignored. A missing answer gives None (unscorable).
+
+    Raises:
+        ValueError: if the dataset has no ``answer`` column.
+    """
+    if answer is None:
+        raise ValueError("The `count_chain_reward` reward needs an `answer` column in the dataset.")
+    rewards: list[float | None] = []
+    for completion, target in zip(completions, answer, strict=True):
+        if not target:
+            rewards.append(None)
+            continue
+        text, right = completion_text(completion), 0
+        for got, want in zip(text, str(target)):
+            if got != want:
+                break
+            right += 1
+        rewards.append(right / len(str(target)))
+    return rewards
+
+
 def _make_copy_dataset(num_rows: int, seed: int) -> Dataset:
     return make_arithmetic_dataset(num_rows, seed, levels=[0])
 
@@ -366,6 +425,17 @@ register_task(
         max_completion_length=2,
         alphabet=ARITHMETIC_ALPHABET,
         default_num_rows=ARITHMETIC_NUM_PROBLEMS,
+    )
+)
+register_task(
+    Task(
+        name="count_chain",
+        description="Count up 12 digits from a start digit (partial credit per right prefix token): long completions.",
+        make_dataset=make_count_chain_dataset,
+        reward_funcs=[count_chain_reward],
+        max_completion_length=COUNT_CHAIN_LENGTH,
+        alphabet="0123456789=",
+        binary_rewards=False,
     )
 )
 register_task(
