@@ -9,12 +9,16 @@ The quickstart's setting (``trl_ext.data.QUICKSTART_SETTINGS``): a tiny randomly
 task (8192 rows, four difficulty levels), 16 prompts x 8 completions per step, lr 1e-3 linear, T = 1, no KL, one
 update per batch. Every trainer runs with its spec defaults from the same weights, data order and seed. ``minpro``
 is on-policy here, where it equals ``grpo`` by construction (its off-policy behaviour is
-``benchmarks/minpro_offpolicy.py``); ``diva`` needs unique problem ids and is compared on its own task by
+``benchmarks/minpro_chain.py``); ``diva`` needs unique problem ids and is compared on its own task by
 ``benchmarks/diva_variants.py``; ``calibadv`` needs the search rollout.
 
 Reported per trainer, over seeds: the reward curve (10-step moving average; mean and range), the steps at which the
 moving average first reaches 0.5 and 0.8, the mean reward over the last 30 steps, and the fraction of all-equal
 groups (TRL's ``frac_reward_zero_std``) over training. Writes ``benchmarks/results/learning.json`` and ``.png``.
+
+What it can and cannot show: one update per batch (so every importance ratio is 1) and 2-token completions, so
+MinPRO's weight and HAPO's clipping are inert and no method's mechanism is exercised. It checks that every trainer
+learns the task as well as ``grpo`` does; the experiments in each paper's regime are in docs/results.md.
 """
 
 from __future__ import annotations
