@@ -265,3 +265,13 @@ def test_under_accelerate_launch_every_run_uses_both_processes(tmp_path):
         assert run["num_processes"] == 2
         assert run["completions"] == [128, 256]  # 64 per process x 2 processes per step
         assert all(math.isfinite(r) for r in run["reward"])
+
+
+@pytest.mark.parametrize("threads", ["0", "-2"])
+def test_compare_rejects_threads_below_one(threads, capsys):
+    from trl_ext.compare import compare_main
+
+    with pytest.raises(SystemExit) as exit_info:
+        compare_main(["--trainers", "grpo", "--threads", threads, "--output_dir", "/nonexistent/never-written"])
+    assert exit_info.value.code == 2
+    assert f"--threads must be at least 1 (torch CPU threads), got {threads}" in capsys.readouterr().err

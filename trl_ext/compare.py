@@ -682,6 +682,8 @@ def compare_main(argv: list[str] | None = None) -> dict:
         "--threads", type=int, default=None, help="torch CPU threads (default: torch's; 1 suits tiny models)"
     )
     options, extra = parser.parse_known_args(argv)
+    if options.threads is not None and options.threads < 1:
+        parser.error(f"--threads must be at least 1 (torch CPU threads), got {options.threads}")
     seeds: int | list[int] = options.seeds
     if len(options.seeds) == 1 and not options.seed_list:
         seeds = options.seeds[0]
