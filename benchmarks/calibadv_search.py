@@ -5,6 +5,10 @@ failed trajectories, and answer F1 over training.
     python benchmarks/calibadv_search.py --lr 1e-4 --out benchmarks/results/calibadv_search_lr1e-4.json
     python benchmarks/calibadv_search.py --seeds 0 --steps 10 --sft_steps 300   # a quick look (a weak warm start)
 
+This two-arm run (results ``calibadv_search.json``, lr 3e-4, and ``calibadv_search_lr1e-4.json``) is the earlier
+benchmark; ``calibadv_ablation.py`` imports this module for the four-arm ablation at lr 5e-4 (``ARM_SWITCHES``) and the
+comparison of the step judgement with the task's supporting documents.
+
 Task: ``deepsearch`` (world 0: 224 two- and three-hop questions over 148 invented-entity documents), BM25 over its
 corpus (``calibadv_corpus_path="deepsearch"``), top-2 documents per search, observations cut to 180 tokens (the first
 document always whole), up to 3 executed searches and a final answer turn (``calibadv_max_turns=3``), ``<think>``
@@ -88,7 +92,14 @@ from common import moving_average, replot  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
 ARMS = ("grpo", "calibadv")
-COLORS = {"grpo": "tab:blue", "calibadv": "tab:orange"}
+#: Each arm's (``calibadv_soft_penalty``, ``calibadv_answer_rebalance``); ``calibadv_ablation.py`` runs all four.
+ARM_SWITCHES = {
+    "grpo": (False, False),
+    "soft_penalty": (True, False),
+    "rebalance": (False, True),
+    "calibadv": (True, True),
+}
+COLORS = {"grpo": "tab:blue", "soft_penalty": "tab:green", "rebalance": "tab:purple", "calibadv": "tab:orange"}
 WORLD_SEED = 0
 #: Rollout settings shared by the warm start and the RL runs.
 ROLLOUT = {"max_turns": 3, "max_tokens_per_turn": 64, "max_obs_tokens": 180, "top_k": 2, "prepend_think_token": True}
@@ -440,20 +451,21 @@ def make_eval_callback(trainer_ref: dict, rollout, questions, every: int, curve:
     return PeriodicEvaluation()
 
 
-def train_run(arm: str, checkpoint: str, seed: int, options, initial_eval: dict) -> dict:
-    """One RL run of ``arm`` from the warm start; returns its per-step records and evaluation curve."""
+def train_run(arm: str, checkpoint: str, seed: int, options, initial_eval: dict, trainer_cls=None) -> dict:
+    """One RL run of ``arm`` (a key of :data:`ARM_SWITCHES`) from the warm start; returns its per-step records and
+    evaluation curve. ``trainer_cls``: a subclass of :func:`make_recording_trainer_class`'s class (default: it)."""
     from transformers import PrinterCallback
 
     from trl_ext import CalibAdvConfig
     from trl_ext.data.deepsearch import make_deepsearch_dataset
     from trl_ext.rewards.qa import make_qa_f1_format_reward
 
-    calibrate = arm == "calibadv"
+    soft_penalty, answer_rebalance = ARM_SWITCHES[arm]
     prompts_per_step = options.batch // options.group
     dataset = make_deepsearch_dataset(
         options.steps * prompts_per_step, seed, world_seed=WORLD_SEED, prompt_builder=question_prompt
     )
-    trainer_cls = make_recording_trainer_class()
+    trainer_cls = trainer_cls or make_recording_trainer_class()
     with tempfile.TemporaryDirectory() as output_dir:
         args = CalibAdvConfig(
             output_dir=output_dir,
@@ -483,8 +495,8 @@ def train_run(arm: str, checkpoint: str, seed: int, options, initial_eval: dict)
             calibadv_max_obs_tokens=ROLLOUT["max_obs_tokens"],
             calibadv_topk=ROLLOUT["top_k"],
             calibadv_prepend_think_token=ROLLOUT["prepend_think_token"],
-            calibadv_soft_penalty=calibrate,
-            calibadv_answer_rebalance=calibrate,
+            calibadv_soft_penalty=soft_penalty,
+            calibadv_answer_rebalance=answer_rebalance,
         )
         trainer = trainer_cls(
             model=checkpoint,
