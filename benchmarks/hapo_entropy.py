@@ -1,5 +1,9 @@
 """`grpo` versus `hapo` on the built-in task: policy-entropy trajectories over seeds, and HAPO's step-time overhead.
 
+Superseded for the learning question by ``benchmarks/hapo_fork.py``: its task has 2-token completions and trains
+on-policy, so HAPO's clip terms never act and no fork token exists; its entropy comparison is not evidence about
+HAPO's mechanism. Kept for the step-time measurements quoted in ``docs/trainers/hapo.md``.
+
     python benchmarks/hapo_entropy.py                                  # the measured configuration (CPU, 5-10 minutes)
     python benchmarks/hapo_entropy.py --seeds 0 --steps 60 --repeats 2  # a quick look
 

@@ -1,0 +1,758 @@
+"""HAPO on a task with one high-entropy fork token and a long deterministic chain, off-policy enough that clipping acts.
+
+    python benchmarks/hapo_fork.py                  # 8 arms x 3 seeds, one process: about 3 min of one core
+
+    # the same split over two processes (how the stored results were made: 97 s + 87 s), then merged into
+    # benchmarks/results/hapo_fork.json and .png
+    python benchmarks/hapo_fork.py --arms dapo hapo_reference hapo_signed dualclip_only --output /tmp/a.json
+    python benchmarks/hapo_fork.py --arms temperature_only tlga_only adr_only aac_only --output /tmp/b.json
+    python benchmarks/hapo_fork.py --merge /tmp/a.json /tmp/b.json
+
+    python benchmarks/hapo_fork.py --seeds 0 --steps 48 --arms dapo hapo_signed --output /tmp/x.json   # a quick look
+
+Each run (160 optimizer steps) takes 5-15 s of one core; most of the wall time is start-up and waiting for a core.
+
+**Task.** The prompt is ``d=`` for a digit d (10 prompts). A correct completion counts up *or* down from d for
+``L = --chain`` digits and then stops (EOS): for d=3, ``4567890123`` or ``2109876543``. The reward is the length of
+the correct prefix of the L+1 target tokens (the L digits, then EOS) under the direction its first token chose,
+divided by L+1; both directions are equally good. So the first completion token is a *fork* with two right answers
+(ideal entropy ln 2 = 0.693 nats if exploration is kept) and every later token is deterministic. Alphabet: the ten
+digits and ``=`` (14 tokens with the specials).
+
+**Model.** A tiny random Qwen2 (hidden 64, 2 layers) warm-started by a short supervised pass (``--sft_steps``
+cross-entropy steps on equal numbers of up and down chains), so that RL starts with a balanced fork (entropy near
+ln 2) and a chain that is learned only partly (mean reward well below 1): RL then has something to learn on the chain,
+and the question is only what it does to the fork on the way. (Improvement over the suggested design: from random
+init the fork entropy first has to fall from ln 14 to ln 2 while the format is learned, which mixes learning with
+collapse.)
+
+**Regime.** 32 prompts x 8 completions per generation batch, micro-batches of 32 completions, one micro-batch per
+optimizer step (``gradient_accumulation_steps=1``) and ``steps_per_generation=8``: every generation batch is used for
+8 optimizer steps, the last 7 off-policy; lr ``--lr`` = 2e-3 (constant; 3e-3 destabilised the baseline in pilots,
+1e-3 clipped < 1% of tokens), 160 optimizer steps, T0 = 1, no KL, ``loss_type="dapo"``, ``max_grad_norm=1``,
+``max_completion_length = L + 3``. Arms (all with eps_low 0.2, eps_high 0.28, so that only HAPO's components differ):
+
+* ``dapo``: the baseline, the ``grpo`` trainer (TRL's loss) with clip-higher (0.2 / 0.28), no KL;
+* ``hapo_reference`` / ``hapo_signed``: the ``hapo`` trainer with all components (adaptive temperature, TLGA, ADR,
+  AAC, dual clip c=10) in ``hapo_entropy_sign_mode`` ``"reference"`` (the authors' code) and ``"signed"``;
+* one component alone (``hapo`` trainer, signed mode, every other switch off and ``hapo_dual_clip_c=None``):
+  ``temperature_only``, ``tlga_only``, ``adr_only``, ``aac_only``, ``dualclip_only``.
+
+**Measured over training.**
+
+* Fork entropy (exact): at the start and every 4 optimizer steps, the entropy (T=1) of the first completion token's distribution
+  for each of the 10 prompts, averaged over the prompts; also the *direction entropy*, the binary entropy of
+  p(up) / (p(up) + p(down)), and the probability of a valid first token p(up) + p(down).
+* Chain entropy: the mean policy entropy (from the loss forward pass) at completion positions >= 1 of the sampled
+  completions, per optimizer step.
+* Clip fractions per bucket: the loss is instrumented (a subclass of the arm's trainer class that reads the loss
+  context after the surrogate; the package is not changed). A token is *clipped* when its ratio left
+  [1 - eps_low_t, 1 + eps_high_t] on the side that zeroes its gradient (A > 0 and r > 1 + eps_high_t, or A < 0 and
+  r < 1 - eps_low_t; A after HAPO's redistribution, eps_t after its adaptive clip); the dual clip (A < 0, r > c) is
+  counted separately. Fractions are over the loss tokens of off-policy micro-batches (the first micro-batch of each
+  generation batch has r = 1), in two bucketings: by position (fork = completion position 0, chain = later) and by
+  entropy (high = entropy above the micro-batch's 0.8-quantile, which is HAPO's pivot, low = the rest). The same
+  tokens are also tested against the baseline's fixed bounds with TRL's advantage (``clip_at_base_*``): a lower
+  ``clip_*`` with an unchanged ``clip_at_base_*`` means wider bounds, a lower ``clip_at_base_*`` means smaller ratio
+  moves.
+* Completion length (TRL's ``completions/mean_length``; its drift over training) and reward.
+
+**Controls.** (1) Clipping acts: the baseline's clip fraction on off-policy tokens must be at least 1%, else the lr is
+too low for the clip terms to matter. (2) There is a collapse to prevent: the baseline's fork entropy over the last
+quarter of training must be below half of its starting value, else the task is not hard enough to show anything.
+
+**Falsifier (written before the measured run).** For each full HAPO arm (``hapo_reference``, ``hapo_signed``)
+separately, the claim "HAPO keeps exploration at forking tokens by clipping high-entropy tokens less" is
+
+* falsified if its fork entropy falls as fast as the baseline's: the 3-seed mean of the fork entropy averaged over
+  all evaluation points after the start is not higher than the baseline's (difference <= 0), or
+* falsified if high-entropy tokens are not clipped less: its clip fraction on the high-entropy bucket (off-policy
+  tokens, whole run, 3-seed mean) is not lower than the baseline's on the same bucket;
+* supported if neither holds and the fork-entropy difference is positive on every seed (paired by seed: same initial
+  model and data); inconclusive otherwise, or if a control fails.
+
+Writes ``benchmarks/results/hapo_fork.json`` and ``benchmarks/results/hapo_fork.png``. One torch thread (set here).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import statistics
+import sys
+import tempfile
+import time
+from collections import defaultdict
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+RESULTS = Path(__file__).parent / "results"
+ALPHABET = "0123456789="
+DIGITS = "0123456789"
+FALSIFIER = (
+    "For each full HAPO arm (hapo_reference, hapo_signed) separately: falsified if the 3-seed mean of its fork "
+    "entropy averaged over all evaluation points after the start is not higher than the dapo baseline's "
+    "(difference <= 0), or if its clip fraction on the high-entropy bucket (entropy above the micro-batch 0.8-quantile, "
+    "off-policy tokens, whole run, 3-seed mean) is not lower than the baseline's on the same bucket. Supported if "
+    "neither holds and the fork-entropy difference is positive on every seed (paired); inconclusive otherwise or if a "
+    "control fails (baseline clip fraction on off-policy tokens < 1%, or baseline fork entropy over the last quarter "
+    "not below half its start)."
+)
+BASE_CLIP = {"loss_type": "dapo", "epsilon": 0.2, "epsilon_high": 0.28, "beta": 0.0}
+_ALL_OFF = {
+    "hapo_adaptive_temperature": False,
+    "hapo_token_level_advantage": False,
+    "hapo_adaptive_advantage": False,
+    "hapo_adaptive_clip": False,
+    "hapo_dual_clip_c": None,
+}
+#: arm -> (registered trainer, config fields on top of BASE_CLIP)
+ARMS: dict[str, tuple[str, dict]] = {
+    "dapo": ("grpo", {}),
+    "hapo_reference": ("hapo", {"hapo_entropy_sign_mode": "reference"}),
+    "hapo_signed": ("hapo", {"hapo_entropy_sign_mode": "signed"}),
+    "temperature_only": ("hapo", {**_ALL_OFF, "hapo_adaptive_temperature": True}),
+    "tlga_only": ("hapo", {**_ALL_OFF, "hapo_token_level_advantage": True}),
+    "adr_only": ("hapo", {**_ALL_OFF, "hapo_adaptive_advantage": True}),
+    "aac_only": ("hapo", {**_ALL_OFF, "hapo_adaptive_clip": True}),
+    "dualclip_only": ("hapo", {**_ALL_OFF, "hapo_dual_clip_c": 10.0}),
+}
+COLORS = {
+    "dapo": "black",
+    "hapo_reference": "tab:red",
+    "hapo_signed": "tab:blue",
+    "temperature_only": "tab:orange",
+    "tlga_only": "tab:green",
+    "adr_only": "tab:purple",
+    "aac_only": "tab:brown",
+    "dualclip_only": "tab:gray",
+}
+BUCKETS = ("fork", "chain", "high", "low")
+FORK_EVERY = 4  # optimizer steps between exact fork-entropy evaluations
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# The task (pure functions)
+# ----------------------------------------------------------------------------------------------------------------------
+def target(digit: int, direction: int, length: int) -> str:
+    """The L digits that count from ``digit`` in ``direction`` (+1 up, -1 down), modulo 10, ``digit`` excluded."""
+    return "".join(str((digit + direction * k) % 10) for k in range(1, length + 1))
+
+
+def fork_reward(digit: int, text: str, ended: bool, length: int) -> float:
+    """Correct-prefix length of the L+1 targets (L digits, then EOS) under the direction of the first token, / (L+1).
+
+    ``text`` is the completion with one character per generated token (tokens outside the digits as any non-digit
+    character) and without the EOS; ``ended`` says whether the completion stopped with EOS right after ``text``.
+    """
+    if not text:
+        return 0.0
+    if text[0] == str((digit + 1) % 10):
+        goal = target(digit, 1, length)
+    elif text[0] == str((digit - 1) % 10):
+        goal = target(digit, -1, length)
+    else:
+        return 0.0
+    prefix = 0
+    for got, want in zip(text, goal):
+        if got != want:
+            break
+        prefix += 1
+    if prefix == length and len(text) == length and ended:
+        prefix += 1
+    return prefix / (length + 1)
+
+
+def binary_entropy(p: float) -> float:
+    """Entropy in nats of a Bernoulli(p)."""
+    return -sum(q * math.log(q) for q in (p, 1 - p) if q > 0)
+
+
+def clip_flags(ratio, advantages, clip_low, clip_high, dual_clip_c=None):
+    """Per-token bool tensors (clipped, dual_clipped) of a PPO-style surrogate.
+
+    clipped: the ratio left [1 - eps_low, 1 + eps_high] on the side where the clipped branch is active, which zeroes
+    the token's gradient (A > 0 and r > 1 + eps_high, or A < 0 and r < 1 - eps_low). dual_clipped: A < 0 and r > c
+    (the dual clip caps the loss, zeroing the gradient too); all False when ``dual_clip_c`` is None.
+    """
+    import torch
+
+    clipped = ((advantages > 0) & (ratio > 1 + clip_high)) | ((advantages < 0) & (ratio < 1 - clip_low))
+    if dual_clip_c is None:
+        dual = torch.zeros_like(clipped)
+    else:
+        dual = (advantages < 0) & (ratio > dual_clip_c)
+    return clipped, dual
+
+
+def bucket_masks(entropies, mask, pivot_quantile: float = 0.8) -> dict:
+    """Bool (B, T) masks of the four buckets over the loss tokens ``mask``: fork (position 0), chain (positions >= 1),
+    high (entropy above the micro-batch's nearest-rank ``pivot_quantile`` of the loss tokens' entropies, HAPO's pivot)
+    and low (the rest)."""
+    import torch
+
+    valid = mask.bool()
+    position = torch.arange(mask.shape[1], device=mask.device).unsqueeze(0).expand_as(valid)
+    values = entropies[valid]
+    if values.numel() == 0:
+        high = torch.zeros_like(valid)
+    else:
+        index = round(pivot_quantile * (values.numel() - 1))
+        pivot = torch.kthvalue(values.float(), index + 1).values
+        high = valid & (entropies > pivot)
+    return {"fork": valid & (position == 0), "chain": valid & (position > 0), "high": high, "low": valid & ~high}
+
+
+def fork_statistics(probs, digits: list[int], digit_ids: list[int]) -> dict:
+    """Fork metrics from the first-token distributions ``probs`` (P, V) of the prompts ``digits`` (T=1).
+
+    Returns the mean over prompts of the entropy of the whole distribution (``fork_entropy``), of the binary entropy
+    of p(up) / (p(up) + p(down)) (``direction_entropy``), and of p(up) + p(down) (``valid``).
+    """
+    import torch
+
+    probs = probs.double()
+    entropy = -(probs * torch.log(probs.clamp(min=1e-30))).sum(-1)
+    ups = torch.stack([probs[i, digit_ids[(d + 1) % 10]] for i, d in enumerate(digits)])
+    downs = torch.stack([probs[i, digit_ids[(d - 1) % 10]] for i, d in enumerate(digits)])
+    valid = ups + downs
+    direction = [binary_entropy(float(u / v)) if v > 0 else 0.0 for u, v in zip(ups, valid)]
+    return {
+        "fork_entropy": float(entropy.mean()),
+        "direction_entropy": statistics.fmean(direction),
+        "valid": float(valid.mean()),
+        "p_up": float((ups / valid.clamp(min=1e-30)).mean()),
+    }
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Model, warm start, data
+# ----------------------------------------------------------------------------------------------------------------------
+def _tokenizer_ids(tokenizer) -> tuple[list[int], int, int]:
+    digit_ids = [tokenizer.convert_tokens_to_ids(d) for d in DIGITS]
+    equals = tokenizer.convert_tokens_to_ids("=")
+    return digit_ids, equals, tokenizer.eos_token_id
+
+
+def warm_start(seed: int, options) -> str:
+    """A tiny random Qwen2 trained for ``options.sft_steps`` cross-entropy steps on up and down chains (cached)."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from trl_ext.testing import build_tiny_checkpoint
+
+    root = Path(tempfile.gettempdir()) / "trl-ext-hapo-fork"
+    base = build_tiny_checkpoint(
+        str(root / f"init-seed{seed}"),
+        alphabet=ALPHABET,
+        hidden_size=64,
+        num_layers=2,
+        num_heads=4,
+        initializer_range=0.1,
+        seed=seed,
+    )
+    out = root / f"sft-seed{seed}-steps{options.sft_steps}-lr{options.sft_lr}-L{options.chain}"
+    if (out / "done").exists():
+        return str(out)
+    tokenizer = AutoTokenizer.from_pretrained(base)
+    model = AutoModelForCausalLM.from_pretrained(base)
+    digit_ids, equals, eos = _tokenizer_ids(tokenizer)
+    rows = []
+    for digit in range(10):
+        for direction in (1, -1):
+            chain = [digit_ids[int(c)] for c in target(digit, direction, options.chain)]
+            rows.append([digit_ids[digit], equals, *chain, eos])
+    data = torch.tensor(rows)
+    labels = data.clone()
+    labels[:, :2] = -100  # loss on the completion only (prompt "d=" is 2 tokens)
+    generator = torch.Generator().manual_seed(seed)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=options.sft_lr, weight_decay=0.0)
+    model.train()
+    for _ in range(options.sft_steps):
+        index = torch.randint(0, len(rows), (32,), generator=generator)
+        loss = model(input_ids=data[index], labels=labels[index]).loss
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    (out / "done").write_text("ok")
+    return str(out)
+
+
+def make_dataset(num_rows: int, seed: int):
+    """Rows ``{"prompt": "d=", "digit": d}``, each digit equally often, shuffled with ``seed``."""
+    import random
+
+    from datasets import Dataset
+
+    digits = [i % 10 for i in range(num_rows)]
+    random.Random(seed).shuffle(digits)
+    return Dataset.from_dict({"prompt": [f"{d}=" for d in digits], "digit": digits})
+
+
+def make_reward(tokenizer, length: int):
+    digit_ids, _, eos = _tokenizer_ids(tokenizer)
+    id_to_char = {token: DIGITS[i] for i, token in enumerate(digit_ids)}
+
+    def chain_reward(prompts, completions, completion_ids, digit, **kwargs):
+        rewards = []
+        for ids, d in zip(completion_ids, digit, strict=True):
+            ids = list(ids)
+            ended = bool(ids) and ids[-1] == eos
+            text = "".join(id_to_char.get(t, "?") for t in (ids[:-1] if ended else ids))
+            rewards.append(fork_reward(int(d), text, ended, length))
+        return rewards
+
+    return chain_reward
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Instrumentation
+# ----------------------------------------------------------------------------------------------------------------------
+class Recorder:
+    """Per-optimizer-step sums of the loss-side measurements, filled by the instrumented trainer."""
+
+    def __init__(self) -> None:
+        self.steps: list[dict] = []
+        self.current: dict = defaultdict(float)
+
+    def add(self, key: str, value: float) -> None:
+        self.current[key] += value
+
+    def close_step(self) -> None:
+        self.steps.append(dict(self.current))
+        self.current = defaultdict(float)
+
+
+def instrumented(trainer_cls, recorder: Recorder):
+    """A subclass of ``trainer_cls`` whose loss metrics step also feeds ``recorder`` (train micro-batches only)."""
+    import torch
+
+    class Instrumented(trainer_cls):
+        def _loss_metrics(self, ctx):
+            super()._loss_metrics(ctx)
+            if ctx.mode != "train":
+                return
+            with torch.no_grad():
+                mask = ctx.mask.bool()
+                ent = ctx.entropies.detach()
+                # With gradient_accumulation_steps=1 and num_iterations=1 the micro-batch at global_step % spg == 0
+                # is the first of its generation batch (pi_old = pi_theta, r = 1); every later one is off-policy.
+                off_policy = self.state.global_step % self.args.steps_per_generation != 0
+                dual_c = (
+                    getattr(self.policy_objective, "dual_clip_c", None)
+                    if hasattr(self.args, "hapo_dual_clip_c")
+                    else None
+                )
+                ratio = ctx.ratio.detach()
+                adv = (
+                    ctx.advantages.detach().expand_as(ratio)
+                    if ctx.advantages.shape != ratio.shape
+                    else ctx.advantages.detach()
+                )
+                clipped, dual = clip_flags(ratio, adv, ctx.clip_low, ctx.clip_high, dual_c)
+                # The same tokens against the baseline's fixed bounds (and TRL's advantage before any redistribution):
+                # separates "wider bounds" from "ratios that moved less".
+                base_adv = ctx.inputs["advantages"].detach()
+                base_adv = base_adv.unsqueeze(1) if base_adv.dim() == 1 else base_adv
+                at_base, _ = clip_flags(
+                    ratio, base_adv.expand_as(ratio), BASE_CLIP["epsilon"], BASE_CLIP["epsilon_high"]
+                )
+                buckets = bucket_masks(ent, mask)
+                position = torch.arange(mask.shape[1]).unsqueeze(0).expand_as(mask)
+                chain = mask & (position > 0)
+                recorder.add("chain_entropy_sum", float(ent[chain].sum()))
+                recorder.add("chain_tokens", float(chain.sum()))
+                recorder.add("fork_sampled_entropy_sum", float(ent[:, 0][mask[:, 0]].sum()))
+                recorder.add("fork_sampled_tokens", float(mask[:, 0].sum()))
+                if off_policy:
+                    for name, bucket in buckets.items():
+                        recorder.add(f"{name}_tokens", float(bucket.sum()))
+                        recorder.add(f"{name}_clipped", float((clipped & bucket).sum()))
+                        recorder.add(f"{name}_dual", float((dual & bucket).sum()))
+                        recorder.add(f"{name}_clipped_at_base", float((at_base & bucket).sum()))
+                        recorder.add(f"{name}_ratio_dev", float((ratio - 1).abs()[bucket].sum()))
+                    recorder.add("all_tokens", float(mask.sum()))
+                    recorder.add("all_clipped", float((clipped & mask).sum()))
+                    recorder.add("all_dual", float((dual & mask).sum()))
+            if self.accelerator.sync_gradients:
+                recorder.close_step()
+
+    return Instrumented
+
+
+def fork_callback(tokenizer, every: int, records: list[dict]):
+    """A TrainerCallback recording :func:`fork_statistics` at the start and every ``every`` optimizer steps."""
+    import torch
+    from transformers import TrainerCallback
+
+    digit_ids, equals, _ = _tokenizer_ids(tokenizer)
+    prompts = torch.tensor([[digit_ids[d], equals] for d in range(10)])
+
+    def measure(model, step: int) -> None:
+        with torch.no_grad():
+            logits = model(input_ids=prompts.to(model.device)).logits[:, -1, :].float()
+        records.append({"step": step, **fork_statistics(torch.softmax(logits, -1).cpu(), list(range(10)), digit_ids)})
+
+    class Fork(TrainerCallback):
+        def on_train_begin(self, args, state, control, model=None, **kwargs):
+            measure(model, 0)
+
+        def on_step_end(self, args, state, control, model=None, **kwargs):
+            if state.global_step % every == 0:
+                measure(model, state.global_step)
+
+    return Fork()
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# One run
+# ----------------------------------------------------------------------------------------------------------------------
+def train_run(arm: str, checkpoint: str, seed: int, options) -> dict:
+    from transformers import AutoTokenizer, PrinterCallback
+
+    import trl_ext.trainers.hapo  # noqa: F401  (registers "hapo")
+    from trl_ext import get_trainer
+
+    trainer_name, extra = ARMS[arm]
+    trainer_cls, config_cls = get_trainer(trainer_name)
+    recorder = Recorder()
+    forks: list[dict] = []
+    tokenizer = AutoTokenizer.from_pretrained(checkpoint)
+    batch = 32
+    steps_per_generation = options.steps_per_generation
+    with tempfile.TemporaryDirectory() as output_dir:
+        args = config_cls(
+            output_dir=output_dir,
+            logging_steps=1,
+            report_to="none",
+            save_strategy="no",
+            use_cpu=True,
+            bf16=False,
+            disable_tqdm=True,
+            seed=seed,
+            learning_rate=options.lr,
+            lr_scheduler_type="constant",
+            max_grad_norm=1.0,
+            per_device_train_batch_size=batch,
+            gradient_accumulation_steps=1,
+            steps_per_generation=steps_per_generation,
+            num_generations=8,
+            max_completion_length=options.chain + 3,
+            temperature=1.0,
+            max_steps=options.steps,
+            **BASE_CLIP,
+            **extra,
+        )
+        dataset = make_dataset(batch * options.steps + 64, seed)
+        cls = instrumented(trainer_cls, recorder)
+        trainer = cls(
+            model=checkpoint,
+            reward_funcs=[make_reward(tokenizer, options.chain)],
+            args=args,
+            train_dataset=dataset,
+            processing_class=tokenizer,
+        )
+        trainer.remove_callback(PrinterCallback)
+        trainer.add_callback(fork_callback(tokenizer, FORK_EVERY, forks))
+        trainer.train()
+        logs = [dict(e) for e in trainer.state.log_history if "clip_ratio/region_mean" in e]
+    # Rollout metrics (reward, length, temperature) are logged at the steps that generate (every
+    # steps_per_generation-th); TRL's clip metric every step (0 on the first, on-policy, micro-batch).
+    history = [e for e in logs if "reward" in e]
+    return {
+        "fork": forks,
+        "loss_side": recorder.steps,
+        "generation_step": [e["step"] for e in history],
+        "reward": [e["reward"] for e in history],
+        "length": [e.get("completions/mean_length") for e in history],
+        "truncated": [e.get("completions/clipped_ratio") for e in history],
+        "temperature_min": [e.get("hapo/temperature_min") for e in history],
+        "temperature_max": [e.get("hapo/temperature_max") for e in history],
+        "clip_region_trl": [e["clip_ratio/region_mean"] for e in logs],
+    }
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Summary
+# ----------------------------------------------------------------------------------------------------------------------
+def _frac(steps: list[dict], num: str, den: str) -> float | None:
+    n = sum(s.get(num, 0.0) for s in steps)
+    d = sum(s.get(den, 0.0) for s in steps)
+    return n / d if d else None
+
+
+def summarise_run(run: dict) -> dict:
+    forks = run["fork"]
+    quarter = max(1, len(forks) // 4)
+    steps = run["loss_side"]
+    n = len(steps)
+    chain_entropy = [s["chain_entropy_sum"] / s["chain_tokens"] if s.get("chain_tokens") else None for s in steps]
+    q = max(1, n // 4)
+    lengths = [v for v in run["length"] if v is not None]
+    rewards = run["reward"]
+    summary = {
+        "fork_entropy_start": forks[0]["fork_entropy"],
+        "fork_entropy_mean": statistics.fmean(f["fork_entropy"] for f in forks[1:]),
+        "fork_entropy_last_quarter": statistics.fmean(f["fork_entropy"] for f in forks[-quarter:]),
+        "direction_entropy_mean": statistics.fmean(f["direction_entropy"] for f in forks[1:]),
+        "direction_entropy_last_quarter": statistics.fmean(f["direction_entropy"] for f in forks[-quarter:]),
+        "fork_valid_last_quarter": statistics.fmean(f["valid"] for f in forks[-quarter:]),
+        "chain_entropy_first_quarter": statistics.fmean(v for v in chain_entropy[:q] if v is not None),
+        "chain_entropy_last_quarter": statistics.fmean(v for v in chain_entropy[-q:] if v is not None),
+        "reward_first_quarter": statistics.fmean(rewards[: max(1, len(rewards) // 4)]),
+        "reward_last_quarter": statistics.fmean(rewards[-max(1, len(rewards) // 4) :]),
+        "length_first_quarter": statistics.fmean(lengths[: max(1, len(lengths) // 4)]),
+        "length_last_quarter": statistics.fmean(lengths[-max(1, len(lengths) // 4) :]),
+        "clip_all": _frac(steps, "all_clipped", "all_tokens"),
+        "dual_all": _frac(steps, "all_dual", "all_tokens"),
+        # TRL's own clip_ratio/region_mean, averaged over all optimizer steps (on-policy ones included): a cross-check
+        # of the instrumentation (about clip_all x (1 - 1 / steps_per_generation) for the baseline).
+        "clip_trl_region_mean": statistics.fmean(run["clip_region_trl"]),
+    }
+    summary["length_drift"] = summary["length_last_quarter"] - summary["length_first_quarter"]
+    for bucket in BUCKETS:
+        summary[f"clip_{bucket}"] = _frac(steps, f"{bucket}_clipped", f"{bucket}_tokens")
+        summary[f"dual_{bucket}"] = _frac(steps, f"{bucket}_dual", f"{bucket}_tokens")
+        summary[f"ratio_dev_{bucket}"] = _frac(steps, f"{bucket}_ratio_dev", f"{bucket}_tokens")
+        summary[f"clip_at_base_{bucket}"] = _frac(steps, f"{bucket}_clipped_at_base", f"{bucket}_tokens")
+    return summary
+
+
+def _spread(values: list) -> dict | None:
+    numbers = [v for v in values if v is not None]
+    if not numbers:
+        return None
+    return {"mean": statistics.fmean(numbers), "min": min(numbers), "max": max(numbers), "n": len(numbers)}
+
+
+def summarise(runs: dict) -> dict:
+    """Per arm: mean/min/max over seeds of every per-run summary; then the controls and the verdicts."""
+    per_run = {arm: {seed: summarise_run(run) for seed, run in seeds.items()} for arm, seeds in runs.items()}
+    arms = {}
+    for arm, seeds in per_run.items():
+        keys = next(iter(seeds.values())).keys()
+        arms[arm] = {key: _spread([s[key] for s in seeds.values()]) for key in keys}
+    out: dict = {"arms": arms, "per_run": per_run}
+    if "dapo" not in per_run:
+        return out
+    base = arms["dapo"]
+    controls = {
+        "baseline_clip_fraction": base["clip_all"]["mean"],
+        "clipping_acts": base["clip_all"]["mean"] >= 0.01,
+        "baseline_fork_start": base["fork_entropy_start"]["mean"],
+        "baseline_fork_last_quarter": base["fork_entropy_last_quarter"]["mean"],
+        "baseline_collapses": base["fork_entropy_last_quarter"]["mean"] < 0.5 * base["fork_entropy_start"]["mean"],
+    }
+    out["controls"] = controls
+    verdicts = {}
+    for arm in per_run:
+        if arm == "dapo":
+            continue
+        shared = sorted(set(per_run[arm]) & set(per_run["dapo"]))
+        diffs = [per_run[arm][s]["fork_entropy_mean"] - per_run["dapo"][s]["fork_entropy_mean"] for s in shared]
+        mean_diff = statistics.fmean(diffs)
+        high = arms[arm]["clip_high"]["mean"]
+        high_base = base["clip_high"]["mean"]
+        clipped_less = high is not None and high_base is not None and high < high_base
+        if not (controls["clipping_acts"] and controls["baseline_collapses"]):
+            verdict = "inconclusive (control failed)"
+        elif mean_diff <= 0 or not clipped_less:
+            verdict = "falsified"
+        elif all(d > 0 for d in diffs):
+            verdict = "supported"
+        else:
+            verdict = "inconclusive"
+        verdicts[arm] = {
+            "fork_entropy_mean_diff_vs_dapo": mean_diff,
+            "per_seed_diffs": diffs,
+            "clip_high_bucket": high,
+            "clip_high_bucket_dapo": high_base,
+            "high_entropy_clipped_less": clipped_less,
+            "verdict": verdict,
+            "judged_by_falsifier": arm in ("hapo_reference", "hapo_signed") and len(shared) >= 3,
+        }
+    out["verdicts"] = verdicts
+    return out
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Plot
+# ----------------------------------------------------------------------------------------------------------------------
+def plot(report: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    runs = report["runs"]
+    fig, axes = plt.subplots(2, 3, figsize=(17, 9))
+    main_arms = [a for a in ("dapo", "hapo_reference", "hapo_signed") if a in runs]
+    other_arms = [a for a in runs if a not in main_arms]
+
+    def band(ax, arm, series_of, xs_of, style="-", width=1.6):
+        series = [series_of(run) for run in runs[arm].values()]
+        length = min(len(s) for s in series)
+        xs = xs_of(next(iter(runs[arm].values())))[:length]
+        cols = [[s[i] for s in series] for i in range(length)]
+        mean = [statistics.fmean(c) for c in cols]
+        ax.plot(xs, mean, style, color=COLORS[arm], linewidth=width, label=f"{arm} ({len(series)} seeds)")
+        if style == "-":
+            ax.fill_between(xs, [min(c) for c in cols], [max(c) for c in cols], color=COLORS[arm], alpha=0.15)
+
+    def fork_x(run):
+        return [f["step"] for f in run["fork"]]
+
+    for arm in main_arms + other_arms:
+        main = arm in main_arms
+        style, width = ("-", 1.8) if main else ("--", 1.0)
+        band(axes[0, 0], arm, lambda r: [f["fork_entropy"] for f in r["fork"]], fork_x, style, width)
+        band(axes[0, 1], arm, lambda r: [f["direction_entropy"] for f in r["fork"]], fork_x, style, width)
+
+        def chain(r):
+            return [s["chain_entropy_sum"] / s["chain_tokens"] for s in r["loss_side"]]
+
+        band(axes[0, 2], arm, chain, lambda r: list(range(1, len(r["loss_side"]) + 1)), style, width)
+        band(axes[1, 0], arm, lambda r: r["reward"], lambda r: r["generation_step"], style, width)
+        band(axes[1, 1], arm, lambda r: r["length"], lambda r: r["generation_step"], style, width)
+    for ax in (axes[0, 0], axes[0, 1]):
+        ax.axhline(math.log(2), color="gray", linewidth=0.8, linestyle=":")
+    axes[0, 0].set_title("fork entropy (first token, exact, mean of 10 prompts)")
+    axes[0, 1].set_title("fork direction entropy: H(p_up / (p_up + p_down))")
+    axes[0, 2].set_title("chain entropy (positions >= 1, sampled completions)")
+    axes[1, 0].set_title("mean reward")
+    axes[1, 1].set_title("mean completion length (tokens)")
+    for ax in axes.flat[:5]:
+        ax.set_xlabel("optimizer step")
+    axes[0, 0].legend(fontsize=7)
+    arms = report["summary"]["arms"]
+    names = list(arms)
+    width = 0.2
+    for i, bucket in enumerate(BUCKETS):
+        values = [arms[a][f"clip_{bucket}"]["mean"] or 0.0 for a in names]
+        axes[1, 2].bar([k + (i - 1.5) * width for k in range(len(names))], values, width, label=bucket)
+    axes[1, 2].set_xticks(range(len(names)))
+    axes[1, 2].set_xticklabels(names, rotation=40, ha="right", fontsize=7)
+    axes[1, 2].set_title("clip fraction per bucket (off-policy tokens, mean of seeds)")
+    axes[1, 2].legend(fontsize=7)
+    fig.suptitle(
+        "HAPO fork task: count up or down from d for L tokens; fork = first token (ideal ln 2), chain deterministic",
+        fontsize=11,
+    )
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Main
+# ----------------------------------------------------------------------------------------------------------------------
+def print_summary(summary: dict) -> None:
+    keys = [
+        "fork_entropy_start",
+        "fork_entropy_mean",
+        "fork_entropy_last_quarter",
+        "direction_entropy_last_quarter",
+        "chain_entropy_last_quarter",
+        "reward_last_quarter",
+        "length_drift",
+        "clip_all",
+        "clip_fork",
+        "clip_chain",
+        "clip_high",
+        "clip_low",
+        "dual_all",
+    ]
+    print("arm".ljust(18) + "".join(k[:14].rjust(15) for k in keys))
+    for arm, values in summary["arms"].items():
+        cells = []
+        for key in keys:
+            v = values.get(key)
+            cells.append(("-" if v is None else f"{v['mean']:.4f}").rjust(15))
+        print(arm.ljust(18) + "".join(cells))
+    if "controls" in summary:
+        print(json.dumps({"controls": summary["controls"], "verdicts": summary["verdicts"]}, indent=1))
+
+
+def merge(paths: list[str], output: Path) -> dict:
+    runs: dict = {}
+    reports = [json.loads(Path(p).read_text()) for p in paths]
+    for report in reports:
+        for arm, seeds in report["runs"].items():
+            runs.setdefault(arm, {}).update(seeds)
+    merged = dict(reports[0])
+    merged["runs"] = runs
+    merged["arms"] = {arm: spec for report in reports for arm, spec in report["arms"].items()}
+    merged["command"] = [r["command"] for r in reports]
+    merged["wall_s"] = [r["wall_s"] for r in reports]
+    merged["summary"] = summarise(runs)
+    output.write_text(json.dumps(merged, indent=1))
+    plot(merged, output.with_suffix(".png"))
+    print_summary(merged["summary"])
+    return merged
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--arms", nargs="+", default=list(ARMS), choices=list(ARMS))
+    parser.add_argument("--steps", type=int, default=160, help="optimizer steps per run")
+    parser.add_argument("--steps_per_generation", type=int, default=8)
+    parser.add_argument("--lr", type=float, default=2e-3)
+    parser.add_argument("--chain", type=int, default=10, help="L, the chain length")
+    parser.add_argument("--sft_steps", type=int, default=60)
+    parser.add_argument("--sft_lr", type=float, default=3e-3)
+    parser.add_argument("--output", default=str(RESULTS / "hapo_fork.json"))
+    parser.add_argument("--merge", nargs="+", help="merge these result JSONs into --output and plot")
+    options = parser.parse_args(argv)
+    if options.merge:
+        return merge(options.merge, Path(options.output))
+
+    import torch
+
+    torch.set_num_threads(1)
+    start = time.perf_counter()
+    runs: dict = {arm: {} for arm in options.arms}
+    for seed in options.seeds:
+        checkpoint = warm_start(seed, options)
+        for arm in options.arms:
+            t0 = time.perf_counter()
+            runs[arm][str(seed)] = train_run(arm, checkpoint, seed, options)
+            s = summarise_run(runs[arm][str(seed)])
+            print(
+                f"seed {seed} {arm:>16}: {time.perf_counter() - t0:5.1f}s | fork H {s['fork_entropy_start']:.3f} -> "
+                f"{s['fork_entropy_last_quarter']:.3f} (mean {s['fork_entropy_mean']:.3f}) | chain H last "
+                f"{s['chain_entropy_last_quarter']:.3f} | reward {s['reward_first_quarter']:.3f} -> "
+                f"{s['reward_last_quarter']:.3f} | len {s['length_first_quarter']:.2f} -> "
+                f"{s['length_last_quarter']:.2f} | clip all {s['clip_all']:.4f} fork {s['clip_fork']} "
+                f"high {s['clip_high']}",
+                flush=True,
+            )
+    report = {
+        "command": "python " + " ".join([sys.argv[0], *(argv if argv is not None else sys.argv[1:])]),
+        "falsifier": FALSIFIER,
+        "settings": {k: v for k, v in vars(options).items() if k not in ("merge", "output")},
+        "arms": {arm: {"trainer": ARMS[arm][0], "config": {**BASE_CLIP, **ARMS[arm][1]}} for arm in options.arms},
+        "runs": runs,
+    }
+    report["summary"] = summarise(runs)
+    report["wall_s"] = time.perf_counter() - start
+    output = Path(options.output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(json.dumps(report, indent=1))
+    plot(report, output.with_suffix(".png"))
+    print_summary(report["summary"])
+    print(f"wrote {output} and {output.with_suffix('.png')} in {report['wall_s']:.0f}s")
+    return report
+
+
+if __name__ == "__main__":
+    main()
