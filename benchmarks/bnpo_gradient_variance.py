@@ -1,7 +1,28 @@
 """BNPO's claim, measured: the variance of the policy-gradient estimate under BNPO's advantage versus GRPO's.
 
-    python benchmarks/bnpo_gradient_variance.py                          # seeds 0-2, 3 stages, 32 batches (~3 min)
-    python benchmarks/bnpo_gradient_variance.py --seeds 0 --batches 8    # a quick look
+    python benchmarks/bnpo_gradient_variance.py --mode skewed --stages 30 --batches 160   # skewed mode, ~7 min
+    python benchmarks/bnpo_gradient_variance.py                          # legacy mode: seeds 0-2, 3 stages (~3 min)
+    python benchmarks/bnpo_gradient_variance.py --seeds 0 --batches 8    # a quick look (legacy)
+
+**Skewed mode** (``--mode skewed``; ``benchmarks/results/bnpo_gradient_variance_skewed.json``). The paper's batch
+shape, 32 prompts x 16 completions, on a mixture weighted towards hard problems (the arithmetic task's copy,
+successor, no-carry and carry levels drawn with weights 0.05, 0.05, 0.3, 0.6), measured on the quickstart model after
+``--stages`` steps of ordinary GRPO training on the usual mixture (stage 30: mean reward about 0.08, so most success
+rates are near 0 with a tail, and about half the groups are mixed). Every advantage compared is a per-group weight
+times (r - p_hat), and on-policy the loss gradient is linear in the advantages, so for each batch the script computes
+V_k, the loss gradient whose advantages are (r - p_hat) on the groups with k successes and 0 elsewhere, and gets the
+gradient of any advantage as sum_k w(k) V_k (checked against the directly computed GRPO and BNPO gradients on the
+first batch). Arms on the same completions: ``grpo`` (TRL's advantage), ``bnpo`` (the package's
+``beta_normalized_advantages``, refitted on each batch), and 1 / f_Beta(p_hat; alpha, beta) for (alpha, beta) on a
+log grid 2^(k/2), 1/16 to 8 (alpha = beta = 1 is REINFORCE with the group-mean baseline). Relative variance
+RV = E||g - Eg||^2 / ||Eg||^2 over ``--batches`` batches, with ||Eg||^2 estimated without bias (||mean g||^2 -
+tr(Cov)/N). Control: the batches must be skewed and informative (mean fitted beta / alpha >= 1.3, >= 25% mixed
+groups), else the stage is inconclusive. Falsifier (written before the run): at a measured stage the 3-seed mean of
+RV(bnpo) / RV(grpo) >= 1.00 (no reduction) or RV(bnpo) / RV(grid minimum) > 1.05 (far from the minimum).
+
+**Legacy mode** (the default; ``benchmarks/results/bnpo_gradient_variance.json`` holds its last run). Its relative
+variance divides by ||mean g||^2, which includes tr(Cov)/N: with N = 32 batches it saturates towards 32 and pulls
+every ratio towards 1 (new runs also store ``relative_variance_unbiased``).
 
 BNPO (arXiv 2506.02864) chooses the Beta normalisation to reduce the variance of the policy gradient. We measure it
 directly on the quickstart's tiny model and task. For each seed, the model is taken at several *stages* (random init,
@@ -25,11 +46,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import random
 import statistics
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -40,6 +63,18 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 RESULTS = Path(__file__).parent / "results"
 ADVANTAGES = ("grpo", "bnpo", "mean_baseline")
 PROMPTS_PER_BATCH, NUM_GENERATIONS = 16, 8
+SKEWED_LEVEL_WEIGHTS = (0.05, 0.05, 0.3, 0.6)
+SKEWED_FALSIFIER = (
+    "Skewed mode: at each measured stage, falsified if the 3-seed mean of RV(bnpo) / RV(grpo) >= 1.00 (no reduction "
+    "where success rates are skewed) or the 3-seed mean of RV(bnpo) / RV(grid minimum) > 1.05 (the fitted normaliser "
+    "is far from the variance minimum); RV = E||g - Eg||^2 / ||Eg||^2 with ||Eg||^2 estimated without bias."
+)
+SKEWED_CONTROL = (
+    "The measured batches must be skewed and informative: the mean fitted beta / alpha >= 1.3 (success rates skewed "
+    "towards 0, so that BNPO's normaliser differs from GRPO's symmetric one) and >= 25% mixed groups; otherwise the "
+    "stage is inconclusive. The per-group decomposition must reproduce the directly computed GRPO and BNPO gradients "
+    "(relative error < 1e-3, asserted)."
+)
 
 
 def pretrain(checkpoint: str, dataset, task, seed: int, steps: int, out_dir: Path) -> str:
@@ -133,13 +168,297 @@ def variance_report(grads: dict) -> dict:
         stacked = torch.stack(samples)
         mean = stacked.mean(0)
         total = float(((stacked - mean) ** 2).sum(1).mean())
+        n = stacked.shape[0]
+        unbiased_trace = total * n / (n - 1)
         report[name] = {
             "total_variance": total,
+            # Biased: ||mean g||^2 includes tr(Cov) / n, so this saturates near n when the signal is small (the
+            # legacy results file reports only this one).
             "relative_variance": total / float((mean**2).sum()),
+            "relative_variance_unbiased": unbiased_trace / (float((mean**2).sum()) - unbiased_trace / n),
             "mean_grad_norm": float(mean.norm()),
             "cosine_to_grpo_mean": float(torch.nn.functional.cosine_similarity(mean, reference, dim=0)),
         }
     return report
+
+
+SKEWED_GRID = [2.0 ** (k / 2) for k in range(-8, 7)]  # 1/16 .. 8, 15 x 15
+
+
+def skewed_dataset(num_rows: int, seed: int, level_weights: list[float]):
+    """The arithmetic task with its four difficulty levels drawn with `level_weights` (copy, successor, no carry,
+    carry)."""
+    from trl_ext.data.tasks import make_arithmetic_dataset
+
+    return make_arithmetic_dataset(num_rows, seed, levels=[0, 1, 2, 3], weights=level_weights)
+
+
+def grouped_variance_at(
+    checkpoint: str, dataset, task, seed: int, num_batches: int, prompts: int, num_generations: int
+) -> dict:
+    """Relative variance of the loss gradient for GRPO, BNPO (the shipped fit) and every grid normaliser.
+
+    Every advantage here is a per-group weight times (r - p_hat), and on-policy (ratio 1, beta = 0) the loss gradient
+    is linear in the advantages, so g = sum_k w(k) V_k with V_k the gradient of the loss whose advantages are
+    (r - p_hat) on the groups with k successes and 0 elsewhere (at most G - 1 backward passes per batch). GRPO's and
+    BNPO's gradients are also computed directly on the first batch to check this decomposition."""
+    import torch
+
+    from trl_ext import get_trainer
+    from trl_ext.advantages.beta_normalization import beta_log_pdf, beta_normalized_advantages
+    from trl_ext.advantages.diva import combined_rewards
+    from trl_ext.data import QUICKSTART_SETTINGS
+
+    trainer_cls, config_cls = get_trainer("grpo")
+    config = dict(QUICKSTART_SETTINGS["config"])
+    config.update(
+        seed=seed, max_steps=1, num_generations=num_generations, per_device_train_batch_size=prompts * num_generations
+    )
+    with tempfile.TemporaryDirectory() as output_dir:
+        args = config_cls(output_dir=output_dir, disable_tqdm=True, **config)
+        trainer = trainer_cls(model=checkpoint, reward_funcs=task.reward_funcs, args=args, train_dataset=dataset)
+    trainer.current_gradient_accumulation_steps = 1
+    captured = []
+    build = trainer.build_advantage_batch
+
+    def spy(*call_args, **call_kwargs):
+        batch = build(*call_args, **call_kwargs)
+        captured.append(batch)
+        return batch
+
+    trainer.build_advantage_batch = spy
+    model = trainer.model
+    params = [p for p in model.parameters() if p.requires_grad]
+
+    def gradient(inputs, advantages) -> torch.Tensor:
+        inputs = dict(inputs)
+        inputs["advantages"] = advantages.float()
+        model.zero_grad(set_to_none=True)
+        trainer.compute_loss(model, inputs).backward()
+        return torch.cat(
+            [(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1) for p in params]
+        ).double()
+
+    rates = torch.arange(num_generations + 1, dtype=torch.float64) / num_generations
+    grid = torch.stack(
+        [torch.exp(-beta_log_pdf(rates, a, b)) for a in SKEWED_GRID for b in SKEWED_GRID]
+    )  # (n_grid, G + 1)
+    arms = ["grpo", "bnpo"] + [f"grid_{a:.4g}_{b:.4g}" for a in SKEWED_GRID for b in SKEWED_GRID]
+    size = sum(p.numel() for p in params)
+    sum_g = torch.zeros(len(arms), size, dtype=torch.float64)
+    sum_sq = torch.zeros(len(arms), dtype=torch.float64)
+    stats: dict[str, list] = {"reward": [], "frac_mixed_groups": [], "alpha": [], "beta": [], "p_hat": []}
+    rng = random.Random(seed)
+    checks = {}
+    for index in range(num_batches):
+        rows = [dict(dataset[i]) for i in rng.sample(range(len(dataset)), prompts) for _ in range(num_generations)]
+        torch.manual_seed(10_000 * seed + index)
+        model.train()
+        output = trainer._generate_and_score_completions(rows)
+        batch = captured.pop()
+        rewards = combined_rewards(batch.rewards_per_func.double(), batch.reward_weights)
+        groups = rewards.view(-1, num_generations)
+        p_hat = groups.mean(1)
+        counts = groups.sum(1).round().long()
+        bnpo, fit, _ = beta_normalized_advantages(rewards, num_generations)
+        stats["reward"].append(float(rewards.mean()))
+        stats["frac_mixed_groups"].append(float(((counts > 0) & (counts < num_generations)).double().mean()))
+        stats["alpha"].append(fit.alpha)
+        stats["beta"].append(fit.beta)
+        stats["p_hat"].extend(p_hat.tolist())
+        centred = rewards - p_hat.repeat_interleave(num_generations)
+        present = sorted({int(k) for k in counts if 0 < int(k) < num_generations})
+        vectors = torch.zeros(num_generations + 1, size, dtype=torch.float64)
+        for k in present:
+            mask = (counts == k).repeat_interleave(num_generations)
+            vectors[k] = gradient(output, torch.where(mask, centred, 0.0))
+        # Per-count weights of GRPO (TRL's advantages) and BNPO (the package's), read off their advantages.
+        grpo_w = torch.zeros(num_generations + 1, dtype=torch.float64)
+        bnpo_w = torch.zeros(num_generations + 1, dtype=torch.float64)
+        for k in present:
+            row = int(((counts == k).repeat_interleave(num_generations) & (centred != 0)).nonzero()[0, 0])
+            grpo_w[k] = float(output["advantages"][row]) / float(centred[row])
+            bnpo_w[k] = float(bnpo[row]) / float(centred[row])
+        weights = torch.cat([grpo_w[None], bnpo_w[None], grid], dim=0)  # (n_arms, G + 1)
+        weights[:, 0] = weights[:, -1] = 0.0
+        g = weights @ vectors
+        if index == 0:
+            for name, row, advantages in (("grpo", 0, output["advantages"]), ("bnpo", 1, bnpo)):
+                direct = gradient(output, advantages.double())
+                checks[name] = float((direct - g[row]).norm() / direct.norm().clamp(min=1e-30))
+            assert max(checks.values()) < 1e-3, f"the loss gradient is not linear in the advantages: {checks}"
+        sum_g += g
+        sum_sq += (g**2).sum(1)
+    mean = sum_g / num_batches
+    trace = (sum_sq - num_batches * (mean**2).sum(1)) / (num_batches - 1)
+    signal = (mean**2).sum(1) - trace / num_batches
+    rv = trace / signal
+    return {
+        "arms": arms,
+        "rv": rv.tolist(),
+        "trace": trace.tolist(),
+        "signal": signal.tolist(),
+        "stats": stats,
+        "linearity_check": checks,
+    }
+
+
+def skewed_cell(measured: dict) -> dict:
+    """Summary of one (seed, stage) measurement of :func:`grouped_variance_at`."""
+    import torch
+
+    rv = torch.tensor(measured["rv"])
+    n = len(SKEWED_GRID)
+    grid_rv = rv[2:].view(n, n)
+    valid = torch.where(grid_rv > 0, grid_rv, torch.tensor(float("inf")))
+    best = int(torch.argmin(valid))
+    reinforce = SKEWED_GRID.index(1.0) * n + SKEWED_GRID.index(1.0)
+    p_hat = torch.tensor(measured["stats"]["p_hat"])
+    alpha = statistics.fmean(measured["stats"]["alpha"])
+    beta = statistics.fmean(measured["stats"]["beta"])
+    return {
+        "rv": {"grpo": float(rv[0]), "bnpo": float(rv[1]), "reinforce": float(rv[2 + reinforce])},
+        "bnpo_over_grpo": float(rv[1] / rv[0]),
+        "bnpo_over_reinforce": float(rv[1] / rv[2 + reinforce]),
+        "grid_min": {"alpha": SKEWED_GRID[best // n], "beta": SKEWED_GRID[best % n], "rv": float(valid.min())},
+        "bnpo_over_grid_min": float(rv[1] / valid.min()),
+        "grid_rv": grid_rv.tolist(),
+        "any_nonpositive_signal": bool((torch.tensor(measured["signal"]) <= 0).any()),
+        "fit_mean": {"alpha": alpha, "beta": beta},
+        "log_distance_fit_to_grid_min": math.hypot(
+            math.log(alpha / SKEWED_GRID[best // n]), math.log(beta / SKEWED_GRID[best % n])
+        ),
+        "reward": statistics.fmean(measured["stats"]["reward"]),
+        "frac_mixed_groups": statistics.fmean(measured["stats"]["frac_mixed_groups"]),
+        "p_hat_histogram": torch.histc(p_hat, bins=17, min=-1 / 32, max=1 + 1 / 32).tolist(),
+        "linearity_check": measured["linearity_check"],
+    }
+
+
+def skewed_main(options) -> dict:
+    import torch
+
+    from trl_ext.data import QUICKSTART_SETTINGS, get_task
+    from trl_ext.testing import build_tiny_checkpoint
+
+    torch.set_num_threads(1)
+    start = time.time()
+    task = get_task(QUICKSTART_SETTINGS["task"])
+    results: dict = {}
+    for seed in options.seeds:
+        train_data = task.make_dataset(QUICKSTART_SETTINGS["dataset"]["num_rows"], seed)
+        measure_data = skewed_dataset(4096, seed + 100, options.level_weights)
+        model_kwargs = {k: v for k, v in QUICKSTART_SETTINGS["model"].items() if k != "alphabet"}
+        model_kwargs["seed"] = seed
+        cache = Path(tempfile.gettempdir()) / f"trl-ext-bnpo-variance-{seed}"
+        initial = build_tiny_checkpoint(str(cache / "init"), alphabet=task.alphabet, **model_kwargs)
+        results[str(seed)] = {}
+        for stage in options.stages:
+            checkpoint = pretrain(initial, train_data, task, seed, stage, cache / f"grpo-{stage}")
+            measured = grouped_variance_at(
+                checkpoint, measure_data, task, seed, options.batches, options.prompts, options.num_generations
+            )
+            cell = skewed_cell(measured)
+            results[str(seed)][str(stage)] = cell
+            print(
+                f"seed {seed} stage {stage}: reward {cell['reward']:.3f} mixed {cell['frac_mixed_groups']:.2f} fit "
+                f"({cell['fit_mean']['alpha']:.2f}, {cell['fit_mean']['beta']:.2f}) | RV grpo {cell['rv']['grpo']:.3g} "
+                f"bnpo {cell['rv']['bnpo']:.3g} reinforce {cell['rv']['reinforce']:.3g} grid min "
+                f"{cell['grid_min']['rv']:.3g} at ({cell['grid_min']['alpha']:.3g}, {cell['grid_min']['beta']:.3g}) | "
+                f"bnpo/grpo {cell['bnpo_over_grpo']:.3f} bnpo/min {cell['bnpo_over_grid_min']:.3f} "
+                f"[{time.time() - start:.0f} s]",
+                flush=True,
+            )
+    summary: dict = {}
+    for stage in options.stages:
+        cells = [results[s][str(stage)] for s in results]
+        summary[str(stage)] = {}
+        for key in (
+            "bnpo_over_grpo",
+            "bnpo_over_reinforce",
+            "bnpo_over_grid_min",
+            "log_distance_fit_to_grid_min",
+            "reward",
+            "frac_mixed_groups",
+        ):
+            values = [c[key] for c in cells]
+            summary[str(stage)][key] = {"mean": statistics.fmean(values), "min": min(values), "max": max(values)}
+        for key in ("alpha", "beta"):
+            values = [c["fit_mean"][key] for c in cells]
+            summary[str(stage)][f"fit_{key}"] = {
+                "mean": statistics.fmean(values),
+                "min": min(values),
+                "max": max(values),
+            }
+        summary[str(stage)]["grid_min"] = [(c["grid_min"]["alpha"], c["grid_min"]["beta"]) for c in cells]
+        row = summary[str(stage)]
+        row["control_skewed_and_mixed"] = (
+            row["fit_beta"]["mean"] / row["fit_alpha"]["mean"] >= 1.3 and row["frac_mixed_groups"]["mean"] >= 0.25
+        )
+        row["falsified"] = row["bnpo_over_grpo"]["mean"] >= 1.0 or row["bnpo_over_grid_min"]["mean"] > 1.05
+    report = {
+        "command": "python benchmarks/bnpo_gradient_variance.py " + " ".join(options.argv),
+        "mode": "skewed",
+        "falsifier": SKEWED_FALSIFIER,
+        "control": SKEWED_CONTROL,
+        "options": {
+            "seeds": options.seeds,
+            "stages": options.stages,
+            "batches": options.batches,
+            "prompts": options.prompts,
+            "num_generations": options.num_generations,
+            "level_weights": options.level_weights,
+            "grid": SKEWED_GRID,
+        },
+        "summary": summary,
+        "results": results,
+        "wall_seconds": time.time() - start,
+    }
+    options.out.parent.mkdir(parents=True, exist_ok=True)
+    options.out.write_text(json.dumps(report, indent=1))
+    plot_skewed(report, options.out.with_suffix(".png"))
+    for stage, row in summary.items():
+        print(f"stage {stage}: " + json.dumps(row))
+    print(f"wrote {options.out} in {time.time() - start:.0f} s")
+    return report
+
+
+def plot_skewed(report: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    seeds = list(report["results"])
+    stage = str(report["options"]["stages"][0])
+    fig, axes = plt.subplots(1, len(seeds) + 1, figsize=(3.6 * (len(seeds) + 1), 3.4), squeeze=False)
+    logs = np.log2(SKEWED_GRID)
+    for c, seed in enumerate(seeds):
+        cell = report["results"][seed][stage]
+        grid = np.array(cell["grid_rv"])
+        grid = np.where(grid > 0, grid, np.nan)
+        ratio = np.log2(np.clip(grid / np.nanmin(grid), 1.0, 4.0))
+        ax = axes[0][c]
+        ax.imshow(ratio.T, origin="lower", extent=[logs[0], logs[-1], logs[0], logs[-1]], cmap="viridis", vmax=2)
+        ax.plot(np.log2(cell["grid_min"]["alpha"]), np.log2(cell["grid_min"]["beta"]), "w*", ms=12, label="min")
+        ax.plot(np.log2(cell["fit_mean"]["alpha"]), np.log2(cell["fit_mean"]["beta"]), "ro", label="bnpo fit")
+        ax.plot(np.log2(1.5), np.log2(1.5), "ks", mfc="none", label="~grpo")
+        ax.set_title(f"seed {seed}: log2 RV / min RV", fontsize=9)
+        ax.set_xlabel("log2 alpha")
+        ax.set_ylabel("log2 beta")
+        if c == 0:
+            ax.legend(fontsize=6)
+    ax = axes[0][-1]
+    for seed in seeds:
+        hist = report["results"][seed][stage]["p_hat_histogram"]
+        ax.plot(np.arange(len(hist)) / (len(hist) - 1), np.array(hist) / sum(hist), marker=".", label=f"seed {seed}")
+    ax.set_xlabel("group success rate p_hat")
+    ax.set_ylabel("share of groups")
+    ax.set_title("success rates of the measured batches", fontsize=9)
+    ax.legend(fontsize=6)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
 
 
 def plot(report: dict, path: Path) -> None:
@@ -171,8 +490,31 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--stages", type=int, nargs="+", default=[0, 60, 150])
     parser.add_argument("--batches", type=int, default=32)
-    parser.add_argument("--out", type=Path, default=RESULTS / "bnpo_gradient_variance.json")
+    parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument(
+        "--mode",
+        choices=["legacy", "skewed"],
+        default="legacy",
+        help="legacy: the original 16 x 8 measurement on the quickstart mixture (its old results file); skewed: 32 x 16 "
+        "on a hard-weighted mixture with the per-group decomposition and the (alpha, beta) grid",
+    )
+    parser.add_argument("--prompts", type=int, default=32, help="skewed mode: prompts per batch")
+    parser.add_argument("--num-generations", type=int, default=16, help="skewed mode: completions per prompt")
+    parser.add_argument(
+        "--level-weights",
+        type=float,
+        nargs=4,
+        default=list(SKEWED_LEVEL_WEIGHTS),
+        help="skewed mode: sampling weights of the copy, successor, no-carry and carry levels",
+    )
     options = parser.parse_args(argv)
+    options.argv = sys.argv[1:] if argv is None else argv
+    if options.mode == "skewed":
+        if options.out is None:
+            options.out = RESULTS / "bnpo_gradient_variance_skewed.json"
+        return skewed_main(options)
+    if options.out is None:
+        options.out = RESULTS / "bnpo_gradient_variance.json"
 
     import torch
 
