@@ -1,5 +1,10 @@
 """`grpo` versus `diva` on the built-in task with a difficulty spread: steps to GRPO's final accuracy, zero-variance groups.
 
+What this measures, and what it does not: DIVA per *optimizer step* on a mixed-difficulty task (most problems easy)
+whose hint is the whole answer, against GRPO with 8 completions per problem only (no arm spends DIVA's 16 completions
+per problem). It is kept as the record of that setting; the test of DIVA's claim on sparse rewards (hard problems only,
+partial-step hints, a compute-matched GRPO arm, completions on the x-axis) is ``benchmarks/diva_hard.py``.
+
     python benchmarks/diva_variants.py                          # the measured configuration (CPU, ~10 minutes)
     python benchmarks/diva_variants.py --seeds 0 --steps 100    # a quick look
 

@@ -1,0 +1,653 @@
+"""DIVA on sparse rewards: hard problems, partial-step hints, against compute-matched GRPO (completions on the x-axis).
+
+    python benchmarks/diva_hard.py                                  # the measured configuration (one process)
+    python benchmarks/diva_hard.py --seeds 0 --steps 100            # a quick look
+    python benchmarks/diva_hard.py --arms grpo8 grpo16 --out /tmp/a.json &                       # as measured: two
+    python benchmarks/diva_hard.py --arms diva_responses diva_reference --out /tmp/b.json         # parallel parts,
+    python benchmarks/diva_hard.py --merge /tmp/a.json /tmp/b.json                               # then merged
+
+Expected runtime: 70-110 s per seed and arm on one CPU thread (grpo about 75 s, diva about 105 s: hinted prompts are
+longer), so about 18 minutes in one process, or 7.5 and 10.5 minutes for the two parts run side by side.
+
+**Task** (built here, not registered): the last digit of ``a+b+c`` for three digits in 0..7 (``--max_digit``), all
+512 problems, each a unique ``id``; the prompt is ``"a+b+c="``, the answer one digit. Every problem needs a
+three-operand sum. A randomly initialised model (the quickstart's tiny Qwen2, 15-token vocabulary) is right about 1 time
+in 55-80 at first and 1 in 10 once it answers with a digit, so most GRPO groups of 8 are all-wrong for the first
+hundreds of steps: the sparse-reward regime DIVA is built for. (Pilots, seed 0, 600 steps, GRPO with 8 or 16: digits
+0..4 are learned within 100 steps, so not sparse for long; digits 0..9 are not learned at all, at lr 1e-3 or 2e-3, so
+no arm could show anything; 0..6 and 0..7 are learned to 0.75-0.87, and 0..7 stays sparse longer.)
+
+* **Hint** (one partial step, never the answer): ``hints = ["a+b=s"]`` with ``s`` the full intermediate sum; the hinted
+  prompt is ``"a+b=s=a+b+c="`` (template ``"{hints}={question}"``, inside the task's alphabet). With the hint the
+  answer is the last digit of ``s + c``, a two-operand sum (the ``arithmetic`` task, which this model learns in about
+  100 steps); it still needs an addition.
+* **Rewordings** (the variants DIVA builds once a problem has become easy): two operand permutations and the sum with
+  an extra ``0`` operand (``"a+b+c+0="``, four operands), all with the same answer.
+* **Initial level 7** (``diva_initial_difficulty=7``, not the spec's 5): every problem here is hard, so the first visit
+  already gets a hint. With level 5 the first visit (one epoch = 64 steps) would only get copies and rewordings.
+
+**Arms** (same model initialisation per seed, same optimiser and schedule, same loss, same 128 completions per
+optimizer step, so the same completions at every step):
+
+* ``grpo8``: ``grpo`` with 8 completions per problem (16 problems per step);
+* ``grpo16``: ``grpo`` with 16 completions per problem (8 problems per step): the compute-matched control, since DIVA
+  also spends 16 completions on each problem (8 on the original, 8 on its variant);
+* ``diva_responses`` and ``diva_reference``: ``diva`` (V = 1, 8 completions per prompt row, 8 problems + their 8
+  variants per step, k = 0.1, RRB 0.15 / 0.1) with ``diva_batch_norm="responses"`` (the library default) and
+  ``"reference"`` (the authors' padded-token batch statistic), the two batch z-score modes.
+
+**Measures.** Every ``--eval_every`` steps, the **exact expected accuracy under sampling at T = 1** on all 512
+*original* problems: for each prompt, the sum of p(t1) p(t2 | t1) over the 15 x 15 two-token completions that TRL's
+decoding (cut at the first ``<eos>``, special tokens skipped) turns into the answer. It is what a sampled evaluation
+estimates, without sampling noise, and identical for every arm. Against **completions consumed**, we report the final
+accuracy (mean of the last 3 evaluations), the completions needed to reach the accuracy thresholds 0.2, 0.4 and 0.6
+(first evaluation whose trailing 3-evaluation mean reaches it), and the **zero-signal fraction**: per step, the share
+of problems whose completions (8 for grpo8, 16 for grpo16 and DIVA: original + variant) all got the same reward, i.e.
+whose advantage is 0 everywhere (for DIVA this is the global group; its prompt-row groups are reported separately), and
+the share whose completions are all wrong. The training accuracy of originals, hints and rewordings is recorded
+from the rewards, and for every problem trained with a hint, its original's and its hint's accuracy in the same batch.
+
+**Control that proves the regime.** ``grpo8``'s zero-signal fraction over the first half of training must be at least
+0.5 (most groups carry no signal); otherwise the verdict is "inconclusive". Reported next to it (not gating): the
+all-wrong fraction, and whether hints are easier (hint accuracy above the same problems' original accuracy).
+
+**Falsifier (written before the final run).** Speed-up of an arm = the mean over the thresholds reached by both of
+grpo16's completions to reach the threshold divided by the arm's. For each DIVA mode, the claim (DIVA learns the hard
+originals faster per completion than GRPO spending the same completions per problem) is **falsified** if that DIVA
+arm's zero-signal fraction is below grpo8's but its mean speed-up over seeds is <= 1.0, or it reaches fewer thresholds
+than grpo16 (mean over seeds); **supported** if the mean speed-up is >= 1.25, DIVA is faster on at least 2 of 3 seeds
+and reaches as many thresholds; **inconclusive** otherwise.
+
+Writes ``benchmarks/results/diva_hard.json`` and ``.png``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+sys.path.insert(0, str(Path(__file__).parent))
+from common import moving_average, spread  # noqa: E402
+
+RESULTS = Path(__file__).parent / "results"
+ALPHABET = "0123456789+="
+HINT_TEMPLATE = "{hints}={question}"
+COMPLETIONS_PER_STEP = 128
+KINDS = ("original", "hint", "rewording")
+SIGNAL_KEYS = ("groups_constant", "groups_all_wrong", "problems_constant", "problems_all_wrong")
+SMOOTHING = 3
+HINT_WINDOW = 25
+THRESHOLDS = (0.2, 0.4, 0.6)
+CONTROL_MIN_ZERO_SIGNAL = 0.5
+COMMAND = (
+    "python benchmarks/diva_hard.py --arms grpo8 grpo16 --out A.json & "
+    "python benchmarks/diva_hard.py --arms diva_responses diva_reference --out B.json; "
+    "python benchmarks/diva_hard.py --merge A.json B.json  (same runs as: python benchmarks/diva_hard.py)"
+)
+FALSIFIER = (
+    "For each DIVA mode, speed-up = grpo16's completions to reach an accuracy threshold on the original problems / "
+    "the DIVA arm's. Falsified if the DIVA arm's zero-signal fraction is below grpo8's but its mean speed-up over the "
+    "reached thresholds is <= 1.0 (or it reaches fewer thresholds than grpo16), in the mean over seeds; supported if "
+    "the mean speed-up is >= 1.25, DIVA is faster than grpo16 on at least 2 of 3 seeds and reaches as many thresholds; "
+    "inconclusive otherwise. Thresholds: accuracy 0.2, 0.4, 0.6 on the 512 originals (exact T = 1 expectation). "
+    "The whole experiment is inconclusive if grpo8's zero-signal fraction over the first half of training is < 0.5 "
+    "(the control)."
+)
+
+#: arm -> (registered trainer, config fields)
+ARMS: dict[str, tuple[str, dict]] = {
+    "grpo8": ("grpo", {"num_generations": 8}),
+    "grpo16": ("grpo", {"num_generations": 16}),
+    "diva_responses": ("diva", {"num_generations": 8, "diva_batch_norm": "responses"}),
+    "diva_reference": ("diva", {"num_generations": 8, "diva_batch_norm": "reference"}),
+}
+DIVA_FIELDS = {
+    "diva_num_variants": 1,
+    "diva_difficulty_k": 0.1,
+    "diva_rrb_threshold": 0.15,
+    "diva_rrb_scale": 0.1,
+    "diva_initial_difficulty": 7,
+    "diva_hint_template": HINT_TEMPLATE,
+}
+COLORS = {"grpo8": "tab:blue", "grpo16": "tab:purple", "diva_responses": "tab:green", "diva_reference": "tab:orange"}
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Task
+# ----------------------------------------------------------------------------------------------------------------------
+def problem_rows(max_digit: int = 7) -> dict[str, list]:
+    """The ``a+b+c=`` problems (digits 0..max_digit) with answer, unique id, one-step hint and rewordings."""
+    rows: dict[str, list] = {"prompt": [], "answer": [], "id": [], "hints": [], "variants": []}
+    digits = range(max_digit + 1)
+    for a in digits:
+        for b in digits:
+            for c in digits:
+                rows["prompt"].append(f"{a}+{b}+{c}=")
+                rows["answer"].append(str((a + b + c) % 10))
+                rows["id"].append(f"sum3/{a}+{b}+{c}")
+                rows["hints"].append([f"{a}+{b}={a + b}"])
+                rows["variants"].append([f"{b}+{a}+{c}=", f"{c}+{b}+{a}=", f"{a}+{b}+{c}+0="])
+    return rows
+
+
+def hinted_prompt(prompt: str, hints: list[str]) -> str:
+    """The prompt DIVA's built-in generator builds for a hint variant (one step shown)."""
+    return HINT_TEMPLATE.format(hints="\n".join(hints), question=prompt)
+
+
+def prompt_kind(prompt: str, original: str) -> str:
+    """``original``, ``hint`` (the hinted variant) or ``rewording`` (any other variant of the same problem)."""
+    if prompt == original:
+        return "original"
+    return "hint" if prompt.count("=") > 1 else "rewording"
+
+
+def make_reward(log: list[dict], originals: dict[str, str], num_generations: int):
+    """Binary exact-match reward that also records, per call (one generation batch): accuracy by prompt kind, and the
+    fractions of prompt groups (consecutive blocks of `num_generations`) and of problems (all rows of an id) whose
+    rewards are all equal (``*_constant``: no signal) or all 0 (``*_all_wrong``)."""
+
+    def accuracy(prompts, completions, answer, id, **kwargs) -> list[float]:  # noqa: A002 - TRL's column name
+        rewards = [float(c.strip() == str(a)) for c, a in zip(completions, answer, strict=True)]
+        counts: dict[str, list[float]] = {}
+        problems: dict[str, list[float]] = {}
+        by_kind: dict[tuple[str, str], list[float]] = {}
+        for prompt, problem_id, reward in zip(prompts, id, rewards, strict=True):
+            kind = prompt_kind(prompt, originals[problem_id])
+            counts.setdefault(kind, []).append(reward)
+            problems.setdefault(problem_id, []).append(reward)
+            by_kind.setdefault((problem_id, kind), []).append(reward)
+        groups = [rewards[i : i + num_generations] for i in range(0, len(rewards), num_generations)]
+        entry: dict = {kind: [len(values), sum(values)] for kind, values in counts.items()}
+        # Problems trained with a hint in this batch: their original's and their hint's accuracy, side by side.
+        paired = [
+            (statistics.fmean(by_kind[(pid, "original")]), statistics.fmean(values))
+            for (pid, kind), values in by_kind.items()
+            if kind == "hint" and (pid, "original") in by_kind
+        ]
+        entry["hinted_problems"] = [len(paired), sum(o for o, _ in paired), sum(h for _, h in paired)]
+        for name, blocks in (("groups", groups), ("problems", list(problems.values()))):
+            entry[f"{name}_constant"] = statistics.fmean(float(min(b) == max(b)) for b in blocks)
+            entry[f"{name}_all_wrong"] = statistics.fmean(float(max(b) == 0.0) for b in blocks)
+        log.append(entry)
+        return rewards
+
+    return accuracy
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Exact expected accuracy under T = 1 sampling
+# ----------------------------------------------------------------------------------------------------------------------
+def correct_table(tokenizer, max_tokens: int = 2):
+    """Bool tensor (10, V, V): digit d is the decoded completion (t1, t2), TRL's way (cut at the first eos)."""
+    import torch
+
+    if max_tokens != 2:
+        raise ValueError("the exact evaluation enumerates two-token completions")
+    vocab = len(tokenizer)
+    eos = tokenizer.eos_token_id
+    table = torch.zeros(10, vocab, vocab, dtype=torch.bool)
+    for t1 in range(vocab):
+        for t2 in range(vocab):
+            ids = [t1] if t1 == eos else [t1, t2]
+            text = tokenizer.decode(ids, skip_special_tokens=True).strip()
+            if len(text) == 1 and text.isdigit():
+                table[int(text), t1, t2] = True
+    return table
+
+
+def expected_accuracy(model, prompt_ids, answers, table, temperature: float = 1.0) -> float:
+    """Mean over prompts of P(completion == answer) when sampling two tokens at `temperature`.
+
+    `prompt_ids` is (N, L), all prompts of the same length (no padding); `answers` (N,) digits.
+    """
+    import torch
+
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        n, length = prompt_ids.shape
+        vocab = table.shape[1]
+        logits = model(input_ids=prompt_ids).logits[:, -1].double() / temperature
+        p1 = torch.softmax(logits, dim=-1)  # (N, V)
+        first = torch.arange(vocab).repeat(n).view(n * vocab, 1)
+        extended = torch.cat([prompt_ids.repeat_interleave(vocab, dim=0), first], dim=1)
+        logits2 = model(input_ids=extended).logits[:, -1].double() / temperature
+        p2 = torch.softmax(logits2, dim=-1).view(n, vocab, vocab)
+        joint = p1.unsqueeze(-1) * p2
+        hit = table[answers].double()  # (N, V, V)
+        value = float((joint * hit).sum(dim=(1, 2)).mean())
+    if was_training:
+        model.train()
+    return value
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# One run
+# ----------------------------------------------------------------------------------------------------------------------
+def train_run(arm: str, checkpoint: str, dataset, seed: int, options) -> dict:
+    import torch
+    from transformers import AutoTokenizer, PrinterCallback, TrainerCallback
+
+    from trl_ext import get_trainer
+    from trl_ext.data import QUICKSTART_SETTINGS
+
+    name, fields = ARMS[arm]
+    trainer_cls, config_cls = get_trainer(name)
+    config = dict(QUICKSTART_SETTINGS["config"])
+    config.update(fields)
+    if name == "diva":
+        config.update(DIVA_FIELDS)
+    config.update(
+        learning_rate=options.lr,
+        seed=seed,
+        max_steps=options.steps,
+        logging_steps=1,
+        per_device_train_batch_size=COMPLETIONS_PER_STEP,
+        report_to="none",
+        save_strategy="no",
+        disable_tqdm=True,
+    )
+    tokenizer = AutoTokenizer.from_pretrained(checkpoint)
+    table = correct_table(tokenizer)
+    eval_ids = torch.tensor([tokenizer(p)["input_ids"] for p in dataset["prompt"]])
+    eval_answers = torch.tensor([int(a) for a in dataset["answer"]])
+    evals: list[tuple[int, float]] = []
+
+    class Evaluate(TrainerCallback):
+        def on_train_begin(self, args, state, control, model=None, **kwargs):
+            evals.append((0, expected_accuracy(model, eval_ids, eval_answers, table)))
+
+        def on_step_end(self, args, state, control, model=None, **kwargs):
+            if state.global_step % options.eval_every == 0 or state.global_step == options.steps:
+                evals.append((state.global_step, expected_accuracy(model, eval_ids, eval_answers, table)))
+
+    reward_log: list[dict] = []
+    originals = dict(zip(dataset["id"], dataset["prompt"], strict=True))
+    with tempfile.TemporaryDirectory() as output_dir:
+        args = config_cls(output_dir=output_dir, **config)
+        trainer = trainer_cls(
+            model=checkpoint,
+            reward_funcs=[make_reward(reward_log, originals, config["num_generations"])],
+            args=args,
+            train_dataset=dataset,
+            callbacks=[Evaluate()],
+        )
+        trainer.remove_callback(PrinterCallback)
+        start = time.perf_counter()
+        trainer.train()
+        seconds = time.perf_counter() - start
+    steps = [entry for entry in trainer.state.log_history if "loss" in entry]
+    zero_key = "diva/frac_zero_std_global" if name == "diva" else "frac_reward_zero_std"
+    run = {
+        "seconds": seconds,
+        "eval_steps": [step for step, _ in evals],
+        "eval_completions": [step * COMPLETIONS_PER_STEP for step, _ in evals],
+        "eval_accuracy": [value for _, value in evals],
+        "zero_signal_logged": [entry[zero_key] for entry in steps],
+        "train_accuracy": {
+            kind: [(entry.get(kind, [0, 0])[1] / entry[kind][0]) if kind in entry else None for entry in reward_log]
+            for kind in KINDS
+        },
+        "completions": sum(entry[kind][0] for entry in reward_log for kind in KINDS if kind in entry),
+        **{key: [entry[key] for entry in reward_log] for key in SIGNAL_KEYS},
+        "zero_signal": [entry["problems_constant"] for entry in reward_log],
+        "hinted_problems": [entry["hinted_problems"] for entry in reward_log],
+    }
+    if name == "diva":
+        run["zero_signal_local"] = [entry["diva/frac_zero_std_local"] for entry in steps]
+        run["mean_difficulty"] = [entry.get("diva/mean_difficulty") for entry in steps]
+    return run
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Summary (pure functions of the stored runs)
+# ----------------------------------------------------------------------------------------------------------------------
+def completions_to(target: float, completions: list[int], accuracy: list[float]) -> int | None:
+    """Completions at the first evaluation whose trailing `SMOOTHING`-evaluation mean reaches `target`."""
+    for count, value in zip(completions, moving_average(accuracy, SMOOTHING), strict=True):
+        if value >= target - 1e-12:
+            return count
+    return None
+
+
+def mean_speedup(control: dict, arm: dict) -> float | None:
+    """Mean over thresholds reached by both of control / arm completions (None if none is reached by both)."""
+    ratios = [control[t] / arm[t] for t in control if control[t] and arm.get(t)]
+    return statistics.fmean(ratios) if ratios else None
+
+
+def _mean(values: list) -> float | None:
+    numbers = [v for v in values if v is not None]
+    return statistics.fmean(numbers) if numbers else None
+
+
+def paired_hint_accuracy(hinted: list[list[float]]) -> dict:
+    """Over every problem trained with a hint: mean accuracy of its original rows and of its hint rows (same batch)."""
+    count = sum(entry[0] for entry in hinted)
+    return {
+        "hinted_problem_batches": count,
+        "hinted_original_accuracy": sum(entry[1] for entry in hinted) / count if count else None,
+        "hinted_hint_accuracy": sum(entry[2] for entry in hinted) / count if count else None,
+    }
+
+
+def summarise_run(run: dict) -> dict:
+    zero = run["zero_signal"]
+    half = max(len(zero) // 2, 1)
+    return {
+        "final_accuracy": statistics.fmean(run["eval_accuracy"][-SMOOTHING:]),
+        "completions_to": {
+            str(t): completions_to(t, run["eval_completions"], run["eval_accuracy"]) for t in THRESHOLDS
+        },
+        "zero_signal_mean": statistics.fmean(zero),
+        "zero_signal_first_half": statistics.fmean(zero[:half]),
+        "all_wrong_mean": statistics.fmean(run["problems_all_wrong"]),
+        "all_wrong_first_half": statistics.fmean(run["problems_all_wrong"][:half]),
+        "prompt_groups_constant_mean": statistics.fmean(run["groups_constant"]),
+        "train_accuracy": {kind: _mean(values) for kind, values in run["train_accuracy"].items()},
+        **paired_hint_accuracy(run["hinted_problems"]),
+        "seconds": run["seconds"],
+    }
+
+
+def summarise(runs: dict) -> dict:
+    per_seed: dict = {}
+    for arm, by_seed in runs.items():
+        for seed, run in by_seed.items():
+            per_seed.setdefault(seed, {})[arm] = summarise_run(run)
+    for entry in per_seed.values():
+        control = entry["grpo16"]["completions_to"] if "grpo16" in entry else None
+        for stats in entry.values():
+            stats["speedup_vs_grpo16"] = mean_speedup(control, stats["completions_to"]) if control else None
+            stats["thresholds_reached"] = sum(v is not None for v in stats["completions_to"].values())
+    overall: dict = {}
+    for arm in runs:
+        rows = [entry[arm] for entry in per_seed.values() if arm in entry]
+        overall[arm] = {
+            key: spread([row[key] for row in rows])
+            for key in (
+                "final_accuracy",
+                "zero_signal_mean",
+                "zero_signal_first_half",
+                "all_wrong_mean",
+                "all_wrong_first_half",
+                "prompt_groups_constant_mean",
+                "hinted_original_accuracy",
+                "hinted_hint_accuracy",
+                "speedup_vs_grpo16",
+                "thresholds_reached",
+                "seconds",
+            )
+        }
+        overall[arm]["completions_to"] = {
+            str(t): spread([row["completions_to"][str(t)] for row in rows]) for t in THRESHOLDS
+        }
+        overall[arm]["completions_to_reached"] = {
+            str(t): sum(row["completions_to"][str(t)] is not None for row in rows) for t in THRESHOLDS
+        }
+        overall[arm]["train_accuracy"] = {
+            kind: spread([row["train_accuracy"][kind] for row in rows]) for kind in ("original", "hint", "rewording")
+        }
+        overall[arm]["faster_than_grpo16_seeds"] = sum((row["speedup_vs_grpo16"] or 0) > 1.0 for row in rows)
+    return {"per_seed": per_seed, "overall": overall, "verdict": verdict(per_seed, overall)}
+
+
+def verdict(per_seed: dict, overall: dict) -> dict:
+    """Apply the control and the falsifier (see FALSIFIER) to each DIVA arm."""
+    if "grpo8" not in overall or "grpo16" not in overall:
+        return {"control_passed": None}
+    control_value = overall["grpo8"]["zero_signal_first_half"]["mean"]
+    out: dict = {"control_grpo8_zero_signal_first_half": control_value}
+    out["control_passed"] = control_value >= CONTROL_MIN_ZERO_SIGNAL
+    for arm in overall:
+        if not arm.startswith("diva"):
+            continue
+        rows = [entry for entry in per_seed.values() if arm in entry and "grpo16" in entry]
+        speedups = [entry[arm]["speedup_vs_grpo16"] for entry in rows]
+        reached = statistics.fmean(entry[arm]["thresholds_reached"] for entry in rows)
+        reached_control = statistics.fmean(entry["grpo16"]["thresholds_reached"] for entry in rows)
+        mean = _mean(speedups)
+        faster = sum((s or 0) > 1.0 for s in speedups)
+        fewer_zero = overall[arm]["zero_signal_mean"]["mean"] < overall["grpo8"]["zero_signal_mean"]["mean"]
+        if not out["control_passed"]:
+            label = "inconclusive (control failed: grpo8 is not in the sparse regime)"
+        elif reached == reached_control == 0:
+            label = "inconclusive (no threshold reached by either arm)"
+        elif fewer_zero and (mean is None or mean <= 1.0 or reached < reached_control):
+            label = "falsified"
+        elif mean is not None and mean >= 1.25 and faster >= 2 and reached >= reached_control:
+            label = "supported"
+        else:
+            label = "inconclusive"
+        out[arm] = {
+            "mean_speedup_vs_grpo16": mean,
+            "seeds_faster": faster,
+            "mean_thresholds_reached": reached,
+            "grpo16_mean_thresholds_reached": reached_control,
+            "zero_signal_below_grpo8": fewer_zero,
+            "verdict": label,
+        }
+    return out
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Plot
+# ----------------------------------------------------------------------------------------------------------------------
+def plot(report: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    runs = report["runs"]
+    fig, (left, middle, right) = plt.subplots(1, 3, figsize=(18, 4.8))
+    for arm, by_seed in runs.items():
+        color = COLORS.get(arm, "black")
+        seeds = list(by_seed)
+        x = by_seed[seeds[0]]["eval_completions"]
+        curves = [by_seed[s]["eval_accuracy"] for s in seeds]
+        final = report["summary"]["overall"][arm]["final_accuracy"]["mean"]
+        left.plot(x, [statistics.fmean(c) for c in zip(*curves)], color=color, label=f"{arm} (final {final:.2f})")
+        left.fill_between(x, [min(c) for c in zip(*curves)], [max(c) for c in zip(*curves)], color=color, alpha=0.15)
+        zero = [moving_average(by_seed[s]["zero_signal"], 10) for s in seeds]
+        steps = [(i + 1) * COMPLETIONS_PER_STEP for i in range(len(zero[0]))]
+        middle.plot(steps, [statistics.fmean(z) for z in zip(*zero)], color=color, label=f"{arm}: all equal")
+        wrong = [moving_average(by_seed[s]["problems_all_wrong"], 10) for s in seeds]
+        middle.plot(
+            steps, [statistics.fmean(z) for z in zip(*wrong)], color=color, linestyle=":", label=f"{arm}: all 0"
+        )
+        if arm.startswith("diva"):
+            # Problems trained with a hint: their original's and their hint's accuracy in the same batch, pooled
+            # over a trailing window of steps and over seeds.
+            hinted = [by_seed[s]["hinted_problems"] for s in seeds]
+            width = min(len(h) for h in hinted)
+            for index, style, label in ((1, "-", "original rows"), (2, "--", "hint rows")):
+                values = []
+                for t in range(width):
+                    window = [h[i] for h in hinted for i in range(max(0, t - HINT_WINDOW + 1), t + 1)]
+                    count = sum(entry[0] for entry in window)
+                    values.append(sum(entry[index] for entry in window) / count if count else float("nan"))
+                right.plot(
+                    [(t + 1) * COMPLETIONS_PER_STEP for t in range(width)],
+                    values,
+                    color=color,
+                    linestyle=style,
+                    label=f"{arm}: {label}",
+                )
+    for threshold in THRESHOLDS:
+        left.axhline(threshold, color="grey", linewidth=0.5, linestyle=":")
+    left.set(
+        xlabel="completions consumed",
+        ylabel="expected accuracy on the originals (T = 1)",
+        title="Accuracy on the hard originals (mean, min-max band)",
+    )
+    middle.set(
+        xlabel="completions consumed",
+        ylabel="zero-signal fraction (10-step mean)",
+        title="Problems whose completions (diva: original + variant) all got the same reward",
+    )
+    right.set(
+        xlabel="completions consumed",
+        ylabel=f"training accuracy ({HINT_WINDOW}-step window, seeds pooled)",
+        title="DIVA: problems trained with a hint, original vs hint rows",
+    )
+    for axis in (left, middle, right):
+        axis.grid(alpha=0.3)
+        axis.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Main
+# ----------------------------------------------------------------------------------------------------------------------
+def _rounded(value):
+    if isinstance(value, float):
+        return float(f"{value:.5g}")
+    if isinstance(value, dict):
+        return {key: _rounded(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_rounded(item) for item in value]
+    return value
+
+
+def dump_json(report: dict) -> str:
+    """JSON with floats to 5 significant digits and every innermost list of numbers on one line."""
+    text = json.dumps(_rounded(report), indent=1)
+    return re.sub(r"\[\s*([-0-9.eE+, \nnul]+?)\s*\]", lambda m: "[" + " ".join(m.group(1).split()) + "]", text)
+
+
+def write_report(runs: dict, options_dict: dict, out: Path, wall: float | None) -> dict:
+    summary = summarise(runs)
+    report = {
+        "command": COMMAND,
+        "falsifier": FALSIFIER,
+        "control": f"grpo8 zero-signal fraction over the first half of training >= {CONTROL_MIN_ZERO_SIGNAL}",
+        "thresholds": list(THRESHOLDS),
+        "completions_per_step": COMPLETIONS_PER_STEP,
+        "arms": {
+            arm: {"trainer": name, **fields, **(DIVA_FIELDS if name == "diva" else {})}
+            for arm, (name, fields) in ARMS.items()
+            if arm in runs
+        },
+        "options": options_dict,
+        "wall_s": wall,
+        "summary": summary,
+        "runs": runs,
+    }
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(dump_json(report))
+    plot(report, out.with_suffix(".png"))
+    print_summary(summary)
+    print(f"wrote {out} and {out.with_suffix('.png')}")
+    return report
+
+
+def print_summary(summary: dict) -> None:
+    for arm, stats in summary["overall"].items():
+        to = " ".join(
+            f"{t}:{(stats['completions_to'][t] or {}).get('mean')}({stats['completions_to_reached'][t]})"
+            for t in stats["completions_to"]
+        )
+        print(
+            f"{arm:>15}: final {stats['final_accuracy']['mean']:.3f} "
+            f"[{stats['final_accuracy']['min']:.3f}-{stats['final_accuracy']['max']:.3f}] | zero-signal "
+            f"{stats['zero_signal_mean']['mean']:.3f} (first half {stats['zero_signal_first_half']['mean']:.3f}) | "
+            f"completions to {to} | speed-up vs grpo16 {(stats['speedup_vs_grpo16'] or {}).get('mean')}"
+        )
+    print(json.dumps(summary["verdict"], indent=1))
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--arms", nargs="+", default=list(ARMS), choices=list(ARMS))
+    parser.add_argument("--steps", type=int, default=700)
+    parser.add_argument("--eval_every", type=int, default=20)
+    parser.add_argument("--max_digit", type=int, default=7)
+    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--out", type=Path, default=RESULTS / "diva_hard.json")
+    parser.add_argument("--merge", type=Path, nargs="+", help="merge the runs of these partial results into --out")
+    parser.add_argument("--replot", action="store_true", help="re-summarise and re-plot --out without training")
+    options = parser.parse_args(argv)
+    if options.replot or options.merge:
+        sources = options.merge or [options.out]
+        reports = [json.loads(path.read_text()) for path in sources]
+        runs: dict = {}
+        for report in reports:
+            for arm, by_seed in report["runs"].items():
+                runs.setdefault(arm, {}).update(by_seed)
+        walls = [r.get("wall_s") for r in reports if r.get("wall_s") is not None]
+        for report in reports:  # parts written before these were recorded ran with the defaults
+            report["options"].setdefault("max_digit", parser.get_default("max_digit"))
+            report["options"].setdefault("lr", parser.get_default("lr"))
+        merged_options = dict(
+            reports[0]["options"],
+            seeds=sorted({s for r in reports for s in r["options"]["seeds"]}),
+            arms=[arm for arm in ARMS if arm in runs],
+        )
+        merged_options["parts"] = (
+            [
+                {"source": str(path), **r["options"], "wall_s": r.get("wall_s")}
+                for path, r in zip(sources, reports, strict=True)
+            ]
+            if options.merge
+            else None
+        )
+        return write_report(runs, merged_options, options.out, max(walls) if walls else None)
+
+    import torch
+    from datasets import Dataset
+
+    from trl_ext.data import QUICKSTART_SETTINGS
+    from trl_ext.testing import build_tiny_checkpoint
+
+    torch.set_num_threads(1)
+    start = time.perf_counter()
+    dataset = Dataset.from_dict(problem_rows(options.max_digit))
+    runs = {arm: {} for arm in options.arms}
+    for index, seed in enumerate(options.seeds):
+        model_kwargs = {k: v for k, v in QUICKSTART_SETTINGS["model"].items() if k not in ("alphabet", "seed")}
+        checkpoint = build_tiny_checkpoint(
+            str(Path(tempfile.gettempdir()) / f"trl-ext-diva-hard-{seed}"),
+            alphabet=ALPHABET,
+            seed=seed,
+            **model_kwargs,
+        )
+        order = options.arms[index % len(options.arms) :] + options.arms[: index % len(options.arms)]
+        for arm in order:
+            run = train_run(arm, checkpoint, dataset, seed, options)
+            runs[arm][str(seed)] = run
+            print(
+                f"seed {seed} {arm:>15}: {run['seconds']:5.0f}s | accuracy {run['eval_accuracy'][0]:.3f} -> "
+                f"{statistics.fmean(run['eval_accuracy'][-SMOOTHING:]):.3f} | zero-signal "
+                f"{statistics.fmean(run['zero_signal']):.3f}",
+                flush=True,
+            )
+    options_dict = {
+        "seeds": options.seeds,
+        "arms": options.arms,
+        "steps": options.steps,
+        "eval_every": options.eval_every,
+        "max_digit": options.max_digit,
+        "lr": options.lr,
+    }
+    return write_report(runs, options_dict, options.out, time.perf_counter() - start)
+
+
+if __name__ == "__main__":
+    main()
