@@ -10,7 +10,7 @@ task (8192 rows, four difficulty levels), 16 prompts x 8 completions per step, l
 update per batch. Every trainer runs with its spec defaults from the same weights, data order and seed. ``minpro``
 is on-policy here, where it equals ``grpo`` by construction (its off-policy behaviour is
 ``benchmarks/minpro_chain.py``); ``diva`` needs unique problem ids and is compared on its own task by
-``benchmarks/diva_variants.py``; ``calibadv`` needs the search rollout.
+``benchmarks/diva_hard.py``; ``calibadv`` needs the search rollout.
 
 Reported per trainer, over seeds: the reward curve (10-step moving average; mean and range), the steps at which the
 moving average first reaches 0.5 and 0.8, the mean reward over the last 30 steps, and the fraction of all-equal
