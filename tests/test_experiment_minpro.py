@@ -78,11 +78,20 @@ def test_count_chain_task():
     assert task.max_completion_length == 12 and not task.binary_rewards
 
 
-def test_positive_control_weights_are_the_exclusive_prefix_product():
-    from trl_ext.registry import get_policy_objective
+@pytest.fixture
+def prefix_product_objective():
+    """The control objective, registered for one test only (the registry is global; other tests list it)."""
+    from trl_ext.registry import POLICY_OBJECTIVES, get_policy_objective
 
     minpro_chain.register_prefix_product()
-    objective = get_policy_objective("prefix_product")(SimpleNamespace())
+    try:
+        yield get_policy_objective("prefix_product")
+    finally:
+        POLICY_OBJECTIVES._items.pop("prefix_product", None)
+
+
+def test_positive_control_weights_are_the_exclusive_prefix_product(prefix_product_objective):
+    objective = prefix_product_objective(SimpleNamespace())
     log_ratio = torch.tensor([[0.5, -1.0, 0.3, 9.0], [-0.2, 7.0, 0.1, 0.0]])
     mask = torch.tensor([[1, 1, 1, 0], [1, 0, 1, 1]])  # the masked 7.0 and 9.0 must not enter any product
     ctx = SimpleNamespace(mask=mask, log_ratio=log_ratio, extras={})
