@@ -159,6 +159,29 @@ def test_store_levels_drive_the_next_variants_and_dataset_difficulty_is_the_star
     assert calls[1][0].extras["diva_levels"][:8] == [2] * 8
 
 
+def test_hint_separator_joins_the_hint_steps(tiny_checkpoint, tmp_path):
+    dataset = diva_dataset(difficulty=[9] + [None] * 7)
+    reward = RecordingReward()
+    trainer = make_diva(
+        tiny_checkpoint,
+        dataset,
+        tmp_path,
+        reward_funcs=[reward],
+        diva_hint_template="{hints}|{question}",
+        diva_hint_separator=" ; ",
+    )
+    trainer.model.train()
+    trainer._generate_and_score_completions(slot_rows(dataset, [0, 1]))
+    assert reward.calls[0]["prompts"][NUM_GENERATIONS] == "0+1=1 ; so|0+1="
+
+
+def test_hint_separator_must_be_a_string(tmp_path):
+    from trl_ext.trainers.diva import DIVAConfig
+
+    with pytest.raises(ValueError, match="diva_hint_separator must be a string"):
+        DIVAConfig(output_dir=str(tmp_path), diva_hint_separator=3, use_cpu=True, bf16=False)
+
+
 def test_warmup_uses_local_zscores_and_leaves_the_store(tiny_checkpoint, tmp_path):
     dataset = diva_dataset()
     trainer = make_diva(tiny_checkpoint, dataset, tmp_path, diva_warmup_steps=1)

@@ -101,6 +101,9 @@ class DIVAConfig(BaseGRPOConfig):
             or `"package.module:function"`.
         diva_hint_template (`str`, *optional*):
             Format string of a hinted prompt with `{question}` and `{hints}` (the built-in generator's).
+        diva_hint_separator (`str`, *optional*, defaults to `"\n"`):
+            Joins a hinted variant's hint steps into `{hints}` (the built-in generator's). Set it to a character of
+            the tokenizer's vocabulary when a newline is not one (e.g. a character tokenizer).
     """
 
     advantage_estimator: str = field(
@@ -148,6 +151,12 @@ class DIVAConfig(BaseGRPOConfig):
         default=DEFAULT_HINT_TEMPLATE,
         metadata={"help": "Format string of a hinted prompt, with {question} and {hints} (built-in generator)."},
     )
+    diva_hint_separator: str = field(
+        default="\n",
+        metadata={
+            "help": "Joins the hint steps of a hinted prompt into {hints} (built-in generator). Default: newline."
+        },
+    )
 
     def __post_init__(self):
         super().__post_init__()
@@ -160,6 +169,11 @@ class DIVAConfig(BaseGRPOConfig):
             ranges = [ranges[i : i + 2] for i in range(0, len(ranges), 2)]
         self.diva_score_ranges = [[float(lo), float(hi)] for lo, hi in (tuple(r) for r in ranges)]
         self.diva_difficulty_changes = [int(c) if float(c) == int(c) else c for c in self.diva_difficulty_changes]
+        if not isinstance(self.diva_hint_separator, str):
+            raise ValueError(
+                "diva_hint_separator must be a string (it joins a hinted variant's hint steps), "
+                f"got {self.diva_hint_separator!r}"
+            )
         validate_diva_fields(self)
 
 
@@ -209,6 +223,7 @@ class DIVATrainer(BaseGRPOTrainer):
         self.variant_generator = resolve_variant_generator(
             config.diva_variant_generator,
             hint_template=config.diva_hint_template,
+            hint_separator=config.diva_hint_separator,
             min_difficulty=config.diva_min_difficulty,
             max_difficulty=config.diva_max_difficulty,
         )
