@@ -87,6 +87,9 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).parent))
+from common import spread  # noqa: E402
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
@@ -527,20 +530,13 @@ def summarise_run(run: dict) -> dict:
     return summary
 
 
-def _spread(values: list) -> dict | None:
-    numbers = [v for v in values if v is not None]
-    if not numbers:
-        return None
-    return {"mean": statistics.fmean(numbers), "min": min(numbers), "max": max(numbers), "n": len(numbers)}
-
-
 def summarise(runs: dict) -> dict:
     """Per arm: mean/min/max over seeds of every per-run summary; then the controls and the verdicts."""
     per_run = {arm: {seed: summarise_run(run) for seed, run in seeds.items()} for arm, seeds in runs.items()}
     arms = {}
     for arm, seeds in per_run.items():
         keys = next(iter(seeds.values())).keys()
-        arms[arm] = {key: _spread([s[key] for s in seeds.values()]) for key in keys}
+        arms[arm] = {key: spread([s[key] for s in seeds.values()]) for key in keys}
     out: dict = {"arms": arms, "per_run": per_run}
     if "dapo" not in per_run:
         return out
