@@ -100,23 +100,20 @@ def pretrain(checkpoint: str, dataset, task, seed: int, steps: int, out_dir: Pat
     return str(out_dir)
 
 
-def gradients_at(checkpoint: str, dataset, task, seed: int, num_batches: int) -> dict:
-    """Flattened gradients of the loss on `num_batches` fresh batches, for each advantage on the same completions."""
-    import torch
-
+def spied_trainer(checkpoint: str, dataset, task, seed: int, **overrides):
+    """A `grpo` trainer with the quickstart settings (plus `overrides`) for single-batch measurements, and the list
+    into which every `AdvantageBatch` it builds is appended (the rewards of each generated batch)."""
     from trl_ext import get_trainer
-    from trl_ext.advantages.beta_normalization import beta_normalized_advantages
-    from trl_ext.advantages.diva import combined_rewards
     from trl_ext.data import QUICKSTART_SETTINGS
 
     trainer_cls, config_cls = get_trainer("grpo")
     config = dict(QUICKSTART_SETTINGS["config"])
-    config.update(seed=seed, max_steps=1)
+    config.update(seed=seed, max_steps=1, **overrides)
     with tempfile.TemporaryDirectory() as output_dir:
         args = config_cls(output_dir=output_dir, disable_tqdm=True, **config)
         trainer = trainer_cls(model=checkpoint, reward_funcs=task.reward_funcs, args=args, train_dataset=dataset)
     trainer.current_gradient_accumulation_steps = 1
-    captured = []
+    captured: list = []
     build = trainer.build_advantage_batch
 
     def spy(*call_args, **call_kwargs):
@@ -125,6 +122,17 @@ def gradients_at(checkpoint: str, dataset, task, seed: int, num_batches: int) ->
         return batch
 
     trainer.build_advantage_batch = spy
+    return trainer, captured
+
+
+def gradients_at(checkpoint: str, dataset, task, seed: int, num_batches: int) -> dict:
+    """Flattened gradients of the loss on `num_batches` fresh batches, for each advantage on the same completions."""
+    import torch
+
+    from trl_ext.advantages.beta_normalization import beta_normalized_advantages
+    from trl_ext.advantages.diva import combined_rewards
+
+    trainer, captured = spied_trainer(checkpoint, dataset, task, seed)
     rng = random.Random(seed)
     model = trainer.model
     grads: dict[str, list] = {name: [] for name in ADVANTAGES}
@@ -204,29 +212,17 @@ def grouped_variance_at(
     BNPO's gradients are also computed directly on the first batch to check this decomposition."""
     import torch
 
-    from trl_ext import get_trainer
     from trl_ext.advantages.beta_normalization import beta_log_pdf, beta_normalized_advantages
     from trl_ext.advantages.diva import combined_rewards
-    from trl_ext.data import QUICKSTART_SETTINGS
 
-    trainer_cls, config_cls = get_trainer("grpo")
-    config = dict(QUICKSTART_SETTINGS["config"])
-    config.update(
-        seed=seed, max_steps=1, num_generations=num_generations, per_device_train_batch_size=prompts * num_generations
+    trainer, captured = spied_trainer(
+        checkpoint,
+        dataset,
+        task,
+        seed,
+        num_generations=num_generations,
+        per_device_train_batch_size=prompts * num_generations,
     )
-    with tempfile.TemporaryDirectory() as output_dir:
-        args = config_cls(output_dir=output_dir, disable_tqdm=True, **config)
-        trainer = trainer_cls(model=checkpoint, reward_funcs=task.reward_funcs, args=args, train_dataset=dataset)
-    trainer.current_gradient_accumulation_steps = 1
-    captured = []
-    build = trainer.build_advantage_batch
-
-    def spy(*call_args, **call_kwargs):
-        batch = build(*call_args, **call_kwargs)
-        captured.append(batch)
-        return batch
-
-    trainer.build_advantage_batch = spy
     model = trainer.model
     params = [p for p in model.parameters() if p.requires_grad]
 
