@@ -153,9 +153,13 @@ def measure(seed: int, length: int, drift: float, batches: int, num: int, skill:
     theta = policy.clone().requires_grad_(True)
     (true_grad,) = torch.autograd.grad(expected_reward(theta, target), theta)
     true_grad = true_grad.flatten()
-    result: dict = {"seed": seed, "length": length, "drift": drift, "J_sampler": None, "J_policy": None}
-    result["J_sampler"] = expected_reward(sampler, target).item()
-    result["J_policy"] = expected_reward(policy, target).item()
+    result: dict = {
+        "seed": seed,
+        "length": length,
+        "drift": drift,
+        "J_sampler": expected_reward(sampler, target).item(),
+        "J_policy": expected_reward(policy, target).item(),
+    }
     grads: dict[str, list[torch.Tensor]] = {name: [] for name in ESTIMATORS}
     abs_log_ratio = []
     for _ in range(batches):
