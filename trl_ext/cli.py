@@ -555,9 +555,10 @@ def list_main(argv: list[str] | None = None) -> None:
 def vllm_serve_command(argv: list[str]) -> list[str]:
     """The command ``trl vllm-serve`` would run for ``argv``, with HAPO's logits processor added to vLLM's
     ``--logits-processors`` (appended to the user's list if the option is given)."""
-    from trl.scripts.vllm_serve import build_command, make_parser
-
+    from trl_ext.compat import vllm_serve_tools
     from trl_ext.rollout.vllm_temperature import LOGITS_PROCESSOR_FQCN
+
+    make_parser, build_command = vllm_serve_tools()
 
     script_args, extra_args = make_parser(prog="trl-ext vllm-serve").parse_args_and_config(
         argv, return_remaining_strings=True

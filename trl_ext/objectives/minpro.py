@@ -36,6 +36,7 @@ from typing import Any
 
 import torch
 
+from trl_ext.generation import capabilities_of
 from trl_ext.objectives import functional as F
 from trl_ext.objectives.base import LossContext, PolicyObjective
 from trl_ext.registry import register_policy_objective
@@ -230,7 +231,7 @@ class MinPROObjective(PolicyObjective):
             )
         if (
             self.ratio_source == "sampling"
-            and getattr(args, "use_vllm", False)
+            and capabilities_of(args).sampling_logprobs  # TRL corrects with the sampler's log-probs (vLLM)
             and getattr(args, "vllm_importance_sampling_correction", False)
         ):
             warnings.warn(

@@ -22,7 +22,6 @@ Checkpoint hook
 from __future__ import annotations
 
 import functools
-import inspect
 import logging
 import os
 import warnings
@@ -33,8 +32,8 @@ import torch
 from accelerate.utils import gather, gather_object
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from trl import GRPOConfig, GRPOTrainer
-from trl.trainer.utils import nanmax, nanmin
 
+from trl_ext import compat
 from trl_ext._quiet import progress_bars_disabled
 from trl_ext.advantages.base import AdvantageBatch, AdvantageEstimator
 from trl_ext.jsonio import read_json_object, write_json_atomic
@@ -182,11 +181,9 @@ class BaseGRPOTrainer(GRPOTrainer):
         plain GRPO (the base falls back to the ``grpo`` components). Instead each trainer gets its own config's
         defaults (``<model>-<Trainer>`` as output directory, as TRL names it). Idempotent.
         """
-        bound = inspect.signature(GRPOTrainer.__init__).bind(None, *args, **kwargs)
+        bound = compat.grpo_trainer_arguments(args, kwargs)
         if bound.arguments.get("args") is not None:
             return args, kwargs
-        from trl.trainer.utils import get_config_model_id
-
         from trl_ext.registry import get_trainer_entry, list_trainers
 
         config_cls = next(
@@ -194,13 +191,13 @@ class BaseGRPOTrainer(GRPOTrainer):
             BaseGRPOConfig,
         )
         model = bound.arguments.get("model")
-        model_name = model if isinstance(model, str) else get_config_model_id(model.config)
+        model_name = model if isinstance(model, str) else compat.get_config_model_id(model.config)
         bound.arguments["args"] = config_cls(f"{model_name.split('/')[-1]}-{cls._name}")
         return bound.args[1:], bound.kwargs
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         args, kwargs = self._with_default_args(args, kwargs)
-        config = inspect.signature(GRPOTrainer.__init__).bind(None, *args, **kwargs).arguments["args"]
+        config = compat.grpo_trainer_arguments(args, kwargs).arguments["args"]
         with progress_bars_disabled(bool(getattr(config, "disable_tqdm", False))):  # no "Loading weights" bars
             super().__init__(*args, **kwargs)
         self.advantage_estimator: AdvantageEstimator = self._build_component(
@@ -241,9 +238,7 @@ class BaseGRPOTrainer(GRPOTrainer):
         path = os.path.join(self.args.output_dir, "README.md")
         if not self.is_world_process_zero() or not os.path.isfile(path):
             return
-        from trl.trainer.utils import get_config_model_id
-
-        source = get_config_model_id(self.model.config)
+        source = compat.get_config_model_id(self.model.config)
         missing = "fine-tuned version of [None](https://huggingface.co/None)"
         with open(path) as f:
             text = f.read()
@@ -475,7 +470,9 @@ class BaseGRPOTrainer(GRPOTrainer):
         inputs = ctx.inputs
         input_ids = torch.cat([inputs["prompt_ids"], inputs["completion_ids"]], dim=1)
         attention_mask = torch.cat([inputs["prompt_mask"], inputs["completion_mask"]], dim=1)
-        ctx.logps, ctx.entropies, ctx.aux_loss = self._get_per_token_logps_and_entropies(
+        # Keywords the installed TRL does not take are left out (the multimodal ones differ between minors).
+        ctx.logps, ctx.entropies, ctx.aux_loss = compat.call_accepted(
+            self._get_per_token_logps_and_entropies,
             model,
             input_ids,
             attention_mask,
@@ -572,8 +569,10 @@ class BaseGRPOTrainer(GRPOTrainer):
             ctx.per_token_loss = ctx.per_token_loss * ctx.off_policy_mask
         if ctx.entropy_mask is not None:
             ctx.per_token_loss = ctx.per_token_loss * ctx.entropy_mask
-        if self.use_vllm and self.vllm_importance_sampling_correction and self.loss_type != "vespo":
-            ctx.per_token_loss = ctx.per_token_loss * ctx.inputs["importance_sampling_ratio"]
+        # TRL puts the ratio in the batch exactly when it applies it (vLLM with vllm_importance_sampling_correction).
+        importance_ratio = ctx.inputs.get("importance_sampling_ratio")
+        if importance_ratio is not None and self.loss_type != "vespo":
+            ctx.per_token_loss = ctx.per_token_loss * importance_ratio
 
     def _loss_add_kl(self, ctx: LossContext) -> None:
         if self.beta != 0.0:
@@ -668,9 +667,9 @@ class BaseGRPOTrainer(GRPOTrainer):
             metrics["clip_ratio/high_mean"].append(ctx.global_masked_mean(is_high.float()))
             metrics["clip_ratio/region_mean"].append(ctx.global_masked_mean(is_region.float()))
             low_per_seq = self.accelerator.gather(self._masked_seq_mean(is_low.float(), ctx.mask))
-            metrics["clip_ratio/low_min"].append(nanmin(low_per_seq).item())
+            metrics["clip_ratio/low_min"].append(compat.nanmin(low_per_seq).item())
             high_per_seq = self.accelerator.gather(self._masked_seq_mean(is_high.float(), ctx.mask))
-            metrics["clip_ratio/high_max"].append(nanmax(high_per_seq).item())
+            metrics["clip_ratio/high_max"].append(compat.nanmax(high_per_seq).item())
         elif self.loss_type == "cispo":
             is_clipped = (ctx.ratio > self.epsilon_high) & (ctx.advantages > 0)
             metrics["cispo_clip_ratio"].append(ctx.global_masked_mean(is_clipped.float()))

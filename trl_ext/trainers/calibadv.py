@@ -17,7 +17,6 @@ method), ``epsilon=epsilon_high=0.2``, ``beta=0`` (see ``recipes/calibadv/``).
 
 from __future__ import annotations
 
-import inspect
 import json
 import logging
 import math
@@ -27,8 +26,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from accelerate.utils import gather_object
-from trl import GRPOTrainer
 
+from trl_ext import compat
 from trl_ext.advantages.base import AdvantageBatch
 from trl_ext.advantages.calibadv import CalibAdvAdvantage, validate_calibadv_advantage_fields
 from trl_ext.catalogue import BUILTIN_TRAINERS
@@ -262,7 +261,9 @@ class CalibAdvTrainer(BaseGRPOTrainer):
     object with `search(queries, top_k)` (or a function `f(queries, top_k)`) used instead of the one the config names.
     Unless `rollout_func` is given, a [`~trl_ext.rollout.search_agent.SearchAgentRollout`] built from the config is
     installed (available as `trainer.rollout_func`). It generates each turn with transformers `generate`, or with the
-    trainer's vLLM engine when `use_vllm=True` (colocate or server mode; see `trl_ext.rollout.vllm_turns`). A `prompt`-less dataset with a `question` column gets the search instruction
+    trainer's vLLM engine when `use_vllm=True` (colocate or server mode), through `trl_ext.generation`; a trainer
+    combined with `HAPOTemperatureMixin` samples every turn with HAPO's adaptive temperature. A `prompt`-less dataset
+    with a `question` column gets the search instruction
     (:data:`trl_ext.data.deepsearch.SEARCH_INSTRUCTION`) as a chat prompt when the tokenizer has a chat template, else
     as plain text.
     """
@@ -284,7 +285,7 @@ class CalibAdvTrainer(BaseGRPOTrainer):
 
     def __init__(self, *args: Any, retriever: Retriever | Any | None = None, **kwargs: Any) -> None:
         args, kwargs = self._with_default_args(args, kwargs)
-        bound = inspect.signature(GRPOTrainer.__init__).bind(None, *args, **kwargs).arguments
+        bound = compat.grpo_trainer_arguments(args, kwargs).arguments
         config = bound.get("args")
         if config is None or not hasattr(config, "calibadv_max_turns"):
             raise ValueError(f"CalibAdvTrainer needs a CalibAdvConfig, got {type(config).__name__}")

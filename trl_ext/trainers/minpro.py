@@ -13,15 +13,14 @@ weight and the clip on rho_t only are reconstructed choices (see ``docs/trainers
 
 from __future__ import annotations
 
-import inspect
 import textwrap
 from dataclasses import dataclass, field
 from typing import Any
 
-from trl import GRPOTrainer
-
 import trl_ext.objectives.minpro  # noqa: F401  (registers the "minpro" policy objective)
+from trl_ext import compat
 from trl_ext.catalogue import BUILTIN_TRAINERS
+from trl_ext.generation import capabilities_of
 from trl_ext.objectives.minpro import (
     DEFAULT_LOG_WEIGHT_CLAMP,
     MINPRO_LOSS_TYPES,
@@ -144,13 +143,13 @@ class MinPROTrainer(BaseGRPOTrainer):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         # Checked before the parent loads a model, so that a misconfigured run fails in seconds.
-        bound = inspect.signature(GRPOTrainer.__init__).bind(self, *args, **kwargs).arguments
+        bound = compat.grpo_trainer_arguments(args, kwargs).arguments
         config = bound.get("args")
         if (
-            getattr(config, "policy_objective", None) == "minpro"
+            config is not None
+            and getattr(config, "policy_objective", None) == "minpro"
             and getattr(config, "minpro_ratio_source", "old") == "sampling"
-            and not getattr(config, "use_vllm", False)
-            and bound.get("rollout_func") is None
+            and not capabilities_of(config, bound.get("rollout_func")).sampling_logprobs
         ):
             raise ValueError(
                 "minpro_ratio_source='sampling' needs the sampler's log-probs: set use_vllm=True or pass a "
