@@ -37,20 +37,21 @@ extra fields ``calibadv_transcript`` (``"<think>"`` if prepending + all turn tex
 ``calibadv_steps``, ``calibadv_invalid_action``, ``calibadv_turns`` and ``calibadv_truncated``. TRL merges the extra
 fields into each input row, so reward functions receive them as keyword lists and the advantage seam can gather them.
 
-**Backends.** transformers ``generate`` (batched over the active trajectories, with a stopping criterion on the
-decoded text of the new tokens), or, when the trainer runs with ``use_vllm=True``, the trainer's vLLM engine
-(:class:`~trl_ext.rollout.vllm_turns.VLLMTurnGenerator`: one request per active trajectory and turn, vLLM's stop
-strings with the stop string kept, the sampled tokens' processed log-probs; colocate or server mode). Either way the
-sampled token ids are used as returned and the rollout cuts them after the stop string or EOS, so both backends build
-the same structure (env_mask, observations, log-probs 0 on observations).
+**Backends.** Each turn is one call of the trainer's generation backend (:mod:`trl_ext.generation`): transformers
+``generate`` (batched over the active trajectories, with a stopping criterion on the decoded text of the new tokens),
+or the trainer's vLLM engine, colocated or server (one request per active trajectory and turn, vLLM's stop strings
+with the stop string kept, the sampled tokens' processed log-probs). The rollout never asks which: the sampled token
+ids are used as returned and the rollout cuts them after the stop string or EOS, so every backend builds the same
+structure (env_mask, observations, log-probs 0 on observations). A trainer's sampling change (HAPO's adaptive
+temperature) applies to every turn on every backend.
 
 **Lockstep turns.** Each process runs the turn loop over its own trajectories, so processes may need different numbers
 of turns. That is fine when a process's ``generate`` talks to no other process (one process, DDP, DeepSpeed ZeRO-1/2),
 but transformers synchronises ``generate`` across ranks at every decoding step when the parameters are sharded
 (``synced_gpus``: DeepSpeed ZeRO-3 or an FSDP-managed model, world size > 1); a process that left the loop early
 would leave the others waiting in that collective forever (ZeRO-3) or mismatch their messages (FSDP2). A turn
-generator whose ``collective`` attribute is True (:class:`TransformersTurnGenerator` sets it exactly under
-transformers' ``synced_gpus`` condition) is therefore called the same number of times on every process: before each
+generator whose ``collective`` attribute is True (the transformers backend sets it exactly under transformers'
+``synced_gpus`` condition) is therefore called the same number of times on every process: before each
 turn one cross-process OR (``any_active``, an all-reduce built from the trainer's accelerator) says whether any process
 still has an active trajectory; while one has, every process calls the generator, with empty ``contexts`` and ``rows``
 where none is active left (the generator takes part in its collective and returns ``[]``). The trajectories are those
@@ -70,27 +71,23 @@ Decisions where the spec is silent:
 from __future__ import annotations
 
 import bisect
-import contextlib
-import copy
 import re
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import torch
-from transformers import LogitsProcessor, StoppingCriteria
 
 from trl_ext.advantages.calibadv_math import step_think_text
+from trl_ext.generation import open_backend
+from trl_ext.generation.transformers_generate import TransformersBackend
 from trl_ext.retrieval.base import Document, Retriever, check_top_k, format_documents
 
 __all__ = [
     "INVALID_ACTION_OBSERVATION",
     "STOP_STRINGS",
     "SearchAgentRollout",
-    "StopOnStrings",
-    "TransformersTurnGenerator",
     "TurnGenerator",
-    "generate_is_synchronised",
     "parse_action",
 ]
 
@@ -133,191 +130,6 @@ class TurnGenerator(Protocol):
     def __call__(
         self, contexts: list[list[int]], max_new_tokens: int, rows: list[int], turn: int
     ) -> list[tuple[list[int], list[float]]]: ...
-
-
-# ---------------------------------------------------------------------------------------------------------------------
-# transformers generate backend
-# ---------------------------------------------------------------------------------------------------------------------
-
-
-class StopOnStrings(StoppingCriteria):
-    """A transformers ``StoppingCriteria``: a row is done once the decoded text of its *new* tokens contains one of
-    ``stop_strings``. Only the last ``window`` new tokens are decoded at each step (the stop string completes at the
-    newest token)."""
-
-    def __init__(self, tokenizer: Any, start: int, stop_strings: Sequence[str] = STOP_STRINGS, window: int = 32):
-        self.tokenizer = tokenizer
-        self.start = start
-        self.stop_strings = tuple(stop_strings)
-        self.window = max(window, max(len(s) for s in self.stop_strings) + 1)
-
-    def __call__(self, input_ids: torch.LongTensor, scores: Any = None, **kwargs: Any) -> torch.BoolTensor:
-        tail = input_ids[:, max(self.start, input_ids.shape[1] - self.window) :]
-        texts = self.tokenizer.batch_decode(tail.tolist(), skip_special_tokens=True)
-        done = [any(stop in text for stop in self.stop_strings) for text in texts]
-        return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
-
-
-class _SamplingLogprobRecorder(LogitsProcessor):
-    """Last logits processor: keeps the final (processed) scores of one step and, at the next step, reads off the
-    log-prob of the token that was sampled from them, so only one (B, V) tensor is held."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.logprobs: list[torch.Tensor] = []
-        self._scores: torch.Tensor | None = None
-        self._lse: torch.Tensor | None = None
-
-    def _flush(self, tokens: torch.Tensor) -> None:
-        if self._scores is not None:
-            picked = self._scores.gather(1, tokens.view(-1, 1).to(self._scores.device)).squeeze(1)
-            self.logprobs.append((picked - self._lse).float().cpu())
-            self._scores = self._lse = None
-
-    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
-        self._flush(input_ids[:, -1])
-        self._scores = scores.detach()
-        self._lse = torch.logsumexp(self._scores.float(), dim=-1)
-        return scores
-
-    def finish(self, last_tokens: torch.Tensor) -> torch.Tensor:
-        """(B, S) log-probs of the S sampled steps, once ``generate`` has returned."""
-        self._flush(last_tokens)
-        if not self.logprobs:
-            return torch.zeros(last_tokens.shape[0], 0)
-        return torch.stack(self.logprobs, dim=1)
-
-
-def generate_is_synchronised(model: Any) -> bool:
-    """Whether transformers ``generate`` on ``model`` synchronises the ranks at every decoding step.
-
-    The same condition as transformers' default ``synced_gpus``: DeepSpeed ZeRO-3 or an FSDP-managed model (FSDP1
-    wrapper or FSDP2 ``fully_shard``), with a torch.distributed world size above one.
-    """
-    import torch.distributed as dist
-    from transformers.integrations.deepspeed import is_deepspeed_zero3_enabled
-    from transformers.integrations.fsdp import is_fsdp_managed_module
-
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() <= 1:
-        return False
-    return bool(is_deepspeed_zero3_enabled() or is_fsdp_managed_module(model))
-
-
-def _sampling_warpers(generation_config: Any) -> list[Any]:
-    """temperature, top-k, top-p, min-p as transformers applies them when sampling (same order, same conditions)."""
-    from transformers import MinPLogitsWarper, TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
-
-    warpers: list[Any] = []
-    temperature = generation_config.temperature
-    if temperature is not None and temperature != 1.0:
-        warpers.append(TemperatureLogitsWarper(temperature))
-    if generation_config.top_k is not None and generation_config.top_k != 0:
-        warpers.append(TopKLogitsWarper(top_k=generation_config.top_k, min_tokens_to_keep=1))
-    if generation_config.top_p is not None and generation_config.top_p < 1.0:
-        warpers.append(TopPLogitsWarper(top_p=generation_config.top_p, min_tokens_to_keep=1))
-    if generation_config.min_p is not None:
-        warpers.append(MinPLogitsWarper(min_p=generation_config.min_p, min_tokens_to_keep=1))
-    return warpers
-
-
-class TransformersTurnGenerator:
-    """:class:`TurnGenerator` over a transformers causal LM's ``generate``.
-
-    Sampling follows ``generation_config`` (TRL's: ``do_sample``, temperature, top-k, top-p, min-p, repetition penalty,
-    eos and pad ids). Temperature / top-k / top-p / min-p are applied by this class's own processor list, followed by a
-    recorder that reads off the log-prob of every sampled token under the final sampling distribution (what vLLM
-    reports as processed log-probs); ``generate``'s own copies of those warpers are switched off so they act once.
-    Extra ``logits_processors`` run before them (transformers' place for custom processors). Other warpers set through
-    ``generation_kwargs`` (typical-p, epsilon / eta cutoffs) stay in ``generate`` and therefore act before temperature.
-
-    :attr:`collective` is :func:`generate_is_synchronised` for ``model`` at construction (ZeRO-3 or FSDP with more
-    than one process). A call with no contexts then still runs ``generate`` on one dummy row for one new token,
-    greedily (no random numbers drawn): under ``synced_gpus`` that ``generate`` keeps stepping, without sampling, until
-    every other process has finished its turn, which is what keeps the ranks' collectives matched. Otherwise an
-    empty call returns ``[]`` at once.
-
-    Args:
-        model: the (unwrapped) model.
-        tokenizer: its tokenizer (for padding and the stop-string check).
-        generation_config: a ``transformers.GenerationConfig`` (``trainer.generation_config``); copied, not modified.
-        logits_processors: extra ``LogitsProcessor`` objects.
-        stop_strings: strings that end a turn.
-    """
-
-    def __init__(
-        self,
-        model: Any,
-        tokenizer: Any,
-        generation_config: Any | None = None,
-        logits_processors: Sequence[Any] = (),
-        stop_strings: Sequence[str] = STOP_STRINGS,
-    ) -> None:
-        from transformers import GenerationConfig
-
-        self.model = model
-        self.tokenizer = tokenizer
-        base = copy.deepcopy(generation_config) if generation_config is not None else GenerationConfig(do_sample=True)
-        self.warpers = _sampling_warpers(base) if base.do_sample else []
-        base.temperature, base.top_k, base.top_p, base.min_p = 1.0, None, 1.0, None
-        base.return_dict_in_generate = False
-        base.output_scores = base.output_logits = False
-        if base.pad_token_id is None:
-            base.pad_token_id = tokenizer.pad_token_id
-        if base.eos_token_id is None:
-            base.eos_token_id = tokenizer.eos_token_id
-        self.generation_config = base
-        self.logits_processors = list(logits_processors)
-        self.stop_strings = tuple(stop_strings)
-        self.collective = generate_is_synchronised(model)
-
-    def __call__(
-        self, contexts: list[list[int]], max_new_tokens: int, rows: list[int] | None = None, turn: int | None = None
-    ) -> list[tuple[list[int], list[float]]]:
-        from transformers import LogitsProcessorList, StoppingCriteriaList
-
-        if not contexts:
-            if self.collective:
-                self._join_synchronised_generate()
-            return []
-        pad_id = self.generation_config.pad_token_id
-        width = max(len(ids) for ids in contexts)
-        input_ids = torch.tensor([[pad_id] * (width - len(ids)) + list(ids) for ids in contexts], dtype=torch.long)
-        attention_mask = torch.tensor([[0] * (width - len(ids)) + [1] * len(ids) for ids in contexts])
-        device = next(self.model.parameters()).device
-        config = copy.copy(self.generation_config)
-        config.max_new_tokens = max_new_tokens
-        recorder = _SamplingLogprobRecorder()
-        with torch.no_grad():
-            sequences = self.model.generate(
-                input_ids=input_ids.to(device),
-                attention_mask=attention_mask.to(device),
-                generation_config=config,
-                logits_processor=LogitsProcessorList([*self.logits_processors, *self.warpers, recorder]),
-                stopping_criteria=StoppingCriteriaList([StopOnStrings(self.tokenizer, width, self.stop_strings)]),
-            )
-        new_tokens = sequences[:, width:].cpu()
-        logprobs = recorder.finish(new_tokens[:, -1]) if new_tokens.shape[1] else torch.zeros(len(contexts), 0)
-        steps = min(new_tokens.shape[1], logprobs.shape[1])
-        return [(new_tokens[i, :steps].tolist(), logprobs[i, :steps].tolist()) for i in range(len(contexts))]
-
-    def _join_synchronised_generate(self) -> None:
-        """One greedy token for one dummy row: under ``synced_gpus`` this ``generate`` keeps running forward passes
-        (and the per-step all-reduce) until every process's ``generate`` of this turn has finished."""
-        token = self.generation_config.pad_token_id
-        if token is None:
-            token = self.generation_config.eos_token_id
-        if isinstance(token, (list, tuple)):
-            token = token[0]
-        config = copy.copy(self.generation_config)
-        config.do_sample = False  # draws no random numbers, so this process's sampling stream is untouched
-        config.max_new_tokens = 1
-        device = next(self.model.parameters()).device
-        with torch.no_grad():
-            self.model.generate(
-                input_ids=torch.tensor([[int(token)]], dtype=torch.long, device=device),
-                attention_mask=torch.ones(1, 1, dtype=torch.long, device=device),
-                generation_config=config,
-            )
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -424,7 +236,13 @@ class SearchAgentRollout:
     # Entry points
     # ------------------------------------------------------------------------------------------------------------
     def __call__(self, prompts: list[Any], trainer: Any) -> dict[str, list[Any]]:
-        """TRL's ``rollout_func``: one completion per prompt with the trainer's (unwrapped) model and settings."""
+        """TRL's ``rollout_func``: one completion per prompt with the trainer's generation backend and settings.
+
+        The backend is the trainer's (:func:`trl_ext.generation.open_backend`: transformers ``generate`` on the
+        unwrapped model, or its vLLM engine); a trainer that changes how tokens are sampled (HAPO's adaptive
+        temperature, :class:`~trl_ext.trainers.hapo.HAPOTemperatureMixin`) hands its change over through
+        ``trainer.rollout_sampling_change()`` and every turn samples with it.
+        """
         tokenizer = _tokenizer_of(trainer.processing_class)
         prompt_ids = self.encode_prompts(
             prompts,
@@ -433,8 +251,12 @@ class SearchAgentRollout:
             chat_template_kwargs=getattr(trainer, "chat_template_kwargs", None),
         )
         accelerator = trainer.accelerator
-        with self._generation_model(trainer) as model:
-            generator = self.make_turn_generator(model, tokenizer, trainer)
+        sampling_change = getattr(trainer, "rollout_sampling_change", None)
+        sampling = sampling_change() if callable(sampling_change) else None
+        with open_backend(
+            trainer, stop_strings=STOP_STRINGS, sampling=sampling, logits_processors=self.logits_processors
+        ) as backend:
+            generator = self.make_turn_generator(backend, tokenizer, trainer)
             output = self.run(
                 prompt_ids,
                 tokenizer,
@@ -449,42 +271,10 @@ class SearchAgentRollout:
             log_extra("calibadv_turns", list(output["calibadv_turns"]))
         return output
 
-    def make_turn_generator(self, model: Any, tokenizer: Any, trainer: Any | None = None) -> TurnGenerator:
-        """The :class:`TurnGenerator` of a rollout (override for scripted generation): the trainer's vLLM engine
-        (:class:`~trl_ext.rollout.vllm_turns.VLLMTurnGenerator`) when it runs with ``use_vllm=True``, else
-        transformers ``generate`` on ``model``."""
-        if trainer is not None and getattr(trainer, "use_vllm", False):
-            from trl_ext.rollout.vllm_turns import VLLMTurnGenerator
-
-            if self.logits_processors:
-                raise ValueError(
-                    "SearchAgentRollout(logits_processors=...) are transformers processors and cannot run inside vLLM; "
-                    "drop them or set use_vllm=False"
-                )
-            return VLLMTurnGenerator.from_trainer(trainer)
-        config = getattr(trainer, "generation_config", None) if trainer is not None else None
-        return TransformersTurnGenerator(model, tokenizer, config, self.logits_processors)
-
-    @contextlib.contextmanager
-    def _generation_model(self, trainer: Any) -> Iterator[Any]:
-        from trl.models import unwrap_model_for_generation
-
-        args = trainer.args
-        with contextlib.ExitStack() as stack:
-            model = stack.enter_context(
-                unwrap_model_for_generation(
-                    trainer.model_wrapped,
-                    trainer.accelerator,
-                    gather_deepspeed3_params=args.ds3_gather_for_generation,
-                    generation_kwargs=getattr(trainer, "generation_kwargs", None),
-                    gradient_checkpointing_kwargs=args.gradient_checkpointing_kwargs,
-                )
-            )
-            stack.enter_context(torch.no_grad())
-            dist = getattr(trainer, "_dist", None)
-            if dist is not None and hasattr(dist, "summon_full_params"):  # FSDP: full weights while generating
-                stack.enter_context(dist.summon_full_params(trainer.model_wrapped, recurse=False))
-            yield model
+    def make_turn_generator(self, backend: Any, tokenizer: Any, trainer: Any | None = None) -> TurnGenerator:
+        """The :class:`TurnGenerator` of a rollout: the trainer's generation backend itself (a backend samples one
+        turn per call). Override for scripted generation."""
+        return backend
 
     def generate(
         self,
@@ -499,7 +289,9 @@ class SearchAgentRollout:
         """The rollout outside a trainer: ``model.generate`` with ``generation_config`` (default: sampling at T=1)."""
         tokenizer = _tokenizer_of(tokenizer)
         prompt_ids = self.encode_prompts(prompts, tokenizer, chat_template_kwargs=chat_template_kwargs)
-        generator = TransformersTurnGenerator(model, tokenizer, generation_config, self.logits_processors)
+        generator = TransformersBackend(
+            model, tokenizer, generation_config, self.logits_processors, stop_strings=STOP_STRINGS
+        )
         return self.run(prompt_ids, tokenizer, generator, max_completion_length=max_completion_length)
 
     def encode_prompts(

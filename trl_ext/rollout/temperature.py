@@ -23,7 +23,9 @@ and leaves T0 and the filters to vLLM).
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import math
+from collections import defaultdict
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -36,11 +38,18 @@ ROLLOUT_LOG_ENTROPY_FLOOR = 1e-6
 ROLLOUT_SCALE_EPS = 1e-6
 
 __all__ = [
+    "STAT_KEYS",
+    "TAG_KEY",
+    "TAU_KEY",
+    "AdaptiveTemperature",
     "AdaptiveTemperatureLogitsProcessor",
     "RolloutTemperatureState",
     "TemperatureStatistics",
     "logits_entropy",
     "rollout_temperatures",
+    "pop_temperature_summary",
+    "record_temperature_summary",
+    "temperature_extra_args",
 ]
 
 
@@ -280,4 +289,124 @@ class AdaptiveTemperatureLogitsProcessor(LogitsProcessor):
         else:
             count = torch.tensor(float(values.numel()), device=values.device)
             summary = torch.stack([values.min(), values.max(), values.sum(), count])
+        return summary.to(device) if device is not None else summary
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# The same change for every backend (trl_ext.generation): a transformers processor or vLLM request arguments
+# ---------------------------------------------------------------------------------------------------------------------
+
+#: vLLM extra-args keys of the four §2.2 statistics, in :class:`TemperatureStatistics` field order.
+STAT_KEYS: tuple[str, ...] = ("hapo_pivot", "hapo_scale", "hapo_scale_pos", "hapo_scale_neg")
+TAU_KEY = "hapo_tau"
+TAG_KEY = "hapo_tag"
+
+# tag -> per-step [min, max, sum, count] tensors of the temperatures a vLLM engine in this process realised
+_SUMMARIES: dict[str, list[torch.Tensor]] = defaultdict(list)
+
+
+def temperature_extra_args(stats: TemperatureStatistics, tau: float, tag: str | None = None) -> dict[str, Any]:
+    """The flat ``extra_args`` / ``vllm_xargs`` dict that asks the vLLM processor for adaptive temperature.
+
+    Args:
+        stats: the previous training batch's statistics.
+        tau: adaptation strength in [0, 1).
+        tag: if given, the realised temperatures are summarised under it (:func:`pop_temperature_summary`).
+    """
+    if not 0.0 <= tau < 1.0:
+        raise ValueError(f"hapo_temperature_tau must be in [0, 1), got {tau}")
+    values = (stats.pivot, stats.scale, stats.scale_pos, stats.scale_neg)
+    if not all(math.isfinite(float(v)) for v in values):
+        raise ValueError(f"HAPO adaptive temperature: statistics must be finite, got {values}")
+    args: dict[str, Any] = {key: float(value) for key, value in zip(STAT_KEYS, values, strict=True)}
+    args[TAU_KEY] = float(tau)
+    if tag is not None:
+        args[TAG_KEY] = str(tag)
+    return args
+
+
+def record_temperature_summary(tag: str, summary: torch.Tensor) -> None:
+    """Add one decoding step's [min, max, sum, count] of realised temperatures under ``tag`` (the vLLM processor)."""
+    _SUMMARIES[tag].append(summary)
+
+
+def pop_temperature_summary(tag: str) -> torch.Tensor | None:
+    """[min, max, sum, count] of the temperatures realised under ``tag`` in this process since the last call, or
+    ``None`` if no request with that tag was processed here (e.g. the engine is a separate server)."""
+    steps = _SUMMARIES.pop(tag, None)
+    if not steps:
+        return None
+    stacked = torch.stack([step.cpu() for step in steps])
+    return torch.stack([stacked[:, 0].min(), stacked[:, 1].max(), stacked[:, 2].sum(), stacked[:, 3].sum()])
+
+
+_EMPTY_SUMMARY = (float("inf"), float("-inf"), 0.0, 0.0)
+
+
+class AdaptiveTemperature:
+    """HAPO's adaptive temperature as a :class:`~trl_ext.generation.base.SamplingChange`: one statement, every backend.
+
+    transformers: :meth:`logits_processor` gives an :class:`AdaptiveTemperatureLogitsProcessor` for the backend's
+    sampling settings (T0 and the filters). vLLM: :meth:`vllm_extra_args` sends the statistics with every request to
+    :class:`trl_ext.rollout.vllm_temperature.HAPOTemperatureLogitsProcessor`, which the engine loads.
+    :meth:`summary_tensor` reads back the realised temperatures of everything sampled in this process.
+
+    Args:
+        stats: the previous training batch's statistics (``None``: plain T0).
+        tau: adaptation strength in [0, 1).
+        tag: names this change's requests for the vLLM processor's summaries (unique per trainer).
+        finished_token_ids: eos and pad ids (finished rows are left out of the summaries).
+        build_processor: ``build_processor(settings)`` makes the transformers processor (default: the plain one).
+    """
+
+    def __init__(
+        self,
+        stats: TemperatureStatistics | None,
+        tau: float,
+        tag: str,
+        finished_token_ids: Iterable[int] = (),
+        build_processor: Callable[[Any], AdaptiveTemperatureLogitsProcessor] | None = None,
+    ) -> None:
+        self.stats = stats
+        self.tau = float(tau)
+        self.tag = str(tag)
+        self.finished_token_ids = [int(i) for i in finished_token_ids]
+        self._build = build_processor
+        self.processors: list[AdaptiveTemperatureLogitsProcessor] = []
+
+    def logits_processor(self, settings: Any) -> AdaptiveTemperatureLogitsProcessor:
+        """A transformers processor applying T_t = T0 (1 + tau h_t) and then the settings' top-k / top-p / min-p."""
+        if self._build is not None:
+            processor = self._build(settings)
+        else:
+            processor = AdaptiveTemperatureLogitsProcessor(
+                self.stats,
+                self.tau,
+                settings.temperature,
+                top_k=settings.top_k,
+                top_p=settings.top_p,
+                min_p=settings.min_p,
+                finished_token_ids=self.finished_token_ids,
+            )
+        self.processors.append(processor)
+        return processor
+
+    def vllm_extra_args(self) -> dict[str, Any]:
+        """The statistics as vLLM request arguments (none with ``stats`` ``None``: the engine samples at T0)."""
+        if self.stats is None:
+            return {}
+        return temperature_extra_args(self.stats, self.tau, self.tag)
+
+    def summary_tensor(self, device: torch.device | str | None = None) -> torch.Tensor:
+        """[min, max, sum, count] of the temperatures realised in this process by this change's transformers
+        processors and the vLLM engines that ran here (inf, -inf, 0, 0 if none)."""
+        parts = [processor.summary_tensor("cpu") for processor in self.processors]
+        from_vllm = pop_temperature_summary(self.tag)
+        if from_vllm is not None:
+            parts.append(from_vllm.cpu())
+        parts = [p for p in parts if p[3] > 0]
+        if not parts:
+            return torch.tensor(_EMPTY_SUMMARY, device=device)
+        stacked = torch.stack(parts)
+        summary = torch.stack([stacked[:, 0].min(), stacked[:, 1].max(), stacked[:, 2].sum(), stacked[:, 3].sum()])
         return summary.to(device) if device is not None else summary

@@ -27,9 +27,11 @@ the engine will use. The class implements both (``update_state`` / ``apply(logit
 ``apply(logits, ctx)`` for V2), so one name serves every engine. In both runners it runs on the raw logits before
 temperature and filtering.
 
-**Registering it.** Colocate: the HAPO trainer passes :data:`LOGITS_PROCESSOR_FQCN` to the ``vllm.LLM`` that TRL
-builds. Server: ``trl-ext vllm-serve --model ...`` (or ``trl vllm-serve --model ... --logits-processors
-trl_ext.rollout.vllm_temperature:HAPOTemperatureLogitsProcessor``).
+**Registering it.** trl-ext declares the class under vLLM's ``vllm.logits_processors`` entry-point group
+(``pyproject.toml``), so every vLLM engine started in an environment where trl-ext is installed loads it: TRL's
+colocated engine and ``trl vllm-serve`` / ``trl-ext vllm-serve`` alike, with no change to TRL. It is inert for
+requests that carry no HAPO arguments (every request of other users of that engine). A second instance in the same
+engine (the name also passed as ``--logits-processors``) stays inert, so the factor is applied once.
 
 **Metrics.** When a request's extra args carry a ``hapo_tag``, the realised temperatures T0 (1 + tau h) of its rows
 are summarised in this process (:func:`pop_temperature_summary`). That works when the engine runs in the training
@@ -52,7 +54,16 @@ try:  # Model Runner V2 (vLLM >= 0.32, the default on GPUs with Triton) has its 
 except ImportError:  # older vLLM: the V1 runner only
     RunnerV2LogitsProcessor = None
 
-from trl_ext.rollout.temperature import TemperatureStatistics, rollout_temperatures
+from trl_ext.rollout.temperature import (
+    STAT_KEYS,
+    TAG_KEY,
+    TAU_KEY,
+    TemperatureStatistics,
+    pop_temperature_summary,
+    record_temperature_summary,
+    rollout_temperatures,
+    temperature_extra_args,
+)
 
 __all__ = [
     "HAPOTemperatureLogitsProcessor",
@@ -64,44 +75,14 @@ __all__ = [
     "temperature_extra_args",
 ]
 
-#: What ``logits_processors=[...]`` / ``--logits-processors`` take to load :class:`HAPOTemperatureLogitsProcessor`.
+#: The processor's fully qualified class name: what trl-ext declares under vLLM's ``vllm.logits_processors`` entry-point
+#: group (pyproject.toml), and what ``logits_processors=[...]`` / ``--logits-processors`` would take.
 LOGITS_PROCESSOR_FQCN = "trl_ext.rollout.vllm_temperature:HAPOTemperatureLogitsProcessor"
 
-#: extra-args keys of the four §2.2 statistics, in :class:`TemperatureStatistics` field order.
-STAT_KEYS: tuple[str, ...] = ("hapo_pivot", "hapo_scale", "hapo_scale_pos", "hapo_scale_neg")
-TAU_KEY = "hapo_tau"
-TAG_KEY = "hapo_tag"
-
-# tag -> per-step [min, max, sum, count] tensors of realised temperatures (see pop_temperature_summary)
-_SUMMARIES: dict[str, list[torch.Tensor]] = defaultdict(list)
-
-
-def temperature_extra_args(stats: TemperatureStatistics, tau: float, tag: str | None = None) -> dict[str, Any]:
-    """The flat ``extra_args`` / ``vllm_xargs`` dict that asks the processor for adaptive temperature.
-
-    Args:
-        stats: the previous training batch's statistics.
-        tau: adaptation strength in [0, 1).
-        tag: if given, the realised temperatures are summarised under it (:func:`pop_temperature_summary`).
-    """
-    if not 0.0 <= tau < 1.0:
-        raise ValueError(f"hapo_temperature_tau must be in [0, 1), got {tau}")
-    values = (stats.pivot, stats.scale, stats.scale_pos, stats.scale_neg)
-    args: dict[str, Any] = {key: float(value) for key, value in zip(STAT_KEYS, values, strict=True)}
-    args[TAU_KEY] = float(tau)
-    if tag is not None:
-        args[TAG_KEY] = str(tag)
-    return args
-
-
-def pop_temperature_summary(tag: str) -> torch.Tensor | None:
-    """[min, max, sum, count] of the temperatures realised under ``tag`` in this process since the last call, or
-    ``None`` if no request with that tag was processed here (e.g. the engine is a separate server)."""
-    steps = _SUMMARIES.pop(tag, None)
-    if not steps:
-        return None
-    stacked = torch.stack([step.cpu() for step in steps])
-    return torch.stack([stacked[:, 0].min(), stacked[:, 1].max(), stacked[:, 2].sum(), stacked[:, 3].sum()])
+# id(vllm_config) -> the config, for every engine in this process that has an active instance of the processor. A
+# second instance in the same engine (the entry point plus the same name passed as --logits-processors) stays inert,
+# so the factor is never applied twice. The config is kept referenced so that its id cannot be reused.
+_ENGINES_WITH_PROCESSOR: dict[int, Any] = {}
 
 
 class _Request(NamedTuple):
@@ -151,6 +132,8 @@ class HAPOTemperatureLogitsProcessor(*_BASES):
     def __init__(self, vllm_config: Any, *args: Any) -> None:
         # V1: (vllm_config, device, is_pin_memory); V2: (vllm_config, req_states). Neither is needed.
         self._requests: dict[int, _Request] = {}  # V1: persistent-batch index -> settings; V2: request slot
+        self.inert = id(vllm_config) in _ENGINES_WITH_PROCESSOR  # a duplicate in this engine: never applies
+        _ENGINES_WITH_PROCESSOR.setdefault(id(vllm_config), vllm_config)
 
     @classmethod
     def validate_params(cls, sampling_params: SamplingParams) -> None:
@@ -163,11 +146,13 @@ class HAPOTemperatureLogitsProcessor(*_BASES):
 
     def update_state(self, batch_update: BatchUpdate | None) -> None:
         """Track which persistent-batch rows carry statistics (added, removed and moved requests)."""
+        if self.inert:
+            return
         process_dict_updates(self._requests, batch_update, lambda params, _prompt, _output: _parse(params))
 
     def add_request(self, req_idx: int, sampling_params: SamplingParams) -> bool:
         """Model Runner V2: (re)initialise a request slot; True when the request carries statistics."""
-        request = _parse(sampling_params)
+        request = None if self.inert else _parse(sampling_params)
         if request is None:
             self._requests.pop(req_idx, None)
             return False
@@ -206,7 +191,7 @@ class HAPOTemperatureLogitsProcessor(*_BASES):
 
 
 def _record(requests: list[_Request], factors: torch.Tensor) -> None:
-    """Add one step's realised temperatures T0 * factor of the tagged requests to :data:`_SUMMARIES`."""
+    """Add one step's realised temperatures T0 * factor of the tagged requests (:func:`~trl_ext.rollout.temperature.record_temperature_summary`)."""
     by_tag: dict[str, list[int]] = defaultdict(list)
     for position, request in enumerate(requests):
         if request.tag is not None:
@@ -217,4 +202,6 @@ def _record(requests: list[_Request], factors: torch.Tensor) -> None:
         bases = torch.tensor([requests[p].base_temperature for p in positions], device=factors.device)
         temperatures = factors.detach().float().index_select(0, where) * bases
         count = torch.tensor(float(len(positions)), device=factors.device)
-        _SUMMARIES[tag].append(torch.stack([temperatures.min(), temperatures.max(), temperatures.sum(), count]))
+        record_temperature_summary(
+            tag, torch.stack([temperatures.min(), temperatures.max(), temperatures.sum(), count])
+        )

@@ -11,49 +11,44 @@ This module is the preset (config with the ``hapo_`` fields) and the rollout glu
   are kept; after the batch's last micro-batch they are gathered over all processes and reduced to the §2.2
   statistics, identical on every process. The next training generation samples with them; the first generation of a
   fresh run and every eval generation use the plain temperature T0.
-* **Sampling.** While the base single-turn ``generate`` runs, the unwrapped model's ``generate`` receives the
-  :class:`~trl_ext.rollout.temperature.AdaptiveTemperatureLogitsProcessor`, and the generation config's own
-  temperature / top-k / top-p / min-p are neutralised (the processor applies them). ``self.temperature`` stays T0,
-  so log-probs and entropies are computed as in TRL. With ``use_vllm=True`` the statistics go with every request
-  (``extra_args`` / ``vllm_xargs``) to :class:`~trl_ext.rollout.vllm_temperature.HAPOTemperatureLogitsProcessor`,
-  which the trainer registers in TRL's colocated engine (server mode: start the server with ``trl-ext vllm-serve``);
-  vLLM then returns the log-probs of the adapted distribution, which TRL's importance-sampling correction uses.
+* **Sampling.** The temperature is stated once, as a sampling change
+  (:class:`~trl_ext.rollout.temperature.AdaptiveTemperature`), and every backend of :mod:`trl_ext.generation` applies
+  it: transformers ``generate`` with the :class:`~trl_ext.rollout.temperature.AdaptiveTemperatureLogitsProcessor` in
+  place of its own temperature / top-k / top-p / min-p, vLLM (colocated or server) with the statistics sent as
+  per-request arguments to :class:`~trl_ext.rollout.vllm_temperature.HAPOTemperatureLogitsProcessor`, which every
+  engine loads through vLLM's entry-point group. While a change is active, TRL's single-turn generation is sampled
+  through the trainer's backend; a multi-turn rollout (CalibAdv's) asks :meth:`HAPOTemperatureMixin.
+  rollout_sampling_change` and passes it to the backend it opens. ``self.temperature`` stays T0, so log-probs and
+  entropies are computed as in TRL; under vLLM the returned log-probs are those of the adapted distribution, which
+  TRL's importance-sampling correction uses. Nothing of TRL or of the model is patched.
 * **Checkpoint.** The statistics are saved in ``trl_ext_state.json`` and restored on every process on resume.
 """
 
 from __future__ import annotations
 
-import contextlib
-import copy
-import inspect
 import os
 import textwrap
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from transformers import LogitsProcessorList
-from trl import GRPOTrainer
 
+from trl_ext import compat
 from trl_ext.advantages.hapo import FALLBACK_MODES, validate_tlga_fields
 from trl_ext.catalogue import BUILTIN_TRAINERS
+from trl_ext.generation import SamplingSettings, capabilities_of, open_backend
 from trl_ext.objectives.base import LossContext
 from trl_ext.objectives.hapo import SIGN_MODES, validate_objective_fields, validate_sign_mode
 from trl_ext.registry import TrainerEntry, register_trainer
 from trl_ext.rollout.temperature import (
+    AdaptiveTemperature,
     AdaptiveTemperatureLogitsProcessor,
     RolloutTemperatureState,
     TemperatureStatistics,
 )
 from trl_ext.trainers.base import BaseGRPOConfig, BaseGRPOTrainer
 
-__all__ = ["HAPOConfig", "HAPOTrainer"]
-
-# generate()'s own sampling warpers, set to values that make them no-ops (not None: transformers fills None values
-# from the model's generation_config, e.g. Qwen's top_k=20).
-_NEUTRAL_SAMPLING = {"temperature": 1.0, "top_k": 0, "top_p": 1.0, "min_p": 0.0}
+__all__ = ["HAPOConfig", "HAPOTemperatureMixin", "HAPOTrainer"]
 
 
 @dataclass
@@ -73,8 +68,8 @@ class HAPOConfig(BaseGRPOConfig):
             Quantile q in [0, 1] of log-entropy used as the pivot m (nearest rank).
         hapo_adaptive_temperature (`bool`, *optional*, defaults to `True`):
             Component 1: sample at T_t = T0 (1 + tau h_t) with h from the previous training batch's statistics.
-            With `use_vllm=True` a vLLM logits processor applies it (colocate: registered by the trainer; server:
-            start the server with `trl-ext vllm-serve`). Not supported with
+            Every generation backend applies it (transformers; vLLM colocate or server, through the logits
+            processor vLLM loads from trl-ext's entry point). Not supported with
             `use_transformers_continuous_batching=True` (`ValueError`).
         hapo_temperature_tau (`float`, *optional*, defaults to `0.05`):
             tau in [0, 1): the temperature range is [0.95, 1.05] T0 (signed) or [T0, 1.05 T0] (reference).
@@ -212,214 +207,113 @@ class HAPOConfig(BaseGRPOConfig):
             self.loss_type,
             self.delta,
         )
-        if self.hapo_adaptive_temperature and self.use_transformers_continuous_batching:
+        capabilities = capabilities_of(self)
+        if self.hapo_adaptive_temperature and not capabilities.sampling_changes:
             raise ValueError(
-                "hapo_adaptive_temperature=True is not supported with use_transformers_continuous_batching=True "
-                "(generate_batch takes no logits processor); set one of them to False."
+                f"hapo_adaptive_temperature=True is not supported with the {capabilities.name} backend "
+                "(use_transformers_continuous_batching=True: generate_batch takes no logits processor); set one of "
+                "them to False."
             )
 
 
-@contextmanager
-def _vllm_logits_processor_registered(enabled: bool) -> Iterator[None]:
-    """While TRL builds its colocated engine, add HAPO's vLLM logits processor to the ``vllm.LLM(...)`` call.
+class HAPOTemperatureMixin:
+    """HAPO's entropy-adaptive rollout temperature (component 1) for any trl-ext trainer.
 
-    TRL 1.16 constructs ``LLM`` inside ``VLLMGeneration`` without a ``logits_processors`` argument; the processor is
-    passed by name, as vLLM loads it. A no-op when ``enabled`` is False (nothing is imported then).
+    Put it before the trainer in the bases (``class T(HAPOTemperatureMixin, CalibAdvTrainer)``) and give the config the
+    ``hapo_`` temperature fields (``hapo_adaptive_temperature``, ``hapo_temperature_tau``,
+    ``hapo_temperature_stats_max_tokens``, ``hapo_entropy_pivot``, ``hapo_entropy_sign_mode``; a config that inherits
+    from [`HAPOConfig`] has them). It keeps the statistics (:attr:`hapo_temperature`), states the temperature once as
+    a sampling change (:class:`~trl_ext.rollout.temperature.AdaptiveTemperature`) for the training generation, logs
+    the realised temperatures and checkpoints the statistics. The change reaches every backend through
+    :mod:`trl_ext.generation`: TRL's single-turn generation (this class samples it through the trainer's backend
+    while a change is active) and any rollout that opens the backend with :meth:`rollout_sampling_change` (CalibAdv's
+    multi-turn search agent).
     """
-    if not enabled:
-        yield
-        return
-    from trl.generation import vllm_generation
-
-    from trl_ext.rollout.vllm_temperature import LOGITS_PROCESSOR_FQCN
-
-    original = vllm_generation.LLM
-
-    def build_llm(*args: Any, **kwargs: Any) -> Any:
-        processors = list(kwargs.pop("logits_processors", None) or [])
-        if LOGITS_PROCESSOR_FQCN not in processors:
-            processors.append(LOGITS_PROCESSOR_FQCN)
-        return original(*args, logits_processors=processors, **kwargs)
-
-    vllm_generation.LLM = build_llm
-    try:
-        yield
-    finally:
-        vllm_generation.LLM = original
-
-
-class HAPOTrainer(BaseGRPOTrainer):
-    """GRPO with HAPO's four token-adaptive components (arXiv 2509.16591); see [`HAPOConfig`].
-
-    Accepts every argument of ``trl.GRPOTrainer``. The advantage comes from the ``"hapo_tlga"`` estimator and the
-    loss from the ``"hapo"`` objective (the config's defaults); this class adds the adaptive rollout temperature:
-    its statistics (:attr:`hapo_temperature`), the logits processor installed during training generation, the
-    rollout metrics and the checkpointed state.
-    """
-
-    _tag_names = ["trl", "grpo", "trl-ext", "hapo"]
-    _name = "HAPO"
-    _paper = {
-        "title": "From Uniform to Heterogeneous: Tailoring Policy Optimization to Every Token's Nature",
-        "id": "2509.16591",
-        # docstyle-ignore
-        "citation": textwrap.dedent("""\
-            @article{liu2025hapo,
-                title        = {{From Uniform to Heterogeneous: Tailoring Policy Optimization to Every Token's Nature}},
-                author       = {Liu and others},
-                year         = 2025,
-                eprint       = {arXiv:2509.16591},
-            }"""),
-    }
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
-        args, kwargs = self._with_default_args(args, kwargs)
-        config = inspect.signature(GRPOTrainer.__init__).bind(None, *args, **kwargs).arguments.get("args")
-        colocated = (
-            config is not None
-            and bool(getattr(config, "hapo_adaptive_temperature", False))
-            and bool(getattr(config, "use_vllm", False))
-            and getattr(config, "vllm_mode", None) == "colocate"
-        )
-        with _vllm_logits_processor_registered(colocated):
-            super().__init__(*args, **kwargs)
+        super().__init__(*args, **kwargs)
         self.hapo_temperature = RolloutTemperatureState()
         self.hapo_adaptive_temperature = bool(getattr(self.args, "hapo_adaptive_temperature", False))
-        if self.hapo_adaptive_temperature and self.use_transformers_continuous_batching:
-            raise ValueError("hapo_adaptive_temperature=True does not work with use_transformers_continuous_batching")
+        if self.hapo_adaptive_temperature:
+            capabilities = capabilities_of(self.args)
+            if not capabilities.sampling_changes:
+                raise ValueError(
+                    f"hapo_adaptive_temperature=True is not supported with the {capabilities.name} backend (it takes "
+                    "no logits processor); set use_transformers_continuous_batching=False or "
+                    "hapo_adaptive_temperature=False"
+                )
         # Tags this trainer's vLLM requests so that the colocated processor's temperature summaries can be found.
         self._hapo_vllm_tag = f"hapo-{os.getpid()}-{id(self)}"
-        self._hapo_processor: AdaptiveTemperatureLogitsProcessor | None = None
+        self._hapo_sampling: AdaptiveTemperature | None = None
         self._hapo_collect_remaining = 0
         self._hapo_entropy_buffer: list[torch.Tensor] = []
 
     # ------------------------------------------------------------------------------------------------------------
-    # Rollout: statistics -> logits processor -> generate
+    # Rollout: statistics -> sampling change -> the trainer's backend
     # ------------------------------------------------------------------------------------------------------------
+    def rollout_sampling_change(self) -> AdaptiveTemperature | None:
+        """The sampling change of the generation in progress (``None``: sample as TRL does)."""
+        return self._hapo_sampling
+
     def _generate_and_score_completions(self, inputs: list[dict[str, Any]]) -> dict[str, Any]:
         mode = "train" if self.model.training else "eval"
         adapt = self.hapo_adaptive_temperature and mode == "train"
         stats = self.hapo_temperature.advance() if adapt else None
-        on_vllm = self.use_vllm and stats is not None
-        self._hapo_processor = self.hapo_build_processor(stats) if stats is not None and not self.use_vllm else None
+        self._hapo_sampling = self.hapo_sampling_change(stats) if stats is not None else None
         try:
-            with self._vllm_statistics(stats) if on_vllm else contextlib.nullcontext():
-                output = super()._generate_and_score_completions(inputs)
+            output = super()._generate_and_score_completions(inputs)
         finally:
-            processor, self._hapo_processor = self._hapo_processor, None
+            change, self._hapo_sampling = self._hapo_sampling, None
         if adapt:
             summary = None
-            if processor is not None:
-                summary = processor.summary_tensor(self.accelerator.device)
-            elif on_vllm:
-                summary = self._vllm_temperature_summary()
+            if change is not None and capabilities_of(self.args).samples_in_process:
+                summary = change.summary_tensor(self.accelerator.device)
             self._log_rollout_metrics(summary, stats)
             # The loss pipeline's entropies of this batch's first pass feed the next generation's statistics.
             self._hapo_collect_remaining = self.args.steps_per_generation
             self._hapo_entropy_buffer = []
         return output
 
-    def hapo_build_processor(self, stats: TemperatureStatistics | None) -> AdaptiveTemperatureLogitsProcessor:
-        """The adaptive-temperature processor for the unwrapped model's effective sampling settings."""
-        sampling = self._effective_sampling()
+    def hapo_sampling_change(self, stats: TemperatureStatistics) -> AdaptiveTemperature:
+        """The adaptive temperature with ``stats``, as one sampling change for every backend."""
+        return AdaptiveTemperature(
+            stats,
+            self.args.hapo_temperature_tau,
+            self._hapo_vllm_tag,
+            build_processor=lambda settings: self.hapo_build_processor(stats, settings),
+        )
+
+    def hapo_build_processor(
+        self, stats: TemperatureStatistics | None, settings: SamplingSettings
+    ) -> AdaptiveTemperatureLogitsProcessor:
+        """The transformers processor for the backend's sampling ``settings`` (T0 and the filters)."""
         return AdaptiveTemperatureLogitsProcessor(
             stats,
             self.args.hapo_temperature_tau,
-            sampling["temperature"],
-            top_k=sampling["top_k"],
-            top_p=sampling["top_p"],
-            min_p=sampling["min_p"],
+            settings.temperature,
+            top_k=settings.top_k,
+            top_p=settings.top_p,
+            min_p=settings.min_p,
             finished_token_ids=[*self.eos_token_ids, self._tokenizer.pad_token_id],
         )
 
-    def _effective_sampling(self) -> dict[str, Any]:
-        # What generate() would use: TRL's generation config, with None filled from the model's generation_config.
-        if self.use_vllm:  # TRL builds no generation config for vLLM; the engine samples with TRL's own fields
-            generation = self.vllm_generation
-            return {name: getattr(generation, name, None) for name in _NEUTRAL_SAMPLING}
-        model_config = getattr(self.accelerator.unwrap_model(self.model_wrapped), "generation_config", None)
-        effective = {}
-        for name in _NEUTRAL_SAMPLING:
-            value = getattr(self.generation_config, name, None)
-            if value is None and model_config is not None:
-                value = getattr(model_config, name, None)
-            effective[name] = value
-        if effective["temperature"] is None:
-            effective["temperature"] = 1.0
-        return effective
-
-    def _generate_single_turn(self, prompt_ids, images, multimodal_fields, num_generations, has_tool_images=False):
-        processor = self._hapo_processor
-        if processor is None or self.use_vllm or self.use_transformers_continuous_batching:
-            return super()._generate_single_turn(
-                prompt_ids, images, multimodal_fields, num_generations, has_tool_images
+    def _generate_single_turn(self, *args: Any, **kwargs: Any):
+        change = self._hapo_sampling
+        if change is None:
+            return super()._generate_single_turn(*args, **kwargs)
+        call = compat.single_turn_arguments(args, kwargs)
+        images = call.get("images")
+        if (images is not None and any(image is not None for image in images)) or call.get("multimodal_fields"):
+            raise ValueError(
+                "hapo_adaptive_temperature=True samples text prompts only; this batch has images. Set "
+                "hapo_adaptive_temperature=False for vision-language training"
             )
-        with self._adaptive_sampling(processor):
-            return super()._generate_single_turn(
-                prompt_ids, images, multimodal_fields, num_generations, has_tool_images
-            )
-
-    @contextmanager
-    def _adaptive_sampling(self, processor: AdaptiveTemperatureLogitsProcessor) -> Iterator[None]:
-        """Neutralise generate()'s own warpers and hand ``processor`` to the unwrapped model's ``generate``."""
-        model = self.accelerator.unwrap_model(self.model_wrapped)
-        saved_config, saved_kwargs = self.generation_config, self.generation_kwargs
-        neutral_config = copy.deepcopy(saved_config)
-        for name, value in _NEUTRAL_SAMPLING.items():
-            setattr(neutral_config, name, value)
-        original_generate = model.generate
-        shadowed = model.__dict__.get("generate")
-
-        def generate(*args: Any, **kwargs: Any):
-            processors = LogitsProcessorList(kwargs.pop("logits_processor", None) or [])
-            processors.append(processor)
-            return original_generate(*args, logits_processor=processors, **kwargs)
-
-        self.generation_config = neutral_config
-        self.generation_kwargs = {**saved_kwargs, **_NEUTRAL_SAMPLING}
-        model.generate = generate
-        try:
-            yield
-        finally:
-            self.generation_config, self.generation_kwargs = saved_config, saved_kwargs
-            if shadowed is None:
-                del model.generate
-            else:
-                model.generate = shadowed
-
-    @contextmanager
-    def _vllm_statistics(self, stats: TemperatureStatistics) -> Iterator[None]:
-        """Send ``stats`` with every vLLM request of this generation (the engine's processor applies them).
-
-        Colocate: TRL turns ``generation_kwargs`` into ``SamplingParams`` fields (``extra_args``). Server: they go into
-        the OpenAI request body, where vLLM takes per-request extra arguments as ``vllm_xargs``.
-        """
-        from trl_ext.rollout.vllm_temperature import temperature_extra_args
-
-        generation = self.vllm_generation
-        saved = generation.generation_kwargs
-        key = "vllm_xargs" if generation.mode == "server" else "extra_args"
-        extra = {
-            **(saved.get(key) or {}),
-            **temperature_extra_args(stats, self.args.hapo_temperature_tau, self._hapo_vllm_tag),
-        }
-        generation.generation_kwargs = {**saved, key: extra}
-        try:
-            yield
-        finally:
-            generation.generation_kwargs = saved
-
-    def _vllm_temperature_summary(self) -> torch.Tensor | None:
-        """[min, max, sum, count] of the temperatures the colocated engine realised in this process; ``None`` in
-        server mode, where the processor runs in the server process."""
-        if self.vllm_generation.mode != "colocate":
-            return None
-        from trl_ext.rollout.vllm_temperature import pop_temperature_summary
-
-        summary = pop_temperature_summary(self._hapo_vllm_tag)
-        if summary is None:  # no token generated in this process
-            summary = torch.tensor([float("inf"), float("-inf"), 0.0, 0.0])
-        return summary.to(self.accelerator.device)
+        with open_backend(self, sampling=change) as backend:
+            outputs = backend.generate(call["prompt_ids"], self.max_completion_length)
+        completion_ids = [ids for ids, _ in outputs]
+        # Log-probs go to TRL only where its own path returns them (vLLM); TRL's transformers path returns None.
+        logprobs = [lps for _, lps in outputs] if backend.capabilities.sampling_logprobs else None
+        return completion_ids, logprobs
 
     def _log_rollout_metrics(self, summary: torch.Tensor | None, stats: TemperatureStatistics | None) -> None:
         """Log the realised temperature range from this process's [min, max, sum, count] ``summary`` (gathered).
@@ -429,7 +323,7 @@ class HAPOTrainer(BaseGRPOTrainer):
         every process, so the gather is matched.
         """
         metrics = self._metrics["train"]
-        base = float(self._effective_sampling()["temperature"])
+        base = float(self.args.temperature)
         if stats is None:  # first generation of a fresh run: plain T0
             low, high, mean = base, base, base
         elif summary is None:
@@ -498,13 +392,44 @@ class HAPOTrainer(BaseGRPOTrainer):
     # Checkpoint
     # ------------------------------------------------------------------------------------------------------------
     def extra_state_dict(self) -> dict[str, Any]:
-        if not self.hapo_adaptive_temperature:
-            return {}
-        return {"hapo_temperature": self.hapo_temperature.state_dict()}
+        state = dict(super().extra_state_dict())
+        if self.hapo_adaptive_temperature:
+            state["hapo_temperature"] = self.hapo_temperature.state_dict()
+        return state
 
     def load_extra_state_dict(self, state: dict[str, Any]) -> None:
+        super().load_extra_state_dict(state)
         if "hapo_temperature" in state:
             self.hapo_temperature.load_state_dict(state["hapo_temperature"])
+
+
+class HAPOTrainer(HAPOTemperatureMixin, BaseGRPOTrainer):
+    """GRPO with HAPO's four token-adaptive components (arXiv 2509.16591); see [`HAPOConfig`].
+
+    Accepts every argument of ``trl.GRPOTrainer``. The advantage comes from the ``"hapo_tlga"`` estimator and the
+    loss from the ``"hapo"`` objective (the config's defaults); :class:`HAPOTemperatureMixin` adds the adaptive
+    rollout temperature: its statistics (:attr:`hapo_temperature`), the sampling change of each training generation,
+    the rollout metrics and the checkpointed state.
+    """
+
+    _tag_names = ["trl", "grpo", "trl-ext", "hapo"]
+    _name = "HAPO"
+    _paper = {
+        "title": "From Uniform to Heterogeneous: Tailoring Policy Optimization to Every Token's Nature",
+        "id": "2509.16591",
+        # docstyle-ignore
+        "citation": textwrap.dedent("""\
+            @article{liu2025hapo,
+                title        = {{From Uniform to Heterogeneous: Tailoring Policy Optimization to Every Token's Nature}},
+                author       = {Liu and others},
+                year         = 2025,
+                eprint       = {arXiv:2509.16591},
+            }"""),
+    }
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        args, kwargs = self._with_default_args(args, kwargs)
+        super().__init__(*args, **kwargs)
 
 
 register_trainer(
