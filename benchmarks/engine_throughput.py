@@ -10,8 +10,8 @@ same model, prompts and sampling settings:
   statistics in ``extra_args`` (the trainer's path). The same rollout at plain T0 (``plain``) shows what the
   processor itself costs on each engine.
 * ``calibadv``: CalibAdv's multi-turn search rollout (:class:`trl_ext.rollout.search_agent.SearchAgentRollout`) on
-  the built-in ``deepsearch`` task with BM25 retrieval: :class:`TransformersTurnGenerator` against
-  :class:`trl_ext.rollout.vllm_turns.VLLMTurnGenerator`.
+  the built-in ``deepsearch`` task with BM25 retrieval: :class:`trl_ext.generation.transformers_generate.TransformersBackend` against
+  :class:`trl_ext.generation.vllm_engine.VLLMBackend`.
 
 Throughput = sampled tokens (for ``calibadv``: generated tokens, observations excluded) / wall-clock seconds of the
 rollout, engine start-up excluded (reported apart). Each engine's runs are interleaved ``--repeats`` times; the
@@ -180,8 +180,9 @@ def calibadv_rollout(engine, model, tokenizer, llm, prompt_ids, retriever, args)
     """One search rollout over ``prompt_ids`` with the given engine's turn generator."""
     from transformers import GenerationConfig
 
-    from trl_ext.rollout.search_agent import SearchAgentRollout, TransformersTurnGenerator
-    from trl_ext.rollout.vllm_turns import VLLMTurnGenerator
+    from trl_ext.generation.transformers_generate import TransformersBackend
+    from trl_ext.generation.vllm_engine import VLLMBackend
+    from trl_ext.rollout.search_agent import STOP_STRINGS, SearchAgentRollout
 
     rollout = SearchAgentRollout(
         retriever, max_turns=args.max_turns, max_tokens_per_turn=args.tokens_per_turn, max_obs_tokens=256, top_k=2
@@ -191,8 +192,8 @@ def calibadv_rollout(engine, model, tokenizer, llm, prompt_ids, retriever, args)
         config = GenerationConfig(
             do_sample=True, temperature=args.temperature, pad_token_id=pad, eos_token_id=tokenizer.eos_token_id
         )
-        generator = TransformersTurnGenerator(model, tokenizer, config)
-    else:  # what VLLMTurnGenerator reads of TRL's VLLMGeneration, with TRL's default sampling settings
+        generator = TransformersBackend(model, tokenizer, config, stop_strings=STOP_STRINGS)
+    else:  # what VLLMBackend reads of TRL's VLLMGeneration, with TRL's default sampling settings
         generation = SimpleNamespace(
             mode="colocate",
             tensor_parallel_size=1,
@@ -204,7 +205,7 @@ def calibadv_rollout(engine, model, tokenizer, llm, prompt_ids, retriever, args)
             repetition_penalty=1.0,
             generation_kwargs={},
         )
-        generator = VLLMTurnGenerator(generation, accelerator=None)
+        generator = VLLMBackend(generation, accelerator=None, stop_strings=STOP_STRINGS)
     started = time.perf_counter()
     result = rollout.run(prompt_ids, tokenizer, generator, max_completion_length=args.completion_budget)
     seconds = time.perf_counter() - started

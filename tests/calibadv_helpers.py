@@ -13,17 +13,36 @@ production path. With a character tokenizer one character is one token.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import pytest
 import torch
 from transformers import LogitsProcessor
 
+from trl_ext import CalibAdvConfig, CalibAdvTrainer, HAPOConfig
 from trl_ext.data.deepsearch import DEEPSEARCH_ALPHABET, build_deepsearch_world
 from trl_ext.retrieval import Document
 from trl_ext.rollout.search_agent import SearchAgentRollout
 
 OBSERVATION_END = "</information>\n\n"
+
+
+# CalibAdv with HAPO's adaptive rollout temperature, composed exactly as docs/extending.md shows: the HAPO fields come
+# from HAPOConfig (CalibAdv's advantage and objective defaults win, being first), the temperature from the mixin.
+@dataclass
+class CalibAdvHAPOConfig(CalibAdvConfig, HAPOConfig):
+    pass
+
+
+def calibadv_hapo_trainer_class() -> type:
+    """``class CalibAdvHAPOTrainer(HAPOTemperatureMixin, CalibAdvTrainer)`` (imported lazily: it imports TRL)."""
+    from trl_ext.trainers.hapo import HAPOTemperatureMixin
+
+    class CalibAdvHAPOTrainer(HAPOTemperatureMixin, CalibAdvTrainer):
+        pass
+
+    return CalibAdvHAPOTrainer
 
 
 class ScriptedTurns(LogitsProcessor):

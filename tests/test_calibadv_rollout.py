@@ -14,11 +14,12 @@ import pytest
 import torch
 from calibadv_helpers import FakeRetriever, ScriptedTurns, deepsearch_checkpoint_fixture  # noqa: F401  (fixture)
 
+from trl_ext.generation.transformers_generate import TransformersBackend
 from trl_ext.rewards.qa import is_valid_format, qa_f1_format_score
 from trl_ext.rollout.search_agent import (
     INVALID_ACTION_OBSERVATION,
+    STOP_STRINGS,
     SearchAgentRollout,
-    TransformersTurnGenerator,
     parse_action,
 )
 
@@ -432,7 +433,7 @@ def test_generator_returning_turns_for_no_contexts_is_an_error(model_and_tokeniz
 
 def test_transformers_generator_is_collective_only_when_generate_is_synchronised(model_and_tokenizer):
     model, tokenizer = model_and_tokenizer
-    generator = TransformersTurnGenerator(model, tokenizer)
+    generator = TransformersBackend(model, tokenizer, stop_strings=STOP_STRINGS)
     assert generator.collective is False  # one process, no sharding: no extra collective
     assert generator([], 8) == []
     # The empty call of a collective generator runs a one-token dummy generate (here on one process) and returns [].

@@ -18,7 +18,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from calibadv_helpers import ScriptedTurns, deepsearch_checkpoint_fixture, deepsearch_scripts  # noqa: F401  (fixture)
+from calibadv_helpers import (  # noqa: F401  (fixture)
+    CalibAdvHAPOConfig,
+    ScriptedTurns,
+    calibadv_hapo_trainer_class,
+    deepsearch_checkpoint_fixture,
+    deepsearch_scripts,
+)
 from twoproc import launch_two_processes, run_checked
 
 from trl_ext import CalibAdvConfig, CalibAdvTrainer
@@ -50,7 +56,7 @@ METRICS = (
 )
 
 
-def make_config(output_dir, **overrides) -> CalibAdvConfig:
+def make_config(output_dir, config_cls=CalibAdvConfig, **overrides) -> CalibAdvConfig:
     kwargs = dict(
         output_dir=str(output_dir),
         per_device_train_batch_size=8,
@@ -72,7 +78,7 @@ def make_config(output_dir, **overrides) -> CalibAdvConfig:
         calibadv_topk=2,
     )
     kwargs.update(overrides)
-    return CalibAdvConfig(**kwargs)
+    return config_cls(**kwargs)
 
 
 def make_trainer(checkpoint, dataset, args, **kwargs) -> CalibAdvTrainer:
@@ -298,38 +304,97 @@ def test_configuration_errors_name_the_field(deepsearch_checkpoint, tmp_path):
     assert args.calibadv_retriever_payload == {"topk_rerank": 3}
 
 
-def test_vllm_trainers_get_the_vllm_turn_generator():
+def test_calibadv_trains_with_hapo_adaptive_temperature(deepsearch_checkpoint, tmp_path):
+    # HAPO's temperature is stated once, as a sampling change; CalibAdv's multi-turn rollout asks the trainer for it
+    # and every turn samples with it (the vllm lane runs the same composition on vLLM colocate).
+    from transformers import AutoTokenizer
+
+    from trl_ext.rollout.temperature import AdaptiveTemperatureLogitsProcessor
+
+    trainer_class = calibadv_hapo_trainer_class()
+    processors: list[AdaptiveTemperatureLogitsProcessor] = []
+
+    class Recording(trainer_class):
+        def hapo_build_processor(self, stats, settings):
+            processor = super().hapo_build_processor(stats, settings)
+            processors.append(processor)
+            return processor
+
+    dataset = get_task("deepsearch").make_dataset(16, 0)
+    args = make_config(tmp_path, CalibAdvHAPOConfig, hapo_temperature_tau=0.5)
+    assert args.advantage_estimator == "calibadv" and args.hapo_adaptive_temperature
+    torch.manual_seed(0)
+    trainer = Recording(
+        model=deepsearch_checkpoint,
+        reward_funcs=[qa_f1_format_reward],
+        args=args,
+        train_dataset=dataset,
+        processing_class=AutoTokenizer.from_pretrained(deepsearch_checkpoint),
+    )
+    script(trainer, dataset)
+    trainer.train()
+
+    assert processors, "the rollout never sampled through HAPO's processor"
+    steps = [e for e in trainer.state.log_history if "hapo/temperature_mean" in e]
+    assert len(steps) == 2
+    assert steps[0]["hapo/temperature_min"] == steps[0]["hapo/temperature_max"] == 1.0  # fresh run: plain T0
+    # The second generation's turns sampled at T0 (1 + tau h) with the first batch's statistics (tau = 0.5).
+    assert "hapo/rollout_entropy_pivot" in steps[1]
+    assert 0.5 - 1e-6 <= steps[1]["hapo/temperature_min"] <= steps[1]["hapo/temperature_max"] <= 1.5 + 1e-6
+    assert steps[1]["hapo/temperature_mean"] != 1.0
+    assert sum(len(p._steps) for p in processors) > 1  # every turn of every trajectory went through it
+    assert trainer.trl_ext_state_dict()["trainer"]["hapo_temperature"]["updates"] == 2
+    for entry in (e for e in trainer.state.log_history if "loss" in e):
+        assert entry["calibadv/format_valid_frac"] == 1.0 and math.isfinite(entry["loss"])
+
+
+def test_vllm_trainers_get_the_vllm_backend():
     # With use_vllm the rollout samples turns with the trainer's engine (the vllm lane trains it for real); the
-    # generator is a collective exactly when its engine call gathers over processes. No vLLM import is needed here.
+    # backend is a collective exactly when its engine call gathers over processes, and the weights are pushed before
+    # it samples when the step changed. No vLLM import is needed here.
     from types import SimpleNamespace
 
-    from trl_ext.rollout.search_agent import SearchAgentRollout
-    from trl_ext.rollout.vllm_turns import VLLMTurnGenerator
+    from trl_ext.generation import open_backend
+    from trl_ext.generation.vllm_engine import VLLMBackend
 
-    class NoDocuments:
-        def search(self, queries, top_k):
-            return [[] for _ in queries]
+    class Engine(SimpleNamespace):
+        def sync_weights(self):
+            self.syncs += 1
 
-    rollout = SearchAgentRollout(NoDocuments())
-
-    def trainer(mode, tensor_parallel_size=1, use_vllm=True):
-        generation = SimpleNamespace(mode=mode, tensor_parallel_size=tensor_parallel_size)
-        return SimpleNamespace(use_vllm=use_vllm, vllm_generation=generation, accelerator=None, generation_config=None)
+    def trainer(mode, tensor_parallel_size=1, generation="engine", step=3):
+        engine = Engine(mode=mode, tensor_parallel_size=tensor_parallel_size, syncs=0)
+        return SimpleNamespace(
+            args=SimpleNamespace(use_vllm=True, vllm_mode=mode),
+            vllm_generation=engine if generation == "engine" else None,
+            processing_class=SimpleNamespace(eos_token_id=2),
+            eos_token_ids=[2],
+            accelerator=None,
+            state=SimpleNamespace(global_step=step),
+            _last_loaded_step=0,
+        )
 
     expected = {("colocate", 1): False, ("colocate", 2): True, ("server", 1): True}
     for (mode, tp), collective in expected.items():
-        generator = rollout.make_turn_generator(None, None, trainer(mode, tp))
-        assert isinstance(generator, VLLMTurnGenerator)
-        assert generator.collective is collective, (mode, tp)
-        assert generator.stop_strings == ["</search>", "</answer>"]
+        owner = trainer(mode, tp)
+        with open_backend(owner, stop_strings=["</search>", "</answer>"]) as backend:
+            assert isinstance(backend, VLLMBackend)
+            assert backend.collective is collective, (mode, tp)
+            assert backend.stop_strings == ["</search>", "</answer>"]
+            assert backend.capabilities.sampling_logprobs
+            assert backend.capabilities.samples_in_process is (mode == "colocate")
+        assert owner.vllm_generation.syncs == 1 and owner._last_loaded_step == 3  # pushed once for step 3
+        with open_backend(owner):
+            pass
+        assert owner.vllm_generation.syncs == 1  # same step: not pushed again
     # a process with no active trajectory and a non-collective engine makes no request
-    assert rollout.make_turn_generator(None, None, trainer("colocate"))([], 8) == []
+    with open_backend(trainer("colocate")) as backend:
+        assert backend([], 8) == []
     with pytest.raises(ValueError, match="no vLLM engine"):
-        rollout.make_turn_generator(None, None, SimpleNamespace(use_vllm=True, vllm_generation=None, accelerator=None))
+        with open_backend(trainer("colocate", generation=None, step=0)):
+            pass
     with pytest.raises(ValueError, match="cannot run inside vLLM"):
-        SearchAgentRollout(rollout.retriever, logits_processors=[object()]).make_turn_generator(
-            None, None, trainer("colocate")
-        )
+        with open_backend(trainer("colocate"), logits_processors=[object()]):
+            pass
 
 
 def test_tiny_recipe_trains_with_the_cli(tmp_path):

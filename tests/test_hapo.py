@@ -653,8 +653,8 @@ class RecordingHAPOTrainer(HAPOTrainer):
         super().__init__(*args, **kwargs)
         self.generations: list[dict] = []
 
-    def hapo_build_processor(self, stats):
-        processor = super().hapo_build_processor(stats)
+    def hapo_build_processor(self, stats, settings):
+        processor = super().hapo_build_processor(stats, settings)
         processor.history = []
         self._last_processor = processor
         return processor

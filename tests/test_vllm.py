@@ -5,12 +5,12 @@ skip. Each engine runs in a subprocess (``tests/scripts/vllm_*.py``) that writes
 
 * ``vllm_engine_checks.py``: HAPO's vLLM logits processor against the transformers processor (temperatures and the
   log-probs of the sampled tokens, requests with and without statistics in one batch), and CalibAdv's search-agent
-  rollout with ``VLLMTurnGenerator`` against ``TransformersTurnGenerator`` (greedy, scripted turns, scripted retriever).
+  rollout with the vLLM backend against the transformers backend (greedy, scripted turns, scripted retriever).
 * ``vllm_train.py``: grpo, bnpo, minpro, hapo (adaptive temperature on), diva and calibadv trained for 2 optimizer steps
   with ``use_vllm=True, vllm_mode="colocate"`` in one process (one engine each, built one after the other), and grpo
   and calibadv on two CPU processes.
 * ``vllm_server_checks.py``: against ``trl-ext vllm-serve`` (started through ``tests/vllm_shims/serve_cpu.py``), HAPO's
-  statistics sent as ``vllm_xargs`` through TRL's client, and ``VLLMTurnGenerator`` in server mode.
+  statistics sent as ``vllm_xargs`` through TRL's client, and the vLLM backend in server mode.
 
 On vLLM's CPU platform TRL's colocated weight sync needs ``tests/vllm_shims`` (see its docstring); the scripts install
 it only there.
@@ -32,7 +32,7 @@ from twoproc import launch_two_processes, offline_env
 pytestmark = pytest.mark.vllm
 
 SCRIPTS = Path(__file__).resolve().parent / "scripts"
-TRAINERS = ("grpo", "bnpo", "minpro", "hapo", "diva", "calibadv")
+TRAINERS = ("grpo", "bnpo", "minpro", "hapo", "diva", "calibadv", "calibadv_hapo")
 
 
 def vllm_env() -> dict[str, str]:
@@ -62,15 +62,18 @@ def test_importing_trl_ext_does_not_import_vllm():
     # trainers are checked by their module-level imports instead).
     import ast
 
-    code = (
-        "import sys, trl_ext, trl_ext.rollout.search_agent, trl_ext.rollout.vllm_turns; print('vllm' in sys.modules)"
-    )
+    code = "import sys, trl_ext, trl_ext.rollout.search_agent, trl_ext.generation.vllm_engine; print('vllm' in sys.modules)"
     result = subprocess.run([sys.executable, "-c", code], env=offline_env(), capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.strip() == "False"
     root = Path(__file__).resolve().parents[1] / "trl_ext"
-    for path in [*root.glob("trainers/*.py"), *root.glob("rollout/*.py"), root / "cli.py"]:
-        if path.name == "vllm_temperature.py":  # the vLLM processor itself; imported only under use_vllm
+    for path in [
+        *root.glob("trainers/*.py"),
+        *root.glob("rollout/*.py"),
+        *root.glob("generation/*.py"),
+        root / "cli.py",
+    ]:
+        if path.name == "vllm_temperature.py":  # the vLLM processor itself; vLLM engines load it (entry point)
             continue
         for node in ast.parse(path.read_text()).body:
             names = [alias.name for alias in node.names] if isinstance(node, ast.Import) else []
@@ -227,7 +230,7 @@ def test_trainer_trains_with_vllm_colocate(trained, name):
     assert record["shim_active"]  # CPU platform: the weight sync went through the test shim
     assert len(record["losses"]) == steps and all(math.isfinite(loss) for loss in record["losses"])
     assert record["weights_finite"] and record["weights_max_change"] > 0  # the optimizer moved the weights
-    if name != "calibadv":
+    if not name.startswith("calibadv"):
         # TRL logs these only when the sampling log-probs came from vLLM, once per generation. The second
         # generation runs after a weight sync; a failed sync would leave vLLM on the initial weights and the
         # difference large.
@@ -254,7 +257,7 @@ def test_hapo_adaptive_temperature_under_vllm_colocate(trained):
 
 def test_calibadv_rolls_out_turns_with_the_vllm_engine(trained):
     record = load(trained, "calibadv")
-    assert record["turn_generators"] == ["VLLMTurnGenerator", "VLLMTurnGenerator"]
+    assert record["turn_generators"] == ["VLLMBackend", "VLLMBackend"]
     assert record["turn_generator_collective"] == [False, False]  # plain colocate: no cross-process collective
     # Step 1: the first question is answered at once; step 2: the second after two searches (three turns).
     assert record["calibadv_turns"] == [[1, 1, 1, 1], [3, 3, 3, 3]]
@@ -262,6 +265,30 @@ def test_calibadv_rolls_out_turns_with_the_vllm_engine(trained):
     assert record["engine_generate_calls"] == 4
     for transcript in record["calibadv_transcripts"][1]:
         assert transcript.count("<information>") == 2 and transcript.endswith("</answer>")
+
+
+def test_calibadv_with_hapo_temperature_under_vllm_colocate(trained):
+    # The composition the generation seam exists for: CalibAdv's multi-turn rollout, every turn sampled by vLLM with
+    # HAPO's adaptive temperature (the processor vLLM loads from trl-ext's entry point; nothing of TRL is patched).
+    record = load(trained, "calibadv_hapo")
+    assert record["turn_generators"] == ["VLLMBackend", "VLLMBackend"]
+    assert record["calibadv_turns"] == [[1, 1, 1, 1], [3, 3, 3, 3]]  # the scripted turns still dominate
+    first, second = (entry for entry in record["hapo_metrics"] if "hapo/temperature_mean" in entry)
+    assert first["hapo/temperature_min"] == first["hapo/temperature_max"] == 1.0  # fresh run: plain T0
+    assert "hapo/rollout_entropy_pivot" in second
+    assert 0.5 - 1e-5 <= second["hapo/temperature_min"] <= second["hapo/temperature_max"] <= 1.5 + 1e-5
+    assert second["hapo/temperature_mean"] != 1.0  # the engine applied the statistics to the turns
+    assert record["trl_ext_state"]["trainer"]["hapo_temperature"]["updates"] == 2
+
+
+def test_vllm_loads_the_hapo_processor_from_the_entry_point():
+    # vLLM's own plugin loader finds the processor through trl-ext's entry point (pyproject.toml), so neither TRL's
+    # engine construction nor `trl vllm-serve` needs to name it.
+    from vllm.v1.sample.logits_processor import _load_logitsprocs_plugins
+
+    from trl_ext.rollout.vllm_temperature import HAPOTemperatureLogitsProcessor
+
+    assert HAPOTemperatureLogitsProcessor in _load_logitsprocs_plugins()
 
 
 def test_grpo_and_calibadv_with_vllm_colocate_on_two_processes(checkpoints, tmp_path, monkeypatch):

@@ -58,8 +58,8 @@ class RecordingHAPOTrainer(HAPOTrainer):
             "processor_calls": [],
         }
 
-    def hapo_build_processor(self, stats):
-        processor = super().hapo_build_processor(stats)
+    def hapo_build_processor(self, stats, settings):
+        processor = super().hapo_build_processor(stats, settings)
         processor.history = []  # count the decoding steps that went through it
         self._recorded_processor = processor
         return processor

@@ -5,7 +5,7 @@
    every sampled token, the transformers log-prob under ``AdaptiveTemperatureLogitsProcessor`` (resp. plain T0) is
    compared with the log-prob vLLM returned, and the temperatures ``rollout_temperatures`` gives on the transformers
    logits with the summary the vLLM processor recorded.
-2. CalibAdv's search-agent rollout with ``VLLMTurnGenerator`` against ``TransformersTurnGenerator``, both greedy on the
+2. CalibAdv's search-agent rollout with the vLLM backend against the transformers backend, both greedy on the
    same model, with the same scripted bias (``vllm_shims.scripted``) and a scripted retriever.
 
 Usage: python vllm_engine_checks.py WORKDIR OUT.json
@@ -93,8 +93,9 @@ def turns_check(llm, path: str) -> dict:
     from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
     from vllm_shims.scripted import EXTRA_ARG, ScriptedBiasTurns
 
-    from trl_ext.rollout.search_agent import SearchAgentRollout, TransformersTurnGenerator
-    from trl_ext.rollout.vllm_turns import VLLMTurnGenerator
+    from trl_ext.generation.transformers_generate import TransformersBackend
+    from trl_ext.generation.vllm_engine import VLLMBackend
+    from trl_ext.rollout.search_agent import STOP_STRINGS, SearchAgentRollout
 
     tokenizer = AutoTokenizer.from_pretrained(path)
     model = AutoModelForCausalLM.from_pretrained(path, torch_dtype=torch.float32).eval()
@@ -117,11 +118,12 @@ def turns_check(llm, path: str) -> dict:
         return SearchAgentRollout(FakeRetriever(), max_turns=2, max_tokens_per_turn=64, max_obs_tokens=80, top_k=2)
 
     reference_rollout = rollout()
-    transformers_generator = TransformersTurnGenerator(
+    transformers_generator = TransformersBackend(
         model,
         tokenizer,
         GenerationConfig(do_sample=False, pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id),
         logits_processors=[ScriptedBiasTurns(tokenizer, scripts)],
+        stop_strings=STOP_STRINGS,
     )
     prompt_ids = reference_rollout.encode_prompts(prompts, tokenizer)
     reference = reference_rollout.run(prompt_ids, tokenizer, transformers_generator, max_completion_length=600)
@@ -137,7 +139,7 @@ def turns_check(llm, path: str) -> dict:
         repetition_penalty=1.0,
         generation_kwargs={"extra_args": {EXTRA_ARG: json.dumps(scripts)}},
     )
-    vllm_generator = VLLMTurnGenerator(generation, accelerator=None)
+    vllm_generator = VLLMBackend(generation, accelerator=None, stop_strings=STOP_STRINGS)
     vllm_rollout = rollout()
     started = time.perf_counter()
     result = vllm_rollout.run(prompt_ids, tokenizer, vllm_generator, max_completion_length=600)

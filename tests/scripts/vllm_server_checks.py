@@ -2,7 +2,7 @@
 
 1. HAPO: requests through TRL's ``VLLMClient`` (the OpenAI completions endpoint) carrying the statistics as
    ``vllm_xargs`` sample the transformers processor's distribution; requests without them are plain T0.
-2. ``VLLMTurnGenerator`` in server mode (one process: its gathers are local): one request per turn for every context,
+2. The vLLM backend in server mode (one process: its gathers are local): one request per turn for every context,
    token ids with their log-probs, ``[]`` for an empty call, ``collective`` set.
 
 Usage: python vllm_server_checks.py BASE_URL MODEL_PATH OUT.json
@@ -25,9 +25,10 @@ def main() -> None:
     from transformers import AutoModelForCausalLM
     from trl.generation.vllm_client import VLLMClient
 
+    from trl_ext.generation.vllm_engine import VLLMBackend
+    from trl_ext.rollout.search_agent import STOP_STRINGS
     from trl_ext.rollout.temperature import AdaptiveTemperatureLogitsProcessor, TemperatureStatistics, logits_entropy
     from trl_ext.rollout.vllm_temperature import temperature_extra_args
-    from trl_ext.rollout.vllm_turns import VLLMTurnGenerator
 
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
     prompts = [[5 + i, 17, 23 + i, 9] for i in range(6)]
@@ -67,7 +68,7 @@ def main() -> None:
         repetition_penalty=1.0,
         generation_kwargs={},
     )
-    generator = VLLMTurnGenerator(generation, PartialState())
+    generator = VLLMBackend(generation, PartialState(), stop_strings=STOP_STRINGS)
     turns = generator([[5, 6, 7], [8, 9, 10, 11]], 16)
     report["turns"] = {
         "collective": generator.collective,

@@ -35,13 +35,14 @@ import vllm_shims  # noqa: E402
 from conftest import char_sum_reward  # noqa: E402
 from datasets import Dataset  # noqa: E402
 from transformers import AutoTokenizer  # noqa: E402
+from calibadv_helpers import CalibAdvHAPOConfig, calibadv_hapo_trainer_class  # noqa: E402
 from uneven_turns import uneven_turn_questions  # noqa: E402
 
 from trl_ext import get_trainer  # noqa: E402
 from trl_ext.data import get_task  # noqa: E402
 from trl_ext.rollout.search_agent import SearchAgentRollout  # noqa: E402
 
-TRAINERS = ("grpo", "bnpo", "minpro", "hapo", "diva", "calibadv")
+TRAINERS = ("grpo", "bnpo", "minpro", "hapo", "diva", "calibadv", "calibadv_hapo")
 SCRIPTED_FQCN = "vllm_shims.scripted:ScriptedVLLMTurns"
 
 
@@ -80,7 +81,10 @@ class CountingRollout(SearchAgentRollout):
 
 
 def build_trainer(name: str, cli: argparse.Namespace, output_dir: str) -> Any:
-    Trainer, Config = get_trainer(name)
+    if name == "calibadv_hapo":  # CalibAdv's turns sampled with HAPO's adaptive temperature
+        Trainer, Config = calibadv_hapo_trainer_class(), CalibAdvHAPOConfig
+    else:
+        Trainer, Config = get_trainer(name)
     common = dict(
         output_dir=output_dir,
         learning_rate=5e-2,
@@ -110,8 +114,9 @@ def build_trainer(name: str, cli: argparse.Namespace, output_dir: str) -> Any:
             diva_hint_template="{hints}={question}",
             **common,
         )
-    elif name == "calibadv":
+    elif name.startswith("calibadv"):
         checkpoint = cli.calibadv_checkpoint
+        extra = {"hapo_temperature_tau": 0.5} if name == "calibadv_hapo" else {}
         dataset, scripts = uneven_turn_questions()
         reward_funcs = get_task("deepsearch").reward_funcs
         args = Config(
@@ -130,6 +135,7 @@ def build_trainer(name: str, cli: argparse.Namespace, output_dir: str) -> Any:
             # the scripted turns (tests/vllm_shims/scripted.py), followed at T = 1 with a large bonus
             generation_kwargs={"extra_args": {"scripted_turns": json.dumps(scripts), "scripted_bonus": 16.0}},
             **common,
+            **extra,
         )
     else:
         dataset = Dataset.from_dict({"prompt": [f"{a}+{b}=" for a in range(4) for b in range(4)]})
@@ -149,7 +155,7 @@ def build_trainer(name: str, cli: argparse.Namespace, output_dir: str) -> Any:
         train_dataset=dataset,
         processing_class=AutoTokenizer.from_pretrained(checkpoint),
     )
-    if name == "calibadv":
+    if name.startswith("calibadv"):
         installed = trainer.rollout_func
         trainer.rollout_func = CountingRollout(
             trainer.retriever,
@@ -202,9 +208,9 @@ def record(name: str, trainer: Any, initial: dict[str, torch.Tensor], calls: lis
     }
     if hasattr(trainer, "trl_ext_state_dict"):
         data["trl_ext_state"] = trainer.trl_ext_state_dict()
-    if name == "hapo":
+    if name in ("hapo", "calibadv_hapo"):
         data["hapo_metrics"] = [{k: v for k, v in entry.items() if k.startswith("hapo/")} for entry in logs]
-    if name == "calibadv":
+    if name.startswith("calibadv"):
         rollout = trainer.rollout_func
         data["calibadv_turns"] = rollout.turns
         data["calibadv_transcripts"] = rollout.transcripts
