@@ -181,6 +181,30 @@ def test_inventory_picks_up_a_new_touch(tmp_path, source, inventory):
     assert {f.symbol for f in result.findings if f.kind == "not reviewed"} == new | {"GRPOTrainer.temperature"}
 
 
+def test_inventory_sees_mixins_method_references_and_compat_reads(tmp_path, source):
+    # The touches that do not look like `self.method(...)` in a GRPOTrainer subclass: a mixin's override, a TRL method
+    # passed as a value (compat.call_accepted), a method taken by getattr, and an attribute read via trainer_attr.
+    package = tmp_path / "trl_ext"
+    shutil.copytree(drift.PACKAGE_ROOT, package, ignore=shutil.ignore_patterns("__pycache__", "trl_fingerprints"))
+    (package / "trainers" / "mixed.py").write_text(
+        "from trl_ext import compat\n"
+        "from trl_ext.trainers.bnpo import BNPOTrainer\n\n\n"
+        "class SomeMixin:\n"
+        "    def _tokenize_prompts(self, prompts):\n"
+        "        compat.call_accepted(self._tool_call_loop, None)\n"
+        "        return getattr(self, '_get_tool_suffix_ids', None), compat.trainer_attr(self, 'temperature', 1.0)\n"
+        "\n\n"
+        "class MixedTrainer(SomeMixin, BNPOTrainer):\n"
+        "    pass\n"
+    )
+    after = drift.scan_inventory(package, source)
+    site = "trl_ext/trainers/mixed.py"
+    assert after.touches["overrides"]["GRPOTrainer._tokenize_prompts"] == [f"{site}:6"]
+    assert after.touches["calls"]["GRPOTrainer._tool_call_loop"] == [f"{site}:7"]
+    assert after.touches["calls"]["GRPOTrainer._get_tool_suffix_ids"] == [f"{site}:8"]
+    assert f"{site}:8" in after.touches["attributes"]["GRPOTrainer.temperature"]
+
+
 def test_inventory_cli(capsys, inventory):
     assert drift.main(["inventory", "--json"]) == 0
     payload = json.loads(capsys.readouterr().out)

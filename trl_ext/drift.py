@@ -744,6 +744,7 @@ class _Scanner(ast.NodeVisitor):
         self.own_trainer_attributes = own_trainer_attributes
         self.class_stack: list[str] = []
         self.module_names: dict[str, str] = {}  # local name -> TRL module it is bound to
+        self._call_funcs: set[int] = set()  # ids of Attribute nodes that are the callee of a Call (visited first)
 
     # -- helpers ------------------------------------------------------------------------------------------------
     def add(self, category: str, symbol: str, node: ast.AST) -> None:
@@ -756,7 +757,8 @@ class _Scanner(ast.NodeVisitor):
     def is_trainer(self, receiver: ast.expr) -> bool:
         if _is_self(receiver):
             return self.in_trainer
-        return _last_segment(receiver) == "trainer"
+        # `trainer` (a GRPOTrainer handed to a rollout or helper) or the class itself (`GRPOTrainer._method`)
+        return _last_segment(receiver) in ("trainer", TRAINER)
 
     def trl_class_of(self, receiver: ast.expr) -> str | None:
         """Which TRL class an attribute's receiver is taken to be, by its name."""
@@ -848,7 +850,17 @@ class _Scanner(ast.NodeVisitor):
                 self.add("writes", f"write:{module}:{name}", node)
         else:
             self.attribute_touch(node.value, node.attr, node, store=not isinstance(node.ctx, ast.Load))
+            if isinstance(node.ctx, ast.Load) and id(node) not in self._call_funcs:
+                # a TRL method taken as a value (passed to compat.call_accepted, bound for a signature): a call
+                self.method_reference(node.value, node.attr, node)
         self.generic_visit(node)
+
+    def method_reference(self, receiver: ast.expr, name: str, node: ast.AST) -> None:
+        if name.startswith("__") and name.endswith("__"):
+            return
+        if name in self.surface.methods.get(TRAINER, set()) and self.is_trainer(receiver):
+            if name not in self.own_methods or _last_segment(receiver) == TRAINER:
+                self.add("calls", f"{TRAINER}.{name}", node)
 
     def visit_Subscript(self, node: ast.Subscript) -> None:
         self.batch_touch(node.value, _string(node.slice), node, store=not isinstance(node.ctx, ast.Load))
@@ -863,10 +875,15 @@ class _Scanner(ast.NodeVisitor):
 
     def visit_Call(self, node: ast.Call) -> None:
         func = node.func
-        if isinstance(func, ast.Name) and func.id in ("getattr", "hasattr", "setattr") and len(node.args) >= 2:
+        self._call_funcs.add(id(func))
+        getter = _last_segment(func) if isinstance(func, (ast.Name, ast.Attribute)) else None
+        if getter in ("getattr", "hasattr", "setattr", "trainer_attr") and len(node.args) >= 2:
+            # compat.trainer_attr(obj, "name", default) reads like getattr
             attr = _string(node.args[1])
             if attr is not None:
-                self.attribute_touch(node.args[0], attr, node, store=func.id == "setattr")
+                self.attribute_touch(node.args[0], attr, node, store=getter == "setattr")
+                if getter != "setattr":  # getattr(trainer, "_log_completion_extra", None): a method taken by name
+                    self.method_reference(node.args[0], attr, node)
         if isinstance(func, ast.Attribute):
             receiver, name = func.value, func.attr
             if name in ("get", "pop") and node.args:
@@ -965,6 +982,17 @@ def scan_inventory(
             ):
                 trainer_classes.add(name)
                 changed = True
+    # Mixins written for trainers (`class T(HAPOTemperatureMixin, CalibAdvTrainer)`): a package class that is a base
+    # of a trainer class runs as the trainer too, so its `self` is the trainer and its methods override TRL's.
+    changed = True
+    while changed:
+        changed = False
+        for name in list(trainer_classes):
+            for info in classes.get(name, []):
+                for base in info.bases:
+                    if base in classes and base not in trainer_classes:
+                        trainer_classes.add(base)
+                        changed = True
     own_methods = {item.name for infos in classes.values() for info in infos for item in _walk_functions(info.node)}
     for name in trainer_classes:
         for info in classes[name]:
