@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from trl_ext.cli import _peek_trainer_name, main, make_train_parser, resolve_reward_funcs
+from trl_ext.cli import main
+from trl_ext.training import make_train_parser, peek_trainer_name, resolve_reward_funcs
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -30,9 +31,9 @@ def test_unknown_command_is_an_error(capsys):
 def test_trainer_name_comes_from_flag_then_yaml(tmp_path):
     config = tmp_path / "c.yaml"
     config.write_text("trainer: grpo\nlearning_rate: 0.1\n")
-    assert _peek_trainer_name(["--config", str(config)]) == "grpo"
-    assert _peek_trainer_name(["--trainer", "other", "--config", str(config)]) == "other"
-    assert _peek_trainer_name([]) == "grpo"
+    assert peek_trainer_name(["--config", str(config)]) == "grpo"
+    assert peek_trainer_name(["--trainer", "other", "--config", str(config)]) == "other"
+    assert peek_trainer_name([]) == "grpo"
     with pytest.raises(KeyError, match="Unknown trainer 'other'"):
         make_train_parser("other")
 
@@ -61,7 +62,7 @@ def test_parser_exposes_trainer_config_and_model_flags(tmp_path):
 
 
 def test_unknown_reward_name_is_a_clear_error():
-    from trl_ext.cli import TrainScriptArguments
+    from trl_ext.training import TrainScriptArguments
 
     with pytest.raises(ValueError, match="reward_funcs: cannot resolve 'nope'"):
         resolve_reward_funcs(TrainScriptArguments(reward_funcs=["nope"]), None)
@@ -98,7 +99,7 @@ def test_train_from_yaml_runs_offline(tmp_path):
 def test_prompt_column_becomes_conversational_prompt():
     from datasets import Dataset
 
-    from trl_ext.cli import TrainScriptArguments, to_conversational_prompts
+    from trl_ext.training import TrainScriptArguments, to_conversational_prompts
 
     dataset = Dataset.from_dict({"problem": ["1+1?"], "solution": ["\\boxed{2}"]})
     args = TrainScriptArguments(dataset_prompt_column="problem", system_prompt="Think step by step.")

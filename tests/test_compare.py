@@ -100,7 +100,7 @@ def test_rerunning_resumes_without_training(compared, monkeypatch):
         raise AssertionError("a finished run was trained again")
 
     monkeypatch.setattr(compare_module, "_train_one", no_training)
-    monkeypatch.setattr("trl_ext.cli.build_trainer", no_training)  # nor is anything built (no preflight needed)
+    monkeypatch.setattr("trl_ext.training.build_trainer", no_training)  # nor is anything built (no preflight needed)
     lines: list[str] = []
     again = compare(["grpo", "bnpo"], config=RECIPE, seeds=2, max_steps=STEPS, output_dir=output, log=lines.append)
     assert again["summary"] == report["summary"]

@@ -272,17 +272,20 @@ def test_train_names_a_missing_local_model_directory(tmp_path):
 
 
 def test_train_threads_default_to_the_quickstart_setting_with_a_tiny_model(monkeypatch):
-    from trl_ext.cli import TrainScriptArguments, _set_threads
+    from trl_ext.training import set_threads
 
     calls = []
     monkeypatch.setattr(torch, "set_num_threads", calls.append)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    _set_threads(TrainScriptArguments(tiny_model=True))
-    _set_threads(TrainScriptArguments(tiny_model=False))
-    _set_threads(TrainScriptArguments(tiny_model=False, threads=3))
-    assert calls == [1, 3]  # 1 for the tiny model, nothing for a real one (torch's default), 3 when asked
+    set_threads(None, tiny_model=True)
+    set_threads(None, tiny_model=False)
+    set_threads(3, tiny_model=False)
+    set_threads(None, default=2)
+    assert calls == [1, 3, 2]  # 1 for the tiny model, nothing for a real one (torch's default), 3 when asked
     with pytest.raises(ValueError, match="threads must be at least 1"):
-        _set_threads(TrainScriptArguments(threads=0))
+        set_threads(0)
+    with pytest.raises(ValueError, match="--threads must be at least 1"):
+        set_threads(-1, option="--threads")
 
 
 @pytest.mark.parametrize(

@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from trl_ext import get_trainer
-from trl_ext.cli import make_train_parser
+from trl_ext.training import make_train_parser
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPES = sorted(p for p in (ROOT / "recipes").glob("*/*.yaml") if p.parent.name != "accelerate_configs")
@@ -48,8 +48,8 @@ def test_recipe_parses_into_its_trainer_config(path):
 
 @pytest.mark.parametrize("path", RECIPES, ids=lambda p: f"{p.parent.name}/{p.name}")
 def test_recipe_reward_functions_resolve(path):
-    from trl_ext.cli import resolve_reward_funcs
     from trl_ext.data import get_task
+    from trl_ext.training import resolve_reward_funcs
 
     name = yaml.safe_load(path.read_text())["trainer"]
     script_args, training_args, _, _ = make_train_parser(name).parse_args_and_config(
@@ -63,7 +63,7 @@ def test_recipe_reward_functions_resolve(path):
 
 
 def test_hapo_paper_recipe_is_the_authors_run():
-    from trl_ext.cli import resolve_reward_funcs
+    from trl_ext.training import resolve_reward_funcs
 
     path = ROOT / "recipes" / "hapo" / "dapo_math_qwen.yaml"
     script_args, training_args, _, _ = make_train_parser("hapo").parse_args_and_config(
@@ -87,7 +87,7 @@ def test_diva_paper_recipe_uses_the_authors_batch_statistic():
 
 
 def test_reward_factory_calls_and_their_errors():
-    from trl_ext.cli import TrainScriptArguments, resolve_reward_funcs
+    from trl_ext.training import TrainScriptArguments, resolve_reward_funcs
 
     (punish,) = resolve_reward_funcs(
         TrainScriptArguments(reward_funcs=["get_soft_overlong_punishment(100, soft_punish_cache=20)"]), None

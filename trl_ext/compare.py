@@ -39,6 +39,7 @@ from typing import Any
 
 from trl_ext.catalogue import KEY_METRICS  # the method metrics shown in the Markdown table
 from trl_ext.jsonio import write_json_atomic
+from trl_ext.training import set_threads
 
 __all__ = ["Arm", "compare", "compare_main", "parse_arm", "summarise"]
 
@@ -122,7 +123,7 @@ def _run_argv(arm: Arm, seed: int, config: str | None, max_steps: int | None, ru
 
 def _parse_run(arm: Arm, argv: list[str]):
     """Parse one run's arguments with the arm's trainer config; errors name the arm."""
-    from trl_ext.cli import make_train_parser
+    from trl_ext.training import make_train_parser
 
     parser = make_train_parser(arm.trainer)
     try:
@@ -243,7 +244,7 @@ def _write_json(path: Path, payload: dict) -> None:
 
 
 def _train_one(arm: Arm, seed: int, parsed, model_factory, progress) -> dict:
-    from trl_ext.cli import build_trainer
+    from trl_ext.training import build_trainer
 
     script_args, training_args, model_args, dataset_args = parsed
     if model_factory is not None:
@@ -565,7 +566,7 @@ def compare(
 
     if preflight and todo:
         checked: set[str] = set()
-        from trl_ext.cli import build_trainer
+        from trl_ext.training import build_trainer
 
         for arm, _seed, argv, _parsed, _key, _done in todo:
             if arm.label in checked:
@@ -687,10 +688,7 @@ def compare_main(argv: list[str] | None = None) -> dict:
     seeds: int | list[int] = options.seeds
     if len(options.seeds) == 1 and not options.seed_list:
         seeds = options.seeds[0]
-    if options.threads is not None:
-        import torch
-
-        torch.set_num_threads(options.threads)
+    set_threads(options.threads, option="--threads")
     try:
         return compare(
             options.trainers,
