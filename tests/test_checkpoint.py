@@ -15,7 +15,7 @@ from trl_ext import BaseGRPOConfig, BaseGRPOTrainer, get_advantage_estimator, re
 from trl_ext import registry as registry_module
 from trl_ext.advantages.base import AdvantageBatch, AdvantageEstimator, AdvantageOutput
 from trl_ext.advantages.grpo import grpo_advantages
-from trl_ext.trainers.base import STATE_FILE
+from trl_ext.trainers.persistence import STATE_FILE
 
 NUM_GENERATIONS = 4
 MAX_STEPS = 3

@@ -134,7 +134,7 @@ def test_unrecorded_version_is_compared_with_nearest(capsys):
     """A TRL version without stored fingerprints fails `check` (here via `report`, which always exits 0)."""
     assert drift.main(["report", "--version", "99.0.0"]) == 0
     out = capsys.readouterr().out
-    newest = max(STORED, key=drift._version_key)
+    newest = max(STORED, key=drift.checking._version_key)
     assert "VERSION: TRL 99.0.0: fingerprints for TRL 99.0.0 are not recorded; compared against the nearest " in out
     assert f"recorded version {newest}" in out
     assert "\n1 difference(s)." in out

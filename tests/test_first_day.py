@@ -178,7 +178,7 @@ def test_infinite_or_absurd_rewards_fail_alike_naming_the_function(
 
 
 def test_checkpoint_json_errors_name_the_file(tmp_path):
-    from trl_ext.trainers.base import read_json_object, write_json_atomic
+    from trl_ext.jsonio import read_json_object, write_json_atomic
 
     path = tmp_path / "diva_difficulty.json"
     write_json_atomic(str(path), {"levels": {"a": 3}})
@@ -382,14 +382,29 @@ def test_list_prints_trainers_estimators_and_objectives_without_importing_them()
 
 def test_the_catalogue_describes_every_registered_component():
     from trl_ext.catalogue import BUILTIN_ESTIMATORS, BUILTIN_OBJECTIVES, BUILTIN_TRAINERS
-    from trl_ext.registry import get_trainer_entry, list_advantage_estimators, list_policy_objectives
+    from trl_ext.registry import (
+        get_advantage_estimator,
+        get_policy_objective,
+        get_trainer_entry,
+        list_advantage_estimators,
+        list_policy_objectives,
+    )
 
     assert set(BUILTIN_TRAINERS) == set(list_trainers())
     assert set(BUILTIN_ESTIMATORS) == set(list_advantage_estimators())
     assert set(BUILTIN_OBJECTIVES) == set(list_policy_objectives())
-    for name, (changes, paper) in BUILTIN_TRAINERS.items():
+    for name, declared in BUILTIN_TRAINERS.items():
         entry = get_trainer_entry(name)
-        assert (entry.changes, entry.paper) == (changes, paper)
+        assert (entry.changes, entry.paper) == (declared.changes, declared.paper)
+        assert f"{entry.trainer_cls.__module__}:{entry.trainer_cls.__name__}" == declared.trainer
+        assert f"{entry.config_cls.__module__}:{entry.config_cls.__name__}" == declared.config
+    for declarations, lookup in (
+        (BUILTIN_ESTIMATORS, get_advantage_estimator),
+        (BUILTIN_OBJECTIVES, get_policy_objective),
+    ):
+        for name, declared in declarations.items():
+            cls = lookup(name)
+            assert f"{cls.__module__}:{cls.__name__}" == declared.path and cls.name == name
 
 
 NOISE_SCRIPT = """

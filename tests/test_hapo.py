@@ -37,8 +37,8 @@ from trl_ext.rollout.temperature import (
     logits_entropy,
     rollout_temperatures,
 )
-from trl_ext.trainers.base import STATE_FILE
 from trl_ext.trainers.hapo import HAPOConfig, HAPOTrainer
+from trl_ext.trainers.persistence import STATE_FILE
 
 REPO = Path(__file__).resolve().parents[1]
 TOL = 1e-4

@@ -6,6 +6,9 @@ from trl_ext import _quiet  # noqa: E402
 
 _quiet.install()  # before TRL (and bitsandbytes) are imported; see trl_ext/_quiet.py for what is silenced
 
+# Trainer classes import TRL (seconds); resolve them on first use so that `import trl_ext.data` stays cheap.
+# `from trl_ext import BNPOTrainer` works as usual; the names come from the catalogue's declarations.
+from trl_ext.catalogue import exported_names as _exported_names  # noqa: E402
 from trl_ext.registry import (  # noqa: E402
     TrainerEntry,
     get_advantage_estimator,
@@ -20,29 +23,13 @@ from trl_ext.registry import (  # noqa: E402
     register_trainer,
 )
 
-# Trainer classes import TRL (seconds); resolve them on first use so that `import trl_ext.data` or
-# `trl_ext.testing` stays cheap. `from trl_ext import BNPOTrainer` works as usual.
-_LAZY_TRAINER_EXPORTS = (
-    "BNPOConfig",
-    "BNPOTrainer",
-    "BaseGRPOConfig",
-    "BaseGRPOTrainer",
-    "CalibAdvConfig",
-    "CalibAdvTrainer",
-    "DIVAConfig",
-    "DIVATrainer",
-    "HAPOConfig",
-    "HAPOTrainer",
-    "MinPROConfig",
-    "MinPROTrainer",
-)
-
 
 def __getattr__(name: str):
-    if name in _LAZY_TRAINER_EXPORTS:
-        import trl_ext.trainers as trainers
+    path = _exported_names().get(name)
+    if path is not None:
+        from trl_ext.registry import load_path
 
-        return getattr(trainers, name)
+        return load_path(path)
     raise AttributeError(f"module 'trl_ext' has no attribute {name!r}")
 
 
@@ -51,18 +38,7 @@ def __dir__() -> list[str]:
 
 
 __all__ = [
-    "BNPOConfig",
-    "BNPOTrainer",
-    "BaseGRPOConfig",
-    "BaseGRPOTrainer",
-    "CalibAdvConfig",
-    "CalibAdvTrainer",
-    "DIVAConfig",
-    "DIVATrainer",
-    "HAPOConfig",
-    "HAPOTrainer",
-    "MinPROConfig",
-    "MinPROTrainer",
+    *sorted(_exported_names()),
     "TrainerEntry",
     "__version__",
     "get_advantage_estimator",

@@ -148,8 +148,9 @@ def list_main(argv: list[str] | None = None) -> None:
 
     from trl_ext.catalogue import BUILTIN_ESTIMATORS, BUILTIN_OBJECTIVES, BUILTIN_TRAINERS
 
-    trainers = {name: entry for name, entry in BUILTIN_TRAINERS.items()}
-    estimators, objectives = dict(BUILTIN_ESTIMATORS), dict(BUILTIN_OBJECTIVES)
+    trainers = {name: (entry.changes, entry.paper) for name, entry in BUILTIN_TRAINERS.items()}
+    estimators = {name: entry.summary for name, entry in BUILTIN_ESTIMATORS.items()}
+    objectives = {name: entry.summary for name, entry in BUILTIN_OBJECTIVES.items()}
     groups = ("trl_ext.trainers", "trl_ext.advantage_estimators", "trl_ext.policy_objectives")
     if any(entry_points(group=group) for group in groups):  # third-party components: ask the registry
         from trl_ext.registry import (

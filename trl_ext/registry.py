@@ -24,15 +24,21 @@ Another package can add its own components through Python entry points, discover
     my_objective = "my_pkg.objectives:MyObjective"         # a PolicyObjective subclass
 
 The entry point's name is the registered name.
+
+The built-in components are declared once, in :mod:`trl_ext.catalogue` (``"module:attribute"``), and imported on
+first use: this module imports none of them, so no built-in imports back into a module that imports it.
 """
 
 from __future__ import annotations
 
+import importlib
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 from typing import Any, Generic, TypeVar
+
+from trl_ext.catalogue import BUILTIN_ESTIMATORS, BUILTIN_OBJECTIVES, BUILTIN_TRAINERS, split_path
 
 logger = logging.getLogger(__name__)
 
@@ -64,14 +70,31 @@ class TrainerEntry:
     paper: str = ""
 
 
+def load_path(path: str) -> Any:
+    """Import the object a catalogue path (``"module:attribute"``) names."""
+    module, attribute = split_path(path)
+    return getattr(importlib.import_module(module), attribute)
+
+
 @dataclass
 class Registry(Generic[T]):
-    """A name -> object map with entry-point discovery and helpful errors."""
+    """A name -> object map with lazily imported built-ins, entry-point discovery and helpful errors.
+
+    ``builtins`` maps the built-in names to a loader (``load(name) -> object``) and ``builtin_names`` lists them:
+    a built-in is imported the first time it is asked for.
+    """
 
     kind: str
     group: str
+    builtin_names: Callable[[], Mapping[str, Any]] = dict
+    builtin_loader: Callable[[str], T] | None = None
     _items: dict[str, T] = field(default_factory=dict)
     _loaded_entry_points: bool = False
+
+    def _load_builtin(self, name: str) -> None:
+        if name in self._items or self.builtin_loader is None or name not in self.builtin_names():
+            return
+        self.register(name, self.builtin_loader(name))
 
     def register(self, name: str, obj: T, *, overwrite: bool = False) -> T:
         """Register ``obj`` under ``name``; a second registration of a name raises unless ``overwrite``."""
@@ -102,6 +125,7 @@ class Registry(Generic[T]):
 
     def get(self, name: str) -> T:
         """Return the object registered as ``name``; an unknown name raises ``KeyError`` listing the known ones."""
+        self._load_builtin(name)
         if name not in self._items:
             self._load_entry_points()
         if name not in self._items:
@@ -109,19 +133,47 @@ class Registry(Generic[T]):
         return self._items[name]
 
     def names(self) -> list[str]:
-        """All registered names, built-in and from entry points, sorted."""
+        """All registered names, built-in (declared, imported or not) and from entry points, sorted."""
         self._load_entry_points()
-        return sorted(self._items)
+        return sorted(set(self._items) | set(self.builtin_names()))
 
 
-TRAINERS: Registry[TrainerEntry] = Registry("trainer", ENTRY_POINT_GROUPS["trainers"])
-ADVANTAGE_ESTIMATORS: Registry[type] = Registry("advantage estimator", ENTRY_POINT_GROUPS["advantage_estimators"])
-POLICY_OBJECTIVES: Registry[type] = Registry("policy objective", ENTRY_POINT_GROUPS["policy_objectives"])
+def _builtin_trainer(name: str) -> TrainerEntry:
+    declared = BUILTIN_TRAINERS[name]
+    return TrainerEntry(
+        name=name,
+        trainer_cls=load_path(declared.trainer),
+        config_cls=load_path(declared.config),
+        changes=declared.changes,
+        paper=declared.paper,
+    )
 
 
-def _ensure_builtins() -> None:
-    # Importing the trainers package registers every built-in component.
-    import trl_ext.trainers  # noqa: F401
+def _builtin_component(declarations: Mapping[str, Any]) -> Callable[[str], type]:
+    def load(name: str) -> type:
+        cls = load_path(declarations[name].path)
+        if not getattr(cls, "name", ""):
+            cls.name = name
+        return cls
+
+    return load
+
+
+TRAINERS: Registry[TrainerEntry] = Registry(
+    "trainer", ENTRY_POINT_GROUPS["trainers"], lambda: BUILTIN_TRAINERS, _builtin_trainer
+)
+ADVANTAGE_ESTIMATORS: Registry[type] = Registry(
+    "advantage estimator",
+    ENTRY_POINT_GROUPS["advantage_estimators"],
+    lambda: BUILTIN_ESTIMATORS,
+    _builtin_component(BUILTIN_ESTIMATORS),
+)
+POLICY_OBJECTIVES: Registry[type] = Registry(
+    "policy objective",
+    ENTRY_POINT_GROUPS["policy_objectives"],
+    lambda: BUILTIN_OBJECTIVES,
+    _builtin_component(BUILTIN_OBJECTIVES),
+)
 
 
 def register_trainer(entry: TrainerEntry, *, overwrite: bool = False) -> TrainerEntry:
@@ -153,13 +205,11 @@ def register_policy_objective(name: str, *, overwrite: bool = False) -> Callable
 
 def list_trainers() -> list[str]:
     """Names of every registered trainer, e.g. ``["grpo", ...]``."""
-    _ensure_builtins()
     return TRAINERS.names()
 
 
 def get_trainer_entry(name: str) -> TrainerEntry:
     """The full :class:`TrainerEntry` registered as ``name``."""
-    _ensure_builtins()
     return TRAINERS.get(name)
 
 
@@ -171,25 +221,21 @@ def get_trainer(name: str) -> tuple[type, type]:
 
 def list_advantage_estimators() -> list[str]:
     """Names of every registered advantage estimator."""
-    _ensure_builtins()
     return ADVANTAGE_ESTIMATORS.names()
 
 
 def get_advantage_estimator(name: str) -> type:
     """The advantage-estimator class registered as ``name``."""
-    _ensure_builtins()
     return ADVANTAGE_ESTIMATORS.get(name)
 
 
 def list_policy_objectives() -> list[str]:
     """Names of every registered policy objective."""
-    _ensure_builtins()
     return POLICY_OBJECTIVES.names()
 
 
 def get_policy_objective(name: str) -> type:
     """The policy-objective class registered as ``name``."""
-    _ensure_builtins()
     return POLICY_OBJECTIVES.get(name)
 
 

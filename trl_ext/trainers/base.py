@@ -14,93 +14,39 @@ Objective seam
     :class:`~trl_ext.objectives.base.LossContext`. A policy objective overrides hooks (advantage reshaping, token
     weights, clip bounds, surrogate, metrics); a trainer subclass may override whole steps.
 
-Checkpoint hook
-    ``trl_ext_state_dict()`` (estimator, objective and trainer state, JSON) is written to every checkpoint as
-    ``trl_ext_state.json`` and restored on resume on every process.
+Checkpoints, resume and the model card live in :mod:`trl_ext.trainers.persistence` (a base of the trainer), the
+checks that refuse bad input in :mod:`trl_ext.trainers.checks`.
 """
 
 from __future__ import annotations
 
 import functools
 import logging
-import os
-import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from accelerate.utils import gather, gather_object
-from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from trl import GRPOConfig, GRPOTrainer
 
 from trl_ext import compat
 from trl_ext._quiet import progress_bars_disabled
 from trl_ext.advantages.base import AdvantageBatch, AdvantageEstimator
-from trl_ext.jsonio import read_json_object, write_json_atomic
 from trl_ext.objectives import functional as F
 from trl_ext.objectives.base import LossContext, PolicyObjective
 from trl_ext.registry import get_advantage_estimator, get_policy_objective
+from trl_ext.trainers.checks import (
+    check_advantages,
+    check_prompt_lengths,
+    check_rewards,
+    check_train_dataset_size,
+    has_accelerator,
+)
+from trl_ext.trainers.persistence import PersistenceMixin
 
 logger = logging.getLogger(__name__)
 
-STATE_FILE = "trl_ext_state.json"
 _OPTIONAL_FACTS = frozenset({"completion_lengths", "completion_mask", "completion_ids"})
-
-
-def latest_complete_checkpoint(output_dir: str) -> str | None:
-    """The newest ``checkpoint-N`` folder of ``output_dir`` that was written to the end, or ``None``.
-
-    Complete means it holds ``trainer_state.json`` (transformers writes it after the weights and optimizer) and, if the
-    run wrote one, a readable ``trl_ext_state.json``. Newer incomplete folders (a kill during saving leaves the weights
-    without the trainer state) are skipped with a warning naming them, instead of being picked and crashing.
-    """
-    if not os.path.isdir(output_dir):
-        return None
-    numbered = []
-    for name in os.listdir(output_dir):
-        prefix, _, number = name.partition("-")
-        if prefix == PREFIX_CHECKPOINT_DIR and number.isdigit() and os.path.isdir(os.path.join(output_dir, name)):
-            numbered.append((int(number), os.path.join(output_dir, name)))
-    skipped = []
-    for _, path in sorted(numbered, reverse=True):
-        complete = os.path.isfile(os.path.join(path, "trainer_state.json"))
-        state = os.path.join(path, STATE_FILE)
-        if complete and os.path.exists(state):
-            try:
-                read_json_object(state, "the trl-ext trainer state")
-            except ValueError:
-                complete = False
-        if complete:
-            if skipped:
-                warnings.warn(
-                    f"skipping incomplete checkpoint(s) {', '.join(skipped)} (no trainer_state.json or a corrupt "
-                    f"{STATE_FILE}: probably cut off while saving); resuming from {path}",
-                    UserWarning,
-                    stacklevel=3,
-                )
-            return path
-        skipped.append(path)
-    if skipped:
-        warnings.warn(
-            f"every checkpoint in {output_dir} is incomplete: {', '.join(skipped)}", UserWarning, stacklevel=3
-        )
-    return None
-
-
-#: Largest reward magnitude accepted (:meth:`BaseGRPOTrainer._check_rewards`); beyond it float32 advantages and losses
-#: lose precision or overflow, and such a value is almost always a bug in the reward function.
-MAX_ABS_REWARD: float = 1e6
-
-
-def _has_accelerator() -> bool:
-    """Whether torch sees a GPU-like device (CUDA/ROCm, XPU, MPS) on which TRL's bf16 default makes sense."""
-    if torch.cuda.is_available():
-        return True
-    xpu = getattr(torch, "xpu", None)
-    if xpu is not None and xpu.is_available():
-        return True
-    mps = getattr(torch.backends, "mps", None)
-    return bool(mps is not None and mps.is_available())
 
 
 @dataclass
@@ -147,7 +93,7 @@ class BaseGRPOConfig(GRPOConfig):
             raise ValueError(
                 f"max_completion_length must be >= 1 (tokens generated per completion), got {self.max_completion_length!r}"
             )
-        if getattr(self, "bf16", None) is None and not getattr(self, "fp16", False) and not _has_accelerator():
+        if getattr(self, "bf16", None) is None and not getattr(self, "fp16", False) and not has_accelerator():
             # TRL turns bf16 on when it is left unset, and transformers then refuses a machine without a GPU unless
             # use_cpu is set. Without any accelerator, leave bf16 off instead (an explicit bf16=True still errors).
             self.bf16 = False
@@ -163,7 +109,7 @@ class BaseGRPOConfig(GRPOConfig):
                 raise ValueError(f"{field_name}: {exc.args[0]}") from None
 
 
-class BaseGRPOTrainer(GRPOTrainer):
+class BaseGRPOTrainer(PersistenceMixin, GRPOTrainer):
     """``trl.GRPOTrainer`` with an advantage seam, a loss pipeline of overridable steps and a checkpoint hook.
 
     Accepts every argument of ``trl.GRPOTrainer``. ``args`` may be a plain ``GRPOConfig`` (the default components
@@ -212,99 +158,16 @@ class BaseGRPOTrainer(GRPOTrainer):
             )
         self._captured_rewards_per_func: torch.Tensor | None = None
         self._check_train_dataset_size()
-        self._check_prompt_lengths()
-
-    def train(self, resume_from_checkpoint: str | bool | None = None, *args: Any, **kwargs: Any):
-        """``Trainer.train``; ``resume_from_checkpoint`` of ``True``, ``"true"`` or ``"latest"`` resumes from the newest
-        *complete* checkpoint in ``output_dir`` (:func:`latest_complete_checkpoint`), skipping half-written ones."""
-        if resume_from_checkpoint is True or (
-            isinstance(resume_from_checkpoint, str) and resume_from_checkpoint.strip().lower() in ("true", "latest")
-        ):
-            resume_from_checkpoint = latest_complete_checkpoint(self.args.output_dir)
-            if resume_from_checkpoint is None:
-                raise ValueError(
-                    f"resume_from_checkpoint: no complete checkpoint (a checkpoint-N folder with trainer_state.json) "
-                    f"in output_dir {self.args.output_dir!r}"
-                )
-            logger.info("Resuming from the newest complete checkpoint: %s", resume_from_checkpoint)
-        return super().train(resume_from_checkpoint, *args, **kwargs)
-
-    def create_model_card(self, model_name=None, dataset_name=None, tags=None):
-        """TRL's model card, naming a local base model instead of "fine-tuned version of [None]" and the run's output
-        folder instead of "Model Card for None"; the method and its citation come from the trainer's ``_paper``."""
-        if model_name is None and self.args.output_dir:
-            model_name = os.path.basename(os.path.normpath(self.args.output_dir))
-        super().create_model_card(model_name=model_name, dataset_name=dataset_name, tags=tags)
-        path = os.path.join(self.args.output_dir, "README.md")
-        if not self.is_world_process_zero() or not os.path.isfile(path):
-            return
-        source = compat.get_config_model_id(self.model.config)
-        missing = "fine-tuned version of [None](https://huggingface.co/None)"
-        with open(path) as f:
-            text = f.read()
-        if missing in text:
-            named = f"fine-tuned version of the local model `{source}`" if source else "fine-tuned model"
-            with open(path, "w") as f:
-                f.write(text.replace(missing, named))
-
-    def _check_prompt_lengths(self, max_rows: int = 1000) -> None:
-        """Refuse text prompts longer than the model's positions (``max_position_embeddings``).
-
-        The first ``max_rows`` rows of the training set are tokenized as TRL will (the chat template for
-        conversational prompts). Vision-language processors and models without ``max_position_embeddings`` are not
-        checked. Raises before training, naming the row and the lengths.
-        """
-        from transformers import ProcessorMixin
-
-        dataset = self.train_dataset
-        config = getattr(getattr(self, "model", None), "config", None)
-        positions = getattr(config, "max_position_embeddings", None)
-        tokenizer = self.processing_class
-        if (
-            dataset is None
-            or not hasattr(dataset, "__len__")
-            or not positions
-            or isinstance(tokenizer, ProcessorMixin)
-            or "prompt" not in (getattr(dataset, "column_names", None) or [])
-        ):
-            return
-        prompts = dataset.select(range(min(len(dataset), max_rows)))["prompt"]
-        for index, prompt in enumerate(prompts):
-            if isinstance(prompt, str):
-                length = len(tokenizer(prompt, add_special_tokens=False)["input_ids"])
-            elif isinstance(prompt, list) and all(
-                isinstance(m, dict) and isinstance(m.get("content"), str) for m in prompt
-            ):
-                if getattr(tokenizer, "chat_template", None) is None:
-                    return
-                text = tokenizer.apply_chat_template(prompt, add_generation_prompt=True, tokenize=False)
-                length = len(tokenizer(text, add_special_tokens=False)["input_ids"])
-            else:
-                return  # multimodal or custom content: not checked
-            if length > int(positions):
-                raise ValueError(
-                    f"train_dataset: the prompt of row {index} has {length} tokens, more than the model's {positions} "
-                    "positions (max_position_embeddings). Shorten or filter the prompts, or use a model with a "
-                    "longer context"
-                )
+        check_prompt_lengths(self)
 
     def _prompts_per_generation_batch(self) -> int:
         """Distinct dataset rows one generation batch draws (TRL's sampler drops an incomplete last batch)."""
         return max(1, int(self.args.generation_batch_size) // int(self.num_generations))
 
     def _check_train_dataset_size(self) -> None:
-        """Refuse a training set too small for one generation batch: TRL would run 0 steps and report success."""
-        dataset = self.train_dataset
-        if dataset is None or not hasattr(dataset, "__len__") or type(dataset).__name__ == "IterableDataset":
-            return
-        needed = self._prompts_per_generation_batch()
-        if len(dataset) < needed:
-            raise ValueError(
-                f"train_dataset: {len(dataset)} row(s), but one generation batch draws {needed} distinct rows "
-                f"(generation_batch_size {self.args.generation_batch_size} / num_generations {self.num_generations}); "
-                "with fewer, TRL's sampler yields no batch and training would run 0 steps. Add rows or lower "
-                "per_device_train_batch_size / steps_per_generation / generation_batch_size"
-            )
+        """Refuse a training set too small for one generation batch (:func:`~trl_ext.trainers.checks.
+        check_train_dataset_size`)."""
+        check_train_dataset_size(self, self._prompts_per_generation_batch())
 
     def _build_component(self, field_name: str, lookup):
         name = getattr(self.args, field_name, "grpo")
@@ -324,23 +187,8 @@ class BaseGRPOTrainer(GRPOTrainer):
         return rewards_per_func
 
     def _check_rewards(self, rewards_per_func: torch.Tensor) -> None:
-        """Refuse infinite or absurdly large rewards (|r| > :data:`MAX_ABS_REWARD`), naming the reward function.
-
-        Every trainer handles them the same way (before, some zeroed the advantages silently, some raised without
-        naming the function). NaN stays allowed: it is TRL's "unscorable" (a reward function returned None). The
-        gathered (N, F) tensor is the same on every process, so every process raises together.
-        """
-        bad = torch.isinf(rewards_per_func) | (rewards_per_func.abs() > MAX_ABS_REWARD)
-        if not bool(bad.any()):
-            return
-        row, column = (int(i) for i in bad.nonzero()[0].tolist())
-        names = list(getattr(self, "reward_func_names", [])) or [f"reward_funcs[{i}]" for i in range(bad.size(1))]
-        value = float(rewards_per_func[row, column])
-        raise ValueError(
-            f"reward function {names[column]!r} returned {value!r} for completion {row} of the generation batch "
-            f"({int(bad[:, column].sum())} such value(s)); rewards must be finite with |r| <= {MAX_ABS_REWARD:g}. "
-            "Return None for a completion that cannot be scored"
-        )
+        """Refuse infinite or absurdly large rewards (:func:`~trl_ext.trainers.checks.check_rewards`)."""
+        check_rewards(rewards_per_func, list(getattr(self, "reward_func_names", [])))
 
     def _generate_and_score_completions(self, inputs: list[dict[str, Any]]) -> dict[str, Any]:
         self._captured_rewards_per_func = None
@@ -404,26 +252,9 @@ class BaseGRPOTrainer(GRPOTrainer):
         return batch
 
     def _check_advantages(self, advantages: torch.Tensor, batch: AdvantageBatch) -> torch.Tensor:
-        n = batch.num_completions
-        name = self.advantage_estimator.name
-        if advantages.dim() not in (1, 2) or advantages.size(0) != n:
-            raise ValueError(
-                f"advantage estimator {name!r} returned shape {tuple(advantages.shape)}; expected ({n},) or ({n}, T)"
-            )
-        if advantages.dim() == 2:
-            if batch.completion_mask is None:
-                raise ValueError(
-                    f"advantage estimator {name!r} returned token-level advantages but does not list "
-                    "'completion_mask' in `requires`, so the gathered completion width is unknown"
-                )
-            if advantages.size(1) != batch.completion_mask.size(1):
-                raise ValueError(
-                    f"advantage estimator {name!r} returned width {advantages.size(1)}; the gathered completion "
-                    f"width is {batch.completion_mask.size(1)}"
-                )
-        if not torch.isfinite(advantages).all():
-            raise FloatingPointError(f"advantage estimator {name!r} produced NaN or inf advantages")
-        return advantages
+        """The estimator's output checked for shape and finiteness (:func:`~trl_ext.trainers.checks.
+        check_advantages`)."""
+        return check_advantages(advantages, batch, self.advantage_estimator.name)
 
     def _replace_logged_advantages(self, advantages: torch.Tensor, batch: AdvantageBatch) -> None:
         # TRL logged its own advantages for this batch; the completions table must show the ones we train on.
@@ -677,71 +508,3 @@ class BaseGRPOTrainer(GRPOTrainer):
             metrics["vespo/phi_seq_mean"].append(ctx.global_masked_mean(ctx.extras["vespo_phi"]))
         for name, value in self.policy_objective.metrics(ctx).items():
             metrics[name].append(float(value))
-
-    # ------------------------------------------------------------------------------------------------------------
-    # Checkpoint hook
-    # ------------------------------------------------------------------------------------------------------------
-    def trl_ext_state_dict(self) -> dict[str, Any]:
-        """State that outlives a step: estimator, objective and trainer parts (JSON-serialisable)."""
-        return {
-            "trainer_class": type(self).__name__,
-            "advantage_estimator_name": getattr(self.args, "advantage_estimator", "grpo"),
-            "policy_objective_name": getattr(self.args, "policy_objective", "grpo"),
-            "advantage_estimator": self.advantage_estimator.state_dict(),
-            "policy_objective": self.policy_objective.state_dict(),
-            "trainer": self.extra_state_dict(),
-        }
-
-    def load_trl_ext_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore what :meth:`trl_ext_state_dict` returned (warns when another trainer or component wrote it)."""
-        for key, current in (
-            ("trainer_class", type(self).__name__),
-            ("advantage_estimator_name", getattr(self.args, "advantage_estimator", "grpo")),
-            ("policy_objective_name", getattr(self.args, "policy_objective", "grpo")),
-        ):
-            saved = state.get(key)
-            if saved is not None and saved != current:
-                warnings.warn(
-                    f"resuming a checkpoint written with {key.replace('_name', '').replace('_', ' ')} {saved!r} "
-                    f"into {current!r}: the weights and optimizer carry over, the method's own state may not fit. "
-                    "Resume with the same trainer, or start from the weights only (model_name_or_path)",
-                    UserWarning,
-                    stacklevel=2,
-                )
-        for key in ("advantage_estimator", "policy_objective", "trainer"):
-            if not isinstance(state.get(key, {}), dict):
-                raise ValueError(f"{STATE_FILE}: {key!r} must be a JSON object, got {type(state[key]).__name__}")
-        self.advantage_estimator.load_state_dict(state.get("advantage_estimator", {}))
-        self.policy_objective.load_state_dict(state.get("policy_objective", {}))
-        self.load_extra_state_dict(state.get("trainer", {}))
-
-    def extra_state_dict(self) -> dict[str, Any]:
-        """Override in a trainer subclass that keeps its own cross-step state."""
-        return {}
-
-    def load_extra_state_dict(self, state: dict[str, Any]) -> None:
-        """Override together with :meth:`extra_state_dict`."""
-
-    def _save(self, output_dir: str | None = None, state_dict=None):
-        with progress_bars_disabled(bool(self.args.disable_tqdm)):  # no "Writing model shards" bars
-            return super()._save(output_dir, state_dict)
-
-    def _save_checkpoint(self, model, trial):
-        # Written before the parent saves, so that a Hub push of the checkpoint folder (queued by the parent) has it.
-        if self.args.should_save:
-            checkpoint_dir = os.path.join(
-                self._get_output_dir(trial=trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
-            )
-            os.makedirs(checkpoint_dir, exist_ok=True)
-            write_json_atomic(os.path.join(checkpoint_dir, STATE_FILE), self.trl_ext_state_dict())
-        super()._save_checkpoint(model, trial)
-
-    def _load_optimizer_and_scheduler(self, checkpoint):
-        super()._load_optimizer_and_scheduler(checkpoint)
-        if checkpoint is None:
-            return
-        path = os.path.join(checkpoint, STATE_FILE)
-        if os.path.exists(path):
-            self.load_trl_ext_state_dict(read_json_object(path, "the trl-ext trainer state"))
-        elif any(self.trl_ext_state_dict()[key] for key in ("advantage_estimator", "policy_objective", "trainer")):
-            logger.warning("Resuming from %s without %s: trl-ext state starts fresh", checkpoint, STATE_FILE)

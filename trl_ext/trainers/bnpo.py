@@ -14,8 +14,6 @@ from dataclasses import dataclass, field, fields
 from trl import GRPOConfig
 
 from trl_ext.advantages.beta_normalization import BNPO_DECOMPOSITION_WEIGHTINGS, validate_bnpo_fields
-from trl_ext.catalogue import BUILTIN_TRAINERS
-from trl_ext.registry import TrainerEntry, register_trainer
 from trl_ext.trainers.base import BaseGRPOConfig, BaseGRPOTrainer
 
 logger = logging.getLogger(__name__)
@@ -152,14 +150,3 @@ class BNPOTrainer(BaseGRPOTrainer):
                 )
         if self.loss_type == "bnpo":
             logger.info(_LOSS_TYPE_NOTE)
-
-
-register_trainer(
-    TrainerEntry(
-        name="bnpo",
-        trainer_cls=BNPOTrainer,
-        config_cls=BNPOConfig,
-        changes=BUILTIN_TRAINERS["bnpo"][0],
-        paper=BUILTIN_TRAINERS["bnpo"][1],
-    )
-)

@@ -30,8 +30,6 @@ from accelerate.utils import gather_object
 from trl_ext import compat
 from trl_ext.advantages.base import AdvantageBatch
 from trl_ext.advantages.calibadv import CalibAdvAdvantage, validate_calibadv_advantage_fields
-from trl_ext.catalogue import BUILTIN_TRAINERS
-from trl_ext.registry import TrainerEntry, register_trainer
 from trl_ext.retrieval import BM25Retriever, HTTPRetriever, Retriever, as_retriever
 from trl_ext.rollout.search_agent import SearchAgentRollout
 from trl_ext.trainers.base import BaseGRPOConfig, BaseGRPOTrainer
@@ -371,14 +369,3 @@ class CalibAdvTrainer(BaseGRPOTrainer):
         if advantages.dim() == 2 and rows is not None and rows.numel() == batch.num_completions:
             advantages = rows.to(advantages.device)  # spec §3.4: log the per-row A_i, not token means
         super()._replace_logged_advantages(advantages, batch)
-
-
-register_trainer(
-    TrainerEntry(
-        name="calibadv",
-        trainer_cls=CalibAdvTrainer,
-        config_cls=CalibAdvConfig,
-        changes=BUILTIN_TRAINERS["calibadv"][0],
-        paper=BUILTIN_TRAINERS["calibadv"][1],
-    )
-)

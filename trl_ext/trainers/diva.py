@@ -40,7 +40,6 @@ from trl_ext.advantages.diva import (
     difficulty_updates,
     validate_diva_fields,
 )
-from trl_ext.catalogue import BUILTIN_TRAINERS
 from trl_ext.curriculum.difficulty import (
     SLOT_KEY,
     STORE_FILE,
@@ -54,8 +53,8 @@ from trl_ext.curriculum.variants import (
     resolve_variant_generator,
     variant_rng,
 )
-from trl_ext.registry import TrainerEntry, register_trainer
-from trl_ext.trainers.base import BaseGRPOConfig, BaseGRPOTrainer, read_json_object, write_json_atomic
+from trl_ext.jsonio import read_json_object, write_json_atomic
+from trl_ext.trainers.base import BaseGRPOConfig, BaseGRPOTrainer
 
 logger = logging.getLogger(__name__)
 
@@ -419,14 +418,3 @@ class DIVATrainer(BaseGRPOTrainer):
             logger.warning(
                 "Resuming from %s without %s: every problem restarts at its initial level", checkpoint, STORE_FILE
             )
-
-
-register_trainer(
-    TrainerEntry(
-        name="diva",
-        trainer_cls=DIVATrainer,
-        config_cls=DIVAConfig,
-        changes=BUILTIN_TRAINERS["diva"][0],
-        paper=BUILTIN_TRAINERS["diva"][1],
-    )
-)

@@ -19,14 +19,12 @@ from typing import Any
 
 import trl_ext.objectives.minpro  # noqa: F401  (registers the "minpro" policy objective)
 from trl_ext import compat
-from trl_ext.catalogue import BUILTIN_TRAINERS
 from trl_ext.generation import capabilities_of
 from trl_ext.objectives.minpro import (
     DEFAULT_LOG_WEIGHT_CLAMP,
     MINPRO_LOSS_TYPES,
     MINPRO_RATIO_SOURCES,
 )
-from trl_ext.registry import TrainerEntry, register_trainer
 from trl_ext.trainers.base import BaseGRPOConfig, BaseGRPOTrainer
 
 __all__ = ["MinPROConfig", "MinPROTrainer"]
@@ -156,14 +154,3 @@ class MinPROTrainer(BaseGRPOTrainer):
                 "rollout_func that returns logprobs; otherwise use minpro_ratio_source='old'"
             )
         super().__init__(*args, **kwargs)
-
-
-register_trainer(
-    TrainerEntry(
-        name="minpro",
-        trainer_cls=MinPROTrainer,
-        config_cls=MinPROConfig,
-        changes=BUILTIN_TRAINERS["minpro"][0],
-        paper=BUILTIN_TRAINERS["minpro"][1],
-    )
-)

@@ -1,0 +1,138 @@
+"""Checks that refuse bad input before or during training, each naming the field or component at fault.
+
+A training set too small for one generation batch (TRL would run 0 steps), prompts longer than the model's positions,
+non-finite or absurd rewards, an advantage estimator's output of the wrong shape or with NaN; and whether a GPU-like
+device exists (TRL's bf16 default). The base trainer calls them; they hold no state.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from trl_ext.advantages.base import AdvantageBatch
+
+__all__ = [
+    "MAX_ABS_REWARD",
+    "check_advantages",
+    "check_prompt_lengths",
+    "check_rewards",
+    "check_train_dataset_size",
+    "has_accelerator",
+]
+
+#: Largest reward magnitude accepted (:func:`check_rewards`); beyond it float32 advantages and losses
+#: lose precision or overflow, and such a value is almost always a bug in the reward function.
+MAX_ABS_REWARD: float = 1e6
+
+
+def has_accelerator() -> bool:
+    """Whether torch sees a GPU-like device (CUDA/ROCm, XPU, MPS) on which TRL's bf16 default makes sense."""
+    if torch.cuda.is_available():
+        return True
+    xpu = getattr(torch, "xpu", None)
+    if xpu is not None and xpu.is_available():
+        return True
+    mps = getattr(torch.backends, "mps", None)
+    return bool(mps is not None and mps.is_available())
+
+
+def check_prompt_lengths(trainer: Any, max_rows: int = 1000) -> None:
+    """Refuse text prompts longer than the model's positions (``max_position_embeddings``).
+
+    The first ``max_rows`` rows of the training set are tokenized as TRL will (the chat template for
+    conversational prompts). Vision-language processors and models without ``max_position_embeddings`` are not
+    checked. Raises before training, naming the row and the lengths.
+    """
+    from transformers import ProcessorMixin
+
+    dataset = trainer.train_dataset
+    config = getattr(getattr(trainer, "model", None), "config", None)
+    positions = getattr(config, "max_position_embeddings", None)
+    tokenizer = trainer.processing_class
+    if (
+        dataset is None
+        or not hasattr(dataset, "__len__")
+        or not positions
+        or isinstance(tokenizer, ProcessorMixin)
+        or "prompt" not in (getattr(dataset, "column_names", None) or [])
+    ):
+        return
+    prompts = dataset.select(range(min(len(dataset), max_rows)))["prompt"]
+    for index, prompt in enumerate(prompts):
+        if isinstance(prompt, str):
+            length = len(tokenizer(prompt, add_special_tokens=False)["input_ids"])
+        elif isinstance(prompt, list) and all(
+            isinstance(m, dict) and isinstance(m.get("content"), str) for m in prompt
+        ):
+            if getattr(tokenizer, "chat_template", None) is None:
+                return
+            text = tokenizer.apply_chat_template(prompt, add_generation_prompt=True, tokenize=False)
+            length = len(tokenizer(text, add_special_tokens=False)["input_ids"])
+        else:
+            return  # multimodal or custom content: not checked
+        if length > int(positions):
+            raise ValueError(
+                f"train_dataset: the prompt of row {index} has {length} tokens, more than the model's {positions} "
+                "positions (max_position_embeddings). Shorten or filter the prompts, or use a model with a "
+                "longer context"
+            )
+
+
+def check_train_dataset_size(trainer: Any, needed: int) -> None:
+    """Refuse a training set too small for one generation batch (``needed`` distinct rows): TRL would run 0 steps
+    and report success."""
+    dataset = trainer.train_dataset
+    if dataset is None or not hasattr(dataset, "__len__") or type(dataset).__name__ == "IterableDataset":
+        return
+    if len(dataset) < needed:
+        raise ValueError(
+            f"train_dataset: {len(dataset)} row(s), but one generation batch draws {needed} distinct rows "
+            f"(generation_batch_size {trainer.args.generation_batch_size} / num_generations "
+            f"{trainer.num_generations}); with fewer, TRL's sampler yields no batch and training would run 0 steps. "
+            "Add rows or lower per_device_train_batch_size / steps_per_generation / generation_batch_size"
+        )
+
+
+def check_rewards(rewards_per_func: torch.Tensor, reward_names: list[str]) -> None:
+    """Refuse infinite or absurdly large rewards (|r| > :data:`MAX_ABS_REWARD`), naming the reward function.
+
+    Every trainer handles them the same way (before, some zeroed the advantages silently, some raised without
+    naming the function). NaN stays allowed: it is TRL's "unscorable" (a reward function returned None). The
+    gathered (N, F) tensor is the same on every process, so every process raises together.
+    """
+    bad = torch.isinf(rewards_per_func) | (rewards_per_func.abs() > MAX_ABS_REWARD)
+    if not bool(bad.any()):
+        return
+    row, column = (int(i) for i in bad.nonzero()[0].tolist())
+    names = list(reward_names) or [f"reward_funcs[{i}]" for i in range(bad.size(1))]
+    value = float(rewards_per_func[row, column])
+    raise ValueError(
+        f"reward function {names[column]!r} returned {value!r} for completion {row} of the generation batch "
+        f"({int(bad[:, column].sum())} such value(s)); rewards must be finite with |r| <= {MAX_ABS_REWARD:g}. "
+        "Return None for a completion that cannot be scored"
+    )
+
+
+def check_advantages(advantages: torch.Tensor, batch: AdvantageBatch, name: str) -> torch.Tensor:
+    """Refuse an estimator's output of the wrong shape or with NaN / inf values, naming the estimator ``name``."""
+    n = batch.num_completions
+    if advantages.dim() not in (1, 2) or advantages.size(0) != n:
+        raise ValueError(
+            f"advantage estimator {name!r} returned shape {tuple(advantages.shape)}; expected ({n},) or ({n}, T)"
+        )
+    if advantages.dim() == 2:
+        if batch.completion_mask is None:
+            raise ValueError(
+                f"advantage estimator {name!r} returned token-level advantages but does not list "
+                "'completion_mask' in `requires`, so the gathered completion width is unknown"
+            )
+        if advantages.size(1) != batch.completion_mask.size(1):
+            raise ValueError(
+                f"advantage estimator {name!r} returned width {advantages.size(1)}; the gathered completion "
+                f"width is {batch.completion_mask.size(1)}"
+            )
+    if not torch.isfinite(advantages).all():
+        raise FloatingPointError(f"advantage estimator {name!r} produced NaN or inf advantages")
+    return advantages

@@ -1,0 +1,172 @@
+"""What a run leaves on disk and takes back: trl-ext's state in every checkpoint, resuming from the newest complete
+checkpoint, and the model card.
+
+Checkpoint hook
+    ``trl_ext_state_dict()`` (estimator, objective and trainer state, JSON) is written to every checkpoint as
+    ``trl_ext_state.json`` and restored on resume on every process. A trainer with its own cross-step state overrides
+    :meth:`PersistenceMixin.extra_state_dict` and :meth:`PersistenceMixin.load_extra_state_dict`.
+
+:class:`PersistenceMixin` is a base of :class:`~trl_ext.trainers.base.BaseGRPOTrainer`, before ``trl.GRPOTrainer``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import warnings
+from typing import Any
+
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+
+from trl_ext import compat
+from trl_ext._quiet import progress_bars_disabled
+from trl_ext.jsonio import read_json_object, write_json_atomic
+
+__all__ = ["STATE_FILE", "PersistenceMixin", "latest_complete_checkpoint"]
+
+logger = logging.getLogger(__name__)
+
+STATE_FILE = "trl_ext_state.json"
+
+
+def latest_complete_checkpoint(output_dir: str) -> str | None:
+    """The newest ``checkpoint-N`` folder of ``output_dir`` that was written to the end, or ``None``.
+
+    Complete means it holds ``trainer_state.json`` (transformers writes it after the weights and optimizer) and, if the
+    run wrote one, a readable ``trl_ext_state.json``. Newer incomplete folders (a kill during saving leaves the weights
+    without the trainer state) are skipped with a warning naming them, instead of being picked and crashing.
+    """
+    if not os.path.isdir(output_dir):
+        return None
+    numbered = []
+    for name in os.listdir(output_dir):
+        prefix, _, number = name.partition("-")
+        if prefix == PREFIX_CHECKPOINT_DIR and number.isdigit() and os.path.isdir(os.path.join(output_dir, name)):
+            numbered.append((int(number), os.path.join(output_dir, name)))
+    skipped = []
+    for _, path in sorted(numbered, reverse=True):
+        complete = os.path.isfile(os.path.join(path, "trainer_state.json"))
+        state = os.path.join(path, STATE_FILE)
+        if complete and os.path.exists(state):
+            try:
+                read_json_object(state, "the trl-ext trainer state")
+            except ValueError:
+                complete = False
+        if complete:
+            if skipped:
+                warnings.warn(
+                    f"skipping incomplete checkpoint(s) {', '.join(skipped)} (no trainer_state.json or a corrupt "
+                    f"{STATE_FILE}: probably cut off while saving); resuming from {path}",
+                    UserWarning,
+                    stacklevel=3,
+                )
+            return path
+        skipped.append(path)
+    if skipped:
+        warnings.warn(
+            f"every checkpoint in {output_dir} is incomplete: {', '.join(skipped)}", UserWarning, stacklevel=3
+        )
+    return None
+
+
+class PersistenceMixin:
+    """Checkpoints with trl-ext's state, resume from the newest complete checkpoint, the model card (see the module
+    docstring). Expects ``self.advantage_estimator`` and ``self.policy_objective`` (set by the base trainer)."""
+
+    def train(self, resume_from_checkpoint: str | bool | None = None, *args: Any, **kwargs: Any):
+        """``Trainer.train``; ``resume_from_checkpoint`` of ``True``, ``"true"`` or ``"latest"`` resumes from the newest
+        *complete* checkpoint in ``output_dir`` (:func:`latest_complete_checkpoint`), skipping half-written ones."""
+        if resume_from_checkpoint is True or (
+            isinstance(resume_from_checkpoint, str) and resume_from_checkpoint.strip().lower() in ("true", "latest")
+        ):
+            resume_from_checkpoint = latest_complete_checkpoint(self.args.output_dir)
+            if resume_from_checkpoint is None:
+                raise ValueError(
+                    f"resume_from_checkpoint: no complete checkpoint (a checkpoint-N folder with trainer_state.json) "
+                    f"in output_dir {self.args.output_dir!r}"
+                )
+            logger.info("Resuming from the newest complete checkpoint: %s", resume_from_checkpoint)
+        return super().train(resume_from_checkpoint, *args, **kwargs)
+
+    def create_model_card(self, model_name=None, dataset_name=None, tags=None):
+        """TRL's model card, naming a local base model instead of "fine-tuned version of [None]" and the run's output
+        folder instead of "Model Card for None"; the method and its citation come from the trainer's ``_paper``."""
+        if model_name is None and self.args.output_dir:
+            model_name = os.path.basename(os.path.normpath(self.args.output_dir))
+        super().create_model_card(model_name=model_name, dataset_name=dataset_name, tags=tags)
+        path = os.path.join(self.args.output_dir, "README.md")
+        if not self.is_world_process_zero() or not os.path.isfile(path):
+            return
+        source = compat.get_config_model_id(self.model.config)
+        missing = "fine-tuned version of [None](https://huggingface.co/None)"
+        with open(path) as f:
+            text = f.read()
+        if missing in text:
+            named = f"fine-tuned version of the local model `{source}`" if source else "fine-tuned model"
+            with open(path, "w") as f:
+                f.write(text.replace(missing, named))
+
+    def trl_ext_state_dict(self) -> dict[str, Any]:
+        """State that outlives a step: estimator, objective and trainer parts (JSON-serialisable)."""
+        return {
+            "trainer_class": type(self).__name__,
+            "advantage_estimator_name": getattr(self.args, "advantage_estimator", "grpo"),
+            "policy_objective_name": getattr(self.args, "policy_objective", "grpo"),
+            "advantage_estimator": self.advantage_estimator.state_dict(),
+            "policy_objective": self.policy_objective.state_dict(),
+            "trainer": self.extra_state_dict(),
+        }
+
+    def load_trl_ext_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what :meth:`trl_ext_state_dict` returned (warns when another trainer or component wrote it)."""
+        for key, current in (
+            ("trainer_class", type(self).__name__),
+            ("advantage_estimator_name", getattr(self.args, "advantage_estimator", "grpo")),
+            ("policy_objective_name", getattr(self.args, "policy_objective", "grpo")),
+        ):
+            saved = state.get(key)
+            if saved is not None and saved != current:
+                warnings.warn(
+                    f"resuming a checkpoint written with {key.replace('_name', '').replace('_', ' ')} {saved!r} "
+                    f"into {current!r}: the weights and optimizer carry over, the method's own state may not fit. "
+                    "Resume with the same trainer, or start from the weights only (model_name_or_path)",
+                    UserWarning,
+                    stacklevel=2,
+                )
+        for key in ("advantage_estimator", "policy_objective", "trainer"):
+            if not isinstance(state.get(key, {}), dict):
+                raise ValueError(f"{STATE_FILE}: {key!r} must be a JSON object, got {type(state[key]).__name__}")
+        self.advantage_estimator.load_state_dict(state.get("advantage_estimator", {}))
+        self.policy_objective.load_state_dict(state.get("policy_objective", {}))
+        self.load_extra_state_dict(state.get("trainer", {}))
+
+    def extra_state_dict(self) -> dict[str, Any]:
+        """Override in a trainer subclass that keeps its own cross-step state."""
+        return {}
+
+    def load_extra_state_dict(self, state: dict[str, Any]) -> None:
+        """Override together with :meth:`extra_state_dict`."""
+
+    def _save(self, output_dir: str | None = None, state_dict=None):
+        with progress_bars_disabled(bool(self.args.disable_tqdm)):  # no "Writing model shards" bars
+            return super()._save(output_dir, state_dict)
+
+    def _save_checkpoint(self, model, trial):
+        # Written before the parent saves, so that a Hub push of the checkpoint folder (queued by the parent) has it.
+        if self.args.should_save:
+            checkpoint_dir = os.path.join(
+                self._get_output_dir(trial=trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
+            )
+            os.makedirs(checkpoint_dir, exist_ok=True)
+            write_json_atomic(os.path.join(checkpoint_dir, STATE_FILE), self.trl_ext_state_dict())
+        super()._save_checkpoint(model, trial)
+
+    def _load_optimizer_and_scheduler(self, checkpoint):
+        super()._load_optimizer_and_scheduler(checkpoint)
+        if checkpoint is None:
+            return
+        path = os.path.join(checkpoint, STATE_FILE)
+        if os.path.exists(path):
+            self.load_trl_ext_state_dict(read_json_object(path, "the trl-ext trainer state"))
+        elif any(self.trl_ext_state_dict()[key] for key in ("advantage_estimator", "policy_objective", "trainer")):
+            logger.warning("Resuming from %s without %s: trl-ext state starts fresh", checkpoint, STATE_FILE)
