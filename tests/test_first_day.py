@@ -339,7 +339,7 @@ def test_quickstart_runs_every_registered_trainer(tmp_path, name):
 def test_prompts_longer_than_the_model_positions_are_refused(tmp_path, conversational):
     from datasets import Dataset
 
-    from trl_ext.testing import build_tiny_checkpoint
+    from trl_ext.tiny_models import build_tiny_checkpoint
 
     checkpoint = build_tiny_checkpoint(str(tmp_path / "short"), max_position_embeddings=64)
     trainer_cls, config_cls = get_trainer("grpo")

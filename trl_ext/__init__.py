@@ -21,7 +21,7 @@ from trl_ext.registry import (  # noqa: E402
 )
 
 # Trainer classes import TRL (seconds); resolve them on first use so that `import trl_ext.data` or
-# `trl_ext.testing` stays cheap. `from trl_ext import BNPOTrainer` works as usual.
+# `trl_ext.tiny_models` stays cheap. `from trl_ext import BNPOTrainer` works as usual.
 _LAZY_TRAINER_EXPORTS = (
     "BNPOConfig",
     "BNPOTrainer",

@@ -259,7 +259,7 @@ def build_trainer(script_args, training_args, model_args, dataset_args=None, *, 
         from accelerate import PartialState
 
         from trl_ext.data import QUICKSTART_SETTINGS
-        from trl_ext.testing import build_tiny_checkpoint
+        from trl_ext.tiny_models import build_tiny_checkpoint
 
         # The quickstart's model: its initialisation scale is what lets a random model learn from scratch by RL.
         kwargs = {k: v for k, v in QUICKSTART_SETTINGS["model"].items() if k != "alphabet"}
@@ -468,7 +468,7 @@ def quickstart_main(argv: list[str] | None = None):
 
     from trl import ModelConfig
 
-    from trl_ext.testing import build_tiny_checkpoint
+    from trl_ext.tiny_models import build_tiny_checkpoint
 
     if override:
         # The trainer's own task: `tiny_model` builds the quickstart's model in <output_dir>/tiny-model with the task's

@@ -56,7 +56,8 @@ RewardFunc = Callable[..., list[float | None]]
 #: Number of distinct ``arithmetic`` problems (``a+b=`` over single digits).
 ARITHMETIC_NUM_PROBLEMS: int = 100
 
-#: Characters the arithmetic tasks use; pass it to `trl_ext.testing.build_char_tokenizer` for the smallest vocabulary.
+#: Characters the arithmetic tasks use; pass it to `trl_ext.tiny_models.build_char_tokenizer` for the smallest
+#: vocabulary.
 ARITHMETIC_ALPHABET: str = "0123456789+="
 
 
@@ -456,10 +457,10 @@ register_task(
 
 #: Settings under which a tiny *randomly initialised* model learns the default task by GRPO alone on CPU.
 #:
-#: - ``model``: keyword arguments of `trl_ext.testing.build_tiny_checkpoint`. The task's 12-character alphabet gives a
-#:   15-token vocabulary; ``initializer_range=0.1`` (rather than the usual 0.02) makes the random policy depend on
-#:   its input from the start, which removes a long plateau: at 0.02, some seeds stay near 0.1 reward for hundreds of
-#:   steps.
+#: - ``model``: keyword arguments of `trl_ext.tiny_models.build_tiny_checkpoint`. The task's 12-character alphabet
+#:   gives a 15-token vocabulary; ``initializer_range=0.1`` (rather than the usual 0.02) makes the random policy depend
+#:   on its input from the start, which removes a long plateau: at 0.02, some seeds stay near 0.1 reward for hundreds
+#:   of steps.
 #: - ``config``: keyword arguments of `trl.GRPOConfig` (add ``output_dir``). A learning rate of 3e-3 or more
 #:   collapses the policy onto one digit; 1e-3 with TRL's linear decay learns on every seed we tried. 128 completions
 #:   per step = 16 prompts x 8 generations.
