@@ -11,7 +11,6 @@ from trl_ext.data.tasks import (
     RewardFunc,
     Task,
     accuracy,
-    completion_text,
     count_chain_reward,
     get_task,
     list_tasks,
@@ -22,6 +21,7 @@ from trl_ext.data.tasks import (
     make_quickstart_dataset,
     register_task,
 )
+from trl_ext.rewards.text import completion_text
 
 __all__ = [
     "ARITHMETIC_ALPHABET",

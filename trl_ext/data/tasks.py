@@ -25,6 +25,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from trl_ext.rewards.text import completion_text
+
 if TYPE_CHECKING:  # `datasets` is imported lazily so that `import trl_ext.data` stays cheap
     from datasets import Dataset
 
@@ -38,7 +40,6 @@ __all__ = [
     "Task",
     "COUNT_CHAIN_LENGTH",
     "accuracy",
-    "completion_text",
     "count_chain_reward",
     "get_task",
     "list_tasks",
@@ -137,18 +138,6 @@ def get_task(name: str | None = None) -> Task:
 # ---------------------------------------------------------------------------------------------------------------------
 # Rewards
 # ---------------------------------------------------------------------------------------------------------------------
-
-
-def completion_text(completion: str | list[dict[str, Any]]) -> str:
-    """The text of one completion: the string itself, or the content of the last message of a conversational one."""
-    if isinstance(completion, str):
-        return completion
-    if not completion:
-        return ""
-    content = completion[-1].get("content", "")
-    if isinstance(content, list):  # content blocks
-        return "".join(part.get("text", "") for part in content if isinstance(part, dict))
-    return content if isinstance(content, str) else ""
 
 
 def accuracy(
