@@ -317,7 +317,7 @@ def test_model_card_names_the_local_base_model_and_the_method(tiny_checkpoint, t
 
 @pytest.mark.parametrize("name", sorted(list_trainers()))
 def test_quickstart_runs_every_registered_trainer(tmp_path, name):
-    # diva and calibadv train on their own built-in tasks (trl_ext.data.tasks.QUICKSTART_TRAINER_OVERRIDES).
+    # diva and calibadv train on their own built-in tasks (trl_ext.data.quickstart.QUICKSTART_TRAINER_OVERRIDES).
     result = _console("quickstart", "--trainer", name, "--max_steps", "2", "--output_dir", str(tmp_path))
     assert result.returncode == 0, result.stderr[-3000:]
     assert f"trl-ext quickstart: trainer={name}" in result.stdout

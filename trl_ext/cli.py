@@ -401,7 +401,7 @@ def _set_threads(script_args: TrainScriptArguments) -> None:
     if threads is not None and threads < 1:
         raise ValueError(f"threads must be at least 1, got {threads}")
     if threads is None and script_args.tiny_model and not torch.cuda.is_available():
-        from trl_ext.data.tasks import QUICKSTART_SETTINGS
+        from trl_ext.data.quickstart import QUICKSTART_SETTINGS
 
         threads = QUICKSTART_SETTINGS.get("torch_num_threads", 1)
     if threads is not None:
@@ -425,7 +425,7 @@ def train_main(argv: list[str] | None = None):
 def quickstart_main(argv: list[str] | None = None):
     """Train a named trainer on the built-in default task with a tiny model, offline, and report the reward."""
     from trl_ext.data import get_task
-    from trl_ext.data.tasks import QUICKSTART_SETTINGS
+    from trl_ext.data.quickstart import QUICKSTART_SETTINGS
     from trl_ext.registry import get_trainer
 
     parser = argparse.ArgumentParser(prog="trl-ext quickstart", description=quickstart_main.__doc__)
@@ -449,7 +449,7 @@ def quickstart_main(argv: list[str] | None = None):
 
     torch.set_num_threads(options.threads or QUICKSTART_SETTINGS.get("torch_num_threads", 1))
 
-    from trl_ext.data.tasks import QUICKSTART_TRAINER_OVERRIDES
+    from trl_ext.data.quickstart import QUICKSTART_TRAINER_OVERRIDES
 
     override = QUICKSTART_TRAINER_OVERRIDES.get(options.trainer, {})
     task = get_task(override.get("task", QUICKSTART_SETTINGS["task"]))
