@@ -32,10 +32,10 @@ os.environ.setdefault("WANDB_DISABLED", "true")
 
 import torch  # noqa: E402
 import vllm_shims  # noqa: E402
+from calibadv_helpers import CalibAdvHAPOConfig, calibadv_hapo_trainer_class  # noqa: E402
 from conftest import char_sum_reward  # noqa: E402
 from datasets import Dataset  # noqa: E402
 from transformers import AutoTokenizer  # noqa: E402
-from calibadv_helpers import CalibAdvHAPOConfig, calibadv_hapo_trainer_class  # noqa: E402
 from uneven_turns import uneven_turn_questions  # noqa: E402
 
 from trl_ext import get_trainer  # noqa: E402
