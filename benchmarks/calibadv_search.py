@@ -224,7 +224,7 @@ def warm_start(options) -> tuple[str, dict]:
 
     from trl_ext.data.deepsearch import DEEPSEARCH_ALPHABET, deepsearch_corpus
     from trl_ext.retrieval import BM25Retriever
-    from trl_ext.testing import build_tiny_checkpoint
+    from trl_ext.tiny_models import build_tiny_checkpoint
 
     settings = sft_settings(options)
     key = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]

@@ -614,7 +614,7 @@ def main(argv: list[str] | None = None) -> dict:
     from datasets import Dataset
 
     from trl_ext.data import QUICKSTART_SETTINGS
-    from trl_ext.testing import build_tiny_checkpoint
+    from trl_ext.tiny_models import build_tiny_checkpoint
 
     torch.set_num_threads(1)
     start = time.perf_counter()

@@ -54,7 +54,7 @@ def prepare_model(kind: str, model_dir: Path) -> str:
 
         return prepare_smollm2(model_dir / "smollm2")
     from trl_ext.data.deepsearch import DEEPSEARCH_ALPHABET
-    from trl_ext.testing import build_tiny_checkpoint
+    from trl_ext.tiny_models import build_tiny_checkpoint
 
     # vLLM's CPU attention rejects the default tiny model's head size (16): 2 heads of 32.
     return build_tiny_checkpoint(

@@ -75,7 +75,7 @@ def build_model(path: Path, config_kwargs: dict, dtype) -> str:
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
     from trl_ext._quiet import progress_bars_disabled
-    from trl_ext.testing import build_char_tokenizer
+    from trl_ext.tiny_models import build_char_tokenizer
 
     tokenizer = build_char_tokenizer(str(path))
     config = Qwen2Config(

@@ -104,7 +104,7 @@ def _train(
 
 def learning_runs(options, task) -> dict:
     from trl_ext.data import QUICKSTART_SETTINGS
-    from trl_ext.testing import build_tiny_checkpoint
+    from trl_ext.tiny_models import build_tiny_checkpoint
 
     results: dict = {"grpo": {}, "hapo": {}}
     for seed in options.seeds:
@@ -134,7 +134,7 @@ def learning_runs(options, task) -> dict:
 def timing_runs(options, task) -> dict:
     """Step-time ratios in two shapes: ``overhead`` (benchmarks/overhead.py's) and ``quickstart`` (the learning runs')."""
     from trl_ext.data import QUICKSTART_SETTINGS
-    from trl_ext.testing import build_tiny_checkpoint
+    from trl_ext.tiny_models import build_tiny_checkpoint
 
     common = dict(learning_rate=1e-3, logging_steps=1, report_to="none", save_strategy="no", use_cpu=True, bf16=False)
     cache = Path(tempfile.gettempdir()) / "trl-ext-hapo-bench-timing-128"

@@ -248,7 +248,7 @@ def warm_start(seed: int, options) -> str:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from trl_ext.testing import build_tiny_checkpoint
+    from trl_ext.tiny_models import build_tiny_checkpoint
 
     root = Path(tempfile.gettempdir()) / "trl-ext-hapo-fork"
     base = build_tiny_checkpoint(

@@ -295,7 +295,7 @@ def main(argv: list[str] | None = None) -> dict:
     import torch
 
     from trl_ext.data import QUICKSTART_SETTINGS, get_task
-    from trl_ext.testing import build_tiny_checkpoint
+    from trl_ext.tiny_models import build_tiny_checkpoint
 
     task = get_task("count_chain")
     torch.set_num_threads(1)

@@ -145,7 +145,7 @@ def deepsearch_scripts(dataset, world_seed: int = 0, answer_early: bool = False)
 
 def build_deepsearch_checkpoint(directory: str) -> str:
     """Tiny Qwen2 over the deepsearch alphabet with room for long multi-turn contexts."""
-    from trl_ext.testing import build_tiny_checkpoint
+    from trl_ext.tiny_models import build_tiny_checkpoint
 
     return build_tiny_checkpoint(directory, alphabet=DEEPSEARCH_ALPHABET, max_position_embeddings=4096)
 

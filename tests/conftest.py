@@ -16,7 +16,7 @@ import pytest  # noqa: E402
 @pytest.fixture(scope="session")
 def tiny_checkpoint(tmp_path_factory) -> str:
     """Path of a tiny randomly initialised Qwen2 + char tokenizer, built once per test session."""
-    from trl_ext.testing import build_tiny_checkpoint
+    from trl_ext.tiny_models import build_tiny_checkpoint
 
     return build_tiny_checkpoint(str(tmp_path_factory.mktemp("tiny-qwen2")))
 
@@ -43,7 +43,7 @@ def digit_reward(completions, **kwargs):
 @pytest.fixture(scope="session")
 def tiny_vlm_checkpoint(tmp_path_factory) -> str:
     """Path of a tiny randomly initialised vision-language model (LLaVA) + processor, built once per test session."""
-    from trl_ext.testing import build_tiny_vlm_checkpoint
+    from trl_ext.tiny_models import build_tiny_vlm_checkpoint
 
     return build_tiny_vlm_checkpoint(str(tmp_path_factory.mktemp("tiny-vlm")))
 

@@ -382,7 +382,7 @@ SCRIPT = Path(__file__).parent / "scripts" / "diva_two_process.py"
 @pytest.fixture(scope="module")
 def arithmetic_checkpoint(tmp_path_factory):
     from trl_ext.data import ARITHMETIC_ALPHABET
-    from trl_ext.testing import build_tiny_checkpoint
+    from trl_ext.tiny_models import build_tiny_checkpoint
 
     return build_tiny_checkpoint(str(tmp_path_factory.mktemp("arith")), alphabet=ARITHMETIC_ALPHABET)
 

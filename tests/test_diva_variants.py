@@ -16,20 +16,18 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from trl_ext.curriculum.image_variants import add_gaussian_noise, render_question_in_image, rotate_image
 from trl_ext.curriculum.variants import (
     ALL_HINT_STEPS,
     IMAGE_TRANSFORMS,
     TARGET_MEANS,
     BuiltinVariantGenerator,
     VariantRecord,
-    add_gaussian_noise,
     check_generated_variants,
     hint_step_count,
     question_text,
-    render_question_in_image,
     replace_question,
     resolve_variant_generator,
-    rotate_image,
     target_offsets,
     transform_candidates,
     variant_rng,

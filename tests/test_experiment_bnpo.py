@@ -92,7 +92,7 @@ def test_llm_group_decomposition_matches_direct_gradients(tmp_path):
     """The per-group decomposition reproduces TRL's GRPO and the package's BNPO gradients (asserted inside)."""
     bench = _load("bnpo_gradient_variance")
     from trl_ext.data import QUICKSTART_SETTINGS, get_task
-    from trl_ext.testing import build_tiny_checkpoint
+    from trl_ext.tiny_models import build_tiny_checkpoint
 
     torch.set_num_threads(1)
     task = get_task(QUICKSTART_SETTINGS["task"])

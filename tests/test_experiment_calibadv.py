@@ -79,7 +79,7 @@ def test_expert_transcripts_use_the_supporting_doc_ids_as_keys():
     the searched entity's document), so every expert search is useful by the ground truth."""
     from trl_ext.data.deepsearch import DEEPSEARCH_ALPHABET, build_deepsearch_world, deepsearch_corpus
     from trl_ext.retrieval import BM25Retriever
-    from trl_ext.testing import build_char_tokenizer
+    from trl_ext.tiny_models import build_char_tokenizer
 
     tokenizer = build_char_tokenizer(alphabet=DEEPSEARCH_ALPHABET)
     world = build_deepsearch_world(search.WORLD_SEED)

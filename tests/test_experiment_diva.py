@@ -25,7 +25,7 @@ def bench():
 
 @pytest.fixture(scope="module")
 def tokenizer(bench):
-    from trl_ext.testing import build_char_tokenizer
+    from trl_ext.tiny_models import build_char_tokenizer
 
     return build_char_tokenizer(alphabet=bench.ALPHABET)
 

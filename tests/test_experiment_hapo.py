@@ -42,7 +42,7 @@ def test_fork_reward(digit, text, ended, expected):
 
 
 def test_reward_function_reads_token_ids():
-    from trl_ext.testing import build_char_tokenizer
+    from trl_ext.tiny_models import build_char_tokenizer
 
     tokenizer = build_char_tokenizer(alphabet=bench.ALPHABET)
     reward = bench.make_reward(tokenizer, 3)

@@ -320,7 +320,7 @@ def test_model_card_names_the_local_base_model_and_the_method(tiny_checkpoint, t
 
 @pytest.mark.parametrize("name", sorted(list_trainers()))
 def test_quickstart_runs_every_registered_trainer(tmp_path, name):
-    # diva and calibadv train on their own built-in tasks (trl_ext.data.tasks.QUICKSTART_TRAINER_OVERRIDES).
+    # diva and calibadv train on their own built-in tasks (trl_ext.data.quickstart.QUICKSTART_TRAINER_OVERRIDES).
     result = _console("quickstart", "--trainer", name, "--max_steps", "2", "--output_dir", str(tmp_path))
     assert result.returncode == 0, result.stderr[-3000:]
     assert f"trl-ext quickstart: trainer={name}" in result.stdout
@@ -342,7 +342,7 @@ def test_quickstart_runs_every_registered_trainer(tmp_path, name):
 def test_prompts_longer_than_the_model_positions_are_refused(tmp_path, conversational):
     from datasets import Dataset
 
-    from trl_ext.testing import build_tiny_checkpoint
+    from trl_ext.tiny_models import build_tiny_checkpoint
 
     checkpoint = build_tiny_checkpoint(str(tmp_path / "short"), max_position_embeddings=64)
     trainer_cls, config_cls = get_trainer("grpo")

@@ -487,7 +487,7 @@ def test_processor_with_tau_zero_equals_transformers_warpers(filters):
 @pytest.fixture(scope="module")
 def spread_checkpoint(tmp_path_factory):
     """A tiny model whose next-token entropies vary (initializer_range 0.1)."""
-    from trl_ext.testing import build_tiny_checkpoint
+    from trl_ext.tiny_models import build_tiny_checkpoint
 
     return build_tiny_checkpoint(str(tmp_path_factory.mktemp("hapo-spread")), initializer_range=0.1)
 
@@ -769,7 +769,7 @@ HAPO_METRICS = (
 
 def test_end_to_end_one_process_on_the_arithmetic_task(tmp_path):
     from trl_ext.data import get_task
-    from trl_ext.testing import build_tiny_checkpoint
+    from trl_ext.tiny_models import build_tiny_checkpoint
 
     task = get_task("arithmetic")
     checkpoint = build_tiny_checkpoint(str(tmp_path / "model"), alphabet=task.alphabet, initializer_range=0.1)

@@ -14,7 +14,7 @@ from harness import NUM_GENERATIONS, NUM_PROMPTS, config_kwargs, loss_grads_metr
 from trl import GRPOConfig, GRPOTrainer
 
 from trl_ext import BaseGRPOConfig, BaseGRPOTrainer
-from trl_ext.testing import VLM_SPECIAL_TOKENS, build_char_tokenizer, build_tiny_vlm_checkpoint
+from trl_ext.tiny_models import VLM_SPECIAL_TOKENS, build_char_tokenizer, build_tiny_vlm_checkpoint
 
 VISION_PREFIXES = ("model.vision_tower.", "model.multi_modal_projector.")
 

@@ -49,7 +49,7 @@ def train_main(argv: list[str] | None = None):
 def quickstart_main(argv: list[str] | None = None):
     """Train a named trainer on the built-in default task with a tiny model, offline, and report the reward."""
     from trl_ext.data import get_task
-    from trl_ext.data.tasks import QUICKSTART_SETTINGS
+    from trl_ext.data.quickstart import QUICKSTART_SETTINGS
     from trl_ext.registry import get_trainer
 
     parser = argparse.ArgumentParser(prog="trl-ext quickstart", description=quickstart_main.__doc__)
@@ -71,7 +71,7 @@ def quickstart_main(argv: list[str] | None = None):
 
     set_threads(options.threads, default=QUICKSTART_SETTINGS.get("torch_num_threads", 1), option="--threads")
 
-    from trl_ext.data.tasks import QUICKSTART_TRAINER_OVERRIDES
+    from trl_ext.data.quickstart import QUICKSTART_TRAINER_OVERRIDES
 
     override = QUICKSTART_TRAINER_OVERRIDES.get(options.trainer, {})
     task = get_task(override.get("task", QUICKSTART_SETTINGS["task"]))
@@ -90,7 +90,7 @@ def quickstart_main(argv: list[str] | None = None):
 
     from trl import ModelConfig
 
-    from trl_ext.testing import build_tiny_checkpoint
+    from trl_ext.tiny_models import build_tiny_checkpoint
 
     if override:
         # The trainer's own task: `tiny_model` builds the quickstart's model in <output_dir>/tiny-model with the task's

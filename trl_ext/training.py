@@ -261,7 +261,7 @@ def build_trainer(script_args, training_args, model_args, dataset_args=None, *, 
         from accelerate import PartialState
 
         from trl_ext.data import QUICKSTART_SETTINGS
-        from trl_ext.testing import build_tiny_checkpoint
+        from trl_ext.tiny_models import build_tiny_checkpoint
 
         # The quickstart's model: its initialisation scale is what lets a random model learn from scratch by RL.
         kwargs = {k: v for k, v in QUICKSTART_SETTINGS["model"].items() if k != "alphabet"}
@@ -410,7 +410,7 @@ def set_threads(
     if threads is None:
         threads = default
     if threads is None and tiny_model and not torch.cuda.is_available():
-        from trl_ext.data.tasks import QUICKSTART_SETTINGS
+        from trl_ext.data.quickstart import QUICKSTART_SETTINGS
 
         threads = QUICKSTART_SETTINGS.get("torch_num_threads", 1)
     if threads is not None:

@@ -26,7 +26,7 @@ def build_vllm_checkpoint(directory: str, *, alphabet: str | None = None, sharpe
     import torch
     from transformers import AutoModelForCausalLM
 
-    from trl_ext.testing import DEFAULT_ALPHABET, build_tiny_checkpoint
+    from trl_ext.tiny_models import DEFAULT_ALPHABET, build_tiny_checkpoint
 
     base = os.path.join(directory, "base")
     path = build_tiny_checkpoint(

@@ -37,6 +37,8 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from trl_ext.rewards.text import completion_text
+
 __all__ = [
     "FORMAT_TAGS",
     "answer_f1",
@@ -179,13 +181,6 @@ def qa_f1_format_score(
     return answer_f1(transcript, golden_answers), is_valid_format(transcript, invalid_action=invalid_action)
 
 
-def _completion_text(completion: Any) -> str:
-    # Imported here: trl_ext.data imports this module to register the deepsearch task.
-    from trl_ext.data.tasks import completion_text
-
-    return completion_text(completion)
-
-
 def _golds(value: Any) -> list[str] | None:
     if value is None:
         return None
@@ -233,7 +228,7 @@ def make_qa_f1_format_reward(prepend_think_token: bool = False) -> Callable[...,
                 continue
             transcript = calibadv_transcript[i] if calibadv_transcript is not None else None
             if transcript is None:
-                transcript = build_transcript(_completion_text(completion), prepend_think_token)
+                transcript = build_transcript(completion_text(completion), prepend_think_token)
             invalid = bool(calibadv_invalid_action[i]) if calibadv_invalid_action is not None else False
             f1, valid = qa_f1_format_score(transcript, golds, invalid)
             rewards.append(f1 if valid else 0.0)

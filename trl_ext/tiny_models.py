@@ -14,7 +14,7 @@ plus the Qwen2-VL vision tokens, loadable with ``AutoProcessor`` / ``AutoModelFo
 Example:
 
 ```python
-from trl_ext.testing import build_tiny_checkpoint, build_tiny_vlm_checkpoint
+from trl_ext.tiny_models import build_tiny_checkpoint, build_tiny_vlm_checkpoint
 
 path = build_tiny_checkpoint("/tmp/tiny-qwen2")  # reused on the next call with the same settings
 trainer = GRPOTrainer(model=path, reward_funcs=..., args=GRPOConfig(use_cpu=True, ...), train_dataset=...)
@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any
 
 from trl_ext._quiet import progress_bars_disabled
 
-if TYPE_CHECKING:  # heavy imports stay inside the functions so that `import trl_ext.testing` is cheap
+if TYPE_CHECKING:  # heavy imports stay inside the functions so that `import trl_ext.tiny_models` is cheap
     from transformers import PreTrainedTokenizerFast, Qwen2ForCausalLM
 
 __all__ = [
