@@ -17,7 +17,7 @@ CPU cost grows with every character of the context.
 
 Warm start. A randomly initialised tiny model never writes the tag protocol, so RL from scratch measures nothing. We
 first fine-tune a tiny Qwen2 (hidden 64, 2 layers, 4 heads, initializer_range 0.02;
-``trl_ext.testing.build_tiny_checkpoint``) with a plain PyTorch loop (AdamW, lr ``--sft_lr`` with 5 % warm-up and
+``trl_ext.tiny_models.build_tiny_checkpoint``) with a plain PyTorch loop (AdamW, lr ``--sft_lr`` with 5 % warm-up and
 linear decay, batch 8, ``--sft_steps`` steps) on scripted expert transcripts: for a question, one turn
 ``<kind></think>\n<search> <title> </search>`` per document of its reasoning chain (the named film / novel, then the
 director / author / studio, then the city for country questions) and a final ``<kind></think>\n<answer> <answer>

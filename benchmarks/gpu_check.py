@@ -68,7 +68,7 @@ DRY = dict(prompts=2, completions=2, max_new_tokens=8, micro_batch=4, prompt_cha
 
 
 def build_model(path: Path, config_kwargs: dict, dtype) -> str:
-    """A random-weight Qwen2 of ``config_kwargs`` with trl-ext's character tokenizer (``trl_ext.testing``; the
+    """A random-weight Qwen2 of ``config_kwargs`` with trl-ext's character tokenizer (``trl_ext.tiny_models``; the
     ``AutoTokenizer`` round trip keeps its ids). The model's vocabulary is the architecture's: sampled ids beyond the
     tokenizer's ~60 characters decode to nothing, which costs the generation and the loss exactly the same."""
     import torch
