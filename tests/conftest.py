@@ -10,7 +10,19 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 os.environ.setdefault("WANDB_DISABLED", "true")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+import sys  # noqa: E402
+from pathlib import Path  # noqa: E402
+
 import pytest  # noqa: E402
+
+# TRL 1.15 without Triton: a pure-torch chunked log-prob function, here and in every subprocess the tests start
+# (tests/trl_compat/trl_compat_shims.py says when it acts; on any other TRL nothing happens).
+_TRL_COMPAT = Path(__file__).resolve().parent / "trl_compat"
+sys.path.insert(0, str(_TRL_COMPAT))
+import trl_compat_shims  # noqa: E402
+
+if trl_compat_shims.install():
+    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(_TRL_COMPAT), os.environ.get("PYTHONPATH")]))
 
 
 @pytest.fixture(scope="session")
