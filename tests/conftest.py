@@ -24,6 +24,19 @@ import trl_compat_shims  # noqa: E402
 if trl_compat_shims.install():
     os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(_TRL_COMPAT), os.environ.get("PYTHONPATH")]))
 
+#: The installed TRL is a 1.15.x release (the older minor of the supported window; .ci/lane_trl.sh runs it).
+TRL_1_15 = trl_compat_shims.trl_is_1_15()
+
+#: Why a vision-language run fails under TRL 1.15 only: its transformers generation does not suppress the image token,
+#: so the tiny random VLM samples it and the next forward finds more image tokens than image features (ValueError
+#: "Image features and image tokens do not match"); TRL 1.16 passes ``suppress_tokens=[image_token_id]``.
+TRL_1_15_SAMPLES_IMAGE_TOKENS = "TRL 1.15 lets generate() sample the image token (1.16 suppresses it)"
+
+
+def xfail_on_trl_1_15(reason: str, **kwargs):
+    """Expected failure under TRL 1.15 only, for a TRL 1.16 behaviour the test relies on; strict, so that a fix shows."""
+    return pytest.mark.xfail(condition=TRL_1_15, reason=reason, strict=True, **kwargs)
+
 
 @pytest.fixture(scope="session")
 def tiny_checkpoint(tmp_path_factory) -> str:
