@@ -13,7 +13,8 @@
 # On TRL 1.15 without Triton (the CPU torch wheel has none) the tests install a pure-torch stand-in for TRL's chunked
 # log-prob kernel (tests/trl_compat/trl_compat_shims.py). Runs from the repository root on a fresh machine (Python
 # 3.11 with pip, no GPU, network limited to PyPI), in its own virtual environment outside the repository (CI=true
-# recreates it). About 6 minutes on 2 cores.
+# recreates it). About 7 minutes on 2 cores with CI=true: 3 to install, 4 for the TRL 1.15.0 tests, seconds for the
+# probe when no newer TRL exists (13 minutes when other jobs shared the 2 cores).
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
