@@ -10,7 +10,32 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 os.environ.setdefault("WANDB_DISABLED", "true")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+import sys  # noqa: E402
+from pathlib import Path  # noqa: E402
+
 import pytest  # noqa: E402
+
+# TRL 1.15 without Triton: a pure-torch chunked log-prob function, here and in every subprocess the tests start
+# (tests/trl_compat/trl_compat_shims.py says when it acts; on any other TRL nothing happens).
+_TRL_COMPAT = Path(__file__).resolve().parent / "trl_compat"
+sys.path.insert(0, str(_TRL_COMPAT))
+import trl_compat_shims  # noqa: E402
+
+if trl_compat_shims.install():
+    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(_TRL_COMPAT), os.environ.get("PYTHONPATH")]))
+
+#: The installed TRL is a 1.15.x release (the older minor of the supported window; .ci/lane_trl.sh runs it).
+TRL_1_15 = trl_compat_shims.trl_is_1_15()
+
+#: Why a vision-language run fails under TRL 1.15 only: its transformers generation does not suppress the image token,
+#: so the tiny random VLM samples it and the next forward finds more image tokens than image features (ValueError
+#: "Image features and image tokens do not match"); TRL 1.16 passes ``suppress_tokens=[image_token_id]``.
+TRL_1_15_SAMPLES_IMAGE_TOKENS = "TRL 1.15 lets generate() sample the image token (1.16 suppresses it)"
+
+
+def xfail_on_trl_1_15(reason: str, **kwargs):
+    """Expected failure under TRL 1.15 only, for a TRL 1.16 behaviour the test relies on; strict, so that a fix shows."""
+    return pytest.mark.xfail(condition=TRL_1_15, reason=reason, strict=True, **kwargs)
 
 
 @pytest.fixture(scope="session")

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import char_sum_reward, length_reward
+from conftest import TRL_1_15_SAMPLES_IMAGE_TOKENS, char_sum_reward, length_reward, xfail_on_trl_1_15
 from datasets import Dataset
 from harness import config_kwargs
 from twoproc import launch_two_processes, run_checked
@@ -348,6 +348,7 @@ def test_reference_batch_norm_gathers_token_counts(tiny_checkpoint, tmp_path):
     torch.testing.assert_close(output["advantages"], expected, atol=1e-6, rtol=0)
 
 
+@xfail_on_trl_1_15(TRL_1_15_SAMPLES_IMAGE_TOKENS, raises=ValueError)
 def test_vision_language_model_trains_on_image_variants(tiny_vlm_checkpoint, toy_image_dataset, tmp_path):
     from transformers import AutoProcessor
 
@@ -387,7 +388,20 @@ def arithmetic_checkpoint(tmp_path_factory):
     return build_tiny_checkpoint(str(tmp_path_factory.mktemp("arith")), alphabet=ARITHMETIC_ALPHABET)
 
 
-@pytest.mark.parametrize("model", ["text", "vlm"])
+@pytest.mark.parametrize(
+    "model",
+    [
+        "text",
+        pytest.param(
+            "vlm",
+            marks=xfail_on_trl_1_15(
+                "TRL 1.15 neither sets ddp_find_unused_parameters for a VLM (1.16 does; DDP then fails on the unused "
+                "vision parameters) nor suppresses the image token in generate()",
+                raises=AssertionError,
+            ),
+        ),
+    ],
+)
 def test_two_processes_hold_identical_stores_and_split_problems(
     model, arithmetic_checkpoint, tiny_vlm_checkpoint, tmp_path
 ):
