@@ -35,6 +35,8 @@ TRL_MATRIX_VERSIONS="${TRL_MATRIX_VERSIONS:-1.15.0}"
 # configs. Left to the main lane: the trainers' pure-math files (test_diva_math, test_diva_variants,
 # test_calibadv_math: no TRL in them), experiment and benchmark tests, the CLI / compare / first-day tests (they train
 # the same trainers end to end, through the recipe parsing test_recipes covers), the retrievers and the built-in tasks.
+# The compat layer's bindings of TRL's signatures (test_generation_seam) and the drift check of the installed TRL
+# against its recorded fingerprints (test_drift) run here too.
 TESTS=(
     tests/test_parity.py
     tests/test_vlm.py
@@ -51,6 +53,8 @@ TESTS=(
     tests/test_registry.py
     tests/test_recipes.py
     tests/test_trl_compat_shims.py
+    tests/test_generation_seam.py
+    tests/test_drift.py
 )
 
 step() { printf '\n==> [lane trl] %s\n' "$*"; }
