@@ -318,7 +318,16 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--batches", type=int, default=4000)
     parser.add_argument("--out", type=Path, default=RESULTS / "bnpo_beta_simulation.json")
+    parser.add_argument("--replot", action="store_true", help="re-summarise and re-plot --out without simulating")
     options = parser.parse_args(argv)
+    if options.replot:
+        report = json.loads(options.out.read_text())
+        report["summary"] = summarise(report["results"])
+        options.out.write_text(json.dumps(report, indent=1))
+        plot(report, options.out.with_suffix(".png"))
+        for model in MODELS:
+            print(f"{model}: falsified = {report['summary'][model]['falsified']}")
+        return report
 
     import torch
 

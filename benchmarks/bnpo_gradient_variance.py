@@ -331,6 +331,38 @@ def skewed_cell(measured: dict) -> dict:
     }
 
 
+def skewed_summary(results: dict, stages: list[int]) -> dict:
+    """Per stage: the 3-seed spread of every ratio and statistic, the control and the falsifier."""
+    summary: dict = {}
+    for stage in stages:
+        cells = [results[s][str(stage)] for s in results]
+        summary[str(stage)] = {}
+        for key in (
+            "bnpo_over_grpo",
+            "bnpo_over_reinforce",
+            "bnpo_over_grid_min",
+            "log_distance_fit_to_grid_min",
+            "reward",
+            "frac_mixed_groups",
+        ):
+            values = [c[key] for c in cells]
+            summary[str(stage)][key] = {"mean": statistics.fmean(values), "min": min(values), "max": max(values)}
+        for key in ("alpha", "beta"):
+            values = [c["fit_mean"][key] for c in cells]
+            summary[str(stage)][f"fit_{key}"] = {
+                "mean": statistics.fmean(values),
+                "min": min(values),
+                "max": max(values),
+            }
+        summary[str(stage)]["grid_min"] = [(c["grid_min"]["alpha"], c["grid_min"]["beta"]) for c in cells]
+        row = summary[str(stage)]
+        row["control_skewed_and_mixed"] = (
+            row["fit_beta"]["mean"] / row["fit_alpha"]["mean"] >= 1.3 and row["frac_mixed_groups"]["mean"] >= 0.25
+        )
+        row["falsified"] = row["bnpo_over_grpo"]["mean"] >= 1.0 or row["bnpo_over_grid_min"]["mean"] > 1.05
+    return summary
+
+
 def skewed_main(options) -> dict:
     import torch
 
@@ -365,33 +397,7 @@ def skewed_main(options) -> dict:
                 f"[{time.time() - start:.0f} s]",
                 flush=True,
             )
-    summary: dict = {}
-    for stage in options.stages:
-        cells = [results[s][str(stage)] for s in results]
-        summary[str(stage)] = {}
-        for key in (
-            "bnpo_over_grpo",
-            "bnpo_over_reinforce",
-            "bnpo_over_grid_min",
-            "log_distance_fit_to_grid_min",
-            "reward",
-            "frac_mixed_groups",
-        ):
-            values = [c[key] for c in cells]
-            summary[str(stage)][key] = {"mean": statistics.fmean(values), "min": min(values), "max": max(values)}
-        for key in ("alpha", "beta"):
-            values = [c["fit_mean"][key] for c in cells]
-            summary[str(stage)][f"fit_{key}"] = {
-                "mean": statistics.fmean(values),
-                "min": min(values),
-                "max": max(values),
-            }
-        summary[str(stage)]["grid_min"] = [(c["grid_min"]["alpha"], c["grid_min"]["beta"]) for c in cells]
-        row = summary[str(stage)]
-        row["control_skewed_and_mixed"] = (
-            row["fit_beta"]["mean"] / row["fit_alpha"]["mean"] >= 1.3 and row["frac_mixed_groups"]["mean"] >= 0.25
-        )
-        row["falsified"] = row["bnpo_over_grpo"]["mean"] >= 1.0 or row["bnpo_over_grid_min"]["mean"] > 1.05
+    summary = skewed_summary(results, options.stages)
     report = {
         "command": "python benchmarks/bnpo_gradient_variance.py " + " ".join(options.argv),
         "mode": "skewed",
@@ -481,6 +487,25 @@ def plot(report: dict, path: Path) -> None:
     fig.savefig(path, dpi=120)
 
 
+def legacy_summary(results: dict, stages: list[int]) -> dict:
+    """Per stage: the spread over seeds of RV(bnpo) / RV(grpo) (legacy mode)."""
+    summary = {}
+    for stage in stages:
+        ratios = [
+            results[s][str(stage)]["variance"]["bnpo"]["relative_variance"]
+            / results[s][str(stage)]["variance"]["grpo"]["relative_variance"]
+            for s in results
+        ]
+        summary[str(stage)] = {
+            "bnpo_over_grpo_relative_variance": {
+                "mean": statistics.mean(ratios),
+                "min": min(ratios),
+                "max": max(ratios),
+            }
+        }
+    return summary
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
@@ -503,8 +528,19 @@ def main(argv: list[str] | None = None) -> dict:
         default=list(SKEWED_LEVEL_WEIGHTS),
         help="skewed mode: sampling weights of the copy, successor, no-carry and carry levels",
     )
+    parser.add_argument("--replot", action="store_true", help="re-summarise and re-plot --out without measuring")
     options = parser.parse_args(argv)
     options.argv = sys.argv[1:] if argv is None else argv
+    if options.replot:
+        out = options.out or RESULTS / f"bnpo_gradient_variance{'_skewed' if options.mode == 'skewed' else ''}.json"
+        report = json.loads(out.read_text())
+        skewed = report.get("mode") == "skewed"
+        summarise = skewed_summary if skewed else legacy_summary
+        report["summary"] = summarise(report["results"], report["options"]["stages"])
+        out.write_text(json.dumps(report, indent=1))
+        (plot_skewed if skewed else plot)(report, out.with_suffix(".png"))
+        print(json.dumps(report["summary"]))
+        return report
     if options.mode == "skewed":
         if options.out is None:
             options.out = RESULTS / "bnpo_gradient_variance_skewed.json"
@@ -543,20 +579,7 @@ def main(argv: list[str] | None = None) -> dict:
                 + f" | bnpo/grpo {variance['bnpo']['relative_variance'] / variance['grpo']['relative_variance']:.3f}",
                 flush=True,
             )
-    summary = {}
-    for stage in options.stages:
-        ratios = [
-            results[s][str(stage)]["variance"]["bnpo"]["relative_variance"]
-            / results[s][str(stage)]["variance"]["grpo"]["relative_variance"]
-            for s in results
-        ]
-        summary[str(stage)] = {
-            "bnpo_over_grpo_relative_variance": {
-                "mean": statistics.mean(ratios),
-                "min": min(ratios),
-                "max": max(ratios),
-            }
-        }
+    summary = legacy_summary(results, options.stages)
     report = {
         "command": "python benchmarks/bnpo_gradient_variance.py " + " ".join(sys.argv[1:] if argv is None else argv),
         "options": {"seeds": options.seeds, "stages": options.stages, "batches": options.batches},

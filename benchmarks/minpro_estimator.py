@@ -268,7 +268,16 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--num", type=int, default=128, help="samples per batch (one group)")
     parser.add_argument("--skill", type=float, default=3.0, help="sampler's logit bonus on the chain token")
     parser.add_argument("--out", type=Path, default=RESULTS / "minpro_estimator.json")
+    parser.add_argument("--replot", action="store_true", help="re-summarise and re-plot --out without measuring")
     args = parser.parse_args(argv)
+    if args.replot:
+        report = json.loads(args.out.read_text())
+        report["summary"] = summarise(report["runs"])
+        report["verdict"] = verdict(report["summary"])
+        args.out.write_text(json.dumps(report, indent=1))
+        plot(report, args.out.with_suffix(".png"))
+        print(json.dumps(report["verdict"]))
+        return report
     torch.set_num_threads(1)
     start = time.time()
     runs = [

