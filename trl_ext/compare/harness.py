@@ -1,0 +1,367 @@
+"""What ``trl-ext compare``, ``benchmarks/`` and ``experiments/`` share: train one arm for one seed, the common
+arguments, result JSON with provenance, the moving average and spread of every summary, and band plots.
+
+    from trl_ext.compare.harness import add_common_args, load_report, run_arm, script_env, write_report
+
+    script_env()                                     # before anything imports transformers: offline and quiet
+    run = run_arm("hapo", model=path, reward_funcs=rewards, train_dataset=data, seed=0, config={"max_steps": 50})
+    run.logs("reward")                               # the log entries that have a reward
+
+A script's ``--replot`` re-derives its summary and plot from the stored JSON (``load_report``) without training, and
+``write_report`` writes the result with where it came from (command, git commit, package versions, machine). No heavy
+import at module level: torch, transformers and matplotlib load when a function needs them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Sequence
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+__all__ = [
+    "PeakMemory",
+    "Run",
+    "add_common_args",
+    "band",
+    "figure",
+    "load_report",
+    "moving_average",
+    "provenance",
+    "run_arm",
+    "script_env",
+    "spread",
+    "tiny_model",
+    "train",
+    "write_report",
+]
+
+#: Packages whose versions every result records.
+PACKAGES = ("trl-ext", "trl", "transformers", "torch", "accelerate", "peft", "datasets", "vllm")
+
+
+def script_env(*, one_thread: bool = False) -> None:
+    """Offline (nothing is ever downloaded) and quiet; with ``one_thread``, one OpenMP thread (set before torch)."""
+    for key, value in (
+        ("HF_HUB_OFFLINE", "1"),
+        ("HF_DATASETS_OFFLINE", "1"),
+        ("TRANSFORMERS_VERBOSITY", "error"),
+        ("TOKENIZERS_PARALLELISM", "false"),
+        *((("OMP_NUM_THREADS", "1"),) if one_thread else ()),
+    ):
+        os.environ.setdefault(key, value)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Statistics
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def moving_average(values: Sequence[float], window: int) -> list[float]:
+    """Trailing mean: entry t is the mean of ``values[max(0, t - window + 1) : t + 1]``."""
+    return [statistics.fmean(values[max(0, t - window + 1) : t + 1]) for t in range(len(values))]
+
+
+def spread(values, *, mean: Callable = statistics.fmean, count: bool = True) -> dict | None:
+    """``{"mean", "min", "max", "n"}`` of the values that are neither None nor NaN (None if there are none).
+
+    ``mean=statistics.mean`` (exact) where a stored result was summarised with it; ``count=False`` leaves out ``n``.
+    """
+    numbers = [v for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))]
+    if not numbers:
+        return None
+    out = {"mean": mean(numbers), "min": min(numbers), "max": max(numbers)}
+    return {**out, "n": len(numbers)} if count else out
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# One arm, one seed
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+class PeakMemory:
+    """Peak memory of this process while the block runs: CUDA's allocator peak when a GPU is there, and the resident
+    set size sampled every ``interval`` seconds (on CPU, or always with ``rss=True``; ``rss_before`` on entry)."""
+
+    def __init__(self, interval: float = 0.05, *, rss: bool | None = None) -> None:
+        import torch
+
+        self.cuda = torch.cuda.is_available()
+        self.sample_rss = not self.cuda if rss is None else rss
+        self.interval = interval
+        self.cuda_peak: int | None = None
+        self.rss_before = self.rss_peak = 0
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def __enter__(self) -> PeakMemory:
+        import torch
+
+        if self.cuda:
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+        if self.sample_rss:
+            import psutil
+
+            process = psutil.Process()
+
+            def sample() -> None:
+                while not self._stop.is_set():
+                    self.rss_peak = max(self.rss_peak, process.memory_info().rss)
+                    self._stop.wait(self.interval)
+
+            self.rss_before = self.rss_peak = process.memory_info().rss
+            self._thread = threading.Thread(target=sample, daemon=True)
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        import torch
+
+        if self.cuda:
+            self.cuda_peak = torch.cuda.max_memory_allocated()
+        if self._thread is not None:
+            self._stop.set()
+            self._thread.join()
+
+    @property
+    def peak(self) -> int:
+        return self.cuda_peak if self.cuda else self.rss_peak
+
+    @property
+    def kind(self) -> str:
+        return "cuda_max_allocated" if self.cuda else "cpu_rss"
+
+
+@dataclass
+class Run:
+    """A finished run: the trainer (its model, its own records), TRL's log history and the wall time of ``train()``."""
+
+    trainer: Any
+    history: list[dict]
+    seconds: float
+    memory: PeakMemory | None = None
+
+    def logs(self, key: str = "loss") -> list[dict]:
+        """The log entries that have ``key`` (``"loss"``: one per optimizer step)."""
+        return [entry for entry in self.history if key in entry]
+
+
+def train(trainer, *, before: Callable | None = None, memory: PeakMemory | bool = False) -> Run:
+    """Train a built trainer without its console printer; ``before(trainer)`` runs first, ``memory`` measures."""
+    from transformers import PrinterCallback
+
+    trainer.remove_callback(PrinterCallback)
+    if before is not None:
+        before(trainer)
+    meter = PeakMemory() if memory is True else memory or None
+    start = time.perf_counter()
+    with meter or nullcontext():
+        trainer.train()
+    return Run(trainer, trainer.state.log_history, time.perf_counter() - start, meter)
+
+
+def run_arm(
+    name: str,
+    *,
+    model: str,
+    reward_funcs,
+    train_dataset,
+    seed: int,
+    config: dict | None = None,
+    trainer_cls: type | None = None,
+    callbacks: Sequence = (),
+    before: Callable | None = None,
+    memory: PeakMemory | bool = False,
+    **trainer_kwargs: Any,
+) -> Run:
+    """Train the registered trainer ``name`` (``"trl"``: ``trl.GRPOTrainer``) for one seed in a temporary output
+    directory: one log per step, no checkpoint, no report, ``config``'s fields over these. ``trainer_cls`` replaces
+    the trainer class (an instrumented subclass); ``trainer_kwargs`` go to its constructor."""
+    if name == "trl":
+        from trl import GRPOConfig as config_cls
+        from trl import GRPOTrainer as default_cls
+    else:
+        from trl_ext import get_trainer
+
+        default_cls, config_cls = get_trainer(name)
+    fields = {"logging_steps": 1, "report_to": "none", "save_strategy": "no", "disable_tqdm": True, **(config or {})}
+    with tempfile.TemporaryDirectory() as output_dir:
+        args = config_cls(output_dir=output_dir, **{**fields, "seed": seed})
+        trainer = (trainer_cls or default_cls)(
+            model=model,
+            reward_funcs=reward_funcs,
+            args=args,
+            train_dataset=train_dataset,
+            callbacks=list(callbacks) or None,
+            **trainer_kwargs,
+        )
+        return train(trainer, before=before, memory=memory)
+
+
+def tiny_model(name: str, *, seed: int, **settings: Any) -> str:
+    """The quickstart's tiny random Qwen2 (``QUICKSTART_SETTINGS["model"]``, ``settings`` over it) initialised with
+    ``seed``, built once under the temporary directory as ``trl-ext-<name>``."""
+    from trl_ext.data import QUICKSTART_SETTINGS
+    from trl_ext.testing import build_tiny_checkpoint
+
+    return build_tiny_checkpoint(
+        Path(tempfile.gettempdir()) / f"trl-ext-{name}", **{**QUICKSTART_SETTINGS["model"], **settings, "seed": seed}
+    )
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Arguments and results
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def add_common_args(
+    parser: argparse.ArgumentParser,
+    out: Path | None,
+    *,
+    seeds: Sequence[int] | None = (0, 1, 2),
+    seeds_help: str = "seeds: one run per arm and seed",
+) -> argparse.ArgumentParser:
+    """``--seeds`` (unless ``seeds`` is None), ``--out`` (alias ``--output``; unless ``out`` is None), ``--replot``."""
+    if seeds is not None:
+        parser.add_argument("--seeds", type=int, nargs="+", default=list(seeds), help=seeds_help)
+    if out is not None:
+        parser.add_argument("--out", "--output", type=Path, default=out, help="the result JSON (plot: same name .png)")
+    parser.add_argument(
+        "--replot", action="store_true", help="re-derive the summary and plots from the stored JSON, without training"
+    )
+    return parser
+
+
+def provenance(argv: Sequence[str] | None = None) -> dict:
+    """Where a result comes from: the command, the git commit, package versions, the machine, the time."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    def installed(name: str) -> str | None:
+        try:
+            return version(name)
+        except PackageNotFoundError:
+            return None
+
+    try:
+        git = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True, text=True, timeout=10
+        )
+        commit = git.stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        commit = None
+    torch = sys.modules.get("torch")
+    cuda = torch is not None and torch.cuda.is_available()
+    script = os.path.relpath(sys.argv[0]) if sys.argv and sys.argv[0] else "python"
+    return {
+        "command": " ".join(["python", script, *(sys.argv[1:] if argv is None else argv)]),
+        "git_commit": commit,
+        "versions": {"python": platform.python_version(), **{name: installed(name) for name in PACKAGES}},
+        "machine": {
+            "platform": platform.platform(),
+            "cpus": os.cpu_count(),
+            "torch_threads": torch.get_num_threads() if torch is not None else None,
+            "cuda_device": torch.cuda.get_device_name(0) if cuda else None,
+        },
+        "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+
+
+def load_report(path: str | os.PathLike) -> dict:
+    return json.loads(Path(path).read_text())
+
+
+def write_report(
+    path: str | os.PathLike,
+    report: dict,
+    *,
+    rederived: bool = False,
+    plot: Callable[[dict, Path], Any] | None = None,
+    show: Callable[[dict], Any] | None = None,
+    dump: Callable[[dict], str] | None = None,
+    argv: Sequence[str] | None = None,
+    log: Callable | None = print,
+) -> dict:
+    """Write ``report`` as JSON (atomically) with its provenance: a new result under ``"provenance"``, a re-derived
+    one (``--replot``) keeps the original's and adds ``"rederived"``. Then ``plot(report, <path>.png)`` when
+    matplotlib is installed, and ``show(report)``."""
+    from trl_ext.jsonio import write_json_atomic
+
+    report["rederived" if rederived else "provenance"] = provenance(argv)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if dump is None:
+        write_json_atomic(path, report, indent=1)
+    else:
+        tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
+        tmp.write_text(dump(report))
+        os.replace(tmp, path)
+    written = [str(path)]
+    if plot is not None:
+        try:
+            import matplotlib  # noqa: F401
+        except ImportError:
+            print("matplotlib is not installed (pip install 'trl-ext[bench]'): no plot")
+        else:
+            plot(report, path.with_suffix(".png"))
+            written.append(str(path.with_suffix(".png")))
+    if show is not None:
+        show(report)
+    if log is not None:
+        log(f"wrote {' and '.join(written)}")
+    return report
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Plots
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+@contextmanager
+def figure(path: str | os.PathLike, nrows: int = 1, ncols: int = 1, *, dpi: int = 110, **subplots: Any):
+    """``(fig, axes)`` of ``plt.subplots``, saved to ``path`` (tight layout) and closed when the block ends."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(nrows, ncols, **subplots)
+    try:
+        yield fig, axes
+        fig.tight_layout()
+        fig.savefig(path, dpi=dpi)
+    finally:
+        plt.close(fig)
+
+
+def band(
+    axis,
+    x: Sequence,
+    curves: Sequence[Sequence[float]],
+    *,
+    color=None,
+    label: str | None = None,
+    linestyle: str = "-",
+    linewidth: float | None = None,
+    alpha: float = 0.15,
+    fill: bool = True,
+) -> None:
+    """The mean of ``curves`` over ``x`` (all cut to the shortest) as a line, and their min-max band."""
+    length = min(len(x), *(len(curve) for curve in curves))
+    columns = [[curve[i] for curve in curves] for i in range(length)]
+    xs = list(x)[:length]
+    axis.plot(xs, [statistics.fmean(c) for c in columns], linestyle, color=color, label=label, linewidth=linewidth)
+    if fill and len(curves) > 1:
+        axis.fill_between(xs, [min(c) for c in columns], [max(c) for c in columns], color=color, alpha=alpha)
