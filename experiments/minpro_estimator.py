@@ -1,6 +1,6 @@
 """MinPRO's weight as a gradient estimator on a tabular autoregressive policy: bias and variance, no training.
 
-    python benchmarks/minpro_estimator.py                 # 3 seeds x 6 drifts x 3 lengths: about 1 minute
+    python experiments/minpro_estimator.py                 # 3 seeds x 6 drifts x 3 lengths: about 1 minute
 
 Why. MinPRO (arXiv 2601.22718) replaces the cumulative prefix ratio prod_{j<t} rho_j of the exact off-policy policy
 gradient by the smallest single-token ratio of the prefix. The claim is a trade-off: the product is the correct
@@ -39,7 +39,7 @@ Falsifier (written before running). MinPRO's claim is falsified here if, at the 
 corrects nothing) *or* its relative variance is not lower than ``prefix_product``'s (it is as unstable as the
 product), on the mean over 3 seeds.
 
-Writes ``benchmarks/results/minpro_estimator.json`` and ``.png``.
+Writes ``experiments/results/minpro_estimator.json`` and ``.png``.
 """
 
 from __future__ import annotations
@@ -288,7 +288,7 @@ def main(argv: list[str] | None = None) -> dict:
     ]
     summary = summarise(runs)
     report = {
-        "command": "python benchmarks/minpro_estimator.py",
+        "command": "python experiments/minpro_estimator.py",
         "settings": {key: (str(value) if isinstance(value, Path) else value) for key, value in vars(args).items()},
         "falsifier": FALSIFIER,
         "runs": runs,

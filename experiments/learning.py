@@ -1,7 +1,7 @@
 """Learning efficiency of every named trainer against `grpo` on the built-in task, over seeds.
 
-    python benchmarks/learning.py                                    # 4 trainers x 3 seeds x 300 steps (~5 minutes)
-    python benchmarks/learning.py --trainers grpo bnpo --seeds 0 --steps 100
+    python experiments/learning.py                                    # 4 trainers x 3 seeds x 300 steps (~5 minutes)
+    python experiments/learning.py --trainers grpo bnpo --seeds 0 --steps 100
 
 Built on ``trl-ext compare`` (:func:`trl_ext.compare.compare`), with a tiny model per seed.
 
@@ -9,12 +9,12 @@ The quickstart's setting (``trl_ext.data.QUICKSTART_SETTINGS``): a tiny randomly
 task (8192 rows, four difficulty levels), 16 prompts x 8 completions per step, lr 1e-3 linear, T = 1, no KL, one
 update per batch. Every trainer runs with its spec defaults from the same weights, data order and seed. ``minpro``
 is on-policy here, where it equals ``grpo`` by construction (its off-policy behaviour is
-``benchmarks/minpro_chain.py``); ``diva`` needs unique problem ids and is compared on its own task by
-``benchmarks/diva_hard.py``; ``calibadv`` needs the search rollout.
+``experiments/minpro_chain.py``); ``diva`` needs unique problem ids and is compared on its own task by
+``experiments/diva_hard.py``; ``calibadv`` needs the search rollout.
 
 Reported per trainer, over seeds: the reward curve (10-step moving average; mean and range), the steps at which the
 moving average first reaches 0.5 and 0.8, the mean reward over the last 30 steps, and the fraction of all-equal
-groups (TRL's ``frac_reward_zero_std``) over training. Writes ``benchmarks/results/learning.json`` and ``.png``.
+groups (TRL's ``frac_reward_zero_std``) over training. Writes ``experiments/results/learning.json`` and ``.png``.
 
 What it can and cannot show: one update per batch (so every importance ratio is 1) and 2-token completions, so
 MinPRO's weight and HAPO's clipping are inert and no method's mechanism is exercised. It checks that every trainer
@@ -36,7 +36,7 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
-from common import moving_average, spread  # noqa: E402
+from trl_ext.compare.harness import moving_average, spread  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
 COLORS = {"grpo": "tab:blue", "bnpo": "tab:orange", "minpro": "tab:purple", "hapo": "tab:red"}
@@ -151,7 +151,7 @@ def main(argv: list[str] | None = None) -> dict:
         }
     summary = summarise(runs)
     report = {
-        "command": "python benchmarks/learning.py " + " ".join(sys.argv[1:] if argv is None else argv),
+        "command": "python experiments/learning.py " + " ".join(sys.argv[1:] if argv is None else argv),
         "options": {"trainers": names, "seeds": options.seeds, "steps": options.steps},
         "summary": summary,
         "runs": runs,

@@ -1,11 +1,11 @@
 """`grpo` versus `hapo` on the built-in task: policy-entropy trajectories over seeds, and HAPO's step-time overhead.
 
-Superseded for the learning question by ``benchmarks/hapo_fork.py``: its task has 2-token completions and trains
+Superseded for the learning question by ``experiments/hapo_fork.py``: its task has 2-token completions and trains
 on-policy, so HAPO's clip terms never act and no fork token exists; its entropy comparison is not evidence about
 HAPO's mechanism. Kept for the step-time measurements quoted in ``docs/trainers/hapo.md``.
 
-    python benchmarks/hapo_entropy.py                                  # the measured configuration (CPU, 5-10 minutes)
-    python benchmarks/hapo_entropy.py --seeds 0 --steps 60 --repeats 2  # a quick look
+    python experiments/hapo_entropy.py                                  # the measured configuration (CPU, 5-10 minutes)
+    python experiments/hapo_entropy.py --seeds 0 --steps 60 --repeats 2  # a quick look
 
 Learning runs. The quickstart's settings (``trl_ext.data.QUICKSTART_SETTINGS``: a tiny randomly initialised Qwen2,
 the ``arithmetic`` task, 16 prompts x 8 completions per step, lr 1e-3, T0 = 1) with two arms:
@@ -31,7 +31,7 @@ first step of each run (warm-up), we report per arm and clock the median over re
 step time of the arm / that of ``grpo`` in the same repeat), the ratio of the pooled medians, and the ratio of the
 pooled 10th percentiles (contention only adds time, so the fast tail is the most robust view of the work done).
 
-Writes ``benchmarks/results/hapo_entropy.json`` and ``benchmarks/results/hapo_entropy.png``. Run with one torch
+Writes ``experiments/results/hapo_entropy.json`` and ``experiments/results/hapo_entropy.png``. Run with one torch
 thread (set here): on shared CPU cores more threads are slower and noisier.
 """
 
@@ -51,7 +51,7 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
-from common import moving_average  # noqa: E402
+from trl_ext.compare.harness import moving_average  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
 COLORS = {"grpo": "tab:blue", "hapo": "tab:red"}

@@ -1,7 +1,7 @@
 """BNPO's variance claim without an LLM: is the method-of-moments Beta normaliser at the gradient-variance minimum?
 
-    python benchmarks/bnpo_beta_simulation.py                      # 3 seeds x 5 populations x 4 models: ~3.5 min
-    python benchmarks/bnpo_beta_simulation.py --seeds 0 --batches 2000   # a quick look (~40 s)
+    python experiments/bnpo_beta_simulation.py                      # 3 seeds x 5 populations x 4 models: ~3.5 min
+    python experiments/bnpo_beta_simulation.py --seeds 0 --batches 2000   # a quick look (~40 s)
 
 **Claim under test** (arXiv 2506.02864, spec ``specs/bnpo.md`` section 1): if the batch's success rates follow
 Beta(a, b), the normaliser f_Beta(p; alpha, beta) with alpha = 1 + a/3, beta = 1 + b/3, fitted by the method of
@@ -46,7 +46,7 @@ normaliser costs more than 5% of the attainable relative variance: "far from the
 of RV(bnpo) / RV(grpo) is >= 1.00 (no reduction against GRPO). The log-space distance between the fit and the grid
 minimum is reported but not used (a flat valley makes it uninformative).
 
-Writes ``benchmarks/results/bnpo_beta_simulation.json`` and ``.png``.
+Writes ``experiments/results/bnpo_beta_simulation.json`` and ``.png``.
 """
 
 from __future__ import annotations
@@ -355,7 +355,7 @@ def main(argv: list[str] | None = None) -> dict:
                 )
     summary = summarise(results)
     report = {
-        "command": "python benchmarks/bnpo_beta_simulation.py " + " ".join(sys.argv[1:] if argv is None else argv),
+        "command": "python experiments/bnpo_beta_simulation.py " + " ".join(sys.argv[1:] if argv is None else argv),
         "falsifier": FALSIFIER,
         "options": {
             "seeds": options.seeds,

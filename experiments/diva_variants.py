@@ -3,10 +3,10 @@
 What this measures, and what it does not: DIVA per *optimizer step* on a mixed-difficulty task (most problems easy)
 whose hint is the whole answer, against GRPO with 8 completions per problem only (no arm spends DIVA's 16 completions
 per problem). It is kept as the record of that setting; the test of DIVA's claim on sparse rewards (hard problems only,
-partial-step hints, a compute-matched GRPO arm, completions on the x-axis) is ``benchmarks/diva_hard.py``.
+partial-step hints, a compute-matched GRPO arm, completions on the x-axis) is ``experiments/diva_hard.py``.
 
-    python benchmarks/diva_variants.py                          # the measured configuration (CPU, ~10 minutes)
-    python benchmarks/diva_variants.py --seeds 0 --steps 100    # a quick look
+    python experiments/diva_variants.py                          # the measured configuration (CPU, ~10 minutes)
+    python experiments/diva_variants.py --seeds 0 --steps 100    # a quick look
 
 Task: ``arithmetic_variants``, the 100 distinct ``a+b=`` problems (last digit of the sum) once each, from copying a
 digit to a sum with carry (44 of the 100 need a carry). Each row has rewordings (``b+a=``, ``0+a+b=``) and one hint
@@ -35,7 +35,7 @@ Reported per seed and over seeds:
   every advantage is 0); for ``diva`` ``diva/frac_zero_std_global`` (problems whose original *and* variant rewards are
   all equal: the only rows DIVA gives no signal) next to ``diva/frac_zero_std_local`` (its prompt-row groups).
 
-Writes ``benchmarks/results/diva_variants.json`` and ``.png``.
+Writes ``experiments/results/diva_variants.json`` and ``.png``.
 """
 
 from __future__ import annotations
@@ -54,7 +54,7 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
-from common import moving_average, replot, spread  # noqa: E402
+from trl_ext.compare.harness import load_report, moving_average, spread, write_report  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
 COLORS = {"grpo": "tab:blue", "diva": "tab:green"}
@@ -204,7 +204,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--replot", action="store_true", help="re-summarise and re-plot --out without training")
     options = parser.parse_args(argv)
     if options.replot:
-        return replot(options.out, summarise, plot, print_summary)
+        report = load_report(options.out)
+        report["summary"] = summarise(report["runs"])
+        return write_report(options.out, report, rederived=True, plot=plot, show=lambda r: print_summary(r["summary"]))
 
     import torch
 
@@ -231,7 +233,7 @@ def main(argv: list[str] | None = None) -> dict:
             )
     summary = summarise(runs)
     report = {
-        "command": "python benchmarks/diva_variants.py " + " ".join(argv or sys.argv[1:]),
+        "command": "python experiments/diva_variants.py " + " ".join(argv or sys.argv[1:]),
         "options": {"seeds": options.seeds, "steps": options.steps, "eval_every": options.eval_every},
         "summary": summary,
         "runs": runs,

@@ -2,13 +2,13 @@
 task's ground truth, with no training; (2) which component (soft penalty, answer rebalance, both) protects a
 warm-started search agent from the degradation plain GRPO shows at a high learning rate.
 
-    python benchmarks/calibadv_ablation.py                      # everything in one process (~21 minutes on 1 core)
+    python experiments/calibadv_ablation.py                      # everything in one process (~21 minutes on 1 core)
     # the measured run: the same work split over two processes (~13 minutes on 2 cores)
-    python benchmarks/calibadv_ablation.py --stage prepare
-    python benchmarks/calibadv_ablation.py --stage work --shard 0 --num_shards 2 &
-    python benchmarks/calibadv_ablation.py --stage work --shard 1 --num_shards 2; wait
-    python benchmarks/calibadv_ablation.py --stage merge --num_shards 2
-    python benchmarks/calibadv_ablation.py --replot             # re-summarise and re-plot the JSON
+    python experiments/calibadv_ablation.py --stage prepare
+    python experiments/calibadv_ablation.py --stage work --shard 0 --num_shards 2 &
+    python experiments/calibadv_ablation.py --stage work --shard 1 --num_shards 2; wait
+    python experiments/calibadv_ablation.py --stage merge --num_shards 2
+    python experiments/calibadv_ablation.py --replot             # re-summarise and re-plot the JSON
 
 Setting. Everything the runs share comes from ``calibadv_search.py``: the ``deepsearch`` world 0 (224 two- and
 three-hop questions over 148 invented-entity documents), BM25 top-2 per search, up to 3 searches and a final answer
@@ -55,7 +55,7 @@ Falsifier (written before the run; also in the JSON's "falsifier"):
 
 Runtime (measured): the warm start 5.5 minutes (one process), then 70-80 s per RL run (40 steps, 4 evaluations) and
 ~9 s per part-1 seed; the two-process split took 13.3 minutes of computing on 2 cores (about 21 in one process).
-Writes ``benchmarks/results/calibadv_ablation.json`` and ``.png``.
+Writes ``experiments/results/calibadv_ablation.json`` and ``.png``.
 """
 
 from __future__ import annotations
@@ -72,19 +72,20 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parent))
 
 import calibadv_search as search  # noqa: E402  (sets the offline environment variables)
-from common import moving_average, spread  # noqa: E402
+
+from trl_ext.compare.harness import moving_average, spread  # noqa: E402
 
 RESULTS = search.RESULTS
 ARMS = ("grpo", "soft_penalty", "rebalance", "calibadv")
 CALIBRATED_ARMS = ARMS[1:]
 #: Spec defaults of the step rule (``CALIBADV_ADVANTAGE_DEFAULTS``).
 RULE = {"min_f1": 0.7, "think_similarity_threshold": 0.5, "max_shared_docs": 1}
-#: The measured run (two processes); ``python benchmarks/calibadv_ablation.py`` does the same in one.
+#: The measured run (two processes); ``python experiments/calibadv_ablation.py`` does the same in one.
 RERUN = (
-    "python benchmarks/calibadv_ablation.py --stage prepare && "
-    "(python benchmarks/calibadv_ablation.py --stage work --shard 0 --num_shards 2 & "
-    "python benchmarks/calibadv_ablation.py --stage work --shard 1 --num_shards 2; wait) && "
-    "python benchmarks/calibadv_ablation.py --stage merge --num_shards 2"
+    "python experiments/calibadv_ablation.py --stage prepare && "
+    "(python experiments/calibadv_ablation.py --stage work --shard 0 --num_shards 2 & "
+    "python experiments/calibadv_ablation.py --stage work --shard 1 --num_shards 2; wait) && "
+    "python experiments/calibadv_ablation.py --stage merge --num_shards 2"
 )
 AGREEMENT_FLOOR = 0.75
 CONTROL_DROP = 0.15
@@ -780,7 +781,7 @@ def main(argv: list[str] | None = None) -> dict | None:
     report = {
         "command": RERUN
         if options.stage == "merge"
-        else "python benchmarks/calibadv_ablation.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+        else "python experiments/calibadv_ablation.py " + " ".join(argv if argv is not None else sys.argv[1:]),
         "falsifier": FALSIFIER,
         "control": CONTROL,
         "options": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(options).items() if k != "replot"},

@@ -1,9 +1,9 @@
 """`grpo` versus `calibadv` on the built-in `deepsearch` task: how often the update penalises correct search steps of
 failed trajectories, and answer F1 over training.
 
-    python benchmarks/calibadv_search.py                  # the measured configuration (2 CPU cores, ~20 minutes)
-    python benchmarks/calibadv_search.py --lr 1e-4 --out benchmarks/results/calibadv_search_lr1e-4.json
-    python benchmarks/calibadv_search.py --seeds 0 --steps 10 --sft_steps 300   # a quick look (a weak warm start)
+    python experiments/calibadv_search.py                  # the measured configuration (2 CPU cores, ~20 minutes)
+    python experiments/calibadv_search.py --lr 1e-4 --out experiments/results/calibadv_search_lr1e-4.json
+    python experiments/calibadv_search.py --seeds 0 --steps 10 --sft_steps 300   # a quick look (a weak warm start)
 
 This two-arm run (results ``calibadv_search.json``, lr 3e-4, and ``calibadv_search_lr1e-4.json``) is the earlier
 benchmark; ``calibadv_ablation.py`` imports this module for the four-arm ablation at lr 5e-4 (``ARM_SWITCHES``) and the
@@ -64,7 +64,7 @@ Measured at every generation batch, in both arms, from the same quantities (the 
 Reported per seed and over seeds (mean, min, max): the penalised share and penalty kept (pooled over the run), the
 training reward over the first and last 10 steps and its mean over all steps (area under the curve), the greedy
 evaluation at the start and the end. No "steps to an F1 threshold": F1 does not rise in either arm. Writes
-``benchmarks/results/calibadv_search.json`` and ``.png`` (F1, format validity, penalised share over training: mean
+``experiments/results/calibadv_search.json`` and ``.png`` (F1, format validity, penalised share over training: mean
 over seeds, band = range).
 """
 
@@ -88,7 +88,7 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
-from common import moving_average, replot  # noqa: E402
+from trl_ext.compare.harness import load_report, moving_average, write_report  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
 ARMS = ("grpo", "calibadv")
@@ -733,7 +733,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--replot", action="store_true", help="re-summarise and re-plot --out without training")
     options = parser.parse_args(argv)
     if options.replot:
-        return replot(options.out, summarise, plot, print_summary)
+        report = load_report(options.out)
+        report["summary"] = summarise(report["runs"])
+        return write_report(options.out, report, rederived=True, plot=plot, show=lambda r: print_summary(r["summary"]))
 
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -767,7 +769,7 @@ def main(argv: list[str] | None = None) -> dict:
             )
     summary = summarise(runs)
     report = {
-        "command": "python benchmarks/calibadv_search.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "command": "python experiments/calibadv_search.py " + " ".join(argv if argv is not None else sys.argv[1:]),
         "options": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(options).items() if k != "replot"},
         "rollout": ROLLOUT,
         "model": MODEL,

@@ -1,14 +1,14 @@
 """HAPO on a task with one high-entropy fork token and a long deterministic chain, off-policy enough that clipping acts.
 
-    python benchmarks/hapo_fork.py                  # 8 arms x 3 seeds, one process: about 3 min of one core
+    python experiments/hapo_fork.py                  # 8 arms x 3 seeds, one process: about 3 min of one core
 
     # the same split over two processes (how the stored results were made: 97 s + 87 s), then merged into
-    # benchmarks/results/hapo_fork.json and .png
-    python benchmarks/hapo_fork.py --arms dapo hapo_reference hapo_signed dualclip_only --output /tmp/a.json
-    python benchmarks/hapo_fork.py --arms temperature_only tlga_only adr_only aac_only --output /tmp/b.json
-    python benchmarks/hapo_fork.py --merge /tmp/a.json /tmp/b.json
+    # experiments/results/hapo_fork.json and .png
+    python experiments/hapo_fork.py --arms dapo hapo_reference hapo_signed dualclip_only --output /tmp/a.json
+    python experiments/hapo_fork.py --arms temperature_only tlga_only adr_only aac_only --output /tmp/b.json
+    python experiments/hapo_fork.py --merge /tmp/a.json /tmp/b.json
 
-    python benchmarks/hapo_fork.py --seeds 0 --steps 48 --arms dapo hapo_signed --output /tmp/x.json   # a quick look
+    python experiments/hapo_fork.py --seeds 0 --steps 48 --arms dapo hapo_signed --output /tmp/x.json   # a quick look
 
 Each run (160 optimizer steps) takes 5-15 s of one core; most of the wall time is start-up and waiting for a core.
 
@@ -71,7 +71,7 @@ separately, the claim "HAPO keeps exploration at forking tokens by clipping high
 * supported if neither holds and the fork-entropy difference is positive on every seed (paired by seed: same initial
   model and data); inconclusive otherwise, or if a control fails.
 
-Writes ``benchmarks/results/hapo_fork.json`` and ``benchmarks/results/hapo_fork.png``. One torch thread (set here).
+Writes ``experiments/results/hapo_fork.json`` and ``experiments/results/hapo_fork.png``. One torch thread (set here).
 """
 
 from __future__ import annotations
@@ -88,7 +88,7 @@ from collections import defaultdict
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import spread  # noqa: E402
+from trl_ext.compare.harness import spread  # noqa: E402
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")

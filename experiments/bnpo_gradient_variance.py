@@ -1,10 +1,10 @@
 """BNPO's claim, measured: the variance of the policy-gradient estimate under BNPO's advantage versus GRPO's.
 
-    python benchmarks/bnpo_gradient_variance.py --mode skewed --stages 30 --batches 160   # skewed mode, ~7 min
-    python benchmarks/bnpo_gradient_variance.py                          # legacy mode: seeds 0-2, 3 stages (~3 min)
-    python benchmarks/bnpo_gradient_variance.py --seeds 0 --batches 8    # a quick look (legacy)
+    python experiments/bnpo_gradient_variance.py --mode skewed --stages 30 --batches 160   # skewed mode, ~7 min
+    python experiments/bnpo_gradient_variance.py                          # legacy mode: seeds 0-2, 3 stages (~3 min)
+    python experiments/bnpo_gradient_variance.py --seeds 0 --batches 8    # a quick look (legacy)
 
-**Skewed mode** (``--mode skewed``; ``benchmarks/results/bnpo_gradient_variance_skewed.json``). The paper's batch
+**Skewed mode** (``--mode skewed``; ``experiments/results/bnpo_gradient_variance_skewed.json``). The paper's batch
 shape, 32 prompts x 16 completions, on a mixture weighted towards hard problems (the arithmetic task's copy,
 successor, no-carry and carry levels drawn with weights 0.05, 0.05, 0.3, 0.6), measured on the quickstart model after
 ``--stages`` steps of ordinary GRPO training on the usual mixture (stage 30: mean reward about 0.08, so most success
@@ -20,7 +20,7 @@ tr(Cov)/N). Control: the batches must be skewed and informative (mean fitted bet
 groups), else the stage is inconclusive. Falsifier (written before the run): at a measured stage the 3-seed mean of
 RV(bnpo) / RV(grpo) >= 1.00 (no reduction) or RV(bnpo) / RV(grid minimum) > 1.05 (far from the minimum).
 
-**Legacy mode** (the default; ``benchmarks/results/bnpo_gradient_variance.json`` holds its last run). Its relative
+**Legacy mode** (the default; ``experiments/results/bnpo_gradient_variance.json`` holds its last run). Its relative
 variance divides by ||mean g||^2, which includes tr(Cov)/N: with N = 32 batches it saturates towards 32 and pulls
 every ratio towards 1 (new runs also store ``relative_variance_unbiased``).
 
@@ -38,7 +38,7 @@ gradient of the GRPO loss (TRL's default ``loss_type``) three times, with three 
 Per stage and advantage we report the total variance across batches, ``E||g_k - mean g||^2``, and the variance
 relative to the squared norm of the mean gradient, ``E||g_k - mean g||^2 / ||mean g||^2`` (the inverse of a
 signal-to-noise ratio; it does not depend on the advantage's overall scale, which differs between the three), and
-the cosine between each advantage's mean gradient and GRPO's. Writes ``benchmarks/results/bnpo_gradient_variance.json``
+the cosine between each advantage's mean gradient and GRPO's. Writes ``experiments/results/bnpo_gradient_variance.json``
 and ``.png``.
 """
 
@@ -399,7 +399,7 @@ def skewed_main(options) -> dict:
             )
     summary = skewed_summary(results, options.stages)
     report = {
-        "command": "python benchmarks/bnpo_gradient_variance.py " + " ".join(options.argv),
+        "command": "python experiments/bnpo_gradient_variance.py " + " ".join(options.argv),
         "mode": "skewed",
         "falsifier": SKEWED_FALSIFIER,
         "control": SKEWED_CONTROL,
@@ -581,7 +581,7 @@ def main(argv: list[str] | None = None) -> dict:
             )
     summary = legacy_summary(results, options.stages)
     report = {
-        "command": "python benchmarks/bnpo_gradient_variance.py " + " ".join(sys.argv[1:] if argv is None else argv),
+        "command": "python experiments/bnpo_gradient_variance.py " + " ".join(sys.argv[1:] if argv is None else argv),
         "options": {"seeds": options.seeds, "stages": options.stages, "batches": options.batches},
         "summary": summary,
         "results": results,

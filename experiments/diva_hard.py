@@ -1,10 +1,10 @@
 """DIVA on sparse rewards: hard problems, partial-step hints, against compute-matched GRPO (completions on the x-axis).
 
-    python benchmarks/diva_hard.py                                  # the measured configuration (one process)
-    python benchmarks/diva_hard.py --seeds 0 --steps 100            # a quick look
-    python benchmarks/diva_hard.py --arms grpo8 grpo16 --out /tmp/a.json &                       # as measured: two
-    python benchmarks/diva_hard.py --arms diva_responses diva_reference --out /tmp/b.json         # parallel parts,
-    python benchmarks/diva_hard.py --merge /tmp/a.json /tmp/b.json                               # then merged
+    python experiments/diva_hard.py                                  # the measured configuration (one process)
+    python experiments/diva_hard.py --seeds 0 --steps 100            # a quick look
+    python experiments/diva_hard.py --arms grpo8 grpo16 --out /tmp/a.json &                       # as measured: two
+    python experiments/diva_hard.py --arms diva_responses diva_reference --out /tmp/b.json         # parallel parts,
+    python experiments/diva_hard.py --merge /tmp/a.json /tmp/b.json                               # then merged
 
 Expected runtime: 70-110 s per seed and arm on one CPU thread (grpo about 75 s, diva about 105 s: hinted prompts are
 longer), so about 18 minutes in one process, or 7.5 and 10.5 minutes for the two parts run side by side.
@@ -58,7 +58,7 @@ arm's zero-signal fraction is below grpo8's but its mean speed-up over seeds is 
 than grpo16 (mean over seeds); **supported** if the mean speed-up is >= 1.25, DIVA is faster on at least 2 of 3 seeds
 and reaches as many thresholds; **inconclusive** otherwise.
 
-Writes ``benchmarks/results/diva_hard.json`` and ``.png``.
+Writes ``experiments/results/diva_hard.json`` and ``.png``.
 """
 
 from __future__ import annotations
@@ -79,7 +79,7 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import moving_average, spread  # noqa: E402
+from trl_ext.compare.harness import moving_average, spread  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
 ALPHABET = "0123456789+="
@@ -92,9 +92,9 @@ HINT_WINDOW = 25
 THRESHOLDS = (0.2, 0.4, 0.6)
 CONTROL_MIN_ZERO_SIGNAL = 0.5
 COMMAND = (
-    "python benchmarks/diva_hard.py --arms grpo8 grpo16 --out A.json & "
-    "python benchmarks/diva_hard.py --arms diva_responses diva_reference --out B.json; "
-    "python benchmarks/diva_hard.py --merge A.json B.json  (same runs as: python benchmarks/diva_hard.py)"
+    "python experiments/diva_hard.py --arms grpo8 grpo16 --out A.json & "
+    "python experiments/diva_hard.py --arms diva_responses diva_reference --out B.json; "
+    "python experiments/diva_hard.py --merge A.json B.json  (same runs as: python experiments/diva_hard.py)"
 )
 FALSIFIER = (
     "For each DIVA mode, speed-up = grpo16's completions to reach an accuracy threshold on the original problems / "

@@ -1,7 +1,7 @@
 """MinPRO far off-policy on a 12-token "count-up chain", with the cumulative prefix ratio as a positive control.
 
-    python benchmarks/minpro_chain.py                        # 4 arms x 3 seeds, about 12 minutes on one core
-    python benchmarks/minpro_chain.py --seeds 0 --steps 96   # a quick look
+    python experiments/minpro_chain.py                        # 4 arms x 3 seeds, about 12 minutes on one core
+    python experiments/minpro_chain.py --seeds 0 --steps 96   # a quick look
 
 Task: the built-in ``count_chain``. The prompt is a start digit ``d=``; the right completion is the next 12 digits
 counting up mod 10 (``3=`` -> ``456789012345``). Reward = length of the completion's prefix that is right / 12,
@@ -33,7 +33,7 @@ Falsifier (written before the run): the claim "MinPRO stabilises far off-policy 
 is unstable and MinPRO is no more stable than ``grpo``: its mean largest reward drop is not smaller than ``grpo``'s
 *and* its final reward is not higher, over 3 seeds.
 
-Writes ``benchmarks/results/minpro_chain.json`` and ``.png``. Replaces ``minpro_offpolicy.py``, whose 2-token task
+Writes ``experiments/results/minpro_chain.json`` and ``.png``. Replaces ``minpro_offpolicy.py``, whose 2-token task
 made MinPRO's exclusive prefix minimum equal to the cumulative product (a test of exact prefix IS, not of MinPRO).
 
 The learning rate was chosen after one seed-0 pilot at 1e-2, where every arm (the control included) ended in a
@@ -58,7 +58,7 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import moving_average, spread  # noqa: E402
+from trl_ext.compare.harness import moving_average, spread  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
 SPIKE_FACTOR = 10.0
