@@ -30,19 +30,16 @@ Writes ``benchmarks/results/engine_throughput.json``.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
-import sys
 import time
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
-os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+from trl_ext.compare import harness
+
+harness.script_env()
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -239,36 +236,7 @@ def summarise(runs: dict[str, dict[str, list[dict]]]) -> dict:
     return summary
 
 
-def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", choices=("smollm2", "tiny"), default="smollm2")
-    parser.add_argument("--model_dir", default=str(Path.home() / ".cache" / "trl-ext-bench"))
-    parser.add_argument("--prompts", type=int, default=8, help="prompts per rollout")
-    parser.add_argument("--generations", type=int, default=8, help="HAPO: samples per prompt")
-    parser.add_argument("--max_tokens", type=int, default=128, help="HAPO: tokens per sample at most")
-    parser.add_argument("--temperature", type=float, default=1.0, help="T0 (TRL's default 1.0)")
-    parser.add_argument("--tau", type=float, default=0.05, help="HAPO's tau (the paper's 0.05)")
-    parser.add_argument("--max_turns", type=int, default=2)
-    parser.add_argument("--tokens_per_turn", type=int, default=96)
-    parser.add_argument("--completion_budget", type=int, default=512)
-    parser.add_argument("--search_rows", type=int, default=32, help="CalibAdv: trajectories per rollout")
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument(
-        "--vllm_dtype",
-        default="auto",
-        help="vLLM's dtype: 'auto' is what TRL's colocate engine uses (bf16 on CPU for a float32 checkpoint); "
-        "'float32' matches transformers",
-    )
-    parser.add_argument("--out", default=str(RESULTS / "engine_throughput.json"))
-    parser.add_argument("--replot", action="store_true", help="re-summarise --out without running the engines")
-    args = parser.parse_args(argv)
-    if args.replot:
-        report = json.loads(Path(args.out).read_text())
-        report["summary"] = summarise(report["runs"])
-        Path(args.out).write_text(json.dumps(report, indent=1))
-        print(json.dumps(report["summary"], indent=1))
-        return report
-
+def run(args) -> dict:
     import torch
 
     path = prepare_model(args.model, Path(args.model_dir))
@@ -325,27 +293,50 @@ def main(argv: list[str] | None = None) -> dict:
                 flush=True,
             )
 
-    model_config = llm.llm_engine.model_config
-    report = {
-        "command": "python benchmarks/engine_throughput.py " + " ".join(argv if argv is not None else sys.argv[1:]),
-        "settings": {**vars(args), "model_path": path},
+    return {
+        "settings": {**{k: v for k, v in vars(args).items() if k not in ("out", "replot")}, "model_path": path},
         "engine_startup_seconds": startup,
-        "vllm_dtype": str(model_config.dtype),
+        "vllm_dtype": str(llm.llm_engine.model_config.dtype),
         "transformers_dtype": str(next(model.parameters()).dtype),
         "torch_threads": torch.get_num_threads(),
         "runs": runs,
-        "summary": summarise(runs),
     }
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=1))
+
+
+def print_summary(report: dict) -> None:
     for workload, row in report["summary"].items():
         rates = row["tokens_per_s"]
         print(
             f"{workload:9s} transformers {rates['transformers']:8.1f} tok/s   vllm {rates['vllm']:8.1f} tok/s   "
             f"ratio {row['vllm_over_transformers']:.2f}"
         )
-    return report
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    harness.add_common_args(parser, RESULTS / "engine_throughput.json", seeds=None)
+    parser.add_argument("--model", choices=("smollm2", "tiny"), default="smollm2")
+    parser.add_argument("--model_dir", default=str(Path.home() / ".cache" / "trl-ext-bench"))
+    parser.add_argument("--prompts", type=int, default=8, help="prompts per rollout")
+    parser.add_argument("--generations", type=int, default=8, help="HAPO: samples per prompt")
+    parser.add_argument("--max_tokens", type=int, default=128, help="HAPO: tokens per sample at most")
+    parser.add_argument("--temperature", type=float, default=1.0, help="T0 (TRL's default 1.0)")
+    parser.add_argument("--tau", type=float, default=0.05, help="HAPO's tau (the paper's 0.05)")
+    parser.add_argument("--max_turns", type=int, default=2)
+    parser.add_argument("--tokens_per_turn", type=int, default=96)
+    parser.add_argument("--completion_budget", type=int, default=512)
+    parser.add_argument("--search_rows", type=int, default=32, help="CalibAdv: trajectories per rollout")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument(
+        "--vllm_dtype",
+        default="auto",
+        help="vLLM's dtype: 'auto' is what TRL's colocate engine uses (bf16 on CPU for a float32 checkpoint); "
+        "'float32' matches transformers",
+    )
+    args = parser.parse_args(argv)
+    report = harness.load_report(args.out) if args.replot else run(args)
+    report["summary"] = summarise(report["runs"])
+    return harness.write_report(args.out, report, rederived=args.replot, show=print_summary, argv=argv)
 
 
 if __name__ == "__main__":

@@ -22,8 +22,6 @@ from __future__ import annotations
 import argparse
 import gc
 import json
-import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -31,10 +29,9 @@ import time
 import traceback
 from pathlib import Path
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
-os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+from trl_ext.compare import harness
+
+harness.script_env()
 
 ARMS = ("trl", "hapo", "grpo", "bnpo", "minpro", "diva", "calibadv")
 
@@ -136,60 +133,38 @@ class StaticRetriever:
 def run_arm(arm: str, model_path: str, dataset, shape: dict, options, device: str) -> dict:
     import torch
 
-    common = dict(
-        output_dir=tempfile.mkdtemp(prefix=f"gpu-check-{arm}-"),
+    config = dict(
         per_device_train_batch_size=shape["micro_batch"],
         gradient_accumulation_steps=shape["prompts"] * shape["completions"] // shape["micro_batch"],
         num_generations=shape["completions"],
         max_completion_length=shape["max_new_tokens"],
         learning_rate=1e-6,
         max_steps=options.steps,
-        logging_steps=1,
         temperature=1.0,
         beta=0.0,
-        report_to="none",
-        save_strategy="no",
         use_cpu=device == "cpu",
         bf16=device == "cuda",
-        seed=0,
-        disable_tqdm=True,
         model_init_kwargs={"dtype": "bfloat16" if device == "cuda" else "float32"},
     )
     kwargs = {}
-    if arm == "trl":
-        from trl import GRPOConfig, GRPOTrainer
-
-        trainer_cls, args = GRPOTrainer, GRPOConfig(**common)
-    else:
-        from trl_ext import get_trainer
-
-        trainer_cls, config_cls = get_trainer(arm)
-        extra: dict = {}
-        if arm == "diva":
-            extra = dict(diva_hint_template="{question} {hints}")
-        if arm == "calibadv":
-            half = max(shape["max_new_tokens"] // 2, 4)
-            extra = dict(
-                calibadv_max_turns=1,
-                calibadv_max_tokens_per_turn=half,
-                calibadv_max_obs_tokens=half,
-                calibadv_retriever="bm25",
-                calibadv_corpus_path="deepsearch",  # validated only: the `retriever` argument replaces it
-            )
-            kwargs["retriever"] = StaticRetriever()
-            dataset = dataset.remove_columns(["prompt"])  # the rollout builds its search prompt from `question`
-        args = config_cls(**common, **extra)
-    trainer = trainer_cls(model=model_path, reward_funcs=[spread_reward], args=args, train_dataset=dataset, **kwargs)
-    from transformers import PrinterCallback
-
-    trainer.remove_callback(PrinterCallback)
-    if device == "cuda":
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-    start = time.perf_counter()
-    trainer.train()
-    wall = time.perf_counter() - start
-    logs = [entry for entry in trainer.state.log_history if "step_time" in entry]
+    if arm == "diva":
+        config.update(diva_hint_template="{question} {hints}")
+    if arm == "calibadv":
+        half = max(shape["max_new_tokens"] // 2, 4)
+        config.update(
+            calibadv_max_turns=1,
+            calibadv_max_tokens_per_turn=half,
+            calibadv_max_obs_tokens=half,
+            calibadv_retriever="bm25",
+            calibadv_corpus_path="deepsearch",  # validated only: the `retriever` argument replaces it
+        )
+        kwargs["retriever"] = StaticRetriever()
+        dataset = dataset.remove_columns(["prompt"])  # the rollout builds its search prompt from `question`
+    run = harness.run_arm(
+        arm, model=model_path, reward_funcs=[spread_reward], train_dataset=dataset, seed=0, config=config,
+        memory=device == "cuda", **kwargs,
+    )  # fmt: skip
+    logs = run.logs("step_time")
     timed = logs[1:] or logs
     step_times = [entry["step_time"] for entry in timed]
     tokens = [
@@ -197,7 +172,7 @@ def run_arm(arm: str, model_path: str, dataset, shape: dict, options, device: st
         for entry in timed
     ]
     result = {
-        "wall_s": wall,
+        "wall_s": run.seconds,
         "step_times": [entry["step_time"] for entry in logs],
         "median_step_s": statistics.median(step_times),
         "completion_tokens_per_s": statistics.median(tokens),
@@ -205,8 +180,8 @@ def run_arm(arm: str, model_path: str, dataset, shape: dict, options, device: st
         "reward": [entry.get("reward") for entry in logs],
     }
     if device == "cuda":
-        result["max_memory_allocated_bytes"] = torch.cuda.max_memory_allocated()
-    del trainer
+        result["max_memory_allocated_bytes"] = run.memory.cuda_peak
+    del run
     gc.collect()
     if device == "cuda":
         torch.cuda.empty_cache()
@@ -214,19 +189,16 @@ def run_arm(arm: str, model_path: str, dataset, shape: dict, options, device: st
     return result
 
 
-def versions() -> dict:
-    from importlib.metadata import PackageNotFoundError, version
-
-    found = {"python": platform.python_version()}
-    for name in ("torch", "transformers", "trl", "accelerate", "peft", "datasets", "pyarrow", "trl-ext"):
-        try:
-            found[name] = version(name)
-        except PackageNotFoundError:
-            found[name] = None
-    import torch
-
-    found["cuda_device"] = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
-    return found
+def ratios(report: dict) -> None:
+    """Each arm's step time, tokens per second and peak memory as ratios to the ``trl`` arm."""
+    base = report["arms"]["trl"]
+    for row in report["arms"].values():
+        if "error" in row:
+            continue
+        row["step_time_ratio_vs_trl"] = row["median_step_s"] / base["median_step_s"]
+        row["tokens_per_s_ratio_vs_trl"] = row["completion_tokens_per_s"] / base["completion_tokens_per_s"]
+        if "max_memory_allocated_bytes" in row:
+            row["max_memory_ratio_vs_trl"] = row["max_memory_allocated_bytes"] / base["max_memory_allocated_bytes"]
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -236,7 +208,12 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--steps", type=int, default=2, help="optimizer steps per arm; the first is not timed")
     parser.add_argument("--budget_s", type=float, default=400.0, help="skip arms that would end after this")
     parser.add_argument("--dry-run", dest="dry_run", action="store_true", help="CPU, scaled-down model, seconds")
+    harness.add_common_args(parser, None, seeds=None)
     options = parser.parse_args(argv)
+    if options.replot:
+        report = harness.load_report(options.out)
+        ratios(report)
+        return harness.write_report(options.out, report, rederived=True)
 
     import torch
 
@@ -250,7 +227,6 @@ def main(argv: list[str] | None = None) -> dict:
         "command": "bash benchmarks/gpu_check.sh " + ("--dry-run" if options.dry_run else ""),
         "dry_run": options.dry_run,
         "device": device,
-        "versions": versions(),
         "model": "Qwen2.5-1.5B architecture, random weights, bf16" if not options.dry_run else "scaled-down Qwen2",
         "shape": shape,
         "steps": options.steps,
@@ -286,18 +262,10 @@ def main(argv: list[str] | None = None) -> dict:
             print(
                 f"gpu_check: {arm}: {json.dumps({k: v for k, v in row.items() if k != 'reward'})[:4000]}", flush=True
             )
-            options.out.parent.mkdir(parents=True, exist_ok=True)
-            options.out.write_text(json.dumps(report, indent=1))  # partial results survive a timeout
-    base = report["arms"]["trl"]
-    for row in report["arms"].values():
-        if "error" in row:
-            continue
-        row["step_time_ratio_vs_trl"] = row["median_step_s"] / base["median_step_s"]
-        row["tokens_per_s_ratio_vs_trl"] = row["completion_tokens_per_s"] / base["completion_tokens_per_s"]
-        if "max_memory_allocated_bytes" in row:
-            row["max_memory_ratio_vs_trl"] = row["max_memory_allocated_bytes"] / base["max_memory_allocated_bytes"]
+            harness.write_report(options.out, report, log=None, argv=argv)  # partial results survive a timeout
+    ratios(report)
     report["total_s"] = time.perf_counter() - started
-    options.out.write_text(json.dumps(report, indent=1))
+    harness.write_report(options.out, report, log=None, argv=argv)
     print(f"gpu_check: wrote {options.out} in {report['total_s']:.0f} s", flush=True)
     return report
 

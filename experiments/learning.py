@@ -24,20 +24,13 @@ learns the task as well as ``grpo`` does; the experiments in each paper's regime
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import statistics
-import sys
 import tempfile
 from pathlib import Path
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
-os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-os.environ.setdefault("OMP_NUM_THREADS", "1")
+from trl_ext.compare import harness
 
-from trl_ext.compare.harness import moving_average, spread  # noqa: E402
-
+harness.script_env(one_thread=True)
 RESULTS = Path(__file__).parent / "results"
 COLORS = {"grpo": "tab:blue", "bnpo": "tab:orange", "minpro": "tab:purple", "hapo": "tab:red"}
 THRESHOLDS = (0.5, 0.8)
@@ -53,73 +46,34 @@ def summarise(runs: dict) -> dict:
     for name, per_seed in runs.items():
         rows = {}
         for seed, run in per_seed.items():
-            curve = moving_average(run["reward"], WINDOW)
+            curve = harness.moving_average(run["reward"], WINDOW)
             rows[seed] = {
                 **{f"steps_to_{t}": first_step(curve, t) for t in THRESHOLDS},
                 "final_reward": statistics.mean(run["reward"][-30:]),
                 "frac_zero_std": statistics.mean(run["frac_reward_zero_std"]),
             }
-        aggregate = {key: spread([row[key] for row in rows.values()]) for key in next(iter(rows.values()))}
+        aggregate = {key: harness.spread([row[key] for row in rows.values()]) for key in next(iter(rows.values()))}
         summary[name] = {"per_seed": rows, "overall": aggregate}
     return summary
 
 
 def plot(report: dict, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(8, 4.5))
-    for name, per_seed in report["runs"].items():
-        curves = [moving_average(run["reward"], WINDOW) for run in per_seed.values()]
-        x = range(1, len(curves[0]) + 1)
-        color = COLORS.get(name)
-        ax.plot(x, [statistics.mean(c[i] for c in curves) for i in range(len(x))], color=color, label=name)
-        ax.fill_between(
-            x,
-            [min(c[i] for c in curves) for i in range(len(x))],
-            [max(c[i] for c in curves) for i in range(len(x))],
-            color=color,
-            alpha=0.12,
-        )
-    ax.set_xlabel("optimizer step (128 completions each)")
-    ax.set_ylabel(f"training reward ({WINDOW}-step mean)")
-    ax.set_title(f"Built-in arithmetic task, {len(next(iter(report['runs'].values())))} seeds (mean, range)")
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    with harness.figure(path, figsize=(8, 4.5), dpi=120) as (fig, ax):
+        for name, per_seed in report["runs"].items():
+            curves = [harness.moving_average(run["reward"], WINDOW) for run in per_seed.values()]
+            harness.band(ax, range(1, len(curves[0]) + 1), curves, color=COLORS.get(name), label=name, alpha=0.12)
+        ax.set_xlabel("optimizer step (128 completions each)")
+        ax.set_ylabel(f"training reward ({WINDOW}-step mean)")
+        ax.set_title(f"Built-in arithmetic task, {len(next(iter(report['runs'].values())))} seeds (mean, range)")
+        ax.legend()
 
 
-def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--trainers", nargs="+", default=["grpo", "bnpo", "minpro", "hapo"])
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--steps", type=int, default=300)
-    parser.add_argument("--out", type=Path, default=RESULTS / "learning.json")
-    parser.add_argument(
-        "--work_dir",
-        type=Path,
-        default=Path(tempfile.gettempdir()) / "trl-ext-learning-compare",
-        help="trl-ext compare's output (per-run results, its table and plot); rerun to resume",
-    )
-    parser.add_argument("--replot", action="store_true", help="re-summarise and re-plot --out without training")
-    options = parser.parse_args(argv)
-    if options.replot:
-        report = json.loads(options.out.read_text())
-        report["summary"] = summarise(report["runs"])
-        options.out.write_text(json.dumps(report, indent=1))
-        plot(report, options.out.with_suffix(".png"))
-        print(json.dumps(report["summary"], indent=1))
-        return report
-
-    import torch
-
+def run(options) -> dict:
     from trl_ext.compare import compare
     from trl_ext.data import QUICKSTART_SETTINGS, get_task
-    from trl_ext.testing import build_tiny_checkpoint
+    from trl_ext.training import set_threads
 
-    torch.set_num_threads(1)
+    set_threads(1)
     task = get_task(QUICKSTART_SETTINGS["task"])
     names = list(dict.fromkeys(["grpo", *options.trainers]))
     recipe = {
@@ -129,10 +83,7 @@ def main(argv: list[str] | None = None) -> dict:
     }
 
     def model_for(seed: int) -> str:  # the quickstart's tiny model, initialised with the run's seed
-        model_kwargs = {k: v for k, v in QUICKSTART_SETTINGS["model"].items() if k != "alphabet"}
-        model_kwargs["seed"] = seed
-        directory = Path(tempfile.gettempdir()) / f"trl-ext-learning-{seed}"
-        return build_tiny_checkpoint(str(directory), alphabet=task.alphabet, **model_kwargs)
+        return harness.tiny_model(f"learning-{seed}", seed=seed, alphabet=task.alphabet)
 
     # `trl-ext compare` runs the arms interleaved (arm order reversed on every other seed) and resumes from
     # --work_dir; its own table and plot land there too.
@@ -149,18 +100,13 @@ def main(argv: list[str] | None = None) -> dict:
         runs[result["arm"]][str(result["seed"])] = {
             key: result[key] for key in ("reward", "frac_reward_zero_std", "step_time")
         }
-    summary = summarise(runs)
-    report = {
-        "command": "python experiments/learning.py " + " ".join(sys.argv[1:] if argv is None else argv),
-        "options": {"trainers": names, "seeds": options.seeds, "steps": options.steps},
-        "summary": summary,
-        "runs": runs,
-    }
-    options.out.parent.mkdir(parents=True, exist_ok=True)
-    options.out.write_text(json.dumps(report, indent=1))
-    plot(report, options.out.with_suffix(".png"))
+    return {"options": {"trainers": names, "seeds": options.seeds, "steps": options.steps}, "runs": runs}
+
+
+def print_summary(report: dict) -> None:
+    seeds = len(report["options"]["seeds"])
     print(f"\n{'trainer':>8} {'steps to 0.5':>13} {'steps to 0.8':>13} {'final reward':>13} {'all-equal groups':>17}")
-    for name, row in summary.items():
+    for name, row in report["summary"].items():
         cells = []
         for key in ("steps_to_0.5", "steps_to_0.8", "final_reward", "frac_zero_std"):
             value = row["overall"][key]
@@ -169,11 +115,28 @@ def main(argv: list[str] | None = None) -> dict:
                 if value is None
                 else f"{value['mean']:.3f}"
                 if key in ("final_reward", "frac_zero_std")
-                else f"{value['mean']:.0f} ({value['n']}/{len(options.seeds)})"
+                else f"{value['mean']:.0f} ({value['n']}/{seeds})"
             )
         print(f"{name:>8} {cells[0]:>13} {cells[1]:>13} {cells[2]:>13} {cells[3]:>17}")
-    print(f"wrote {options.out}")
-    return report
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    harness.add_common_args(parser, RESULTS / "learning.json")
+    parser.add_argument("--trainers", nargs="+", default=["grpo", "bnpo", "minpro", "hapo"])
+    parser.add_argument("--steps", type=int, default=300)
+    parser.add_argument(
+        "--work_dir",
+        type=Path,
+        default=Path(tempfile.gettempdir()) / "trl-ext-learning-compare",
+        help="trl-ext compare's output (per-run results, its table and plot); rerun to resume",
+    )
+    options = parser.parse_args(argv)
+    report = harness.load_report(options.out) if options.replot else run(options)
+    report["summary"] = summarise(report["runs"])
+    return harness.write_report(
+        options.out, report, rederived=options.replot, plot=plot, show=print_summary, argv=argv
+    )
 
 
 if __name__ == "__main__":

@@ -52,6 +52,8 @@ from pathlib import Path
 
 import torch
 
+from trl_ext.compare import harness
+
 RESULTS = Path(__file__).parent / "results"
 WEIGHTINGS = ("token", "minpro", "minpro_capped", "prefix_product")
 ESTIMATORS = (*WEIGHTINGS, "on_policy")
@@ -196,11 +198,7 @@ def summarise(runs: list[dict]) -> list[dict]:
             }
             for name in ESTIMATORS:
                 row[name] = {
-                    key: {
-                        "mean": statistics.fmean(run[name][key] for run in group),
-                        "min": min(run[name][key] for run in group),
-                        "max": max(run[name][key] for run in group),
-                    }
+                    key: harness.spread([run[name][key] for run in group], count=False)
                     for key in ("per_batch_cosine", "mean_gradient_cosine", "relative_variance")
                 }
             rows.append(row)
@@ -220,93 +218,64 @@ def verdict(rows: list[dict], length: int = 12, min_abs_log_ratio: float = 0.5) 
 
 
 def plot(report: dict, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     rows = report["summary"]
     lengths = sorted({row["length"] for row in rows})
-    fig, grid = plt.subplots(len(lengths), 2, figsize=(12, 4.2 * len(lengths)), squeeze=False)
-    colors = {
-        "token": "tab:blue",
-        "minpro": "tab:orange",
-        "minpro_capped": "tab:green",
-        "prefix_product": "tab:red",
-        "on_policy": "black",
-    }
-    for (left, right), length in zip(grid, lengths):
-        sub = [row for row in rows if row["length"] == length]
-        x = [row["mean_abs_log_ratio"] for row in sub]
-        for name in ESTIMATORS:
-            style = "--" if name == "on_policy" else "-"
-            cos = [row[name]["per_batch_cosine"] for row in sub]
-            left.plot(x, [c["mean"] for c in cos], style, marker="o", color=colors[name], label=name)
-            left.fill_between(x, [c["min"] for c in cos], [c["max"] for c in cos], color=colors[name], alpha=0.15)
-            var = [row[name]["relative_variance"]["mean"] for row in sub]
-            right.plot(x, var, style, marker="o", color=colors[name], label=name)
-        left.set(
-            title=f"T = {length}: per-batch cosine to the true gradient",
-            xlabel="mean |log rho| of sampled tokens",
-            ylabel="cosine",
-        )
-        right.set(title=f"T = {length}: relative variance", xlabel="mean |log rho|", yscale="log")
-        left.legend(fontsize=8)
-        left.grid(alpha=0.3)
-        right.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    colors = {"token": "C0", "minpro": "C1", "minpro_capped": "C2", "prefix_product": "C3", "on_policy": "black"}
+    with harness.figure(path, len(lengths), 2, figsize=(12, 4.2 * len(lengths)), squeeze=False) as (fig, grid):
+        for (left, right), length in zip(grid, lengths):
+            sub = [row for row in rows if row["length"] == length]
+            x = [row["mean_abs_log_ratio"] for row in sub]
+            for name in ESTIMATORS:
+                style = {"linestyle": "--" if name == "on_policy" else "-", "color": colors[name], "label": name}
+                cos = [row[name]["per_batch_cosine"] for row in sub]
+                left.plot(x, [c["mean"] for c in cos], marker="o", **style)
+                left.fill_between(x, [c["min"] for c in cos], [c["max"] for c in cos], color=colors[name], alpha=0.15)
+                right.plot(x, [row[name]["relative_variance"]["mean"] for row in sub], marker="o", **style)
+            left.set(title=f"T = {length}: per-batch cosine to the true gradient", ylabel="cosine")
+            left.set(xlabel="mean |log rho| of sampled tokens")
+            right.set(title=f"T = {length}: relative variance", xlabel="mean |log rho|", yscale="log")
+            left.legend(fontsize=8)
+            left.grid(alpha=0.3)
+            right.grid(alpha=0.3)
 
 
-def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--lengths", type=int, nargs="+", default=[4, 12, 24])
-    parser.add_argument("--drifts", type=float, nargs="+", default=[0.0, 0.25, 0.5, 1.0, 1.5, 2.0])
-    parser.add_argument("--batches", type=int, default=500)
-    parser.add_argument("--num", type=int, default=128, help="samples per batch (one group)")
-    parser.add_argument("--skill", type=float, default=3.0, help="sampler's logit bonus on the chain token")
-    parser.add_argument("--out", type=Path, default=RESULTS / "minpro_estimator.json")
-    parser.add_argument("--replot", action="store_true", help="re-summarise and re-plot --out without measuring")
-    args = parser.parse_args(argv)
-    if args.replot:
-        report = json.loads(args.out.read_text())
-        report["summary"] = summarise(report["runs"])
-        report["verdict"] = verdict(report["summary"])
-        args.out.write_text(json.dumps(report, indent=1))
-        plot(report, args.out.with_suffix(".png"))
-        print(json.dumps(report["verdict"]))
-        return report
-    torch.set_num_threads(1)
-    start = time.time()
-    runs = [
-        measure(seed, length, drift, args.batches, args.num, args.skill)
-        for seed in args.seeds
-        for length in args.lengths
-        for drift in args.drifts
-    ]
-    summary = summarise(runs)
-    report = {
-        "command": "python experiments/minpro_estimator.py",
-        "settings": {key: (str(value) if isinstance(value, Path) else value) for key, value in vars(args).items()},
-        "falsifier": FALSIFIER,
-        "runs": runs,
-        "summary": summary,
-        "verdict": verdict(summary),
-        "wall_seconds": time.time() - start,
-    }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=1))
-    plot(report, args.out.with_suffix(".png"))
-    for row in summary:
+def print_summary(report: dict) -> None:
+    for row in report["summary"]:
         cells = "  ".join(
             f"{name} cos {row[name]['per_batch_cosine']['mean']:.3f} var {row[name]['relative_variance']['mean']:.3g}"
             for name in ESTIMATORS
         )
         print(f"T={row['length']:>2} drift={row['drift']:<4} |lr|={row['mean_abs_log_ratio']:.3f}  {cells}")
-    print(json.dumps(report["verdict"]), f"{report['wall_seconds']:.0f} s")
-    return report
+    print(json.dumps(report["verdict"]))
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    harness.add_common_args(parser, RESULTS / "minpro_estimator.json")
+    parser.add_argument("--lengths", type=int, nargs="+", default=[4, 12, 24])
+    parser.add_argument("--drifts", type=float, nargs="+", default=[0.0, 0.25, 0.5, 1.0, 1.5, 2.0])
+    parser.add_argument("--batches", type=int, default=500)
+    parser.add_argument("--num", type=int, default=128, help="samples per batch (one group)")
+    parser.add_argument("--skill", type=float, default=3.0, help="sampler's logit bonus on the chain token")
+    args = parser.parse_args(argv)
+    if args.replot:
+        report = harness.load_report(args.out)
+    else:
+        from trl_ext.training import set_threads
+
+        set_threads(1)
+        start = time.time()
+        runs = [
+            measure(seed, length, drift, args.batches, args.num, args.skill)
+            for seed in args.seeds
+            for length in args.lengths
+            for drift in args.drifts
+        ]
+        settings = {key: value for key, value in vars(args).items() if key not in ("out", "replot")}
+        report = {"settings": settings, "falsifier": FALSIFIER, "runs": runs, "wall_seconds": time.time() - start}
+    report["summary"] = summarise(report["runs"])
+    report["verdict"] = verdict(report["summary"])
+    return harness.write_report(args.out, report, rederived=args.replot, plot=plot, show=print_summary, argv=argv)
 
 
 if __name__ == "__main__":
