@@ -55,12 +55,9 @@ def prepare_model(kind: str, model_dir: Path) -> str:
 
     # vLLM's CPU attention rejects the default tiny model's head size (16): 2 heads of 32.
     return build_tiny_checkpoint(
-        str(model_dir / "tiny"),
-        alphabet=DEEPSEARCH_ALPHABET,
-        num_heads=2,
-        num_kv_heads=1,
+        str(model_dir / "tiny"), alphabet=DEEPSEARCH_ALPHABET, num_heads=2, num_kv_heads=1,
         max_position_embeddings=4096,
-    )
+    )  # fmt: skip
 
 
 def build_engine(path: str, max_model_len: int, dtype: str = "auto") -> Any:
@@ -72,17 +69,10 @@ def build_engine(path: str, max_model_len: int, dtype: str = "auto") -> Any:
     from trl_ext.rollout.vllm_temperature import LOGITS_PROCESSOR_FQCN
 
     return LLM(
-        model=path,
-        max_model_len=max_model_len,
-        max_num_seqs=64,
-        distributed_executor_backend="external_launcher",
-        seed=0,
-        max_num_batched_tokens=4096,
-        logprobs_mode="processed_logprobs",
-        gpu_memory_utilization=0.3,
-        logits_processors=[LOGITS_PROCESSOR_FQCN],
-        dtype=dtype,
-    )
+        model=path, max_model_len=max_model_len, max_num_seqs=64, distributed_executor_backend="external_launcher",
+        seed=0, max_num_batched_tokens=4096, logprobs_mode="processed_logprobs", gpu_memory_utilization=0.3,
+        logits_processors=[LOGITS_PROCESSOR_FQCN], dtype=dtype,
+    )  # fmt: skip
 
 
 def chat_prompts(tokenizer: Any, texts: list[str]) -> list[list[int]]:
@@ -96,9 +86,7 @@ def chat_prompts(tokenizer: Any, texts: list[str]) -> list[list[int]]:
     return [list(tokenizer(t, add_special_tokens=False)["input_ids"]) for t in templated]
 
 
-# ---------------------------------------------------------------------------------------------------------------------
 # HAPO: single-turn sampling with and without the adaptive temperature
-# ---------------------------------------------------------------------------------------------------------------------
 
 
 def entropy_statistics_of(model: Any, prompt_ids: list[list[int]]) -> Any:
@@ -168,9 +156,7 @@ def vllm_sampling(llm, prompt_ids, generations, max_tokens, temperature, stats, 
     return {"tokens": tokens, "seconds": seconds}
 
 
-# ---------------------------------------------------------------------------------------------------------------------
 # CalibAdv: the multi-turn search rollout
-# ---------------------------------------------------------------------------------------------------------------------
 
 
 def calibadv_rollout(engine, model, tokenizer, llm, prompt_ids, retriever, args) -> dict:
@@ -192,16 +178,9 @@ def calibadv_rollout(engine, model, tokenizer, llm, prompt_ids, retriever, args)
         generator = TransformersBackend(model, tokenizer, config, stop_strings=STOP_STRINGS)
     else:  # what VLLMBackend reads of TRL's VLLMGeneration, with TRL's default sampling settings
         generation = SimpleNamespace(
-            mode="colocate",
-            tensor_parallel_size=1,
-            llm=llm,
-            temperature=args.temperature,
-            top_p=1.0,
-            top_k=0,
-            min_p=None,
-            repetition_penalty=1.0,
-            generation_kwargs={},
-        )
+            mode="colocate", tensor_parallel_size=1, llm=llm, temperature=args.temperature, top_p=1.0, top_k=0,
+            min_p=None, repetition_penalty=1.0, generation_kwargs={},
+        )  # fmt: skip
         generator = VLLMBackend(generation, accelerator=None, stop_strings=STOP_STRINGS)
     started = time.perf_counter()
     result = rollout.run(prompt_ids, tokenizer, generator, max_completion_length=args.completion_budget)
@@ -209,15 +188,10 @@ def calibadv_rollout(engine, model, tokenizer, llm, prompt_ids, retriever, args)
     generated = sum(mask.count(1) for mask in result["env_mask"])
     observed = sum(mask.count(0) for mask in result["env_mask"])
     return {
-        "tokens": generated,
-        "observation_tokens": observed,
-        "seconds": seconds,
+        "tokens": generated, "observation_tokens": observed, "seconds": seconds,
         "mean_turns": statistics.fmean(result["calibadv_turns"]),
         "searches": sum(len(steps) for steps in result["calibadv_steps"]),
-    }
-
-
-# ---------------------------------------------------------------------------------------------------------------------
+    }  # fmt: skip
 
 
 def summarise(runs: dict[str, dict[str, list[dict]]]) -> dict:
@@ -295,12 +269,10 @@ def run(args) -> dict:
 
     return {
         "settings": {**{k: v for k, v in vars(args).items() if k not in ("out", "replot")}, "model_path": path},
-        "engine_startup_seconds": startup,
-        "vllm_dtype": str(llm.llm_engine.model_config.dtype),
-        "transformers_dtype": str(next(model.parameters()).dtype),
-        "torch_threads": torch.get_num_threads(),
+        "engine_startup_seconds": startup, "vllm_dtype": str(llm.llm_engine.model_config.dtype),
+        "transformers_dtype": str(next(model.parameters()).dtype), "torch_threads": torch.get_num_threads(),
         "runs": runs,
-    }
+    }  # fmt: skip
 
 
 def print_summary(report: dict) -> None:

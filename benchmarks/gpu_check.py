@@ -30,6 +30,7 @@ import traceback
 from pathlib import Path
 
 from trl_ext.compare import harness
+from trl_ext.compare.running import PeakMemory
 
 harness.script_env()
 
@@ -37,29 +38,15 @@ ARMS = ("trl", "hapo", "grpo", "bnpo", "minpro", "diva", "calibadv")
 
 #: Qwen2.5-1.5B's architecture (its config.json), random weights.
 QWEN25_15B = dict(
-    vocab_size=151936,
-    hidden_size=1536,
-    intermediate_size=8960,
-    num_hidden_layers=28,
-    num_attention_heads=12,
-    num_key_value_heads=2,
-    max_position_embeddings=32768,
-    rope_theta=1000000.0,
-    rms_norm_eps=1e-6,
-    tie_word_embeddings=True,
-    hidden_act="silu",
-)
+    vocab_size=151936, hidden_size=1536, intermediate_size=8960, num_hidden_layers=28, num_attention_heads=12,
+    num_key_value_heads=2, max_position_embeddings=32768, rope_theta=1000000.0, rms_norm_eps=1e-6,
+    tie_word_embeddings=True, hidden_act="silu",
+)  # fmt: skip
 #: The same architecture scaled down for --dry-run.
 DRY_RUN_MODEL = dict(
-    QWEN25_15B,
-    vocab_size=512,
-    hidden_size=32,
-    intermediate_size=64,
-    num_hidden_layers=2,
-    num_attention_heads=4,
-    num_key_value_heads=2,
-    max_position_embeddings=512,
-)
+    QWEN25_15B, vocab_size=512, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+    num_key_value_heads=2, max_position_embeddings=512,
+)  # fmt: skip
 REAL = dict(prompts=8, completions=8, max_new_tokens=512, micro_batch=16, prompt_chars=128)
 DRY = dict(prompts=2, completions=2, max_new_tokens=8, micro_batch=4, prompt_chars=16)
 
@@ -76,11 +63,9 @@ def build_model(path: Path, config_kwargs: dict, dtype) -> str:
 
     tokenizer = build_char_tokenizer(str(path))
     config = Qwen2Config(
-        **config_kwargs,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
+        **config_kwargs, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
-    )
+    )  # fmt: skip
     torch.manual_seed(0)
     model = Qwen2ForCausalLM(config).to(dtype)
     model.generation_config.eos_token_id = tokenizer.eos_token_id
@@ -136,16 +121,10 @@ def run_arm(arm: str, model_path: str, dataset, shape: dict, options, device: st
     config = dict(
         per_device_train_batch_size=shape["micro_batch"],
         gradient_accumulation_steps=shape["prompts"] * shape["completions"] // shape["micro_batch"],
-        num_generations=shape["completions"],
-        max_completion_length=shape["max_new_tokens"],
-        learning_rate=1e-6,
-        max_steps=options.steps,
-        temperature=1.0,
-        beta=0.0,
-        use_cpu=device == "cpu",
-        bf16=device == "cuda",
+        num_generations=shape["completions"], max_completion_length=shape["max_new_tokens"], learning_rate=1e-6,
+        max_steps=options.steps, temperature=1.0, beta=0.0, use_cpu=device == "cpu", bf16=device == "cuda",
         model_init_kwargs={"dtype": "bfloat16" if device == "cuda" else "float32"},
-    )
+    )  # fmt: skip
     kwargs = {}
     if arm == "diva":
         config.update(diva_hint_template="{question} {hints}")
@@ -162,7 +141,7 @@ def run_arm(arm: str, model_path: str, dataset, shape: dict, options, device: st
         dataset = dataset.remove_columns(["prompt"])  # the rollout builds its search prompt from `question`
     run = harness.run_arm(
         arm, model=model_path, reward_funcs=[spread_reward], train_dataset=dataset, seed=0, config=config,
-        memory=device == "cuda", **kwargs,
+        memory=PeakMemory() if device == "cuda" else None, **kwargs,
     )  # fmt: skip
     logs = run.logs("step_time")
     timed = logs[1:] or logs
@@ -172,13 +151,11 @@ def run_arm(arm: str, model_path: str, dataset, shape: dict, options, device: st
         for entry in timed
     ]
     result = {
-        "wall_s": run.seconds,
-        "step_times": [entry["step_time"] for entry in logs],
-        "median_step_s": statistics.median(step_times),
-        "completion_tokens_per_s": statistics.median(tokens),
+        "wall_s": run.seconds, "step_times": [entry["step_time"] for entry in logs],
+        "median_step_s": statistics.median(step_times), "completion_tokens_per_s": statistics.median(tokens),
         "mean_completion_length": statistics.fmean(entry["completions/mean_length"] for entry in logs),
         "reward": [entry.get("reward") for entry in logs],
-    }
+    }  # fmt: skip
     if device == "cuda":
         result["max_memory_allocated_bytes"] = run.memory.cuda_peak
     del run

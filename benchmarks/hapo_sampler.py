@@ -124,11 +124,10 @@ def generate_with_and_without(model, ids, stats, repeats: int, new_tokens: int =
         plain.append(run(False))
         adaptive.append(run(True))
     return {
-        "generate_tokens": new_tokens,
-        "generate_plain_s": statistics.median(plain),
+        "generate_tokens": new_tokens, "generate_plain_s": statistics.median(plain),
         "generate_adaptive_s": statistics.median(adaptive),
         "generate_ratio": statistics.median(adaptive) / statistics.median(plain),
-    }
+    }  # fmt: skip
 
 
 def micro(checkpoint: str, batch_sizes: list[int], repeats: int) -> dict:
@@ -191,14 +190,10 @@ def train_arm(arm: str, checkpoint: str, dataset, options) -> dict:
     name, extra = ARMS[arm]
     timers = []
     run = harness.run_arm(
-        name,
-        model=checkpoint,
-        reward_funcs=[sum_correct],
-        train_dataset=dataset,
-        seed=0,
+        name, model=checkpoint, reward_funcs=[sum_correct], train_dataset=dataset, seed=0,
         config=run_config(options.steps, options.max_new_tokens, **extra),
         before=lambda trainer: timers.append(PhaseTimer(trainer)),
-    )
+    )  # fmt: skip
     steps = [entry["step_time"] for entry in run.logs("step_time")]
     return {"step_times": steps, "generation_s": timers[0].generation, "loss_s": timers[0].loss}
 
@@ -213,9 +208,8 @@ def summarise(runs: dict) -> dict:
         summary[arm] = {
             "median_step_s": statistics.median(steps),
             "median_generation_s": statistics.median(generation) if generation else None,
-            "median_loss_s": statistics.median(loss) if loss else None,
-            "timed_steps": len(steps),
-        }
+            "median_loss_s": statistics.median(loss) if loss else None, "timed_steps": len(steps),
+        }  # fmt: skip
     base = summary["grpo"]
     for row in summary.values():
         row["step_ratio_vs_grpo"] = row["median_step_s"] / base["median_step_s"]

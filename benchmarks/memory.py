@@ -37,6 +37,7 @@ import time
 from pathlib import Path
 
 from trl_ext.compare import harness
+from trl_ext.compare.running import PeakMemory
 
 harness.script_env()
 HERE = Path(__file__).parent
@@ -79,24 +80,16 @@ def child(arm: str, options: argparse.Namespace) -> dict:
     else:
         dataset = make_dataset()
         rewards = [sum_correct]
-    meter = harness.PeakMemory(interval=0.01, rss=True)  # RSS every 10 ms during train(), from just before it
+    meter = PeakMemory(interval=0.01, rss=True)  # RSS every 10 ms during train(), from just before it
     run = harness.run_arm(
-        "trl" if arm.startswith("trl") else arm,
-        model=options.model,
-        reward_funcs=rewards,
-        train_dataset=dataset,
-        seed=0,
-        config=config,
-        memory=meter,
-        **kwargs,
-    )
+        "trl" if arm.startswith("trl") else arm, model=options.model, reward_funcs=rewards, train_dataset=dataset,
+        seed=0, config=config, memory=meter, **kwargs,
+    )  # fmt: skip
     result = {
-        "arm": arm,
-        "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
-        "rss_before_train_bytes": meter.rss_before,
-        "training_peak_bytes": meter.rss_peak - meter.rss_before,
+        "arm": arm, "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+        "rss_before_train_bytes": meter.rss_before, "training_peak_bytes": meter.rss_peak - meter.rss_before,
         "steps": run.trainer.state.global_step,
-    }
+    }  # fmt: skip
     if options.device == "cuda":
         result["max_memory_allocated_bytes"] = meter.cuda_peak
     return result

@@ -23,6 +23,7 @@ import tempfile
 from pathlib import Path
 
 from trl_ext.compare import harness
+from trl_ext.compare.running import PeakMemory
 
 harness.script_env()
 
@@ -38,18 +39,12 @@ ARM_EXTRAS = {"diva": {"diva_variant_generator": copy_variants}}
 
 def run_once(name: str, checkpoint: str, dataset, reward_funcs, steps: int, device: str, seed: int) -> dict:
     config = dict(
-        per_device_train_batch_size=64,
-        num_generations=8,
-        max_completion_length=8,
-        learning_rate=1e-3,
-        max_steps=steps,
-        use_cpu=device == "cpu",
-        bf16=False,
-        **ARM_EXTRAS.get(name, {}),
-    )
+        per_device_train_batch_size=64, num_generations=8, max_completion_length=8, learning_rate=1e-3,
+        max_steps=steps, use_cpu=device == "cpu", bf16=False, **ARM_EXTRAS.get(name, {}),
+    )  # fmt: skip
     run = harness.run_arm(
         name, model=checkpoint, reward_funcs=reward_funcs, train_dataset=dataset, seed=seed, config=config,
-        memory=device == "cuda",
+        memory=PeakMemory() if device == "cuda" else None,
     )  # fmt: skip
     step_times = [entry["step_time"] for entry in run.logs("step_time")]
     peak = run.memory.cuda_peak if run.memory else None
@@ -70,14 +65,11 @@ def summarise(report: dict) -> dict:
         median = statistics.median(samples[name])
         q1, _, q3 = statistics.quantiles(samples[name], n=4)
         summary[name] = {
-            "median_step_s": median,
-            "p25_step_s": q1,
-            "p75_step_s": q3,
-            "ratio_vs_trl": median / baseline,
+            "median_step_s": median, "p25_step_s": q1, "p75_step_s": q3, "ratio_vs_trl": median / baseline,
             "ratio_vs_grpo": median / grpo if grpo else None,
             "peak_memory_ratio_vs_trl": max(peaks[name]) / max(peaks["trl"]) if peaks[name] else None,
             "num_samples": len(samples[name]),
-        }
+        }  # fmt: skip
     return summary
 
 

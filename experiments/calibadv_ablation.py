@@ -69,9 +69,7 @@ CONTROL = (
 )
 
 
-# ---------------------------------------------------------------------------------------------------------------------
 # Ground truth and the judgement (pure functions)
-# ---------------------------------------------------------------------------------------------------------------------
 
 
 def _docs(step) -> list:
@@ -136,14 +134,9 @@ def judge_batch(f1, valid, steps, supporting, advantages, group: int, rule: dict
     from trl_ext.advantages.calibadv_math import group_step_scores, silver_documents
 
     scores, _ = group_step_scores(
-        f1,
-        valid,
-        steps,
-        group,
-        min_f1=rule["min_f1"],
-        think_similarity_threshold=rule["think_similarity_threshold"],
+        f1, valid, steps, group, min_f1=rule["min_f1"], think_similarity_threshold=rule["think_similarity_threshold"],
         max_shared_docs=rule["max_shared_docs"],
-    )
+    )  # fmt: skip
     out = {"all": new_confusion(), "failed": new_confusion(), "steps_total": 0, "steps_unjudged": 0}
     out["unjudged_useful"] = 0
     for start in range(0, len(f1), group):
@@ -213,17 +206,12 @@ def confusion_rates(c: dict) -> dict:
         chance = judged_yes * useful_yes + (1 - judged_yes) * (1 - useful_yes)
         kappa = (agreement - chance) / (1 - chance) if chance < 1 else None
     return {
-        "judged_steps": n,
-        "agreement": agreement,
-        "cohen_kappa": kappa,
-        "precision": ratio(c["tp"], c["tp"] + c["fp"]),
-        "recall": ratio(c["tp"], c["tp"] + c["fn"]),
-        "specificity": ratio(c["tn"], c["tn"] + c["fp"]),
-        "useful_rate": ratio(c["tp"] + c["fn"], n),
-        "judged_correct_rate": ratio(c["tp"] + c["fp"], n),
-        "score_mean_abs_error": ratio(c["abs_score_error_sum"], n),
+        "judged_steps": n, "agreement": agreement, "cohen_kappa": kappa,
+        "precision": ratio(c["tp"], c["tp"] + c["fp"]), "recall": ratio(c["tp"], c["tp"] + c["fn"]),
+        "specificity": ratio(c["tn"], c["tn"] + c["fp"]), "useful_rate": ratio(c["tp"] + c["fn"], n),
+        "judged_correct_rate": ratio(c["tp"] + c["fp"], n), "score_mean_abs_error": ratio(c["abs_score_error_sum"], n),
         "score_exact_rate": ratio(c["score_exact"], n),
-    }
+    }  # fmt: skip
 
 
 def judgement_summary(j: dict) -> dict:
@@ -236,9 +224,7 @@ def judgement_summary(j: dict) -> dict:
     }
 
 
-# ---------------------------------------------------------------------------------------------------------------------
 # Part 1: samples of the warm start
-# ---------------------------------------------------------------------------------------------------------------------
 
 
 def sample_judgement(checkpoint: str, seed: int, options) -> dict:
@@ -260,25 +246,18 @@ def sample_judgement(checkpoint: str, seed: int, options) -> dict:
     chosen = random.Random(1000 + seed).sample(questions, options.agreement_questions)
     rows = [q for q in chosen for _ in range(options.group)]
     config = GenerationConfig(
-        do_sample=True,
-        temperature=options.temperature,
-        top_p=1.0,
-        top_k=0,
-        pad_token_id=tokenizer.pad_token_id,
+        do_sample=True, temperature=options.temperature, top_p=1.0, top_k=0, pad_token_id=tokenizer.pad_token_id,
         eos_token_id=tokenizer.eos_token_id,
-    )
+    )  # fmt: skip
     steps, f1, valid = [], [], []
     chunk = 16 * options.group
     with torch.no_grad():
         for begin in range(0, len(rows), chunk):
             part = rows[begin : begin + chunk]
             output = rollout.generate(
-                [search.question_prompt(q.question) for q in part],
-                model,
-                tokenizer,
-                max_completion_length=search.MAX_COMPLETION_LENGTH,
-                generation_config=config,
-            )
+                [search.question_prompt(q.question) for q in part], model, tokenizer,
+                max_completion_length=search.MAX_COMPLETION_LENGTH, generation_config=config,
+            )  # fmt: skip
             for q, transcript, invalid, row_steps in zip(
                 part,
                 output["calibadv_transcript"],
@@ -294,19 +273,13 @@ def sample_judgement(checkpoint: str, seed: int, options) -> dict:
     advantages = group_advantages(rewards, options.group, 1e-6).tolist()
     judgement = judge_batch(f1, valid, steps, [q.supporting_doc_ids for q in rows], advantages, options.group)
     return {
-        "seed": seed,
-        "trajectories": len(rows),
-        "reward_mean": statistics.mean(rewards),
-        "format_valid": statistics.mean(valid),
-        "searches_mean": statistics.mean(len(s) for s in steps),
-        "judgement": judgement,
-        "seconds": time.perf_counter() - start,
-    }
+        "seed": seed, "trajectories": len(rows), "reward_mean": statistics.mean(rewards),
+        "format_valid": statistics.mean(valid), "searches_mean": statistics.mean(len(s) for s in steps),
+        "judgement": judgement, "seconds": time.perf_counter() - start,
+    }  # fmt: skip
 
 
-# ---------------------------------------------------------------------------------------------------------------------
 # Part 2: ablation runs (the recording trainer of calibadv_search, plus the ground-truth comparison per batch)
-# ---------------------------------------------------------------------------------------------------------------------
 
 
 def make_judging_trainer_class():
@@ -339,9 +312,7 @@ def make_judging_trainer_class():
     return JudgingTrainer
 
 
-# ---------------------------------------------------------------------------------------------------------------------
 # Work units, stages
-# ---------------------------------------------------------------------------------------------------------------------
 
 
 def work_units(options) -> list[tuple[str, int, str]]:
@@ -380,9 +351,7 @@ def do_work(prepared: dict, units, options) -> dict:
     return {"runs": runs, "samples": samples}
 
 
-# ---------------------------------------------------------------------------------------------------------------------
 # Summary
-# ---------------------------------------------------------------------------------------------------------------------
 
 
 def run_summary(run: dict) -> dict:
@@ -393,26 +362,19 @@ def run_summary(run: dict) -> dict:
     failed = confusion_rates(judgement["failed"])
     shares = search.pooled_shares(records)
     return {
-        "eval_end": run["eval"][-1]["reward"],
-        "eval_f1_end": run["eval"][-1]["f1"],
+        "eval_end": run["eval"][-1]["reward"], "eval_f1_end": run["eval"][-1]["f1"],
         "eval_format_valid_end": run["eval"][-1]["format_valid"],
         "eval_mean_after_start": statistics.mean(e["reward"] for e in run["eval"][1:]),
         "eval_format_valid_mean_after_start": statistics.mean(e["format_valid"] for e in run["eval"][1:]),
         "train_reward_first10": statistics.mean(r["reward"] for r in records[:window]),
         "train_reward_last10": statistics.mean(r["reward"] for r in records[-window:]),
         "train_format_valid_last10": statistics.mean(r["format_valid"] for r in records[-window:]),
-        "penalised_share": shares["penalised_share"],
-        "penalty_kept": shares["penalty_kept"],
-        "train_agreement": rates["agreement"],
-        "train_precision": rates["precision"],
-        "train_recall": rates["recall"],
-        "train_specificity": rates["specificity"],
-        "train_cohen_kappa": rates["cohen_kappa"],
-        "train_useful_rate": rates["useful_rate"],
-        "train_agreement_failed": failed["agreement"],
-        "train_judged_steps": rates["judged_steps"],
-        "seconds": run["seconds"],
-    }
+        "penalised_share": shares["penalised_share"], "penalty_kept": shares["penalty_kept"],
+        "train_agreement": rates["agreement"], "train_precision": rates["precision"], "train_recall": rates["recall"],
+        "train_specificity": rates["specificity"], "train_cohen_kappa": rates["cohen_kappa"],
+        "train_useful_rate": rates["useful_rate"], "train_agreement_failed": failed["agreement"],
+        "train_judged_steps": rates["judged_steps"], "seconds": run["seconds"],
+    }  # fmt: skip
 
 
 def summarise(report: dict) -> dict:
@@ -450,13 +412,11 @@ def summarise(report: dict) -> dict:
         grpo_end = {s: e["eval_end"] for s, e in per_seed["grpo"].items()}
         drop = start - statistics.mean(grpo_end.values())
         verdict["control"] = {
-            "warm_start_eval": start,
-            "warm_start_format_valid": start_valid,
-            "grpo_eval_end_mean": statistics.mean(grpo_end.values()),
-            "drop": drop,
+            "warm_start_eval": start, "warm_start_format_valid": start_valid,
+            "grpo_eval_end_mean": statistics.mean(grpo_end.values()), "drop": drop,
             "below_start_on_every_seed": all(v < start for v in grpo_end.values()),
             "passed": drop >= CONTROL_DROP and all(v < start for v in grpo_end.values()),
-        }
+        }  # fmt: skip
         verdict["protects"] = {}
         for arm in arms:
             if arm == "grpo":
@@ -467,11 +427,10 @@ def summarise(report: dict) -> dict:
                     per_seed[arm][s][key] - per_seed["grpo"][s][key] for s in per_seed[arm] if s in per_seed["grpo"]
                 ]
                 entry[key] = {
-                    "mean_diff": statistics.mean(paired),
-                    "seeds_higher": sum(d > 0 for d in paired),
+                    "mean_diff": statistics.mean(paired), "seeds_higher": sum(d > 0 for d in paired),
                     "seeds": len(paired),
                     "protects": statistics.mean(paired) >= PROTECT_MARGIN and sum(d > 0 for d in paired) >= 2,
-                }
+                }  # fmt: skip
             entry["protects"] = entry["eval_end"]["protects"] or entry["eval_format_valid_end"]["protects"]
             verdict["protects"][arm] = entry
         any_protects = any(v["protects"] for v in verdict["protects"].values())
@@ -545,9 +504,7 @@ def print_summary(report: dict) -> None:
     print(json.dumps(summary["verdict"], indent=1))
 
 
-# ---------------------------------------------------------------------------------------------------------------------
 # Plot and main
-# ---------------------------------------------------------------------------------------------------------------------
 
 
 def plot(report: dict, path: Path) -> None:
@@ -677,19 +634,12 @@ def run(options) -> dict | None:
         samples.update(work["samples"])
     runs = {arm: dict(sorted(runs[arm].items(), key=lambda kv: int(kv[0]))) for arm in ARMS if arm in runs}
     return {
-        **({"command": RERUN} if options.stage == "merge" else {}),
-        "falsifier": FALSIFIER,
-        "control": CONTROL,
+        **({"command": RERUN} if options.stage == "merge" else {}), "falsifier": FALSIFIER, "control": CONTROL,
         "options": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(options).items() if k != "replot"},
-        "rollout": search.ROLLOUT,
-        "model": search.MODEL,
-        "warm_start": prepared["warm_start"],
-        "initial_eval": prepared["initial_eval"],
-        "seconds_prepare": prepared["seconds"],
-        "seconds_shards": [work["seconds"] for work in shards],
-        "runs": runs,
-        "samples": samples,
-    }
+        "rollout": search.ROLLOUT, "model": search.MODEL, "warm_start": prepared["warm_start"],
+        "initial_eval": prepared["initial_eval"], "seconds_prepare": prepared["seconds"],
+        "seconds_shards": [work["seconds"] for work in shards], "runs": runs, "samples": samples,
+    }  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -9,63 +9,31 @@ This two-arm run (results ``calibadv_search.json``, lr 3e-4, and ``calibadv_sear
 benchmark; ``calibadv_ablation.py`` imports this module for the four-arm ablation at lr 5e-4 (``ARM_SWITCHES``) and the
 comparison of the step judgement with the task's supporting documents.
 
-Task: ``deepsearch`` (world 0: 224 two- and three-hop questions over 148 invented-entity documents), BM25 over its
-corpus (``calibadv_corpus_path="deepsearch"``), top-2 documents per search, observations cut to 180 tokens (the first
-document always whole), up to 3 executed searches and a final answer turn (``calibadv_max_turns=3``), ``<think>``
-prepended (the paper's setting). The prompt is the bare question (``prompt_builder``): tokens are characters, so
-CPU cost grows with every character of the context.
+Task: ``deepsearch`` (world 0: 224 two- and three-hop questions over 148 invented-entity documents), BM25 top-2 per
+search, observations cut to 180 tokens, up to 3 searches and an answer turn, ``<think>`` prepended, the bare question
+as the prompt (tokens are characters, so CPU cost grows with every character of the context).
 
-Warm start. A randomly initialised tiny model never writes the tag protocol, so RL from scratch measures nothing. We
-first fine-tune a tiny Qwen2 (hidden 64, 2 layers, 4 heads, initializer_range 0.02;
-``trl_ext.testing.build_tiny_checkpoint``) with a plain PyTorch loop (AdamW, lr ``--sft_lr`` with 5 % warm-up and
-linear decay, batch 8, ``--sft_steps`` steps) on scripted expert transcripts: for a question, one turn
-``<kind></think>\n<search> <title> </search>`` per document of its reasoning chain (the named film / novel, then the
-director / author / studio, then the city for country questions) and a final ``<kind></think>\n<answer> <answer>
-</answer>``, with the **real observations** in between: the transcripts come from the same ``SearchAgentRollout`` and
-BM25 retriever as the RL runs (a scripted turn generator writes the expert's turns), so token ids and masks are
-exactly the RL ones. The loss is next-token cross-entropy on the model-written tokens only (prompt and observations
-masked). In ``--error_rate`` (25 %) of the transcripts the final answer is replaced by a wrong one of the same kind
-(another city, year or country), so the policy also learns to fail *after correct searches*, the case CalibAdv
-targets; the imperfect copying of invented names at temperature 1 adds failures of every kind. The result writes the
-protocol almost always and answers 81 % right greedily, but only ~45 % of its temperature-1 samples score, so groups
-mix successes and failures. The warm start is **one checkpoint shared by all seeds** (~6 minutes; three of them do
-not fit in the budget); it is cached under the temporary directory, keyed by its settings. Seeds differ in the RL
-data order and sampling.
+Warm start (a random tiny model never writes the tag protocol, so RL from scratch measures nothing): a tiny Qwen2
+(``MODEL``) fine-tuned with a plain loop (AdamW, ``--sft_lr`` with 5 % warm-up and linear decay, batch 8,
+``--sft_steps``) on scripted expert transcripts: one ``<kind></think>\n<search> <title> </search>`` turn per document of
+the question's chain, then ``<kind></think>\n<answer> ... </answer>``, with the **real observations** in between (the
+same ``SearchAgentRollout`` and retriever as the RL runs, so ids and masks are exactly the RL ones), loss on the
+model-written tokens only. In ``--error_rate`` (25 %) of them the answer is a wrong one of the same kind, so the policy
+also learns to fail *after correct searches*, the case CalibAdv targets. One cached checkpoint shared by all seeds
+(greedy F1 ~0.81; ~45 % of temperature-1 samples score, so groups mix successes and failures).
 
-Arms (the same warm start, seed, data and step budget; the same ``CalibAdvTrainer`` and rollout):
+Arms (same warm start, seed, data, steps, ``CalibAdvTrainer`` and rollout): ``grpo`` (both switches off: every model
+token of trajectory i gets A_i; checked every step against TRL's GRPO advantage) and ``calibadv`` (spec defaults). RL:
+4 questions x 4 completions per step, 60 steps, constant ``--lr`` 3e-4, ``loss_type="bnpo"``, epsilon 0.2, no KL,
+T = 1. The learning rate matters most: at 1e-4 neither arm's F1 moves; from 3e-4 on the updates destabilise the warm
+start, the regime of the paper's stability claim.
 
-* ``grpo``: ``calibadv_soft_penalty=False, calibadv_answer_rebalance=False``: every model token of trajectory i gets
-  the GRPO advantage A_i = (R_i - mean_g R) / (std_g R + 1e-6). Checked at every step: the token advantages equal
-  A_i on model tokens and 0 elsewhere (max deviation 0), and A_i equals TRL's GRPO advantage up to its epsilon (1e-4
-  instead of 1e-6; max deviation ~3e-4);
-* ``calibadv``: the spec's defaults (soft penalty and answer rebalance, lambda 1, silver F1 >= 0.7).
-
-RL: 4 questions x 4 completions per step, one optimizer step per generation batch, 60 steps, constant ``--lr``
-(3e-4), ``loss_type="bnpo"`` (TRL's token mean), epsilon 0.2, no KL, temperature 1. The learning rate matters more
-than anything else here: at 1e-4 neither arm's F1 moves in 60 steps (second command above); from 3e-4 on the updates
-destabilise the warm start (format validity and greedy F1 fall), the regime the paper's stability claim is about
-(at 5e-4, seed 0 only, greedy F1 fell from 0.81 to 0.20 with grpo and to 0.46 with calibadv; at 1e-3, on an earlier
-and weaker warm start, both arms collapsed to F1 0 within ~15 steps).
-
-Measured at every generation batch, in both arms, from the same quantities (the advantage seam's gathered batch, in a
-``_check_advantages`` override):
-
-* **penalised share**: among the *failed* trajectories (A_i < 0), the search steps that are *correct* by the spec's
-  in-group silver-document rule with **step score s > 0** (the step retrieved a new document of the group's silver
-  set and is not a repeat; groups with no eligible trajectory have no silver set, and their steps are not judged),
-  and the fraction of those steps whose tokens received a negative advantage in the update actually applied (grpo:
-  the broadcast A_i; calibadv: the calibrated token advantages). Also the **penalty kept**: the mean over those steps
-  of (advantage on the step) / A_i, 1 for grpo and 1 - s for calibadv; both numbers again for fully correct steps
-  (s = 1); and the share of all judged steps of failed trajectories that are correct;
-* the training reward (answer F1 x format validity), F1 alone, format validity, searches per trajectory;
-* every ``--eval_every`` steps, greedy decoding on ``--eval_questions`` fixed questions spread over the world
-  (F1 x format, F1, format validity). They are in the training distribution: the warm start saw every question.
-
-Reported per seed and over seeds (mean, min, max): the penalised share and penalty kept (pooled over the run), the
-training reward over the first and last 10 steps and its mean over all steps (area under the curve), the greedy
-evaluation at the start and the end. No "steps to an F1 threshold": F1 does not rise in either arm. Writes
-``experiments/results/calibadv_search.json`` and ``.png`` (F1, format validity, penalised share over training: mean
-over seeds, band = range).
+Measured at every generation batch (in a ``_check_advantages`` override): the **penalised share**, among failed
+trajectories (A_i < 0), of the search steps correct by the spec's silver-document rule (s > 0) whose tokens got a
+negative advantage in the update applied, and the **penalty kept** (mean of A_step / A_i: 1 for grpo, 1 - s for
+calibadv), both again for fully correct steps; the training reward (F1 x format), F1, format validity, searches; and
+every ``--eval_every`` steps greedy F1 x format on ``--eval_questions`` fixed questions. Reported per seed and over
+seeds. Writes ``experiments/results/calibadv_search.json`` and ``.png``.
 """
 
 from __future__ import annotations
@@ -87,11 +55,8 @@ RESULTS = Path(__file__).parent / "results"
 ARMS = ("grpo", "calibadv")
 #: Each arm's (``calibadv_soft_penalty``, ``calibadv_answer_rebalance``); ``calibadv_ablation.py`` runs all four.
 ARM_SWITCHES = {
-    "grpo": (False, False),
-    "soft_penalty": (True, False),
-    "rebalance": (False, True),
-    "calibadv": (True, True),
-}
+    "grpo": (False, False), "soft_penalty": (True, False), "rebalance": (False, True), "calibadv": (True, True),
+}  # fmt: skip
 COLORS = {"grpo": "tab:blue", "soft_penalty": "tab:green", "rebalance": "tab:purple", "calibadv": "tab:orange"}
 WORLD_SEED = 0
 #: Rollout settings shared by the warm start and the RL runs.
@@ -99,21 +64,14 @@ ROLLOUT = {"max_turns": 3, "max_tokens_per_turn": 64, "max_obs_tokens": 180, "to
 MAX_COMPLETION_LENGTH = 4 * 64 + 3 * 180
 #: The tiny model (``build_tiny_checkpoint`` keyword arguments).
 MODEL = {
-    "hidden_size": 64,
-    "num_layers": 2,
-    "num_heads": 4,
-    "max_position_embeddings": 1024,
-    "initializer_range": 0.02,
-}
+    "hidden_size": 64, "num_layers": 2, "num_heads": 4, "max_position_embeddings": 1024, "initializer_range": 0.02,
+}  # fmt: skip
 #: The kind of answer of each question template (the think word of the expert's answer turn; wrong answers are drawn
 #: from the other answers of the same kind).
 ANSWER_KIND = {
-    "film_director_birthplace": "city",
-    "film_director_birth_year": "year",
-    "film_studio_city": "city",
-    "novel_author_birthplace": "city",
-    "film_director_birth_country": "country",
-}
+    "film_director_birthplace": "city", "film_director_birth_year": "year", "film_studio_city": "city",
+    "novel_author_birthplace": "city", "film_director_birth_country": "country",
+}  # fmt: skip
 SMOOTHING = 10
 SFT_FORMAT_VERSION = 1
 
@@ -196,16 +154,10 @@ def sft_examples(tokenizer, retriever, options) -> list[tuple[list[int], list[in
 
 def sft_settings(options) -> dict:
     return {
-        "version": SFT_FORMAT_VERSION,
-        "model": MODEL,
-        "rollout": ROLLOUT,
-        "steps": options.sft_steps,
-        "batch": options.sft_batch,
-        "lr": options.sft_lr,
-        "examples": options.sft_examples,
-        "error_rate": options.error_rate,
-        "seed": options.sft_seed,
-    }
+        "version": SFT_FORMAT_VERSION, "model": MODEL, "rollout": ROLLOUT, "steps": options.sft_steps,
+        "batch": options.sft_batch, "lr": options.sft_lr, "examples": options.sft_examples,
+        "error_rate": options.error_rate, "seed": options.sft_seed,
+    }  # fmt: skip
 
 
 def warm_start(options) -> tuple[str, dict]:
@@ -289,12 +241,9 @@ def evaluate(model, tokenizer, rollout, questions) -> dict:
     )
     with torch.no_grad():
         output = rollout.generate(
-            [question_prompt(q.question) for q in questions],
-            model,
-            tokenizer,
-            max_completion_length=MAX_COMPLETION_LENGTH,
-            generation_config=config,
-        )
+            [question_prompt(q.question) for q in questions], model, tokenizer,
+            max_completion_length=MAX_COMPLETION_LENGTH, generation_config=config,
+        )  # fmt: skip
     if was_training:
         model.train()
     scores = [
@@ -305,11 +254,10 @@ def evaluate(model, tokenizer, rollout, questions) -> dict:
     ]
     n = len(questions)
     return {
-        "reward": sum(f1 * valid for f1, valid in scores) / n,
-        "f1": sum(f1 for f1, _ in scores) / n,
+        "reward": sum(f1 * valid for f1, valid in scores) / n, "f1": sum(f1 for f1, _ in scores) / n,
         "format_valid": sum(valid for _, valid in scores) / n,
         "searches": sum(len(steps) for steps in output["calibadv_steps"]) / n,
-    }
+    }  # fmt: skip
 
 
 def eval_questions(count: int) -> list:
@@ -335,14 +283,9 @@ def penalty_record(trainer, advantages, batch) -> dict:
     f1, valid, answered = estimator.score_rows(batch)
     steps = [list(row or []) for row in batch.columns["calibadv_steps"]]
     scores, _ = group_step_scores(
-        f1,
-        valid,
-        steps,
-        group,
-        min_f1=estimator.silver_min_f1,
-        think_similarity_threshold=estimator.think_similarity_threshold,
-        max_shared_docs=estimator.max_shared_docs,
-    )
+        f1, valid, steps, group, min_f1=estimator.silver_min_f1,
+        think_similarity_threshold=estimator.think_similarity_threshold, max_shared_docs=estimator.max_shared_docs,
+    )  # fmt: skip
     token_advantages = advantages.detach().double().cpu()
     mask = batch.completion_mask.detach().double().cpu()
     runs = mask_runs(mask)
@@ -434,30 +377,15 @@ def train_run(arm: str, checkpoint: str, seed: int, options, initial_eval: dict,
         options.steps * prompts_per_step, seed, world_seed=WORLD_SEED, prompt_builder=question_prompt
     )
     config = dict(
-        max_steps=options.steps,
-        per_device_train_batch_size=options.batch,
-        num_generations=options.group,
-        max_completion_length=MAX_COMPLETION_LENGTH,
-        temperature=options.temperature,
-        top_p=1.0,
-        learning_rate=options.lr,
-        lr_scheduler_type="constant",
-        beta=0.0,
-        epsilon=0.2,
-        epsilon_high=0.2,
-        loss_type="bnpo",
-        use_cpu=True,
-        bf16=False,
-        calibadv_retriever="bm25",
-        calibadv_corpus_path=f"deepsearch:{WORLD_SEED}",
-        calibadv_max_turns=ROLLOUT["max_turns"],
-        calibadv_max_tokens_per_turn=ROLLOUT["max_tokens_per_turn"],
-        calibadv_max_obs_tokens=ROLLOUT["max_obs_tokens"],
-        calibadv_topk=ROLLOUT["top_k"],
-        calibadv_prepend_think_token=ROLLOUT["prepend_think_token"],
-        calibadv_soft_penalty=soft_penalty,
-        calibadv_answer_rebalance=answer_rebalance,
-    )
+        max_steps=options.steps, per_device_train_batch_size=options.batch, num_generations=options.group,
+        max_completion_length=MAX_COMPLETION_LENGTH, temperature=options.temperature, top_p=1.0,
+        learning_rate=options.lr, lr_scheduler_type="constant", beta=0.0, epsilon=0.2, epsilon_high=0.2,
+        loss_type="bnpo", use_cpu=True, bf16=False, calibadv_retriever="bm25",
+        calibadv_corpus_path=f"deepsearch:{WORLD_SEED}", calibadv_max_turns=ROLLOUT["max_turns"],
+        calibadv_max_tokens_per_turn=ROLLOUT["max_tokens_per_turn"], calibadv_max_obs_tokens=ROLLOUT["max_obs_tokens"],
+        calibadv_topk=ROLLOUT["top_k"], calibadv_prepend_think_token=ROLLOUT["prepend_think_token"],
+        calibadv_soft_penalty=soft_penalty, calibadv_answer_rebalance=answer_rebalance,
+    )  # fmt: skip
     curve: list[dict] = [{"step": 0, **initial_eval}]
     questions = eval_questions(options.eval_questions)
 
@@ -466,15 +394,11 @@ def train_run(arm: str, checkpoint: str, seed: int, options, initial_eval: dict,
         trainer.add_callback(make_eval_callback(trainer, rollout, questions, options.eval_every, curve))
 
     run = harness.run_arm(
-        "calibadv",
-        model=checkpoint,
+        "calibadv", model=checkpoint,
         reward_funcs=[make_qa_f1_format_reward(prepend_think_token=ROLLOUT["prepend_think_token"])],
-        train_dataset=dataset,
-        seed=seed,
-        config=config,
-        trainer_cls=trainer_cls or make_recording_trainer_class(),
+        train_dataset=dataset, seed=seed, config=config, trainer_cls=trainer_cls or make_recording_trainer_class(),
         before=add_evaluation,
-    )
+    )  # fmt: skip
     return {"seconds": run.seconds, "steps": run.trainer.penalty_records, "eval": curve}
 
 
@@ -505,24 +429,19 @@ def run_summary(run: dict) -> dict:
     rewards = [r["reward"] for r in run["steps"]]
     window = min(SMOOTHING, len(rewards))
     return {
-        **pooled_shares(run["steps"]),
-        "reward_first10": statistics.mean(rewards[:window]),
-        "reward_last10": statistics.mean(rewards[-window:]),
-        "reward_auc": statistics.mean(rewards),
+        **pooled_shares(run["steps"]), "reward_first10": statistics.mean(rewards[:window]),
+        "reward_last10": statistics.mean(rewards[-window:]), "reward_auc": statistics.mean(rewards),
         "f1_last10": statistics.mean(r["f1"] for r in run["steps"][-window:]),
         "format_valid_last10": statistics.mean(r["format_valid"] for r in run["steps"][-window:]),
         "searches_last10": statistics.mean(r["searches"] for r in run["steps"][-window:]),
-        "eval_start": run["eval"][0]["reward"],
-        "eval_end": run["eval"][-1]["reward"],
+        "eval_start": run["eval"][0]["reward"], "eval_end": run["eval"][-1]["reward"],
         "eval_mean": statistics.mean(e["reward"] for e in run["eval"][1:]) if len(run["eval"]) > 1 else None,
-        "eval_f1_end": run["eval"][-1]["f1"],
-        "eval_format_valid_end": run["eval"][-1]["format_valid"],
+        "eval_f1_end": run["eval"][-1]["f1"], "eval_format_valid_end": run["eval"][-1]["format_valid"],
         "groups_with_silver": statistics.mean(r["groups_with_silver"] for r in run["steps"]),
         "segment_mismatch_rows": sum(r["mismatch"] for r in run["steps"]),
         "broadcast_deviation_max": max(r["broadcast_deviation"] for r in run["steps"]),
-        "trl_grpo_deviation_max": max(r["trl_grpo_deviation"] for r in run["steps"]),
-        "seconds": run["seconds"],
-    }
+        "trl_grpo_deviation_max": max(r["trl_grpo_deviation"] for r in run["steps"]), "seconds": run["seconds"],
+    }  # fmt: skip
 
 
 def summarise(runs: dict) -> dict:
@@ -665,9 +584,8 @@ def prepare(options, seed: int | None = None) -> dict:
     return {
         "checkpoint": checkpoint,
         "warm_start": {"seconds": sft_log["seconds"], "loss_last100": statistics.mean(sft_log["loss"][-100:])},
-        "initial_eval": initial_eval,
-        "seconds": time.perf_counter() - begin,
-    }
+        "initial_eval": initial_eval, "seconds": time.perf_counter() - begin,
+    }  # fmt: skip
 
 
 def run(options) -> dict:
@@ -692,13 +610,9 @@ def run(options) -> dict:
             )
     return {
         "options": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(options).items() if k != "replot"},
-        "rollout": ROLLOUT,
-        "model": MODEL,
-        "warm_start": prepared["warm_start"],
-        "initial_eval": prepared["initial_eval"],
-        "seconds_total": time.perf_counter() - begin,
-        "runs": runs,
-    }
+        "rollout": ROLLOUT, "model": MODEL, "warm_start": prepared["warm_start"],
+        "initial_eval": prepared["initial_eval"], "seconds_total": time.perf_counter() - begin, "runs": runs,
+    }  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> dict:

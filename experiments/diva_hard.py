@@ -77,19 +77,13 @@ ARMS: dict[str, tuple[str, dict]] = {
     "diva_reference": ("diva", {"num_generations": 8, "diva_batch_norm": "reference"}),
 }
 DIVA_FIELDS = {
-    "diva_num_variants": 1,
-    "diva_difficulty_k": 0.1,
-    "diva_rrb_threshold": 0.15,
-    "diva_rrb_scale": 0.1,
-    "diva_initial_difficulty": 7,
-    "diva_hint_template": HINT_TEMPLATE,
-}
+    "diva_num_variants": 1, "diva_difficulty_k": 0.1, "diva_rrb_threshold": 0.15, "diva_rrb_scale": 0.1,
+    "diva_initial_difficulty": 7, "diva_hint_template": HINT_TEMPLATE,
+}  # fmt: skip
 COLORS = {"grpo8": "tab:blue", "grpo16": "tab:purple", "diva_responses": "tab:green", "diva_reference": "tab:orange"}
 
 
-# ----------------------------------------------------------------------------------------------------------------------
 # Task
-# ----------------------------------------------------------------------------------------------------------------------
 def problem_rows(max_digit: int = 7) -> dict[str, list]:
     """The ``a+b+c=`` problems (digits 0..max_digit) with answer, unique id, one-step hint and rewordings."""
     rows: dict[str, list] = {"prompt": [], "answer": [], "id": [], "hints": [], "variants": []}
@@ -150,9 +144,7 @@ def make_reward(log: list[dict], originals: dict[str, str], num_generations: int
     return accuracy
 
 
-# ----------------------------------------------------------------------------------------------------------------------
 # Exact expected accuracy under T = 1 sampling
-# ----------------------------------------------------------------------------------------------------------------------
 def correct_table(tokenizer, max_tokens: int = 2):
     """Bool tensor (10, V, V): digit d is the decoded completion (t1, t2), TRL's way (cut at the first eos)."""
     import torch
@@ -197,9 +189,7 @@ def expected_accuracy(model, prompt_ids, answers, table, temperature: float = 1.
     return value
 
 
-# ----------------------------------------------------------------------------------------------------------------------
 # One run
-# ----------------------------------------------------------------------------------------------------------------------
 def train_run(arm: str, checkpoint: str, dataset, seed: int, options) -> dict:
     import torch
     from transformers import AutoTokenizer, TrainerCallback
@@ -209,11 +199,9 @@ def train_run(arm: str, checkpoint: str, dataset, seed: int, options) -> dict:
     name, fields = ARMS[arm]
     config = {**QUICKSTART_SETTINGS["config"], **fields, **(DIVA_FIELDS if name == "diva" else {})}
     config.update(
-        learning_rate=options.lr,
-        max_steps=options.steps,
-        logging_steps=1,
+        learning_rate=options.lr, max_steps=options.steps, logging_steps=1,
         per_device_train_batch_size=COMPLETIONS_PER_STEP,
-    )
+    )  # fmt: skip
     tokenizer = AutoTokenizer.from_pretrained(checkpoint)
     table = correct_table(tokenizer)
     eval_ids = torch.tensor([tokenizer(p)["input_ids"] for p in dataset["prompt"]])
@@ -231,14 +219,9 @@ def train_run(arm: str, checkpoint: str, dataset, seed: int, options) -> dict:
     reward_log: list[dict] = []
     originals = dict(zip(dataset["id"], dataset["prompt"], strict=True))
     run = harness.run_arm(
-        name,
-        model=checkpoint,
-        reward_funcs=[make_reward(reward_log, originals, config["num_generations"])],
-        train_dataset=dataset,
-        seed=seed,
-        config=config,
-        callbacks=[Evaluate()],
-    )
+        name, model=checkpoint, reward_funcs=[make_reward(reward_log, originals, config["num_generations"])],
+        train_dataset=dataset, seed=seed, config=config, callbacks=[Evaluate()],
+    )  # fmt: skip
     steps = run.logs("loss")
     zero_key = "diva/frac_zero_std_global" if name == "diva" else "frac_reward_zero_std"
     result = {
@@ -262,9 +245,7 @@ def train_run(arm: str, checkpoint: str, dataset, seed: int, options) -> dict:
     return result
 
 
-# ----------------------------------------------------------------------------------------------------------------------
 # Summary (pure functions of the stored runs)
-# ----------------------------------------------------------------------------------------------------------------------
 def completions_to(target: float, completions: list[int], accuracy: list[float]) -> int | None:
     """Completions at the first evaluation whose trailing `SMOOTHING`-evaluation mean reaches `target`."""
     for count, value in zip(completions, harness.moving_average(accuracy, SMOOTHING), strict=True):
@@ -380,19 +361,13 @@ def verdict(per_seed: dict, overall: dict) -> dict:
         else:
             label = "inconclusive"
         out[arm] = {
-            "mean_speedup_vs_grpo16": mean,
-            "seeds_faster": faster,
-            "mean_thresholds_reached": reached,
-            "grpo16_mean_thresholds_reached": reached_control,
-            "zero_signal_below_grpo8": fewer_zero,
-            "verdict": label,
-        }
+            "mean_speedup_vs_grpo16": mean, "seeds_faster": faster, "mean_thresholds_reached": reached,
+            "grpo16_mean_thresholds_reached": reached_control, "zero_signal_below_grpo8": fewer_zero, "verdict": label,
+        }  # fmt: skip
     return out
 
 
-# ----------------------------------------------------------------------------------------------------------------------
 # Plot
-# ----------------------------------------------------------------------------------------------------------------------
 def plot(report: dict, path: Path) -> None:
     runs = report["runs"]
     with harness.figure(path, 1, 3, figsize=(18, 4.8)) as (fig, (left, middle, right)):
@@ -432,9 +407,7 @@ def plot(report: dict, path: Path) -> None:
             axis.legend(fontsize=7)
 
 
-# ----------------------------------------------------------------------------------------------------------------------
 # Main
-# ----------------------------------------------------------------------------------------------------------------------
 def _rounded(value):
     if isinstance(value, float):
         return float(f"{value:.5g}")
@@ -494,11 +467,10 @@ def merge(sources: list[Path], defaults: dict) -> dict:
         report["options"] = {**defaults, **report["options"]}  # parts written before these were recorded
     walls = [r.get("wall_s") for r in reports if r.get("wall_s") is not None]
     options = dict(
-        reports[0]["options"],
-        seeds=sorted({s for r in reports for s in r["options"]["seeds"]}),
+        reports[0]["options"], seeds=sorted({s for r in reports for s in r["options"]["seeds"]}),
         arms=[arm for arm in ARMS if arm in runs],
         parts=[{"source": str(path), **r["options"], "wall_s": r.get("wall_s")} for path, r in zip(sources, reports)],
-    )
+    )  # fmt: skip
     return {"command": COMMAND, **new_report(runs, options, max(walls) if walls else None)}
 
 

@@ -48,24 +48,17 @@ def train_run(arm: str, checkpoint: str, dataset, reward_funcs, seed: int, optio
         config["diva_hint_template"] = HINT_TEMPLATE
     initial: list[float] = []
     run = harness.run_arm(
-        arm,
-        model=checkpoint,
-        reward_funcs=reward_funcs,
-        train_dataset=dataset,
-        eval_dataset=dataset,
-        seed=seed,
-        config=config,
-        before=lambda trainer: initial.append(trainer.evaluate()["eval_reward"]),
-    )
+        arm, model=checkpoint, reward_funcs=reward_funcs, train_dataset=dataset, eval_dataset=dataset, seed=seed,
+        config=config, before=lambda trainer: initial.append(trainer.evaluate()["eval_reward"]),
+    )  # fmt: skip
     train_steps = run.logs("loss")
     evals = [(0, initial[0])] + [(entry["step"], entry["eval_reward"]) for entry in run.logs("eval_reward")]
     keys = ["reward", "frac_reward_zero_std", "diva/frac_zero_std_global", "diva/frac_zero_std_local"]
     return {
-        "seconds": run.seconds,
-        "eval_steps": [step for step, _ in evals],
+        "seconds": run.seconds, "eval_steps": [step for step, _ in evals],
         "eval_accuracy": [value for _, value in evals],
         **{key: [entry.get(key) for entry in train_steps] for key in keys if key in train_steps[0]},
-    }
+    }  # fmt: skip
 
 
 def steps_to(target: float, steps: list[int], accuracy: list[float]) -> int | None:

@@ -62,14 +62,9 @@ def _train(trainer_name: str, checkpoint: str, dataset, reward_funcs, config: di
     """Train one run; returns the per-step log entries (those with a loss)."""
     callbacks = [_cpu_time_callback(cpu_times)] if cpu_times is not None else []
     run = harness.run_arm(
-        trainer_name,
-        model=checkpoint,
-        reward_funcs=reward_funcs,
-        train_dataset=dataset,
-        seed=config["seed"],
-        config=config,
-        callbacks=callbacks,
-    )
+        trainer_name, model=checkpoint, reward_funcs=reward_funcs, train_dataset=dataset, seed=config["seed"],
+        config=config, callbacks=callbacks,
+    )  # fmt: skip
     return run.logs("loss")
 
 
@@ -205,14 +200,9 @@ def plot(report: dict, path: Path) -> None:
         for key, style, label in (("min", "--", "min over rollout tokens"), ("max", "-", "max over rollout tokens")):
             curves = [run[f"hapo/temperature_{key}"] for run in hapo]
             harness.band(
-                axes[2],
-                range(1, len(curves[0]) + 1),
-                curves,
-                color=COLORS["hapo"],
-                label=label,
-                linestyle=style,
+                axes[2], range(1, len(curves[0]) + 1), curves, color=COLORS["hapo"], label=label, linestyle=style,
                 fill=False,
-            )
+            )  # fmt: skip
         axes[2].axhline(1.0, color="gray", linewidth=0.8)
         axes[2].set_title("hapo: realised rollout temperature (T0 = 1)")
         axes[2].legend()
@@ -241,11 +231,9 @@ def run(options) -> dict:
     timing = timing_runs(options, task)
     keys = ("seeds", "steps", "repeats", "timing_steps", "timing_tokens")
     return {
-        "settings": {key: getattr(options, key) for key in keys},
-        "timing": timing,
-        "learning": learning,
+        "settings": {key: getattr(options, key) for key in keys}, "timing": timing, "learning": learning,
         "wall_s": time.perf_counter() - start,
-    }
+    }  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -259,13 +247,9 @@ def main(argv: list[str] | None = None) -> dict:
     report = harness.load_report(options.out) if options.replot else run(options)
     report["summary"] = summarise(report["learning"])
     return harness.write_report(
-        options.out,
-        report,
-        rederived=options.replot,
-        plot=plot,
-        show=lambda r: print(json.dumps({"timing": r["timing"], "summary": r["summary"]}, indent=1)),
-        argv=argv,
-    )
+        options.out, report, rederived=options.replot, plot=plot,
+        show=lambda r: print(json.dumps({"timing": r["timing"], "summary": r["summary"]}, indent=1)), argv=argv,
+    )  # fmt: skip
 
 
 if __name__ == "__main__":

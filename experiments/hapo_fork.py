@@ -62,12 +62,9 @@ FALSIFIER = (
 )
 BASE_CLIP = {"loss_type": "dapo", "epsilon": 0.2, "epsilon_high": 0.28, "beta": 0.0}
 _ALL_OFF = {
-    "hapo_adaptive_temperature": False,
-    "hapo_token_level_advantage": False,
-    "hapo_adaptive_advantage": False,
-    "hapo_adaptive_clip": False,
-    "hapo_dual_clip_c": None,
-}
+    "hapo_adaptive_temperature": False, "hapo_token_level_advantage": False, "hapo_adaptive_advantage": False,
+    "hapo_adaptive_clip": False, "hapo_dual_clip_c": None,
+}  # fmt: skip
 #: arm -> (registered trainer, config fields on top of BASE_CLIP)
 ARMS: dict[str, tuple[str, dict]] = {
     "dapo": ("grpo", {}),
@@ -80,22 +77,14 @@ ARMS: dict[str, tuple[str, dict]] = {
     "dualclip_only": ("hapo", {**_ALL_OFF, "hapo_dual_clip_c": 10.0}),
 }
 COLORS = {
-    "dapo": "black",
-    "hapo_reference": "tab:red",
-    "hapo_signed": "tab:blue",
-    "temperature_only": "tab:orange",
-    "tlga_only": "tab:green",
-    "adr_only": "tab:purple",
-    "aac_only": "tab:brown",
-    "dualclip_only": "tab:gray",
-}
+    "dapo": "black", "hapo_reference": "tab:red", "hapo_signed": "tab:blue", "temperature_only": "tab:orange",
+    "tlga_only": "tab:green", "adr_only": "tab:purple", "aac_only": "tab:brown", "dualclip_only": "tab:gray",
+}  # fmt: skip
 BUCKETS = ("fork", "chain", "high", "low")
 FORK_EVERY = 4  # optimizer steps between exact fork-entropy evaluations
 
 
-# ----------------------------------------------------------------------------------------------------------------------
 # The task (pure functions)
-# ----------------------------------------------------------------------------------------------------------------------
 def target(digit: int, direction: int, length: int) -> str:
     """The L digits that count from ``digit`` in ``direction`` (+1 up, -1 down), modulo 10, ``digit`` excluded."""
     return "".join(str((digit + direction * k) % 10) for k in range(1, length + 1))
@@ -180,16 +169,12 @@ def fork_statistics(probs, digits: list[int], digit_ids: list[int]) -> dict:
     valid = ups + downs
     direction = [binary_entropy(float(u / v)) if v > 0 else 0.0 for u, v in zip(ups, valid)]
     return {
-        "fork_entropy": float(entropy.mean()),
-        "direction_entropy": statistics.fmean(direction),
-        "valid": float(valid.mean()),
-        "p_up": float((ups / valid.clamp(min=1e-30)).mean()),
-    }
+        "fork_entropy": float(entropy.mean()), "direction_entropy": statistics.fmean(direction),
+        "valid": float(valid.mean()), "p_up": float((ups / valid.clamp(min=1e-30)).mean()),
+    }  # fmt: skip
 
 
-# ----------------------------------------------------------------------------------------------------------------------
 # Model, warm start, data
-# ----------------------------------------------------------------------------------------------------------------------
 def _tokenizer_ids(tokenizer) -> tuple[list[int], int, int]:
     digit_ids = [tokenizer.convert_tokens_to_ids(d) for d in DIGITS]
     equals = tokenizer.convert_tokens_to_ids("=")
@@ -205,14 +190,9 @@ def warm_start(seed: int, options) -> str:
 
     root = Path(tempfile.gettempdir()) / "trl-ext-hapo-fork"
     base = build_tiny_checkpoint(
-        str(root / f"init-seed{seed}"),
-        alphabet=ALPHABET,
-        hidden_size=64,
-        num_layers=2,
-        num_heads=4,
-        initializer_range=0.1,
-        seed=seed,
-    )
+        str(root / f"init-seed{seed}"), alphabet=ALPHABET, hidden_size=64, num_layers=2, num_heads=4,
+        initializer_range=0.1, seed=seed,
+    )  # fmt: skip
     out = root / f"sft-seed{seed}-steps{options.sft_steps}-lr{options.sft_lr}-L{options.chain}"
     if (out / "done").exists():
         return str(out)
@@ -270,9 +250,7 @@ def make_reward(tokenizer, length: int):
     return chain_reward
 
 
-# ----------------------------------------------------------------------------------------------------------------------
 # Instrumentation
-# ----------------------------------------------------------------------------------------------------------------------
 class Recorder:
     """Per-optimizer-step sums of the loss-side measurements, filled by the instrumented trainer."""
 
@@ -369,9 +347,7 @@ def fork_callback(tokenizer, every: int, records: list[dict]):
     return Fork()
 
 
-# ----------------------------------------------------------------------------------------------------------------------
 # One run
-# ----------------------------------------------------------------------------------------------------------------------
 def train_run(arm: str, checkpoint: str, seed: int, options) -> dict:
     from transformers import AutoTokenizer
 
@@ -381,52 +357,32 @@ def train_run(arm: str, checkpoint: str, seed: int, options) -> dict:
     recorder, forks = Recorder(), []
     tokenizer = AutoTokenizer.from_pretrained(checkpoint)
     config = dict(
-        use_cpu=True,
-        bf16=False,
-        learning_rate=options.lr,
-        lr_scheduler_type="constant",
-        max_grad_norm=1.0,
-        per_device_train_batch_size=32,
-        gradient_accumulation_steps=1,
-        steps_per_generation=options.steps_per_generation,
-        num_generations=8,
-        max_completion_length=options.chain + 3,
-        temperature=1.0,
-        max_steps=options.steps,
-        **BASE_CLIP,
-        **extra,
-    )
+        use_cpu=True, bf16=False, learning_rate=options.lr, lr_scheduler_type="constant", max_grad_norm=1.0,
+        per_device_train_batch_size=32, gradient_accumulation_steps=1,
+        steps_per_generation=options.steps_per_generation, num_generations=8, max_completion_length=options.chain + 3,
+        temperature=1.0, max_steps=options.steps, **BASE_CLIP, **extra,
+    )  # fmt: skip
     run = harness.run_arm(
-        trainer_name,
-        model=checkpoint,
-        reward_funcs=[make_reward(tokenizer, options.chain)],
-        train_dataset=make_dataset(32 * options.steps + 64, seed),
-        seed=seed,
-        config=config,
+        trainer_name, model=checkpoint, reward_funcs=[make_reward(tokenizer, options.chain)],
+        train_dataset=make_dataset(32 * options.steps + 64, seed), seed=seed, config=config,
         trainer_cls=instrumented(get_trainer(trainer_name)[0], recorder),
-        callbacks=[fork_callback(tokenizer, FORK_EVERY, forks)],
-        processing_class=tokenizer,
-    )
+        callbacks=[fork_callback(tokenizer, FORK_EVERY, forks)], processing_class=tokenizer,
+    )  # fmt: skip
     logs = run.logs("clip_ratio/region_mean")
     # Rollout metrics (reward, length, temperature) are logged at the steps that generate (every
     # steps_per_generation-th); TRL's clip metric every step (0 on the first, on-policy, micro-batch).
     history = [e for e in logs if "reward" in e]
     return {
-        "fork": forks,
-        "loss_side": recorder.steps,
-        "generation_step": [e["step"] for e in history],
-        "reward": [e["reward"] for e in history],
-        "length": [e.get("completions/mean_length") for e in history],
+        "fork": forks, "loss_side": recorder.steps, "generation_step": [e["step"] for e in history],
+        "reward": [e["reward"] for e in history], "length": [e.get("completions/mean_length") for e in history],
         "truncated": [e.get("completions/clipped_ratio") for e in history],
         "temperature_min": [e.get("hapo/temperature_min") for e in history],
         "temperature_max": [e.get("hapo/temperature_max") for e in history],
         "clip_region_trl": [e["clip_ratio/region_mean"] for e in logs],
-    }
+    }  # fmt: skip
 
 
-# ----------------------------------------------------------------------------------------------------------------------
 # Summary
-# ----------------------------------------------------------------------------------------------------------------------
 def _frac(steps: list[dict], num: str, den: str) -> float | None:
     n = sum(s.get(num, 0.0) for s in steps)
     d = sum(s.get(den, 0.0) for s in steps)
@@ -482,12 +438,11 @@ def summarise(runs: dict) -> dict:
         return out
     base = arms["dapo"]
     controls = {
-        "baseline_clip_fraction": base["clip_all"]["mean"],
-        "clipping_acts": base["clip_all"]["mean"] >= 0.01,
+        "baseline_clip_fraction": base["clip_all"]["mean"], "clipping_acts": base["clip_all"]["mean"] >= 0.01,
         "baseline_fork_start": base["fork_entropy_start"]["mean"],
         "baseline_fork_last_quarter": base["fork_entropy_last_quarter"]["mean"],
         "baseline_collapses": base["fork_entropy_last_quarter"]["mean"] < 0.5 * base["fork_entropy_start"]["mean"],
-    }
+    }  # fmt: skip
     out["controls"] = controls
     verdicts = {}
     for arm in per_run:
@@ -508,21 +463,15 @@ def summarise(runs: dict) -> dict:
         else:
             verdict = "inconclusive"
         verdicts[arm] = {
-            "fork_entropy_mean_diff_vs_dapo": mean_diff,
-            "per_seed_diffs": diffs,
-            "clip_high_bucket": high,
-            "clip_high_bucket_dapo": high_base,
-            "high_entropy_clipped_less": clipped_less,
-            "verdict": verdict,
+            "fork_entropy_mean_diff_vs_dapo": mean_diff, "per_seed_diffs": diffs, "clip_high_bucket": high,
+            "clip_high_bucket_dapo": high_base, "high_entropy_clipped_less": clipped_less, "verdict": verdict,
             "judged_by_falsifier": arm in ("hapo_reference", "hapo_signed") and len(shared) >= 3,
-        }
+        }  # fmt: skip
     out["verdicts"] = verdicts
     return out
 
 
-# ----------------------------------------------------------------------------------------------------------------------
 # Plot
-# ----------------------------------------------------------------------------------------------------------------------
 def plot(report: dict, path: Path) -> None:
     runs = report["runs"]
     main_arms = [a for a in ("dapo", "hapo_reference", "hapo_signed") if a in runs]
@@ -566,9 +515,7 @@ def plot(report: dict, path: Path) -> None:
         )
 
 
-# ----------------------------------------------------------------------------------------------------------------------
 # Main
-# ----------------------------------------------------------------------------------------------------------------------
 def print_summary(report: dict) -> None:
     summary = report["summary"]
     keys = ["fork_entropy_start", "fork_entropy_mean", "fork_entropy_last_quarter", "direction_entropy_last_quarter"]
@@ -622,9 +569,8 @@ def run(options) -> dict:
         "falsifier": FALSIFIER,
         "settings": {k: v for k, v in vars(options).items() if k not in ("merge", "out", "replot")},
         "arms": {arm: {"trainer": ARMS[arm][0], "config": {**BASE_CLIP, **ARMS[arm][1]}} for arm in options.arms},
-        "runs": runs,
-        "wall_s": time.perf_counter() - start,
-    }
+        "runs": runs, "wall_s": time.perf_counter() - start,
+    }  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -88,13 +88,9 @@ def run(options) -> dict:
     # `trl-ext compare` runs the arms interleaved (arm order reversed on every other seed) and resumes from
     # --work_dir; its own table and plot land there too.
     report = compare(
-        names,
-        config=recipe,
-        seeds=options.seeds,
-        max_steps=options.steps,
-        output_dir=options.work_dir,
+        names, config=recipe, seeds=options.seeds, max_steps=options.steps, output_dir=options.work_dir,
         model_factory=model_for,
-    )
+    )  # fmt: skip
     runs: dict = {name: {} for name in names}
     for result in report["results"]:
         runs[result["arm"]][str(result["seed"])] = {
@@ -126,11 +122,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--trainers", nargs="+", default=["grpo", "bnpo", "minpro", "hapo"])
     parser.add_argument("--steps", type=int, default=300)
     parser.add_argument(
-        "--work_dir",
-        type=Path,
-        default=Path(tempfile.gettempdir()) / "trl-ext-learning-compare",
+        "--work_dir", type=Path, default=Path(tempfile.gettempdir()) / "trl-ext-learning-compare",
         help="trl-ext compare's output (per-run results, its table and plot); rerun to resume",
-    )
+    )  # fmt: skip
     options = parser.parse_args(argv)
     report = harness.load_report(options.out) if options.replot else run(options)
     report["summary"] = summarise(report["runs"])

@@ -53,9 +53,7 @@ FALSIFIER = (
 )
 
 
-# ----------------------------------------------------------------------------------------------------------------------
 # Task and control objective
-# ----------------------------------------------------------------------------------------------------------------------
 def register_prefix_product() -> None:
     """Register the positive control ``prefix_product``: weight w_t = prod_{j<t} rho_j over the valid prefix."""
     import torch
@@ -83,9 +81,7 @@ def register_prefix_product() -> None:
             return {"minpro/weight_mean": ctx.global_masked_mean(weights)}
 
 
-# ----------------------------------------------------------------------------------------------------------------------
 # Runs
-# ----------------------------------------------------------------------------------------------------------------------
 def train_run(arm: str, checkpoint: str, dataset, seed: int, config: dict) -> list[dict]:
     from trl_ext.data import get_task
 
@@ -106,15 +102,11 @@ def curves(history: list[dict]) -> dict:
         return [entry[key] for entry in steps if key in entry]
 
     return {
-        "reward_step": [entry["step"] for entry in steps if "reward" in entry],
-        "reward": series("reward"),
-        "grad_norm": series("grad_norm"),
-        "clip_region": series("clip_ratio/region_mean"),
-        "completion_length": series("completions/mean_length"),
-        "weight_mean": series("minpro/weight_mean"),
-        "weight_min": series("minpro/weight_min"),
-        "weight_max": series("minpro/weight_max"),
-    }
+        "reward_step": [entry["step"] for entry in steps if "reward" in entry], "reward": series("reward"),
+        "grad_norm": series("grad_norm"), "clip_region": series("clip_ratio/region_mean"),
+        "completion_length": series("completions/mean_length"), "weight_mean": series("minpro/weight_mean"),
+        "weight_min": series("minpro/weight_min"), "weight_max": series("minpro/weight_max"),
+    }  # fmt: skip
 
 
 def largest_drop(values: list[float]) -> float:
@@ -133,10 +125,9 @@ def run_stats(run: dict, spike_threshold: float) -> dict:
         "final_reward": statistics.fmean(reward[-FINAL_WINDOW:]),
         "peak_reward": max(harness.moving_average(reward, SMOOTHING)),
         "largest_reward_drop": largest_drop(harness.moving_average(reward, SMOOTHING)),
-        "grad_norm_spikes": sum(norm > spike_threshold for norm in norms),
-        "max_grad_norm": max(norms),
+        "grad_norm_spikes": sum(norm > spike_threshold for norm in norms), "max_grad_norm": max(norms),
         "clip_fraction": statistics.fmean(active) if active else 0.0,
-    }
+    }  # fmt: skip
 
 
 def summarise(runs: dict[str, list[dict]]) -> dict:
@@ -161,17 +152,13 @@ def verdict(arms: dict) -> dict:
     smaller_drop = minpro["largest_reward_drop"]["mean"] < grpo["largest_reward_drop"]["mean"]
     higher_final = minpro["final_reward"]["mean"] > grpo["final_reward"]["mean"]
     return {
-        "control_unstable": control_unstable,
-        "minpro_smaller_drop_than_grpo": smaller_drop,
+        "control_unstable": control_unstable, "minpro_smaller_drop_than_grpo": smaller_drop,
         "minpro_higher_final_than_grpo": higher_final,
-        "falsified": control_unstable and not smaller_drop and not higher_final,
-        "regime_proven": control_unstable,
-    }
+        "falsified": control_unstable and not smaller_drop and not higher_final, "regime_proven": control_unstable,
+    }  # fmt: skip
 
 
-# ----------------------------------------------------------------------------------------------------------------------
 # Plot
-# ----------------------------------------------------------------------------------------------------------------------
 def plot(report: dict, path: Path) -> None:
     summary, settings = report["summary"], report["settings"]
     with harness.figure(path, 1, 3, figsize=(18, 4.8), dpi=100) as (fig, axes):
@@ -214,9 +201,7 @@ def plot(report: dict, path: Path) -> None:
         )
 
 
-# ----------------------------------------------------------------------------------------------------------------------
 # Main
-# ----------------------------------------------------------------------------------------------------------------------
 def run(options) -> dict:
     from trl_ext.data import QUICKSTART_SETTINGS, get_task
     from trl_ext.training import set_threads
@@ -225,20 +210,12 @@ def run(options) -> dict:
     set_threads(1)
     start = time.perf_counter()
     config = dict(
-        per_device_train_batch_size=options.batch_size,
-        gradient_accumulation_steps=1,
-        steps_per_generation=options.steps_per_generation,
-        num_iterations=options.num_iterations,
-        num_generations=options.num_generations,
-        max_completion_length=task.max_completion_length,
-        temperature=1.0,
-        beta=0.0,
-        loss_type="dapo",
-        learning_rate=options.learning_rate,
-        lr_scheduler_type="constant",
-        max_grad_norm=1.0,
-        max_steps=options.steps,
-    )
+        per_device_train_batch_size=options.batch_size, gradient_accumulation_steps=1,
+        steps_per_generation=options.steps_per_generation, num_iterations=options.num_iterations,
+        num_generations=options.num_generations, max_completion_length=task.max_completion_length, temperature=1.0,
+        beta=0.0, loss_type="dapo", learning_rate=options.learning_rate, lr_scheduler_type="constant",
+        max_grad_norm=1.0, max_steps=options.steps,
+    )  # fmt: skip
     runs: dict[str, list[dict]] = {arm: [] for arm in options.arms}
     for index, seed in enumerate(options.seeds):
         checkpoint = harness.tiny_model(f"minpro-chain-seed{seed}", seed=seed, alphabet=task.alphabet)

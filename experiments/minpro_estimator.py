@@ -2,42 +2,22 @@
 
     python experiments/minpro_estimator.py                 # 3 seeds x 6 drifts x 3 lengths: about 1 minute
 
-Why. MinPRO (arXiv 2601.22718) replaces the cumulative prefix ratio prod_{j<t} rho_j of the exact off-policy policy
-gradient by the smallest single-token ratio of the prefix. The claim is a trade-off: the product is the correct
-state-distribution correction but its variance grows exponentially with the length; dropping it (token-level PPO /
-GRPO) has low variance but points the wrong way once the sampler is far from the policy; the minimum should sit
-between, closer to the true gradient than dropping the prefix, with far less variance than the product. This script
-measures exactly that where everything is known.
+Why. MinPRO (arXiv 2601.22718) replaces the cumulative prefix ratio prod_{j<t} rho_j of the exact off-policy gradient
+by the smallest single-token ratio of the prefix: closer to the true gradient than dropping the prefix (token-level
+PPO / GRPO), with far less variance than the product, whose variance grows exponentially with the length. Measured
+here where everything is known.
 
-Setting. A Markov policy over K = 10 tokens and T positions, pi(y_t | y_{t-1}, t) = softmax(theta[t, y_{t-1}]), and
-the count-up chain reward of `minpro_chain.py`: R = (length of the prefix of y that matches s) / T, for a fixed target
-s. Because the reward is a prefix indicator sum, J(pi) = (1/T) sum_t prod_{j<=t} pi(s_j | s_{j-1}, j) in closed form,
-so the **true on-policy gradient** grad J(pi) is exact (autograd). The sampler mu is a policy that follows the chain
-with probability ~0.6 per token; the target is pi = mu + drift * Z (Z standard normal on every logit), so the
-per-token log-ratio grows with `drift` (reported as the mean |log rho| of sampled tokens).
+Setting. A Markov policy over K = 10 tokens and T positions, pi(y_t | y_{t-1}, t) = softmax(theta[t, y_{t-1}]), and the
+count-up prefix reward, so J(pi) and the **true gradient** grad J(pi) are exact (autograd of the closed form). The
+sampler mu follows the chain with probability ~0.6 per token; pi = mu + drift * Z. From N = 128 samples of mu (GRPO
+advantages), the gradient of -(1/N) sum_i sum_t sg(w_it) rho_it A_i for ``WEIGHTINGS`` (``token``: w = 1;
+``minpro``: min_{j<t} rho_j, the package's ``prefix_min_log_ratio``; ``minpro_capped``; ``prefix_product``: the exact
+correction, the positive control) and an ``on_policy`` reference, no clipping. Over B = 500 batches: the per-batch
+cosine to grad J(pi), the cosine of the mean, and the relative variance E||g - E g||^2 / ||E g||^2.
 
-Estimators. From N = 128 samples of mu (one group, advantages A_i = (R_i - mean R) / (std R + 1e-4) as in GRPO), the
-gradient of - (1/N) sum_i sum_t sg(w_{i,t}) * rho_{i,t} * A_i with respect to theta, for the weights
-
-* ``token``: w = 1 (PPO / GRPO: no prefix correction);
-* ``minpro``: w = min_{j<t} rho_j (MinPRO's default: exclusive, uncapped; the package's `prefix_min_log_ratio`);
-* ``minpro_capped``: min(1, min_{j<t} rho_j);
-* ``prefix_product``: w = prod_{j<t} rho_j (the exact state correction; the positive control);
-* ``on_policy``: w = 1 with N samples drawn from pi itself (the reference: what an on-policy batch achieves).
-
-No clipping (the clip would confound the weight with epsilon). For each estimator and setting, over B = 500
-independent batches: the **per-batch cosine** to grad J(pi) (the direction one optimizer step sees), the cosine of
-the mean over batches (the bias alone), and the **relative variance** E||g - E g||^2 / ||E g||^2 (scale-free).
-
-Control. At drift 0 every weighting is the same estimator (all ratios are 1); `prefix_product`'s relative variance
-must grow with drift and length (the regime where the cumulative ratio is unstable), and `token`'s mean-cosine must
-fall with drift (the regime where dropping the prefix is biased). If either does not happen, the setting does not
-test MinPRO.
-
-Falsifier (written before running). MinPRO's claim is falsified here if, at the largest drifts (mean |log rho| >=
-0.5) and T = 12, *either* its per-batch cosine to the true gradient is not higher than ``token``'s (the minimum
-corrects nothing) *or* its relative variance is not lower than ``prefix_product``'s (it is as unstable as the
-product), on the mean over 3 seeds.
+Control: at drift 0 every weighting is one estimator; ``prefix_product``'s variance must grow with drift and length and
+``token``'s cosine must fall. The falsifier (written before running) is ``FALSIFIER`` below (also in the JSON);
+results: docs/results.md ("MinPRO: far off-policy, on long completions").
 
 Writes ``experiments/results/minpro_estimator.json`` and ``.png``.
 """
@@ -64,9 +44,7 @@ FALSIFIER = (
 )
 
 
-# ----------------------------------------------------------------------------------------------------------------------
 # Tabular Markov policy
-# ----------------------------------------------------------------------------------------------------------------------
 def chain_target(length: int, vocab: int = 10, start: int = 0) -> torch.Tensor:
     """The count-up target s_t = (start + t + 1) mod vocab, t = 0..length-1."""
     return (start + 1 + torch.arange(length)) % vocab

@@ -23,7 +23,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Callable, Sequence
 from contextlib import contextmanager, nullcontext
@@ -31,42 +30,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-__all__ = [
-    "PeakMemory",
-    "Run",
-    "add_common_args",
-    "band",
-    "figure",
-    "load_report",
-    "moving_average",
-    "provenance",
-    "run_arm",
-    "script_env",
-    "spread",
-    "tiny_model",
-    "train",
-    "write_report",
-]
-
 #: Packages whose versions every result records.
 PACKAGES = ("trl-ext", "trl", "transformers", "torch", "accelerate", "peft", "datasets", "vllm")
 
 
 def script_env(*, one_thread: bool = False) -> None:
     """Offline (nothing is ever downloaded) and quiet; with ``one_thread``, one OpenMP thread (set before torch)."""
-    for key, value in (
-        ("HF_HUB_OFFLINE", "1"),
-        ("HF_DATASETS_OFFLINE", "1"),
-        ("TRANSFORMERS_VERBOSITY", "error"),
-        ("TOKENIZERS_PARALLELISM", "false"),
-        *((("OMP_NUM_THREADS", "1"),) if one_thread else ()),
-    ):
+    env = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_VERBOSITY": "error"}
+    env.update(TOKENIZERS_PARALLELISM="false", **({"OMP_NUM_THREADS": "1"} if one_thread else {}))
+    for key, value in env.items():
         os.environ.setdefault(key, value)
 
 
-# ---------------------------------------------------------------------------------------------------------------------
 # Statistics
-# ---------------------------------------------------------------------------------------------------------------------
 
 
 def moving_average(values: Sequence[float], window: int) -> list[float]:
@@ -86,63 +62,7 @@ def spread(values, *, mean: Callable = statistics.fmean, count: bool = True) -> 
     return {**out, "n": len(numbers)} if count else out
 
 
-# ---------------------------------------------------------------------------------------------------------------------
 # One arm, one seed
-# ---------------------------------------------------------------------------------------------------------------------
-
-
-class PeakMemory:
-    """Peak memory of this process while the block runs: CUDA's allocator peak when a GPU is there, and the resident
-    set size sampled every ``interval`` seconds (on CPU, or always with ``rss=True``; ``rss_before`` on entry)."""
-
-    def __init__(self, interval: float = 0.05, *, rss: bool | None = None) -> None:
-        import torch
-
-        self.cuda = torch.cuda.is_available()
-        self.sample_rss = not self.cuda if rss is None else rss
-        self.interval = interval
-        self.cuda_peak: int | None = None
-        self.rss_before = self.rss_peak = 0
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-
-    def __enter__(self) -> PeakMemory:
-        import torch
-
-        if self.cuda:
-            torch.cuda.synchronize()
-            torch.cuda.reset_peak_memory_stats()
-        if self.sample_rss:
-            import psutil
-
-            process = psutil.Process()
-
-            def sample() -> None:
-                while not self._stop.is_set():
-                    self.rss_peak = max(self.rss_peak, process.memory_info().rss)
-                    self._stop.wait(self.interval)
-
-            self.rss_before = self.rss_peak = process.memory_info().rss
-            self._thread = threading.Thread(target=sample, daemon=True)
-            self._thread.start()
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        import torch
-
-        if self.cuda:
-            self.cuda_peak = torch.cuda.max_memory_allocated()
-        if self._thread is not None:
-            self._stop.set()
-            self._thread.join()
-
-    @property
-    def peak(self) -> int:
-        return self.cuda_peak if self.cuda else self.rss_peak
-
-    @property
-    def kind(self) -> str:
-        return "cuda_max_allocated" if self.cuda else "cpu_rss"
 
 
 @dataclass
@@ -152,25 +72,25 @@ class Run:
     trainer: Any
     history: list[dict]
     seconds: float
-    memory: PeakMemory | None = None
+    memory: Any = None
 
     def logs(self, key: str = "loss") -> list[dict]:
         """The log entries that have ``key`` (``"loss"``: one per optimizer step)."""
         return [entry for entry in self.history if key in entry]
 
 
-def train(trainer, *, before: Callable | None = None, memory: PeakMemory | bool = False) -> Run:
-    """Train a built trainer without its console printer; ``before(trainer)`` runs first, ``memory`` measures."""
+def train(trainer, *, before: Callable | None = None, memory=None) -> Run:
+    """Train a built trainer without its console printer: ``before(trainer)`` first, then ``train()`` inside the
+    context manager ``memory`` (a :class:`~trl_ext.compare.running.PeakMemory`, say)."""
     from transformers import PrinterCallback
 
     trainer.remove_callback(PrinterCallback)
     if before is not None:
         before(trainer)
-    meter = PeakMemory() if memory is True else memory or None
     start = time.perf_counter()
-    with meter or nullcontext():
+    with memory or nullcontext():
         trainer.train()
-    return Run(trainer, trainer.state.log_history, time.perf_counter() - start, meter)
+    return Run(trainer, trainer.state.log_history, time.perf_counter() - start, memory)
 
 
 def run_arm(
@@ -184,7 +104,7 @@ def run_arm(
     trainer_cls: type | None = None,
     callbacks: Sequence = (),
     before: Callable | None = None,
-    memory: PeakMemory | bool = False,
+    memory=None,
     **trainer_kwargs: Any,
 ) -> Run:
     """Train the registered trainer ``name`` (``"trl"``: ``trl.GRPOTrainer``) for one seed in a temporary output
@@ -200,14 +120,8 @@ def run_arm(
     fields = {"logging_steps": 1, "report_to": "none", "save_strategy": "no", "disable_tqdm": True, **(config or {})}
     with tempfile.TemporaryDirectory() as output_dir:
         args = config_cls(output_dir=output_dir, **{**fields, "seed": seed})
-        trainer = (trainer_cls or default_cls)(
-            model=model,
-            reward_funcs=reward_funcs,
-            args=args,
-            train_dataset=train_dataset,
-            callbacks=list(callbacks) or None,
-            **trainer_kwargs,
-        )
+        trainer_kwargs.update(reward_funcs=reward_funcs, args=args, callbacks=list(callbacks) or None)
+        trainer = (trainer_cls or default_cls)(model=model, train_dataset=train_dataset, **trainer_kwargs)
         return train(trainer, before=before, memory=memory)
 
 
@@ -222,26 +136,18 @@ def tiny_model(name: str, *, seed: int, **settings: Any) -> str:
     )
 
 
-# ---------------------------------------------------------------------------------------------------------------------
 # Arguments and results
-# ---------------------------------------------------------------------------------------------------------------------
 
 
-def add_common_args(
-    parser: argparse.ArgumentParser,
-    out: Path | None,
-    *,
-    seeds: Sequence[int] | None = (0, 1, 2),
-    seeds_help: str = "seeds: one run per arm and seed",
-) -> argparse.ArgumentParser:
+def add_common_args(parser: argparse.ArgumentParser, out: Path | None, *, seeds=(0, 1, 2), seeds_help=None):
     """``--seeds`` (unless ``seeds`` is None), ``--out`` (alias ``--output``; unless ``out`` is None), ``--replot``."""
     if seeds is not None:
-        parser.add_argument("--seeds", type=int, nargs="+", default=list(seeds), help=seeds_help)
+        text = seeds_help or "seeds: one run per arm and seed"
+        parser.add_argument("--seeds", type=int, nargs="+", default=list(seeds), help=text)
     if out is not None:
         parser.add_argument("--out", "--output", type=Path, default=out, help="the result JSON (plot: same name .png)")
-    parser.add_argument(
-        "--replot", action="store_true", help="re-derive the summary and plots from the stored JSON, without training"
-    )
+    text = "re-derive the summary and plots from the stored JSON, without training"
+    parser.add_argument("--replot", action="store_true", help=text)
     return parser
 
 
@@ -256,18 +162,16 @@ def provenance(argv: Sequence[str] | None = None) -> dict:
             return None
 
     try:
-        git = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True, text=True, timeout=10
-        )
-        commit = git.stdout.strip() or None
+        git = ["git", "rev-parse", "HEAD"]
+        commit = subprocess.run(git, cwd=Path(__file__).parent, capture_output=True, text=True, timeout=10).stdout
     except (OSError, subprocess.SubprocessError):
-        commit = None
+        commit = ""
     torch = sys.modules.get("torch")
     cuda = torch is not None and torch.cuda.is_available()
     script = os.path.relpath(sys.argv[0]) if sys.argv and sys.argv[0] else "python"
     return {
         "command": " ".join(["python", script, *(sys.argv[1:] if argv is None else argv)]),
-        "git_commit": commit,
+        "git_commit": commit.strip() or None,
         "versions": {"python": platform.python_version(), **{name: installed(name) for name in PACKAGES}},
         "machine": {
             "platform": platform.platform(),
@@ -284,19 +188,11 @@ def load_report(path: str | os.PathLike) -> dict:
 
 
 def write_report(
-    path: str | os.PathLike,
-    report: dict,
-    *,
-    rederived: bool = False,
-    plot: Callable[[dict, Path], Any] | None = None,
-    show: Callable[[dict], Any] | None = None,
-    dump: Callable[[dict], str] | None = None,
-    argv: Sequence[str] | None = None,
-    log: Callable | None = print,
+    path, report: dict, *, rederived=False, plot=None, show=None, dump=None, argv=None, log=print
 ) -> dict:
     """Write ``report`` as JSON (atomically) with its provenance: a new result under ``"provenance"``, a re-derived
     one (``--replot``) keeps the original's and adds ``"rederived"``. Then ``plot(report, <path>.png)`` when
-    matplotlib is installed, and ``show(report)``."""
+    matplotlib is installed, and ``show(report)``. ``dump``: the JSON text (default: indent 1)."""
     from trl_ext.jsonio import write_json_atomic
 
     report["rederived" if rederived else "provenance"] = provenance(argv)
@@ -324,9 +220,7 @@ def write_report(
     return report
 
 
-# ---------------------------------------------------------------------------------------------------------------------
 # Plots
-# ---------------------------------------------------------------------------------------------------------------------
 
 
 @contextmanager
@@ -346,18 +240,7 @@ def figure(path: str | os.PathLike, nrows: int = 1, ncols: int = 1, *, dpi: int 
         plt.close(fig)
 
 
-def band(
-    axis,
-    x: Sequence,
-    curves: Sequence[Sequence[float]],
-    *,
-    color=None,
-    label: str | None = None,
-    linestyle: str = "-",
-    linewidth: float | None = None,
-    alpha: float = 0.15,
-    fill: bool = True,
-) -> None:
+def band(axis, x, curves, *, color=None, label=None, linestyle="-", linewidth=None, alpha=0.15, fill=True) -> None:
     """The mean of ``curves`` over ``x`` (all cut to the shortest) as a line, and their min-max band."""
     length = min(len(x), *(len(curve) for curve in curves))
     columns = [[curve[i] for curve in curves] for i in range(length)]

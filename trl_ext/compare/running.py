@@ -5,12 +5,68 @@ from __future__ import annotations
 
 import gc
 import math
+import threading
 import time
+from typing import Any
 
 from trl_ext.compare.arms import RESULT_VERSION, Arm
-from trl_ext.compare.harness import PeakMemory, train
+from trl_ext.compare.harness import train
 
-__all__ = ["train_one"]
+__all__ = ["PeakMemory", "train_one"]
+
+
+class PeakMemory:
+    """Peak memory of this process while the block runs: CUDA's allocator peak when a GPU is there, and the resident
+    set size sampled every ``interval`` seconds (on CPU, or always with ``rss=True``; ``rss_before`` on entry)."""
+
+    def __init__(self, interval: float = 0.05, *, rss: bool | None = None) -> None:
+        import torch
+
+        self.cuda = torch.cuda.is_available()
+        self.sample_rss = not self.cuda if rss is None else rss
+        self.interval = interval
+        self.cuda_peak: int | None = None
+        self.rss_before = self.rss_peak = 0
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def __enter__(self) -> PeakMemory:
+        import torch
+
+        if self.cuda:
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+        if self.sample_rss:
+            import psutil
+
+            process = psutil.Process()
+
+            def sample() -> None:
+                while not self._stop.is_set():
+                    self.rss_peak = max(self.rss_peak, process.memory_info().rss)
+                    self._stop.wait(self.interval)
+
+            self.rss_before = self.rss_peak = process.memory_info().rss
+            self._thread = threading.Thread(target=sample, daemon=True)
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        import torch
+
+        if self.cuda:
+            self.cuda_peak = torch.cuda.max_memory_allocated()
+        if self._thread is not None:
+            self._stop.set()
+            self._thread.join()
+
+    @property
+    def peak(self) -> int:
+        return self.cuda_peak if self.cuda else self.rss_peak
+
+    @property
+    def kind(self) -> str:
+        return "cuda_max_allocated" if self.cuda else "cpu_rss"
 
 
 def _make_recorder(progress):
