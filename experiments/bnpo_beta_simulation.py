@@ -3,28 +3,16 @@
     python experiments/bnpo_beta_simulation.py                      # 3 seeds x 5 populations x 4 models: ~3.5 min
     python experiments/bnpo_beta_simulation.py --seeds 0 --batches 2000   # a quick look (~40 s)
 
-**Claim under test** (arXiv 2506.02864, spec ``specs/bnpo.md`` section 1): if the batch's success rates follow
-Beta(a, b), the normaliser f_Beta(p; alpha, beta) with alpha = 1 + a/3, beta = 1 + b/3, fitted by the method of
-moments on every batch (``trl_ext.advantages.beta_normalization.fit_beta``), minimises the variance of the policy
-gradient, and so lowers it against GRPO's std normalisation, most visibly where success rates are skewed.
-
-**Design.** Batches of B = 32 prompts x G = 16 binary rewards; completion i of prompt j gets y_ij ~ Bernoulli(p_j)
-and an *exact* score vector s_ij, so a batch's policy-gradient estimate g = sum_ij A_ij s_ij / (B G) is computed for
-every advantage on the same rewards and scores. Policy models: ``shared_noiseE`` (the paper's assumptions: one shared
-success direction e_0 and a reward-irrelevant part z ~ N(mu, (E/8) I) in 8 more dimensions, E in {0, 1, 64}, fresh
-prompts p_j ~ Beta(a, b) every batch) and ``tabular`` (32 fixed prompts per seed, score (y - p_j) e_j). Populations:
-Beta(0.5, 3), Beta(3, 0.5), Beta(1, 1), Beta(2, 2), Beta(0.5, 0.5). Advantages: ``grpo`` (the package's), ``bnpo``
-(the shipped per-batch fit) and w(p_hat) (y - p_hat) with w = 1 / f_Beta(p_hat; alpha, beta) on the log grid
-``GRID`` (alpha = beta = 1 is REINFORCE with the group-mean baseline). Measure: RV = E||g - E g||^2 / ||E g||^2 over
-``--batches`` batches, ||E g||^2 estimated without bias.
-
-**Controls**: the grid argmin of the paper's own objective (the density-normalised second moment, closed form) must
-sit within one grid step of (1 + a/3, 1 + b/3) and ``fit_beta`` on 10^6 true rates must return it to 2%; on the
-skewed populations RV(grpo) / RV(alpha = beta = 1) must differ from 1 by more than 5%. The falsifier (written before
-the run) is ``FALSIFIER`` below (also in the JSON); design and results: docs/results.md ("BNPO: the fitted Beta
-normaliser against the gradient-variance minimum").
-
-Writes ``experiments/results/bnpo_beta_simulation.json`` and ``.png``.
+**Claim** (arXiv 2506.02864): with success rates ~ Beta(a, b), the normaliser f_Beta(p; 1 + a/3, 1 + b/3), fitted by
+the method of moments on every batch (``fit_beta``), minimises the policy-gradient variance, so beats GRPO's std where
+rates are skewed. **Design.** Batches of 32 prompts x 16 binary rewards with *exact* score vectors, so every advantage's
+gradient g is computed on the same rewards and scores. Policy models ``shared_noiseE`` (the paper's assumptions: one
+success direction and a reward-irrelevant part of energy E in {0, 1, 64}) and ``tabular`` (32 fixed prompts); five
+``POPULATIONS``; advantages ``grpo``, ``bnpo`` (the shipped per-batch fit) and 1 / f_Beta(p_hat; alpha, beta) on the
+log grid ``GRID``. Measure: RV = E||g - E g||^2 / ||E g||^2, ||E g||^2 estimated without bias. **Controls**: the grid
+argmin of the paper's objective sits at (1 + a/3, 1 + b/3) and ``fit_beta`` recovers it; the skewed populations tell
+GRPO from REINFORCE. Falsifier (written before the run): ``FALSIFIER`` below, also in the JSON; results:
+docs/results.md ("BNPO: the fitted Beta normaliser ..."). Writes ``experiments/results/bnpo_beta_simulation.json``.
 """
 
 from __future__ import annotations
@@ -36,6 +24,8 @@ import time
 from pathlib import Path
 
 from trl_ext.compare import harness
+
+harness.script_env()
 
 RESULTS = Path(__file__).parent / "results"
 PROMPTS, NUM_GENERATIONS = 32, 16
@@ -171,14 +161,11 @@ def simulate(model: str, a: float, b: float, seed: int, num_batches: int, chunk:
     near_rv = float(grid_rv[near_a, near_b])
     return {
         "rv": {"grpo": float(rv[0]), "bnpo": float(rv[1]), "reinforce": float(rv[2 + reinforce])},
-        "grid_rv": grid_rv.tolist(),
-        "grid_min": {"alpha": best_alpha, "beta": best_beta, "rv": float(grid_rv.min())},
-        "bnpo_over_grid_min": float(rv[1] / grid_rv.min()),
-        "bnpo_over_grpo": float(rv[1] / rv[0]),
+        "grid_rv": grid_rv.tolist(), "grid_min": {"alpha": best_alpha, "beta": best_beta, "rv": float(grid_rv.min())},
+        "bnpo_over_grid_min": float(rv[1] / grid_rv.min()), "bnpo_over_grpo": float(rv[1] / rv[0]),
         "bnpo_over_reinforce": float(rv[1] / rv[2 + reinforce]),
         "grpo_over_reinforce": float(rv[0] / rv[2 + reinforce]),
-        "fixed_at_fit_over_grid_min": near_rv / float(grid_rv.min()),
-        "bnpo_over_fixed_at_fit": float(rv[1]) / near_rv,
+        "fixed_at_fit_over_grid_min": near_rv / float(grid_rv.min()), "bnpo_over_fixed_at_fit": float(rv[1]) / near_rv,
         "fit_mean": {"alpha": fit_alpha, "beta": fit_beta},
         "log_distance_fit_to_grid_min": math.hypot(
             math.log(fit_alpha) - math.log(best_alpha), math.log(fit_beta) - math.log(best_beta)
@@ -186,7 +173,7 @@ def simulate(model: str, a: float, b: float, seed: int, num_batches: int, chunk:
         "second_moment_grid_argmin": {"alpha": GRID[best_m2 // n_grid], "beta": GRID[best_m2 % n_grid]},
         "frac_mixed_groups": mixed / num_batches,
         "fixed_rates": fixed_rates.tolist() if fixed_rates is not None else None,
-    }
+    }  # fmt: skip
 
 
 def paper_control(a: float, b: float, seed: int) -> dict:
@@ -213,6 +200,10 @@ def paper_control(a: float, b: float, seed: int) -> dict:
     }
 
 
+SUMMARY_KEYS = "bnpo_over_grid_min bnpo_over_grpo bnpo_over_reinforce grpo_over_reinforce fixed_at_fit_over_grid_min"
+SUMMARY_KEYS = (*SUMMARY_KEYS.split(), "bnpo_over_fixed_at_fit", "log_distance_fit_to_grid_min", "frac_mixed_groups")
+
+
 def summarise(results: dict) -> dict:
     summary: dict = {}
     for model in MODELS:
@@ -220,17 +211,7 @@ def summarise(results: dict) -> dict:
         for name in POPULATIONS:
             cells = [results[seed][model][name] for seed in results]
             summary[model][name] = {
-                key: harness.spread([cell[key] for cell in cells], count=False)
-                for key in (
-                    "bnpo_over_grid_min",
-                    "bnpo_over_grpo",
-                    "bnpo_over_reinforce",
-                    "grpo_over_reinforce",
-                    "fixed_at_fit_over_grid_min",
-                    "bnpo_over_fixed_at_fit",
-                    "log_distance_fit_to_grid_min",
-                    "frac_mixed_groups",
-                )
+                key: harness.spread([cell[key] for cell in cells], count=False) for key in SUMMARY_KEYS
             }
             summary[model][name]["grid_min"] = [(c["grid_min"]["alpha"], c["grid_min"]["beta"]) for c in cells]
             summary[model][name]["fit_mean"] = [(c["fit_mean"]["alpha"], c["fit_mean"]["beta"]) for c in cells]
@@ -266,10 +247,9 @@ def plot(report: dict, path: Path) -> None:
                 ratio = np.log2(np.clip(grid / grid.min(), 1.0, 4.0))
                 extent = [logs[0], logs[-1], logs[0], logs[-1]]
                 ax.imshow(ratio.T, origin="lower", extent=extent, cmap="viridis", vmax=2)
-                ax.plot(
-                    np.log2(cell["grid_min"]["alpha"]), np.log2(cell["grid_min"]["beta"]), "w*", ms=12, label="min"
-                )
-                ax.plot(np.log2(cell["fit_mean"]["alpha"]), np.log2(cell["fit_mean"]["beta"]), "ro", label="bnpo fit")
+                best, fit = cell["grid_min"], cell["fit_mean"]
+                ax.plot(np.log2(best["alpha"]), np.log2(best["beta"]), "w*", ms=12, label="min")
+                ax.plot(np.log2(fit["alpha"]), np.log2(fit["beta"]), "ro", label="bnpo fit")
                 ax.plot(np.log2(1.5), np.log2(1.5), "ks", mfc="none", label="~grpo (1.5, 1.5)")
                 a, b = POPULATIONS[name]
                 ax.set_title(f"{model}: Beta({a:g}, {b:g})", fontsize=9)
@@ -288,7 +268,7 @@ def run(options) -> dict:
     start = time.time()
     controls = {name: paper_control(a, b, 0) for name, (a, b) in POPULATIONS.items()}
     for name, control in controls.items():
-        print(f"control {name}: {control}", flush=True)
+        print(f"control {name}: {control}")
     results: dict = {}
     for seed in options.seeds:
         results[str(seed)] = {}
@@ -303,24 +283,13 @@ def run(options) -> dict:
                     f"({cell['grid_min']['alpha']:.3g}, {cell['grid_min']['beta']:.3g}); fit "
                     f"({cell['fit_mean']['alpha']:.3g}, {cell['fit_mean']['beta']:.3g}); bnpo/min "
                     f"{cell['bnpo_over_grid_min']:.3f} bnpo/grpo {cell['bnpo_over_grpo']:.3f} "
-                    f"[{time.time() - start:.0f} s]",
-                    flush=True,
+                    f"[{time.time() - start:.0f} s]"
                 )
-    return {
-        "falsifier": FALSIFIER,
-        "options": {
-            "seeds": options.seeds,
-            "batches": options.batches,
-            "prompts": PROMPTS,
-            "num_generations": NUM_GENERATIONS,
-            "grid": GRID,
-            "nuisance_dim": NUISANCE_DIM,
-            "populations": POPULATIONS,
-        },
-        "controls": controls,
-        "results": results,
-        "wall_seconds": time.time() - start,
-    }
+    settings = dict(seeds=options.seeds, batches=options.batches, prompts=PROMPTS, num_generations=NUM_GENERATIONS)
+    settings.update(grid=GRID, nuisance_dim=NUISANCE_DIM, populations=POPULATIONS)
+    return dict(
+        falsifier=FALSIFIER, options=settings, controls=controls, results=results, wall_seconds=time.time() - start
+    )
 
 
 def main(argv: list[str] | None = None) -> dict:

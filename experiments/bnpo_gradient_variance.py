@@ -2,24 +2,16 @@
 
     python experiments/bnpo_gradient_variance.py --mode skewed --stages 30 --batches 160   # skewed mode, ~7 min
     python experiments/bnpo_gradient_variance.py                          # legacy mode: seeds 0-2, 3 stages (~3 min)
-    python experiments/bnpo_gradient_variance.py --seeds 0 --batches 8    # a quick look (legacy)
 
-**Skewed mode** (``--mode skewed``; ``experiments/results/bnpo_gradient_variance_skewed.json``): the paper's batch
-shape, 32 prompts x 16 completions, on an arithmetic mixture weighted towards hard problems (level weights 0.05,
-0.05, 0.3, 0.6), measured on the quickstart model after ``--stages`` steps of ordinary GRPO. On-policy the loss
-gradient is linear in the advantages, so per batch the script computes V_k (the gradient with advantages r - p_hat on
-the groups with k successes) and gets any per-group weighting as sum_k w(k) V_k (checked against the direct GRPO and
-BNPO gradients on the first batch). Arms on the same completions: ``grpo`` (TRL's), ``bnpo`` (the shipped per-batch
-fit) and 1 / f_Beta(p_hat; alpha, beta) on the log grid ``SKEWED_GRID``. RV = E||g - Eg||^2 / ||Eg||^2 over
-``--batches`` batches, ||Eg||^2 estimated without bias. Control and falsifier (written before the run):
-``SKEWED_CONTROL`` and ``SKEWED_FALSIFIER`` below, also in the JSON; results: docs/results.md ("BNPO: ...").
-
-**Legacy mode** (the default; ``experiments/results/bnpo_gradient_variance.json`` holds its last run): for each seed
-the quickstart model at stages 0, 60 and 150 steps of GRPO, ``--batches`` batches of 16 prompts x 8 completions, and on
-the same completions the loss gradient under ``grpo`` (TRL's), ``bnpo`` (refitted per batch) and ``mean_baseline``
-(r - mean); per stage the total variance, the relative variance and the cosine of each mean gradient to GRPO's. Its
-relative variance divides by ||mean g||^2, which includes tr(Cov)/N and so saturates towards N = 32 (new runs also
-store ``relative_variance_unbiased``). Each mode writes its JSON and ``.png``.
+**Skewed mode** (``bnpo_gradient_variance_skewed.json``): 32 prompts x 16 completions on an arithmetic mixture weighted
+towards hard problems, on the quickstart model after ``--stages`` GRPO steps. On-policy the loss gradient is linear in
+the advantages, so per batch the script computes V_k (advantages r - p_hat on the groups with k successes) and every
+per-group weighting's gradient as sum_k w(k) V_k (checked against direct GRPO and BNPO gradients): ``grpo``, ``bnpo``
+(the shipped fit) and 1 / f_Beta(p_hat; alpha, beta) on ``SKEWED_GRID``. RV = E||g - Eg||^2 / ||Eg||^2, ||Eg||^2
+unbiased. Control and falsifier (written before the run): ``SKEWED_CONTROL`` and ``SKEWED_FALSIFIER``, also in the JSON.
+**Legacy mode** (``bnpo_gradient_variance.json``, its last run): stages 0, 60 and 150, 16 prompts x 8 completions, the
+gradients under ``grpo``, ``bnpo`` and ``mean_baseline``; its relative variance divides by ||mean g||^2, which includes
+tr(Cov)/N and saturates towards N (new runs also store ``relative_variance_unbiased``). Results: docs/results.md.
 """
 
 from __future__ import annotations
@@ -123,10 +115,9 @@ def gradients_at(checkpoint: str, dataset, task, seed: int, num_batches: int) ->
         stats["frac_mixed_groups"].append(float((groups.max(1).values > groups.min(1).values).double().mean()))
         bnpo, _, _ = beta_normalized_advantages(rewards, NUM_GENERATIONS)
         advantages = {
-            "grpo": output["advantages"],
-            "bnpo": bnpo.float(),
+            "grpo": output["advantages"], "bnpo": bnpo.float(),
             "mean_baseline": (rewards - groups.mean(1).repeat_interleave(NUM_GENERATIONS)).float(),
-        }
+        }  # fmt: skip
         for name, values in advantages.items():
             inputs = dict(output)
             inputs["advantages"] = values
@@ -276,11 +267,9 @@ def skewed_cell(measured: dict) -> dict:
     beta = statistics.fmean(measured["stats"]["beta"])
     return {
         "rv": {"grpo": float(rv[0]), "bnpo": float(rv[1]), "reinforce": float(rv[2 + reinforce])},
-        "bnpo_over_grpo": float(rv[1] / rv[0]),
-        "bnpo_over_reinforce": float(rv[1] / rv[2 + reinforce]),
+        "bnpo_over_grpo": float(rv[1] / rv[0]), "bnpo_over_reinforce": float(rv[1] / rv[2 + reinforce]),
         "grid_min": {"alpha": SKEWED_GRID[best // n], "beta": SKEWED_GRID[best % n], "rv": float(valid.min())},
-        "bnpo_over_grid_min": float(rv[1] / valid.min()),
-        "grid_rv": grid_rv.tolist(),
+        "bnpo_over_grid_min": float(rv[1] / valid.min()), "grid_rv": grid_rv.tolist(),
         "any_nonpositive_signal": bool((torch.tensor(measured["signal"]) <= 0).any()),
         "fit_mean": {"alpha": alpha, "beta": beta},
         "log_distance_fit_to_grid_min": math.hypot(
@@ -290,7 +279,7 @@ def skewed_cell(measured: dict) -> dict:
         "frac_mixed_groups": statistics.fmean(measured["stats"]["frac_mixed_groups"]),
         "p_hat_histogram": torch.histc(p_hat, bins=17, min=-1 / 32, max=1 + 1 / 32).tolist(),
         "linearity_check": measured["linearity_check"],
-    }
+    }  # fmt: skip
 
 
 def skewed_summary(results: dict, stages: list[int]) -> dict:
@@ -338,8 +327,7 @@ def run_skewed(options) -> dict:
                 f"bnpo {cell['rv']['bnpo']:.3g} reinforce {cell['rv']['reinforce']:.3g} grid min "
                 f"{cell['grid_min']['rv']:.3g} at ({cell['grid_min']['alpha']:.3g}, {cell['grid_min']['beta']:.3g}) | "
                 f"bnpo/grpo {cell['bnpo_over_grpo']:.3f} bnpo/min {cell['bnpo_over_grid_min']:.3f} "
-                f"[{time.time() - start:.0f} s]",
-                flush=True,
+                f"[{time.time() - start:.0f} s]"
             )
     keys = ("seeds", "stages", "batches", "prompts", "num_generations", "level_weights")
     return {
@@ -431,8 +419,7 @@ def run_legacy(options) -> dict:
                 f"seed {seed} stage {stage:>3}: reward {cell['reward']:.3f} mixed groups "
                 f"{cell['frac_mixed_groups']:.2f} | relative variance "
                 + " ".join(f"{n} {variance[n]['relative_variance']:.3f}" for n in ADVANTAGES)
-                + f" | bnpo/grpo {variance['bnpo']['relative_variance'] / variance['grpo']['relative_variance']:.3f}",
-                flush=True,
+                + f" | bnpo/grpo {variance['bnpo']['relative_variance'] / variance['grpo']['relative_variance']:.3f}"
             )
     return {
         "options": {"seeds": options.seeds, "stages": options.stages, "batches": options.batches},

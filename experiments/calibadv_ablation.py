@@ -8,23 +8,14 @@ warm-started search agent from the degradation plain GRPO shows at a high learni
     python experiments/calibadv_ablation.py --stage work --shard 0 --num_shards 2 &
     python experiments/calibadv_ablation.py --stage work --shard 1 --num_shards 2; wait
     python experiments/calibadv_ablation.py --stage merge --num_shards 2
-    python experiments/calibadv_ablation.py --replot             # re-summarise and re-plot the JSON
 
-Setting (from ``calibadv_search.py``): the ``deepsearch`` world 0, BM25 top-2 per search, up to 3 searches and an
-answer turn, ``<think>`` prepended, and one cached warm start shared by all seeds and arms (a tiny Qwen2 fine-tuned on
-scripted expert transcripts made by the real rollout and retriever, greedy F1 x format ~0.81).
-
-Part 1 (no training): CalibAdv's step judgement (s > 0, the package's own ``group_step_scores`` with the spec
-defaults) against the task's ground truth (a step is *useful* iff it retrieves a supporting document no earlier step
-retrieved), on temperature-1 samples of the warm start (``--agreement_questions`` x 4 per seed) and on every training
-batch of part 2; agreement, Cohen's kappa, precision / recall / specificity, the base rate, coverage, and the cause of
-every disagreement. Part 2: the arms ``grpo`` (both switches off), ``soft_penalty``, ``rebalance`` and ``calibadv``
-(both) from the same warm start, seed, data and step budget, greedy evaluation every ``--eval_every`` steps. The
-control and the falsifier (written before the run) are ``CONTROL`` and ``FALSIFIER`` below, also in the JSON; the
-design and results are in docs/results.md ("CalibAdv: step judgement and ablation on the deepsearch task").
-
-Runtime (measured): the warm start 5.5 minutes, then 70-80 s per RL run and ~9 s per part-1 seed. Writes
-``experiments/results/calibadv_ablation.json`` and ``.png``.
+The setting and the warm start are ``calibadv_search.py``'s. Part 1: CalibAdv's step judgement (s > 0, the package's
+``group_step_scores``) against the ground truth (a step is *useful* iff it retrieves a supporting document no earlier
+step retrieved) on temperature-1 samples of the warm start and on every training batch of part 2: agreement, kappa,
+precision / recall / specificity, coverage, and the cause of every disagreement. Part 2: the arms ``grpo``,
+``soft_penalty``, ``rebalance`` and ``calibadv`` from the same warm start, seed and data, with greedy evaluations.
+``CONTROL`` and ``FALSIFIER`` (written before the run) below, also in the JSON; design and results: docs/results.md
+("CalibAdv: step judgement and ablation on the deepsearch task"). Writes ``experiments/results/calibadv_ablation.json``.
 """
 
 from __future__ import annotations
@@ -258,13 +249,8 @@ def sample_judgement(checkpoint: str, seed: int, options) -> dict:
                 [search.question_prompt(q.question) for q in part], model, tokenizer,
                 max_completion_length=search.MAX_COMPLETION_LENGTH, generation_config=config,
             )  # fmt: skip
-            for q, transcript, invalid, row_steps in zip(
-                part,
-                output["calibadv_transcript"],
-                output["calibadv_invalid_action"],
-                output["calibadv_steps"],
-                strict=True,
-            ):
+            columns = (output["calibadv_transcript"], output["calibadv_invalid_action"], output["calibadv_steps"])
+            for q, transcript, invalid, row_steps in zip(part, *columns, strict=True):
                 score, is_valid = qa_f1_format_score(transcript, list(q.golden_answers), bool(invalid))
                 f1.append(score)
                 valid.append(is_valid)
@@ -299,14 +285,9 @@ def make_judging_trainer_class():
                 estimator = self.advantage_estimator
                 f1, valid, _ = estimator.score_rows(batch)
                 steps = [list(row or []) for row in batch.columns["calibadv_steps"]]
-                self.penalty_records[-1]["judgement"] = judge_batch(
-                    f1,
-                    valid,
-                    steps,
-                    batch.extras["supporting_doc_ids"],
-                    estimator.last_row_advantages.tolist(),
-                    batch.num_generations,
-                )
+                supporting, advantages = batch.extras["supporting_doc_ids"], estimator.last_row_advantages.tolist()
+                judgement = judge_batch(f1, valid, steps, supporting, advantages, batch.num_generations)
+                self.penalty_records[-1]["judgement"] = judgement
             return advantages
 
     return JudgingTrainer
@@ -335,8 +316,7 @@ def do_work(prepared: dict, units, options) -> dict:
             rates = confusion_rates(result["judgement"]["all"])
             print(
                 f"part 1 seed {seed}: {result['seconds']:.0f}s | agreement {_fmt(rates['agreement'])} precision "
-                f"{_fmt(rates['precision'])} recall {_fmt(rates['recall'])} ({rates['judged_steps']} judged steps)",
-                flush=True,
+                f"{_fmt(rates['precision'])} recall {_fmt(rates['recall'])} ({rates['judged_steps']} judged steps)"
             )
             continue
         run = search.train_run(
@@ -345,8 +325,7 @@ def do_work(prepared: dict, units, options) -> dict:
         runs.setdefault(arm, {})[str(seed)] = run
         print(
             f"seed {seed} {arm:>12}: {run['seconds']:5.0f}s | eval {run['eval'][0]['reward']:.3f} -> "
-            f"{run['eval'][-1]['reward']:.3f} (format {run['eval'][-1]['format_valid']:.3f})",
-            flush=True,
+            f"{run['eval'][-1]['reward']:.3f} (format {run['eval'][-1]['format_valid']:.3f})"
         )
     return {"runs": runs, "samples": samples}
 
@@ -385,9 +364,8 @@ def summarise(report: dict) -> dict:
     per_seed_samples = {s: judgement_summary(samples[s]["judgement"]) for s in seeds}
     pooled = judgement_summary(merge_judgements([samples[s]["judgement"] for s in seeds]))
     part1 = {
-        "per_seed": per_seed_samples,
-        "pooled": pooled,
-        **{
+        "per_seed": per_seed_samples, "pooled": pooled,
+        **{  # the judgement's rates over seeds
             key: harness.spread([per_seed_samples[s]["all"][key] for s in seeds])
             for key in ("agreement", "precision", "recall", "specificity", "cohen_kappa", "useful_rate")
         },
@@ -395,7 +373,7 @@ def summarise(report: dict) -> dict:
         "agreement_failed": harness.spread([per_seed_samples[s]["failed"]["agreement"] for s in seeds]),
         "coverage": harness.spread([per_seed_samples[s]["coverage"] for s in seeds]),
         "sample_reward": harness.spread([samples[s]["reward_mean"] for s in seeds]),
-    }
+    }  # fmt: skip
     agreement_mean = part1["agreement"]["mean"] if part1["agreement"] else None
     part1["falsified"] = agreement_mean is not None and agreement_mean < AGREEMENT_FLOOR
 
@@ -455,25 +433,13 @@ def print_summary(report: dict) -> None:
     summary = report["summary"]
     p1 = summary["part1"]
     print("== part 1: step judgement (s > 0) vs ground truth (a new supporting document), warm-start samples")
-    for key in (
-        "agreement",
-        "cohen_kappa",
-        "precision",
-        "recall",
-        "specificity",
-        "useful_rate",
-        "score_exact_rate",
-        "agreement_failed",
-        "coverage",
-        "sample_reward",
-    ):
+    keys = "agreement cohen_kappa precision recall specificity useful_rate score_exact_rate agreement_failed coverage"
+    for key in [*keys.split(), "sample_reward"]:
         print(f"  {key:<22} {_agg(p1[key])}")
     pooled = p1["pooled"]["all"]
-    print(
-        f"  pooled: score exact {_fmt(pooled['score_exact_rate'])}, mean |s - new supporting / docs| "
-        f"{_fmt(pooled['score_mean_abs_error'])}, useful rate {_fmt(pooled['useful_rate'])}, unjudged steps useful "
-        f"{_fmt(p1['pooled']['unjudged_useful_rate'])}"
-    )
+    print(f"  pooled: score exact {_fmt(pooled['score_exact_rate'])}, mean |s - new supporting / docs| "
+          f"{_fmt(pooled['score_mean_abs_error'])}, useful rate {_fmt(pooled['useful_rate'])}, unjudged steps useful "
+          f"{_fmt(p1['pooled']['unjudged_useful_rate'])}")  # fmt: skip
     c = p1["pooled"]["all"]["counts"]
     print(
         f"  pooled confusion: tp {c['tp']} fp {c['fp']} fn {c['fn']} tn {c['tn']} | fp re-retrieving a supporting doc "
@@ -481,24 +447,11 @@ def print_summary(report: dict) -> None:
         f"{c['fn_think_repeat']}, doc repeat {c['fn_doc_repeat']}"
     )
     print("== part 2")
-    keys = (
-        "eval_end",
-        "eval_f1_end",
-        "eval_format_valid_end",
-        "eval_mean_after_start",
-        "train_reward_last10",
-        "train_format_valid_last10",
-        "penalised_share",
-        "train_agreement",
-        "train_precision",
-        "train_recall",
-        "train_specificity",
-        "train_cohen_kappa",
-        "train_useful_rate",
-    )
+    keys = "eval_end eval_f1_end eval_format_valid_end eval_mean_after_start train_reward_last10 train_format_valid_last10"
+    keys += " penalised_share train_agreement train_precision train_recall train_specificity train_cohen_kappa"
     for arm, entry in summary["overall"].items():
         print(f"  -- {arm}")
-        for key in keys:
+        for key in [*keys.split(), "train_useful_rate"]:
             seeds = " ".join(_fmt(v[key]) for v in summary["per_seed"][arm].values())
             print(f"    {key:<34} {_agg(entry[key]):<26} seeds {seeds}")
     print(json.dumps(summary["verdict"], indent=1))

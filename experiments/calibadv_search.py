@@ -176,7 +176,7 @@ def warm_start(options) -> tuple[str, dict]:
     stamp = target / "warm_start.json"
     if stamp.is_file():
         log = json.loads(stamp.read_text())
-        print(f"warm start: cached {target}", flush=True)
+        print(f"warm start: cached {target}")
         return str(target), log
 
     start = time.perf_counter()
@@ -212,8 +212,7 @@ def warm_start(options) -> tuple[str, dict]:
         if (step + 1) % 100 == 0 or step + 1 == options.sft_steps:
             print(
                 f"warm start: step {step + 1}/{options.sft_steps} loss {statistics.mean(losses[-100:]):.4f} "
-                f"({time.perf_counter() - start:.0f}s)",
-                flush=True,
+                f"({time.perf_counter() - start:.0f}s)"
             )
     model.eval()
     target.mkdir(parents=True, exist_ok=True)
@@ -411,8 +410,7 @@ def pooled_shares(records: list[dict]) -> dict:
     full = sum(r["full"] for r in records)
     failed_steps = sum(r["failed_steps"] for r in records)
     return {
-        "correct_steps_in_failed": correct,
-        "scored_steps_in_failed": failed_steps,
+        "correct_steps_in_failed": correct, "scored_steps_in_failed": failed_steps,
         "frac_failed_steps_correct": correct / failed_steps if failed_steps else None,
         "penalised_share": sum(r["correct_penalised"] for r in records) / correct if correct else None,
         "penalty_kept": sum(r["kept_sum"] for r in records) / correct if correct else None,
@@ -422,7 +420,7 @@ def pooled_shares(records: list[dict]) -> dict:
         "failed_with_silver_frac": (
             sum(r["failed_with_silver"] for r in records) / max(sum(r["failed"] for r in records), 1)
         ),
-    }
+    }  # fmt: skip
 
 
 def run_summary(run: dict) -> dict:
@@ -520,16 +518,14 @@ def print_summary(report: dict) -> None:
         ("frac_failed_steps_correct", "correct / scored steps in failed trajs"),
         ("reward_first10", "training F1 x format, first 10 steps"),
         ("reward_last10", "training F1 x format, last 10 steps"),
-        ("reward_auc", "training F1 x format, mean over steps"),
-        ("eval_start", "greedy eval F1 x format, start"),
-        ("eval_end", "greedy eval F1 x format, end"),
-        ("eval_mean", "greedy eval F1 x format, mean of evals after 0"),
+        ("reward_auc", "training F1 x format, mean over steps"), ("eval_start", "greedy eval F1 x format, start"),
+        ("eval_end", "greedy eval F1 x format, end"), ("eval_mean", "greedy eval F1 x format, mean of evals after 0"),
         ("eval_f1_end", "greedy eval F1 (format ignored), end"),
         ("eval_format_valid_end", "greedy eval format validity, end"),
         ("f1_last10", "training F1 (format ignored), last 10 steps"),
         ("format_valid_last10", "format validity, last 10 steps"),
         ("searches_last10", "searches per trajectory, last 10 steps"),
-    )
+    )  # fmt: skip
     seeds = list(next(iter(summary["per_seed"].values())))
     for arm in summary["per_seed"]:
         print(f"== {arm}")
@@ -540,10 +536,8 @@ def print_summary(report: dict) -> None:
             print(f"  {label:<52} {mean:<24} seeds {per_seed}")
     grpo = summary["overall"].get("grpo")
     if grpo:
-        print(
-            f"grpo arm checks: max |token adv - A_i mask| {grpo['broadcast_deviation_max']['max']:.2e}, "
-            f"max |A_i - TRL GRPO (eps 1e-4)| {grpo['trl_grpo_deviation_max']['max']:.2e}"
-        )
+        print(f"grpo arm checks: max |token adv - A_i mask| {grpo['broadcast_deviation_max']['max']:.2e}, "
+              f"max |A_i - TRL GRPO (eps 1e-4)| {grpo['trl_grpo_deviation_max']['max']:.2e}")  # fmt: skip
 
 
 def add_arguments(parser: argparse.ArgumentParser, *, steps: int, lr: float, eval_every: int) -> None:
@@ -580,7 +574,7 @@ def prepare(options, seed: int | None = None) -> dict:
     if seed is not None:
         torch.manual_seed(seed)
     initial_eval = evaluate(model, tokenizer, rollout, eval_questions(options.eval_questions))
-    print(f"warm start: greedy eval {initial_eval}", flush=True)
+    print(f"warm start: greedy eval {initial_eval}")
     return {
         "checkpoint": checkpoint,
         "warm_start": {"seconds": sft_log["seconds"], "loss_last100": statistics.mean(sft_log["loss"][-100:])},
@@ -605,8 +599,7 @@ def run(options) -> dict:
                 f"seed {seed} {arm:>8}: {run['seconds']:5.0f}s | penalised share {_fmt(entry['penalised_share'])} "
                 f"(kept {_fmt(entry['penalty_kept'])}, {entry['correct_steps_in_failed']} steps) | train F1 "
                 f"{entry['reward_first10']:.3f} -> {entry['reward_last10']:.3f} | eval {entry['eval_start']:.3f} -> "
-                f"{entry['eval_end']:.3f}",
-                flush=True,
+                f"{entry['eval_end']:.3f}"
             )
     return {
         "options": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(options).items() if k != "replot"},

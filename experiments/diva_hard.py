@@ -1,34 +1,21 @@
 """DIVA on sparse rewards: hard problems, partial-step hints, against compute-matched GRPO (completions on the x-axis).
 
-    python experiments/diva_hard.py                                  # the measured configuration (one process)
+    python experiments/diva_hard.py                                  # the measured configuration (~18 min, one process)
     python experiments/diva_hard.py --seeds 0 --steps 100            # a quick look
     python experiments/diva_hard.py --arms grpo8 grpo16 --out /tmp/a.json &                       # as measured: two
     python experiments/diva_hard.py --arms diva_responses diva_reference --out /tmp/b.json         # parallel parts,
     python experiments/diva_hard.py --merge /tmp/a.json /tmp/b.json                               # then merged
 
-Expected runtime: 70-110 s per seed and arm on one CPU thread (grpo about 75 s, diva about 105 s: hinted prompts are
-longer), so about 18 minutes in one process, or 7.5 and 10.5 minutes for the two parts run side by side.
-
-**Task** (built here, not registered): the last digit of ``a+b+c`` for three digits in 0..7 (``--max_digit``), all
-512 problems with unique ids; the quickstart's tiny random Qwen2 starts right about 1 time in 55-80, so most GRPO groups
-are all-wrong for hundreds of steps: the sparse-reward regime DIVA is built for. (Pilots: digits 0..4 are learned
-within 100 steps, 0..9 not at all; 0..7 stays sparse longest.) **Hint**: one partial step, never the answer
-(``"a+b=s"``, hinted prompt ``"a+b=s=a+b+c="``, template ``"{hints}={question}"``); **rewordings**: two operand
-permutations and ``"a+b+c+0="``; **initial level 7**, so the first visit already gets a hint.
-
-**Arms** (same initialisation, optimiser, schedule, loss and 128 completions per step): ``grpo8`` (8 completions per
-problem), ``grpo16`` (16 per problem: the compute-matched control, as DIVA spends 16 on each problem),
-``diva_responses`` and ``diva_reference`` (``diva``, V = 1, 8 per prompt row, in both ``diva_batch_norm`` modes).
-
-**Measures.** Every ``--eval_every`` steps the *exact* expected accuracy under T = 1 sampling on the 512 originals
-(p(t1) p(t2 | t1) summed over the two-token completions TRL's decoding turns into the answer); against completions
-consumed: the final accuracy, the completions to reach 0.2 / 0.4 / 0.6 (trailing 3-evaluation mean), the zero-signal
-fraction (problems whose completions all got the same reward) and the all-wrong fraction, training accuracy by prompt
-kind, and for every problem trained with a hint its original's and its hint's accuracy in the same batch. The control
-(grpo8 in the sparse regime) and the falsifier (written before the final run) are ``FALSIFIER`` below (also in the
-JSON); design and results: docs/results.md ("DIVA on hard problems").
-
-Writes ``experiments/results/diva_hard.json`` and ``.png``.
+**Task** (built here): the last digit of ``a+b+c`` for digits 0..7 (``--max_digit``), 512 problems with unique ids,
+where the quickstart's tiny random Qwen2 starts right about 1 time in 55-80: most GRPO groups are all-wrong for
+hundreds of steps, the regime DIVA is built for. **Hint**: one partial step, never the answer (``"a+b=s"``, hinted
+prompt ``"a+b=s=a+b+c="``); **rewordings**: two operand permutations and ``"a+b+c+0="``; initial level 7.
+**Arms** (128 completions per step each): ``grpo8``, ``grpo16`` (16 completions per problem: the compute-matched
+control), ``diva_responses`` and ``diva_reference`` (both ``diva_batch_norm`` modes). **Measures**: the *exact*
+expected accuracy at T = 1 on the 512 originals every ``--eval_every`` steps, against completions consumed; the
+completions to reach 0.2 / 0.4 / 0.6; the zero-signal and all-wrong fractions; the accuracy of hint rows against their
+originals. Control and falsifier (written before the final run): ``FALSIFIER`` below, also in the JSON; design and
+results: docs/results.md ("DIVA on hard problems"). Writes ``experiments/results/diva_hard.json`` and ``.png``.
 """
 
 from __future__ import annotations
@@ -225,11 +212,9 @@ def train_run(arm: str, checkpoint: str, dataset, seed: int, options) -> dict:
     steps = run.logs("loss")
     zero_key = "diva/frac_zero_std_global" if name == "diva" else "frac_reward_zero_std"
     result = {
-        "seconds": run.seconds,
-        "eval_steps": [step for step, _ in evals],
+        "seconds": run.seconds, "eval_steps": [step for step, _ in evals],
         "eval_completions": [step * COMPLETIONS_PER_STEP for step, _ in evals],
-        "eval_accuracy": [value for _, value in evals],
-        "zero_signal_logged": [entry[zero_key] for entry in steps],
+        "eval_accuracy": [value for _, value in evals], "zero_signal_logged": [entry[zero_key] for entry in steps],
         "train_accuracy": {
             kind: [(entry.get(kind, [0, 0])[1] / entry[kind][0]) if kind in entry else None for entry in reward_log]
             for kind in KINDS
@@ -238,7 +223,7 @@ def train_run(arm: str, checkpoint: str, dataset, seed: int, options) -> dict:
         **{key: [entry[key] for entry in reward_log] for key in SIGNAL_KEYS},
         "zero_signal": [entry["problems_constant"] for entry in reward_log],
         "hinted_problems": [entry["hinted_problems"] for entry in reward_log],
-    }
+    }  # fmt: skip
     if name == "diva":
         result["zero_signal_local"] = [entry["diva/frac_zero_std_local"] for entry in steps]
         result["mean_difficulty"] = [entry.get("diva/mean_difficulty") for entry in steps]
@@ -283,24 +268,18 @@ def summarise_run(run: dict) -> dict:
         "completions_to": {
             str(t): completions_to(t, run["eval_completions"], run["eval_accuracy"]) for t in THRESHOLDS
         },
-        "zero_signal_mean": statistics.fmean(zero),
-        "zero_signal_first_half": statistics.fmean(zero[:half]),
+        "zero_signal_mean": statistics.fmean(zero), "zero_signal_first_half": statistics.fmean(zero[:half]),
         "all_wrong_mean": statistics.fmean(run["problems_all_wrong"]),
         "all_wrong_first_half": statistics.fmean(run["problems_all_wrong"][:half]),
         "prompt_groups_constant_mean": statistics.fmean(run["groups_constant"]),
         "train_accuracy": {kind: _mean(values) for kind, values in run["train_accuracy"].items()},
-        **paired_hint_accuracy(run["hinted_problems"]),
-        "seconds": run["seconds"],
-    }
+        **paired_hint_accuracy(run["hinted_problems"]), "seconds": run["seconds"],
+    }  # fmt: skip
 
 
 OVERALL_KEYS = (
-    "final_accuracy",
-    "zero_signal_mean",
-    "zero_signal_first_half",
-    "all_wrong_mean",
-    "all_wrong_first_half",
-)
+    "final_accuracy", "zero_signal_mean", "zero_signal_first_half", "all_wrong_mean", "all_wrong_first_half",
+)  # fmt: skip
 OVERALL_KEYS += ("prompt_groups_constant_mean", "hinted_original_accuracy", "hinted_hint_accuracy")
 OVERALL_KEYS += ("speedup_vs_grpo16", "thresholds_reached", "seconds")
 
@@ -428,33 +407,25 @@ def new_report(runs: dict, options: dict, wall: float | None) -> dict:
     return {
         "falsifier": FALSIFIER,
         "control": f"grpo8 zero-signal fraction over the first half of training >= {CONTROL_MIN_ZERO_SIGNAL}",
-        "thresholds": list(THRESHOLDS),
-        "completions_per_step": COMPLETIONS_PER_STEP,
+        "thresholds": list(THRESHOLDS), "completions_per_step": COMPLETIONS_PER_STEP,
         "arms": {
             arm: {"trainer": name, **fields, **(DIVA_FIELDS if name == "diva" else {})}
             for arm, (name, fields) in ARMS.items()
             if arm in runs
         },
-        "options": options,
-        "wall_s": wall,
-        "runs": runs,
-    }
+        "options": options, "wall_s": wall, "runs": runs,
+    }  # fmt: skip
 
 
 def print_summary(report: dict) -> None:
-    summary = report["summary"]
-    for arm, stats in summary["overall"].items():
-        to = " ".join(
-            f"{t}:{(stats['completions_to'][t] or {}).get('mean')}({stats['completions_to_reached'][t]})"
-            for t in stats["completions_to"]
-        )
-        print(
-            f"{arm:>15}: final {stats['final_accuracy']['mean']:.3f} "
-            f"[{stats['final_accuracy']['min']:.3f}-{stats['final_accuracy']['max']:.3f}] | zero-signal "
-            f"{stats['zero_signal_mean']['mean']:.3f} (first half {stats['zero_signal_first_half']['mean']:.3f}) | "
-            f"completions to {to} | speed-up vs grpo16 {(stats['speedup_vs_grpo16'] or {}).get('mean')}"
-        )
-    print(json.dumps(summary["verdict"], indent=1))
+    overall = report["summary"]["overall"]
+    keys = ("final_accuracy", "zero_signal_mean", "zero_signal_first_half", "speedup_vs_grpo16")
+    rows = {
+        arm: {**stats, **{f"to_{t}": stats["completions_to"][t] for t in stats["completions_to"]}}
+        for arm, stats in overall.items()
+    }
+    harness.print_table(rows, [*keys, *(f"to_{t}" for t in THRESHOLDS)])
+    print(json.dumps(report["summary"]["verdict"], indent=1))
 
 
 def merge(sources: list[Path], defaults: dict) -> dict:
@@ -492,8 +463,7 @@ def run(options) -> dict:
             print(
                 f"seed {seed} {arm:>15}: {run['seconds']:5.0f}s | accuracy {run['eval_accuracy'][0]:.3f} -> "
                 f"{statistics.fmean(run['eval_accuracy'][-SMOOTHING:]):.3f} | zero-signal "
-                f"{statistics.fmean(run['zero_signal']):.3f}",
-                flush=True,
+                f"{statistics.fmean(run['zero_signal']):.3f}"
             )
     keys = ("seeds", "arms", "steps", "eval_every", "max_digit", "lr")
     return new_report(runs, {key: getattr(options, key) for key in keys}, time.perf_counter() - start)

@@ -1,25 +1,15 @@
 """`grpo` versus `diva` on the built-in task with a difficulty spread: steps to GRPO's final accuracy, zero-variance groups.
 
-What this measures, and what it does not: DIVA per *optimizer step* on a mixed-difficulty task (most problems easy)
-whose hint is the whole answer, against GRPO with 8 completions per problem only (no arm spends DIVA's 16 completions
-per problem). It is kept as the record of that setting; the test of DIVA's claim on sparse rewards (hard problems only,
-partial-step hints, a compute-matched GRPO arm, completions on the x-axis) is ``experiments/diva_hard.py``.
-
     python experiments/diva_variants.py                          # the measured configuration (CPU, ~10 minutes)
     python experiments/diva_variants.py --seeds 0 --steps 100    # a quick look
 
-Task: ``arithmetic_variants``, the 100 distinct ``a+b=`` problems (last digit of the sum) once each, with rewordings
-(``b+a=``, ``0+a+b=``) and one hint step (the full sum; hinted prompt ``"{hints}={question}"``). Model: the
-quickstart's tiny Qwen2, one per seed; lr 1e-3 linear, T = 1, 128 completions per step, no KL. Arms: ``grpo`` (16
-problems x 8 per step) and ``diva`` (spec defaults: 8 problems + their 8 variants per step).
-
-Accuracy, the same for both arms: every ``--eval_every`` steps TRL's evaluation loop samples 8 completions (T = 1) for
-each of the 100 *original* problems (``eval_reward``). Reported per seed and over seeds: ``target`` (GRPO's final
-accuracy, the mean of its last 3 evaluations), ``steps_to_target`` and ``steps_to_0.5`` / ``0.8`` / ``0.9`` (first
-evaluation whose 3-evaluation mean reaches it; speed-up = grpo / diva steps), and the zero-variance fractions (grpo:
-TRL's ``frac_reward_zero_std``; diva: ``diva/frac_zero_std_global`` next to ``diva/frac_zero_std_local``).
-
-Writes ``experiments/results/diva_variants.json`` and ``.png``.
+Kept as the record of that setting: DIVA per *optimizer step* on mostly easy problems whose hint is the whole answer,
+against GRPO with 8 completions per problem only; DIVA's claim on sparse rewards is tested by ``diva_hard.py``. Task:
+``arithmetic_variants`` (100 ``a+b=`` problems with rewordings and a full-sum hint), the quickstart's tiny Qwen2 per
+seed, 128 completions per step; ``grpo`` (16 problems x 8) against ``diva`` (8 problems + their 8 variants). Every
+``--eval_every`` steps TRL's evaluation samples 8 completions (T = 1) for each original problem. Reported: GRPO's final
+accuracy (``target``), the steps of each arm to reach it and 0.5 / 0.8 / 0.9 (3-evaluation mean), the speed-up, and
+the zero-variance fractions. Writes ``experiments/results/diva_variants.json`` and ``.png``.
 """
 
 from __future__ import annotations
@@ -141,8 +131,7 @@ def run(options) -> dict:
             runs[arm][str(seed)] = run
             print(
                 f"seed {seed} {arm:>4}: {run['seconds']:5.1f}s | accuracy {run['eval_accuracy'][0]:.3f} -> "
-                f"{statistics.mean(run['eval_accuracy'][-SMOOTHING:]):.3f}",
-                flush=True,
+                f"{statistics.mean(run['eval_accuracy'][-SMOOTHING:]):.3f}"
             )
     return {
         "options": {"seeds": options.seeds, "steps": options.steps, "eval_every": options.eval_every},
@@ -164,15 +153,10 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 def print_summary(report: dict) -> None:
-    for seed, entry in report["summary"]["per_seed"].items():
-        thresholds = " ".join(f"{t}: {entry[f'grpo_steps_to_{t}']}/{entry[f'diva_steps_to_{t}']}" for t in THRESHOLDS)
-        print(f"seed {seed}: steps grpo/diva to accuracy {thresholds}")
-        print(
-            f"seed {seed}: target {entry['target']:.3f} | steps to target grpo {entry['grpo_steps_to_target']} diva "
-            f"{entry['diva_steps_to_target']} (speed-up {entry['speedup']}) | final diva {entry['diva_final_accuracy']:.3f}"
-            f" | zero-variance grpo {entry['grpo_zero_variance_mean']:.3f} diva global {entry['diva_zero_variance_mean']:.3f}"
-            f" local {entry['diva_local_zero_variance_mean']:.3f}"
-        )
+    keys = ["target", "grpo_steps_to_target", "diva_steps_to_target", "speedup", "diva_final_accuracy"]
+    keys += [f"{arm}_steps_to_{t}" for t in THRESHOLDS for arm in ("grpo", "diva")]
+    keys += ["grpo_zero_variance_mean", "diva_zero_variance_mean", "diva_local_zero_variance_mean"]
+    harness.print_table(report["summary"]["per_seed"], keys, name="seed")
 
 
 if __name__ == "__main__":

@@ -1,25 +1,16 @@
 """`grpo` versus `hapo` on the built-in task: policy-entropy trajectories over seeds, and HAPO's step-time overhead.
 
-Superseded for the learning question by ``experiments/hapo_fork.py``: its task has 2-token completions and trains
-on-policy, so HAPO's clip terms never act and no fork token exists; its entropy comparison is not evidence about
-HAPO's mechanism. Kept for the step-time measurements quoted in ``docs/trainers/hapo.md``.
-
     python experiments/hapo_entropy.py                                  # the measured configuration (CPU, 5-10 minutes)
     python experiments/hapo_entropy.py --seeds 0 --steps 60 --repeats 2  # a quick look
 
-Learning runs: the quickstart's settings (``QUICKSTART_SETTINGS``: tiny random Qwen2, ``arithmetic``, 16 prompts x 8
-completions per step, lr 1e-3, T0 = 1), ``grpo`` against ``hapo`` with the spec's defaults, one model init, data order
-and sampling per seed; TRL's ``entropy``, the reward, and for ``hapo`` the realised rollout temperature range.
-
-Step time: ``grpo``, ``hapo`` without and with the adaptive temperature train ``--timing_steps`` steps each, back to
-back, in an order rotating between repeats, in two shapes: ``overhead`` (``benchmarks/overhead.py``'s: hidden 128, 4
-layers, 64 completions of exactly ``--timing_tokens`` tokens via ``min_new_tokens``) and ``quickstart`` (the learning
-runs' model and batch, ``2 * --timing_steps`` steps). Every step is timed by TRL's ``step_time`` (wall) and the process
-CPU time; dropping each run's first step, per arm and clock: the median over repeats of the paired ratio to ``grpo``,
-the ratio of pooled medians and of pooled 10th percentiles (contention only adds time: the fast tail is the most
-robust view). The timing section keeps ratios, not samples, so ``--replot`` re-derives the learning summary only.
-
-Writes ``experiments/results/hapo_entropy.json`` and ``.png``. One torch thread (set here).
+Superseded for the learning question by ``hapo_fork.py`` (2-token completions, on-policy: HAPO's clip terms never act);
+kept for the step-time measurements quoted in ``docs/trainers/hapo.md``. Learning runs: the quickstart's settings,
+``grpo`` against ``hapo`` (spec defaults) per seed; TRL's ``entropy``, the reward and HAPO's rollout temperature range.
+Step time: ``grpo``, ``hapo`` without and with the adaptive temperature, back to back in a rotating order, in the
+``overhead`` shape (``benchmarks/overhead.py``'s model, ``--timing_tokens`` forced tokens) and the ``quickstart`` shape;
+every step timed by TRL's ``step_time`` and the process CPU time, first step of each run dropped; per arm and clock the
+median paired ratio to ``grpo`` and the ratios of pooled medians and 10th percentiles (contention only adds time). The
+timing keeps ratios, not samples, so ``--replot`` re-derives the learning summary only. One torch thread.
 """
 
 from __future__ import annotations
@@ -87,8 +78,7 @@ def learning_runs(options, task) -> dict:
             print(
                 f"seed {seed} {arm:>5}: {time.perf_counter() - start:5.1f}s | entropy first {steps[0]['entropy']:.3f} "
                 f"last10 {statistics.mean(e['entropy'] for e in last):.3f} | reward last10 "
-                f"{statistics.mean(e['reward'] for e in last):.3f}",
-                flush=True,
+                f"{statistics.mean(e['reward'] for e in last):.3f}"
             )
     return results
 
@@ -101,15 +91,11 @@ def timing_runs(options, task) -> dict:
     cache = Path(tempfile.gettempdir()) / "trl-ext-hapo-bench-timing-128"
     overhead_model = build_tiny_checkpoint(cache, alphabet=task.alphabet, hidden_size=128, num_layers=4)
     overhead_config = dict(
-        learning_rate=1e-3,
-        use_cpu=True,
-        bf16=False,
-        per_device_train_batch_size=64,
-        num_generations=8,
+        learning_rate=1e-3, use_cpu=True, bf16=False, per_device_train_batch_size=64, num_generations=8,
         max_completion_length=options.timing_tokens,
         generation_kwargs={"min_new_tokens": options.timing_tokens},  # every arm generates the same tokens
         max_steps=options.timing_steps,
-    )
+    )  # fmt: skip
     quickstart_model = harness.tiny_model("hapo-bench-quickstart-0", seed=0, alphabet=task.alphabet)
     quickstart_config = dict(QUICKSTART_SETTINGS["config"])
     quickstart_config.update(logging_steps=1, max_steps=2 * options.timing_steps)
@@ -143,7 +129,6 @@ def _time_arms(options, task, checkpoint: str, dataset, config: dict, label: str
         print(
             f"{label} repeat {repeat}: "
             + " | ".join(f"{arm} wall {medians['wall'][arm]:.4f}s cpu {medians['cpu'][arm]:.4f}s" for arm in arms),
-            flush=True,
         )
     report: dict = {}
     for clock in clocks:

@@ -1,36 +1,21 @@
 """HAPO on a task with one high-entropy fork token and a long deterministic chain, off-policy enough that clipping acts.
 
     python experiments/hapo_fork.py                  # 8 arms x 3 seeds, one process: about 3 min of one core
-
-    # the same split over two processes (how the stored results were made: 97 s + 87 s), then merged into
-    # experiments/results/hapo_fork.json and .png
+    # as measured: two processes (97 s + 87 s), then merged into experiments/results/hapo_fork.json and .png
     python experiments/hapo_fork.py --arms dapo hapo_reference hapo_signed dualclip_only --out /tmp/a.json
     python experiments/hapo_fork.py --arms temperature_only tlga_only adr_only aac_only --out /tmp/b.json
     python experiments/hapo_fork.py --merge /tmp/a.json /tmp/b.json
 
-    python experiments/hapo_fork.py --seeds 0 --steps 48 --arms dapo hapo_signed --out /tmp/x.json   # a quick look
-
-Each run (160 optimizer steps) takes 5-15 s of one core; most of the wall time is start-up and waiting for a core.
-
-**Task.** The prompt is ``d=`` for a digit d. A correct completion counts up *or* down from d for ``L = --chain``
-digits and stops (EOS); the reward is the correct prefix of the L+1 targets under the direction the first token
-chose, / (L+1). So the first completion token is a *fork* with two right answers (ideal entropy ln 2) and every later
-token is deterministic. **Model.** A tiny random Qwen2 (hidden 64, 2 layers) warm-started by ``--sft_steps``
-supervised steps on up and down chains, so that RL starts with a balanced fork and a partly learned chain.
-
-**Regime.** Off-policy enough that clipping acts: 32 prompts x 8 completions per generation batch, one micro-batch of
-32 per optimizer step and ``steps_per_generation=8`` (7 of 8 micro-batches stale), lr 2e-3 constant, no KL,
-``loss_type="dapo"``, eps 0.2 / 0.28 in every arm. **Arms:** ``dapo`` (the ``grpo`` trainer), ``hapo_reference`` and
-``hapo_signed`` (every HAPO component, in each ``hapo_entropy_sign_mode``), and one component alone:
-``temperature_only``, ``tlga_only``, ``adr_only``, ``aac_only``, ``dualclip_only``.
-
-**Measured.** The exact fork entropy (first-token distribution, mean of the 10 prompts) every ``FORK_EVERY`` steps,
-the direction entropy and valid mass; the chain entropy of sampled completions; clip fractions of off-policy loss
-tokens by position (fork, chain) and by entropy bucket (above the micro-batch's 0.8-quantile, HAPO's pivot), from a
-subclass of the arm's trainer that reads the loss context (the package is unchanged), also against the baseline's
-fixed bounds (``clip_at_base_*``); completion length and reward. The controls and the falsifier (written before the
-measured run) are in ``FALSIFIER`` (also in the JSON); design and results: docs/results.md ("HAPO: fork-token
-entropy under off-policy clipping"). Writes ``experiments/results/hapo_fork.json`` and ``.png``. One torch thread.
+**Task.** The prompt is ``d=``; a correct completion counts up *or* down from d for ``--chain`` digits and stops, so
+the first token is a *fork* with two right answers (ideal entropy ln 2) and every later token is deterministic. A tiny
+Qwen2 warm-started by ``--sft_steps`` supervised steps on both chains starts RL with a balanced fork. **Regime.** 7 of
+8 micro-batches stale (``steps_per_generation=8``), lr 2e-3, no KL, ``loss_type="dapo"``, eps 0.2 / 0.28 in every
+arm. **Arms:** ``dapo`` (the ``grpo`` trainer), ``hapo_reference`` / ``hapo_signed`` (all components, each
+``hapo_entropy_sign_mode``) and each component alone. **Measured:** the exact fork entropy every ``FORK_EVERY`` steps,
+the chain entropy, and clip fractions of off-policy loss tokens by position and by entropy bucket (above the
+micro-batch's 0.8-quantile, HAPO's pivot) from an instrumented subclass of the arm's trainer (the package is
+unchanged). Controls and falsifier (written before the run): ``FALSIFIER`` below, also in the JSON; design and results:
+docs/results.md ("HAPO: fork-token entropy under off-policy clipping"). One torch thread.
 """
 
 from __future__ import annotations
@@ -518,13 +503,12 @@ def plot(report: dict, path: Path) -> None:
 # Main
 def print_summary(report: dict) -> None:
     summary = report["summary"]
-    keys = ["fork_entropy_start", "fork_entropy_mean", "fork_entropy_last_quarter", "direction_entropy_last_quarter"]
-    keys += ["chain_entropy_last_quarter", "reward_last_quarter", "length_drift", "clip_all", "clip_fork"]
-    keys += ["clip_chain", "clip_high", "clip_low", "dual_all"]
-    print("arm".ljust(18) + "".join(k[:14].rjust(15) for k in keys))
-    for arm, values in summary["arms"].items():
-        cells = ["-" if values.get(key) is None else f"{values[key]['mean']:.4f}" for key in keys]
-        print(arm.ljust(18) + "".join(cell.rjust(15) for cell in cells))
+    keys = "fork_entropy_start fork_entropy_mean fork_entropy_last_quarter direction_entropy_last_quarter"
+    keys += " chain_entropy_last_quarter reward_last_quarter length_drift clip_all clip_fork clip_chain clip_high"
+    harness.print_table(
+        {arm: {k: (v or {}).get("mean") for k, v in row.items()} for arm, row in summary["arms"].items()},
+        [*keys.split(), "clip_low", "dual_all"],
+    )
     if "controls" in summary:
         print(json.dumps({"controls": summary["controls"], "verdicts": summary["verdicts"]}, indent=1))
 
@@ -562,8 +546,7 @@ def run(options) -> dict:
                 f"{s['chain_entropy_last_quarter']:.3f} | reward {s['reward_first_quarter']:.3f} -> "
                 f"{s['reward_last_quarter']:.3f} | len {s['length_first_quarter']:.2f} -> "
                 f"{s['length_last_quarter']:.2f} | clip all {s['clip_all']:.4f} fork {s['clip_fork']} "
-                f"high {s['clip_high']}",
-                flush=True,
+                f"high {s['clip_high']}"
             )
     return {
         "falsifier": FALSIFIER,

@@ -3,22 +3,12 @@
     python experiments/learning.py                                    # 4 trainers x 3 seeds x 300 steps (~5 minutes)
     python experiments/learning.py --trainers grpo bnpo --seeds 0 --steps 100
 
-Built on ``trl-ext compare`` (:func:`trl_ext.compare.compare`), with a tiny model per seed.
-
-The quickstart's setting (``trl_ext.data.QUICKSTART_SETTINGS``): a tiny randomly initialised Qwen2, the ``arithmetic``
-task (8192 rows, four difficulty levels), 16 prompts x 8 completions per step, lr 1e-3 linear, T = 1, no KL, one
-update per batch. Every trainer runs with its spec defaults from the same weights, data order and seed. ``minpro``
-is on-policy here, where it equals ``grpo`` by construction (its off-policy behaviour is
-``experiments/minpro_chain.py``); ``diva`` needs unique problem ids and is compared on its own task by
-``experiments/diva_hard.py``; ``calibadv`` needs the search rollout.
-
-Reported per trainer, over seeds: the reward curve (10-step moving average; mean and range), the steps at which the
-moving average first reaches 0.5 and 0.8, the mean reward over the last 30 steps, and the fraction of all-equal
-groups (TRL's ``frac_reward_zero_std``) over training. Writes ``experiments/results/learning.json`` and ``.png``.
-
-What it can and cannot show: one update per batch (so every importance ratio is 1) and 2-token completions, so
-MinPRO's weight and HAPO's clipping are inert and no method's mechanism is exercised. It checks that every trainer
-learns the task as well as ``grpo`` does; the experiments in each paper's regime are in docs/results.md.
+Built on ``trl-ext compare`` (:func:`trl_ext.compare.compare`), with a tiny model per seed, in the quickstart's setting
+(``QUICKSTART_SETTINGS``); every trainer with its spec defaults from the same weights, data order and seed. Reported
+per trainer over seeds: the 10-step moving average of the reward, the steps to 0.5 and 0.8, the reward over the last
+30 steps and the all-equal groups. One update per batch and 2-token completions leave MinPRO's weight and HAPO's
+clipping inert: this checks that every trainer learns the task as well as ``grpo``; the experiments in each paper's
+regime are the other scripts here. Writes ``experiments/results/learning.json`` and ``.png``.
 """
 
 from __future__ import annotations
@@ -77,10 +67,9 @@ def run(options) -> dict:
     task = get_task(QUICKSTART_SETTINGS["task"])
     names = list(dict.fromkeys(["grpo", *options.trainers]))
     recipe = {
-        **QUICKSTART_SETTINGS["config"],
-        "task": task.name,
+        **QUICKSTART_SETTINGS["config"], "task": task.name,
         "task_num_rows": QUICKSTART_SETTINGS["dataset"]["num_rows"],
-    }
+    }  # fmt: skip
 
     def model_for(seed: int) -> str:  # the quickstart's tiny model, initialised with the run's seed
         return harness.tiny_model(f"learning-{seed}", seed=seed, alphabet=task.alphabet)
@@ -100,20 +89,8 @@ def run(options) -> dict:
 
 
 def print_summary(report: dict) -> None:
-    seeds = len(report["options"]["seeds"])
-    print(f"\n{'trainer':>8} {'steps to 0.5':>13} {'steps to 0.8':>13} {'final reward':>13} {'all-equal groups':>17}")
-    for name, row in report["summary"].items():
-        cells = []
-        for key in ("steps_to_0.5", "steps_to_0.8", "final_reward", "frac_zero_std"):
-            value = row["overall"][key]
-            cells.append(
-                "never"
-                if value is None
-                else f"{value['mean']:.3f}"
-                if key in ("final_reward", "frac_zero_std")
-                else f"{value['mean']:.0f} ({value['n']}/{seeds})"
-            )
-        print(f"{name:>8} {cells[0]:>13} {cells[1]:>13} {cells[2]:>13} {cells[3]:>17}")
+    keys = ("steps_to_0.5", "steps_to_0.8", "final_reward", "frac_zero_std")
+    harness.print_table({name: row["overall"] for name, row in report["summary"].items()}, keys, name="trainer")
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -3,23 +3,14 @@
     python experiments/minpro_chain.py                        # 4 arms x 3 seeds, about 12 minutes on one core
     python experiments/minpro_chain.py --seeds 0 --steps 96   # a quick look
 
-Task: the built-in ``count_chain`` (prompt ``d=``, the right completion the next 12 digits counting up mod 10;
-reward = right prefix / 12), so the prefix of a token decides whether the token is reachable: the regime MinPRO's
-prefix weight is about. A tiny random Qwen2 (the quickstart's model) learns it by RL alone.
-
-Regime: far off-policy. Each generation batch (``steps_per_generation`` 4 x 64 completions) is split into 4
-optimizer steps and replayed ``num_iterations`` 4 times, so the last steps train on rollouts of a policy 15 updates
-old; constant lr 3e-3, 960 steps, no KL, ``max_grad_norm`` 1, ``loss_type="dapo"``, eps 0.2. Arms: ``grpo`` (token
-ratio, no prefix correction), ``minpro`` (spec defaults), ``minpro_capped`` and the **positive control**
-``prefix_product`` (registered here: each token weighted by the detached cumulative prefix ratio, clamped like
-MinPRO's: the exact correction whose variance grows exponentially with the length).
-
-Measures per run: the reward of every generation batch, final reward (last 5 batches), the largest fall of the
-3-batch moving average, gradient-norm spikes (> 10x the median active norm of all runs), TRL's clip fractions and
-MinPRO's weight range. The control (``prefix_product`` must be unstable here) and the falsifier (written before the
-run) are ``FALSIFIER`` below (also in the JSON); design and results: docs/results.md ("MinPRO: far off-policy, on
-long completions"). The lr was chosen after a seed-0 pilot at 1e-2, where every arm collapsed to a deterministic
-policy; the falsifier was not changed. Writes ``experiments/results/minpro_chain.json`` and ``.png``.
+Task: the built-in ``count_chain`` (next 12 digits counting up; reward = right prefix / 12), where the prefix decides
+whether a token is reachable. Regime: far off-policy (each generation batch split into 4 optimizer steps and replayed
+``num_iterations`` 4 times: the last steps train on a policy 15 updates old), lr 3e-3, no KL, ``loss_type="dapo"``.
+Arms: ``grpo``, ``minpro``, ``minpro_capped`` and the **positive control** ``prefix_product`` (registered here: the
+exact cumulative prefix-ratio correction). Per run: the reward per generation batch, the final reward, the largest fall
+of its 3-batch moving average, gradient-norm spikes, TRL's clip fractions. Control (``prefix_product`` must be
+unstable) and falsifier (written before the run): ``FALSIFIER`` below, also in the JSON; results: docs/results.md
+("MinPRO: far off-policy, on long completions"). Writes ``experiments/results/minpro_chain.json`` and ``.png``.
 """
 
 from __future__ import annotations
@@ -230,8 +221,7 @@ def run(options) -> dict:
             print(
                 f"seed {seed} {arm:>15}: final reward {statistics.fmean(run['reward'][-FINAL_WINDOW:]):.3f}, "
                 f"max grad norm {max(run['grad_norm']):.2f}, clip {statistics.fmean(run['clip_region']):.3f} "
-                f"({run['seconds']:.0f}s)",
-                flush=True,
+                f"({run['seconds']:.0f}s)"
             )
     return {
         "falsifier": FALSIFIER,
@@ -243,17 +233,13 @@ def run(options) -> dict:
             "model": {k: v for k, v in QUICKSTART_SETTINGS["model"].items() if k not in ("alphabet", "seed")},
             "arms": {arm: {"trainer": name, **extra} for arm, (name, extra) in ARMS.items()},
         },
-        "runs": runs,
-        "wall_s": time.perf_counter() - start,
-    }
+        "runs": runs, "wall_s": time.perf_counter() - start,
+    }  # fmt: skip
 
 
 def print_summary(report: dict) -> None:
     keys = ("final_reward", "largest_reward_drop", "grad_norm_spikes", "max_grad_norm", "clip_fraction")
-    print(f"{'arm':>15} " + " ".join(f"{key:>24}" for key in keys))
-    for arm, stats in report["summary"]["arms"].items():
-        cells = [f"{stats[k]['mean']:.3f} ({stats[k]['min']:.3f}-{stats[k]['max']:.3f})" for k in keys]
-        print(f"{arm:>15} " + " ".join(f"{cell:>24}" for cell in cells))
+    harness.print_table(report["summary"]["arms"], keys)
     print(json.dumps(report["summary"]["verdict"]))
 
 

@@ -2,24 +2,15 @@
 
     python experiments/minpro_estimator.py                 # 3 seeds x 6 drifts x 3 lengths: about 1 minute
 
-Why. MinPRO (arXiv 2601.22718) replaces the cumulative prefix ratio prod_{j<t} rho_j of the exact off-policy gradient
-by the smallest single-token ratio of the prefix: closer to the true gradient than dropping the prefix (token-level
-PPO / GRPO), with far less variance than the product, whose variance grows exponentially with the length. Measured
-here where everything is known.
-
-Setting. A Markov policy over K = 10 tokens and T positions, pi(y_t | y_{t-1}, t) = softmax(theta[t, y_{t-1}]), and the
-count-up prefix reward, so J(pi) and the **true gradient** grad J(pi) are exact (autograd of the closed form). The
-sampler mu follows the chain with probability ~0.6 per token; pi = mu + drift * Z. From N = 128 samples of mu (GRPO
-advantages), the gradient of -(1/N) sum_i sum_t sg(w_it) rho_it A_i for ``WEIGHTINGS`` (``token``: w = 1;
-``minpro``: min_{j<t} rho_j, the package's ``prefix_min_log_ratio``; ``minpro_capped``; ``prefix_product``: the exact
-correction, the positive control) and an ``on_policy`` reference, no clipping. Over B = 500 batches: the per-batch
-cosine to grad J(pi), the cosine of the mean, and the relative variance E||g - E g||^2 / ||E g||^2.
-
-Control: at drift 0 every weighting is one estimator; ``prefix_product``'s variance must grow with drift and length and
-``token``'s cosine must fall. The falsifier (written before running) is ``FALSIFIER`` below (also in the JSON);
-results: docs/results.md ("MinPRO: far off-policy, on long completions").
-
-Writes ``experiments/results/minpro_estimator.json`` and ``.png``.
+MinPRO (arXiv 2601.22718) replaces the cumulative prefix ratio prod_{j<t} rho_j of the exact off-policy gradient by
+the smallest single-token ratio of the prefix: closer to the true gradient than dropping the prefix (PPO / GRPO), with
+far less variance than the product. A Markov policy over 10 tokens with the count-up prefix reward has an exact
+J(pi), so the **true gradient** is exact (autograd). The sampler mu follows the chain with probability ~0.6 per token;
+pi = mu + drift * Z. From 128 samples of mu, the gradient of -(1/N) sum_i sum_t sg(w_it) rho_it A_i for each of
+``WEIGHTINGS`` (``prefix_product``, the exact correction, is the positive control) and an ``on_policy`` reference; over
+500 batches, the per-batch cosine to the true gradient, the cosine of the mean and the relative variance. Control: at
+drift 0 every weighting is one estimator, the product's variance grows with drift and length, ``token``'s cosine falls.
+Falsifier (written before running): ``FALSIFIER`` below, also in the JSON; results: docs/results.md ("MinPRO: ...").
 """
 
 from __future__ import annotations
@@ -33,6 +24,8 @@ from pathlib import Path
 import torch
 
 from trl_ext.compare import harness
+
+harness.script_env()
 
 RESULTS = Path(__file__).parent / "results"
 WEIGHTINGS = ("token", "minpro", "minpro_capped", "prefix_product")
@@ -170,10 +163,9 @@ def summarise(runs: list[dict]) -> list[dict]:
         for drift in sorted({run["drift"] for run in runs}):
             group = [run for run in runs if run["length"] == length and run["drift"] == drift]
             row = {
-                "length": length,
-                "drift": drift,
+                "length": length, "drift": drift,
                 "mean_abs_log_ratio": statistics.fmean(run["mean_abs_log_ratio"] for run in group),
-            }
+            }  # fmt: skip
             for name in ESTIMATORS:
                 row[name] = {
                     key: harness.spread([run[name][key] for run in group], count=False)

@@ -1,15 +1,7 @@
-"""What ``trl-ext compare``, ``benchmarks/`` and ``experiments/`` share: train one arm for one seed, the common
-arguments, result JSON with provenance, the moving average and spread of every summary, and band plots.
-
-    from trl_ext.compare.harness import add_common_args, load_report, run_arm, script_env, write_report
-
-    script_env()                                     # before anything imports transformers: offline and quiet
-    run = run_arm("hapo", model=path, reward_funcs=rewards, train_dataset=data, seed=0, config={"max_steps": 50})
-    run.logs("reward")                               # the log entries that have a reward
-
-A script's ``--replot`` re-derives its summary and plot from the stored JSON (``load_report``) without training, and
-``write_report`` writes the result with where it came from (command, git commit, package versions, machine). No heavy
-import at module level: torch, transformers and matplotlib load when a function needs them.
+"""What ``trl-ext compare``, ``benchmarks/`` and ``experiments/`` share: train one arm for one seed (``run_arm``), the
+common arguments (``--seeds``, ``--out``, ``--replot``), result JSON with provenance (``write_report``), the moving
+average and spread of every summary, band plots and tables. A script's ``--replot`` re-derives its summary and plot from
+the stored JSON (``load_report``) without training. Nothing heavy is imported until a function needs it.
 """
 
 from __future__ import annotations
@@ -35,7 +27,10 @@ PACKAGES = ("trl-ext", "trl", "transformers", "torch", "accelerate", "peft", "da
 
 
 def script_env(*, one_thread: bool = False) -> None:
-    """Offline (nothing is ever downloaded) and quiet; with ``one_thread``, one OpenMP thread (set before torch)."""
+    """Offline (nothing is ever downloaded), quiet, progress lines printed as they come (line-buffered stdout); with
+    ``one_thread``, one OpenMP thread (set before torch)."""
+    if hasattr(sys.stdout, "reconfigure"):
+        sys.stdout.reconfigure(line_buffering=True)
     env = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_VERBOSITY": "error"}
     env.update(TOKENIZERS_PARALLELISM="false", **({"OMP_NUM_THREADS": "1"} if one_thread else {}))
     for key, value in env.items():
@@ -248,3 +243,18 @@ def band(axis, x, curves, *, color=None, label=None, linestyle="-", linewidth=No
     axis.plot(xs, [statistics.fmean(c) for c in columns], linestyle, color=color, label=label, linewidth=linewidth)
     if fill and len(curves) > 1:
         axis.fill_between(xs, [min(c) for c in columns], [max(c) for c in columns], color=color, alpha=alpha)
+
+
+def print_table(rows: dict, keys: Sequence[str], *, name: str = "arm") -> None:
+    """One line per row of ``rows`` (name -> {key: value}), one column per key: a spread as ``mean [min, max]``, a
+    number to 4 significant digits, None as ``-``."""
+
+    def cell(value) -> str:
+        if isinstance(value, dict) and "mean" in value:
+            return f"{value['mean']:.4g} [{value['min']:.4g}, {value['max']:.4g}]"
+        return "-" if value is None else f"{value:.4g}" if isinstance(value, float) else str(value)
+
+    table = [[name, *keys]] + [[str(row), *(cell(values.get(key)) for key in keys)] for row, values in rows.items()]
+    widths = [max(len(line[i]) for line in table) for i in range(len(table[0]))]
+    for line in table:
+        print("  ".join(text.rjust(width) for text, width in zip(line, widths)))
