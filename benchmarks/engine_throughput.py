@@ -288,7 +288,7 @@ def main(argv: list[str] | None = None) -> dict:
     args = parser.parse_args(argv)
     report = harness.load_report(args.out) if args.replot else run(args)
     report["summary"] = summarise(report["runs"])
-    return harness.write_report(args.out, report, rederived=args.replot, show=print_summary, argv=argv)
+    return harness.finish(args, report, argv, show=print_summary)
 
 
 if __name__ == "__main__":

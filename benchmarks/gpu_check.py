@@ -194,14 +194,10 @@ def main(argv: list[str] | None = None) -> dict:
     started = time.perf_counter()
     report: dict = {
         "command": "bash benchmarks/gpu_check.sh " + ("--dry-run" if options.dry_run else ""),
-        "dry_run": options.dry_run,
-        "device": device,
+        "dry_run": options.dry_run, "device": device,
         "model": "Qwen2.5-1.5B architecture, random weights, bf16" if not options.dry_run else "scaled-down Qwen2",
-        "shape": shape,
-        "steps": options.steps,
-        "arms": {},
-        "skipped": {},
-    }
+        "shape": shape, "steps": options.steps, "arms": {}, "skipped": {},
+    }  # fmt: skip
     arms = ["trl", *[arm for arm in options.arms if arm != "trl"]]
     with tempfile.TemporaryDirectory() as workdir:
         model_path = build_model(

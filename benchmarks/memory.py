@@ -157,7 +157,7 @@ def main(argv: list[str] | None = None) -> dict:
         return {}
     report = harness.load_report(options.out) if options.replot else run(options)
     report["summary"] = summarise(report["runs"], report["device"])
-    return harness.write_report(options.out, report, rederived=options.replot, show=print_summary, argv=argv)
+    return harness.finish(options, report, argv, show=print_summary)
 
 
 if __name__ == "__main__":

@@ -114,7 +114,7 @@ def main(argv: list[str] | None = None) -> dict:
     if "runs" not in report:
         raise SystemExit(f"{options.out} holds no step times (written before they were stored): nothing to re-derive")
     report["trainers"] = summarise(report)
-    return harness.write_report(options.out, report, rederived=options.replot, show=print_summary, argv=argv)
+    return harness.finish(options, report, argv, show=print_summary)
 
 
 if __name__ == "__main__":

@@ -177,7 +177,7 @@ def main(argv: list[str] | None = None) -> dict:
     report = harness.load_report(options.out) if options.replot else run(options)
     names = [name for name in dict.fromkeys(["grpo", *options.trainers, *report["runs"]]) if name in report["runs"]]
     report["summary"] = summarise(report["runs"], names)
-    return harness.write_report(options.out, report, rederived=options.replot, show=print_summary, argv=argv)
+    return harness.finish(options, report, argv, show=print_summary)
 
 
 if __name__ == "__main__":

@@ -136,7 +136,7 @@ def main(argv: list[str] | None = None) -> dict:
     options = parser.parse_args(argv)
     # The JSON holds the measurements themselves: --replot redraws the plot only.
     report = harness.load_report(options.out) if options.replot else run(options)
-    return harness.write_report(options.out, report, rederived=options.replot, plot=plot, argv=argv)
+    return harness.finish(options, report, argv, plot=plot)
 
 
 if __name__ == "__main__":

@@ -305,7 +305,7 @@ def main(argv: list[str] | None = None) -> dict:
             summary = report["summary"][model]
             print(f"{model}: falsified = {summary['falsified']}; {summary['skewed_checks']}")
 
-    return harness.write_report(options.out, report, rederived=options.replot, plot=plot, show=show, argv=argv)
+    return harness.finish(options, report, argv, plot=plot, show=show)
 
 
 if __name__ == "__main__":

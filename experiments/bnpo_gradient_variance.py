@@ -433,13 +433,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--out", type=Path, help="the result JSON (default: this mode's in experiments/results/)")
     parser.add_argument("--stages", type=int, nargs="+", default=[0, 60, 150])
     parser.add_argument("--batches", type=int, default=32)
-    parser.add_argument(
-        "--mode",
-        choices=["legacy", "skewed"],
-        default="legacy",
-        help="legacy: the original 16 x 8 measurement on the quickstart mixture (its old results file); skewed: 32 x 16 "
-        "on a hard-weighted mixture with the per-group decomposition and the (alpha, beta) grid",
-    )
+    modes = "legacy: 16 x 8 on the quickstart mixture (its old results file); skewed: 32 x 16, hard-weighted, the grid"
+    parser.add_argument("--mode", choices=["legacy", "skewed"], default="legacy", help=modes)
     parser.add_argument("--prompts", type=int, default=32, help="skewed mode: prompts per batch")
     parser.add_argument("--num-generations", type=int, default=16, help="skewed mode: completions per prompt")
     parser.add_argument(
@@ -447,9 +442,10 @@ def main(argv: list[str] | None = None) -> dict:
         help="skewed mode: sampling weights of the copy, successor, no-carry and carry levels",
     )  # fmt: skip
     options = parser.parse_args(argv)
-    out = options.out or RESULTS / f"bnpo_gradient_variance{'_skewed' if options.mode == 'skewed' else ''}.json"
+    suffix = "_skewed" if options.mode == "skewed" else ""
+    options.out = options.out or RESULTS / f"bnpo_gradient_variance{suffix}.json"
     if options.replot:
-        report = harness.load_report(out)
+        report = harness.load_report(options.out)
     else:
         from trl_ext.training import set_threads
 
@@ -457,10 +453,8 @@ def main(argv: list[str] | None = None) -> dict:
         report = run_skewed(options) if options.mode == "skewed" else run_legacy(options)
     skewed = report.get("mode") == "skewed"
     report["summary"] = (skewed_summary if skewed else legacy_summary)(report["results"], report["options"]["stages"])
-    return harness.write_report(
-        out, report, rederived=options.replot, plot=plot_skewed if skewed else plot,
-        show=lambda r: [print(f"stage {stage}: " + json.dumps(row)) for stage, row in r["summary"].items()], argv=argv,
-    )  # fmt: skip
+    show = lambda r: [print(f"stage {stage}: " + json.dumps(row)) for stage, row in r["summary"].items()]  # noqa: E731
+    return harness.finish(options, report, argv, plot=plot_skewed if skewed else plot, show=show)
 
 
 if __name__ == "__main__":

@@ -104,23 +104,14 @@ def new_confusion() -> dict:
 
 
 def judge_batch(f1, valid, steps, supporting, advantages, group: int, rule: dict = RULE) -> dict:
-    """Compare CalibAdv's step judgement with the ground truth over one batch of trajectories in contiguous groups.
+    """Compare CalibAdv's step judgement with the ground truth over one batch of trajectories in contiguous groups of
+    ``group``, given per row the answer F1 and format validity, the rollout's ``calibadv_steps``, the question's
+    ``supporting_doc_ids`` and A_i (failed: A_i < 0).
 
-    Args:
-        f1, valid: per row, answer F1 and format validity (as the estimator computes them).
-        steps: per row, the rollout's ``calibadv_steps``.
-        supporting: per row, the question's ``supporting_doc_ids``.
-        advantages: per row, A_i (for the restriction to failed trajectories, A_i < 0).
-        group: ``num_generations``.
-
-    Returns:
-        ``{"all": confusion, "failed": confusion, "steps_total", "steps_unjudged", "unjudged_useful"}``; a confusion
-        counts tp / fp / fn / tn of "correct step" (s > 0) against "useful" and attributes every disagreement. A false
-        positive always has a new silver document that is not a supporting one (a distractor or detour document of
-        the best trajectories); it is ``fp_resupporting`` if the step re-retrieved an already seen supporting document
-        (a redundant search the repeat rule let through), else ``fp_off_chain``. False negatives:
-        ``fn_missing_from_silver`` (no new supporting document of the step is in the silver set),
-        ``fn_think_repeat`` / ``fn_doc_repeat`` (the repeat rule fired; a step may have several causes).
+    Returns ``{"all": confusion, "failed": confusion, "steps_total", "steps_unjudged", "unjudged_useful"}``: a confusion
+    counts tp / fp / fn / tn of "correct step" (s > 0) against "useful" and attributes every disagreement: a false
+    positive is ``fp_resupporting`` (it re-retrieved a seen supporting document) or ``fp_off_chain``; a false negative
+    ``fn_missing_from_silver``, ``fn_think_repeat`` and / or ``fn_doc_repeat`` (the repeat rule fired).
     """
     from trl_ext.advantages.calibadv_math import group_step_scores, silver_documents
 
@@ -285,8 +276,8 @@ def make_judging_trainer_class():
                 estimator = self.advantage_estimator
                 f1, valid, _ = estimator.score_rows(batch)
                 steps = [list(row or []) for row in batch.columns["calibadv_steps"]]
-                supporting, advantages = batch.extras["supporting_doc_ids"], estimator.last_row_advantages.tolist()
-                judgement = judge_batch(f1, valid, steps, supporting, advantages, batch.num_generations)
+                supporting, row_advantages = batch.extras["supporting_doc_ids"], estimator.last_row_advantages.tolist()
+                judgement = judge_batch(f1, valid, steps, supporting, row_advantages, batch.num_generations)
                 self.penalty_records[-1]["judgement"] = judgement
             return advantages
 
@@ -512,6 +503,8 @@ def plot_judgement(axis, summary: dict) -> None:
             high.append(entry["max"] - h if entry else 0.0)
         axis.bar(xs, heights, width, color=color, label=name, yerr=[low, high], capsize=3)
     for i, (_, source, _, base_key) in enumerate(groups):
+        if source[base_key] is None:  # no judged step
+            continue
         label = "useful base rate (agreement of 'always correct')" if i == 0 else None
         axis.plot([i - 2 * width, i + 2 * width], [source[base_key]["mean"]] * 2, color="k", linewidth=2, label=label)
     axis.axhline(0.89, color="k", linestyle="--", linewidth=1, label="paper: 89% agreement")
@@ -545,9 +538,7 @@ def main(argv: list[str] | None = None) -> dict | None:
     if report is None:  # a stage that leaves its part for the merge
         return None
     report["summary"] = summarise(report)
-    return harness.write_report(
-        options.out, report, rederived=options.replot, plot=plot, show=print_summary, argv=argv
-    )
+    return harness.finish(options, report, argv, plot=plot, show=print_summary)
 
 
 def run(options) -> dict | None:

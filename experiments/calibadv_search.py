@@ -318,17 +318,13 @@ def penalty_record(trainer, advantages, batch) -> dict:
     # Sanity checks of the baseline arm: token advantages = A_i on model tokens, 0 elsewhere; A_i = TRL's GRPO.
     grouped = rewards.view(-1, group)
     trl = ((grouped - grouped.mean(dim=1, keepdim=True)) / (grouped.std(dim=1, keepdim=True) + 1e-4)).view(-1)
+    silver = sum(any(scores[j] is not None for j in range(g, g + group)) for g in range(0, n, group)) / (n // group)
     record.update(
-        reward=rewards.mean().item(),
-        f1=statistics.mean(x for x in f1 if x == x) if any(x == x for x in f1) else 0.0,
-        format_valid=sum(valid) / n,
-        answered=sum(answered) / n,
-        searches=sum(len(s) for s in steps) / n,
+        reward=rewards.mean().item(), f1=statistics.mean(x for x in f1 if x == x) if any(x == x for x in f1) else 0.0,
+        format_valid=sum(valid) / n, answered=sum(answered) / n, searches=sum(len(s) for s in steps) / n,
         broadcast_deviation=(token_advantages - rows.unsqueeze(1) * mask).abs().max().item(),
-        trl_grpo_deviation=(rows - trl).abs().max().item(),
-        groups_with_silver=sum(any(scores[j] is not None for j in range(g, g + group)) for g in range(0, n, group))
-        / (n // group),
-    )
+        trl_grpo_deviation=(rows - trl).abs().max().item(), groups_with_silver=silver,
+    )  # fmt: skip
     return record
 
 
@@ -510,30 +506,15 @@ def _fmt(value, digits=3) -> str:
 
 
 def print_summary(report: dict) -> None:
+    """Over seeds: the penalised share and penalty kept on correct steps of failed trajectories, training and greedy
+    evaluation F1 x format, format validity, searches."""
     summary = report["summary"]
-    keys = (
-        ("penalised_share", "share of correct steps in failed trajs penalised"),
-        ("penalty_kept", "penalty kept on them (A_step / A_i)"),
-        ("full_penalised_share", "share of fully correct (s=1) steps penalised"),
-        ("frac_failed_steps_correct", "correct / scored steps in failed trajs"),
-        ("reward_first10", "training F1 x format, first 10 steps"),
-        ("reward_last10", "training F1 x format, last 10 steps"),
-        ("reward_auc", "training F1 x format, mean over steps"), ("eval_start", "greedy eval F1 x format, start"),
-        ("eval_end", "greedy eval F1 x format, end"), ("eval_mean", "greedy eval F1 x format, mean of evals after 0"),
-        ("eval_f1_end", "greedy eval F1 (format ignored), end"),
-        ("eval_format_valid_end", "greedy eval format validity, end"),
-        ("f1_last10", "training F1 (format ignored), last 10 steps"),
-        ("format_valid_last10", "format validity, last 10 steps"),
-        ("searches_last10", "searches per trajectory, last 10 steps"),
-    )  # fmt: skip
-    seeds = list(next(iter(summary["per_seed"].values())))
-    for arm in summary["per_seed"]:
-        print(f"== {arm}")
-        for key, label in keys:
-            per_seed = " ".join(_fmt(summary["per_seed"][arm][s][key]) for s in seeds)
-            agg = summary["overall"][arm][key]
-            mean = "-" if agg is None else f"{agg['mean']:.3f} [{agg['min']:.3f}, {agg['max']:.3f}]"
-            print(f"  {label:<52} {mean:<24} seeds {per_seed}")
+    keys = "penalised_share penalty_kept full_penalised_share frac_failed_steps_correct reward_first10 reward_last10"
+    keys += " reward_auc eval_start eval_end eval_mean eval_f1_end eval_format_valid_end f1_last10 format_valid_last10"
+    rows = {
+        key: {arm: row[key] for arm, row in summary["overall"].items()} for key in [*keys.split(), "searches_last10"]
+    }
+    harness.print_table(rows, list(summary["overall"]), name="")
     grpo = summary["overall"].get("grpo")
     if grpo:
         print(f"grpo arm checks: max |token adv - A_i mask| {grpo['broadcast_deviation_max']['max']:.2e}, "
@@ -616,9 +597,7 @@ def main(argv: list[str] | None = None) -> dict:
     options = parser.parse_args(argv)
     report = harness.load_report(options.out) if options.replot else run(options)
     report["summary"] = summarise(report["runs"])
-    return harness.write_report(
-        options.out, report, rederived=options.replot, plot=plot, show=print_summary, argv=argv
-    )
+    return harness.finish(options, report, argv, plot=plot, show=print_summary)
 
 
 if __name__ == "__main__":

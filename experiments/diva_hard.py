@@ -58,11 +58,10 @@ FALSIFIER = (
 
 #: arm -> (registered trainer, config fields)
 ARMS: dict[str, tuple[str, dict]] = {
-    "grpo8": ("grpo", {"num_generations": 8}),
-    "grpo16": ("grpo", {"num_generations": 16}),
+    "grpo8": ("grpo", {"num_generations": 8}), "grpo16": ("grpo", {"num_generations": 16}),
     "diva_responses": ("diva", {"num_generations": 8, "diva_batch_norm": "responses"}),
     "diva_reference": ("diva", {"num_generations": 8, "diva_batch_norm": "reference"}),
-}
+}  # fmt: skip
 DIVA_FIELDS = {
     "diva_num_variants": 1, "diva_difficulty_k": 0.1, "diva_rrb_threshold": 0.15, "diva_rrb_scale": 0.1,
     "diva_initial_difficulty": 7, "diva_hint_template": HINT_TEMPLATE,
@@ -484,9 +483,7 @@ def main(argv: list[str] | None = None) -> dict:
     else:
         report = harness.load_report(options.out) if options.replot else run(options)
     report["summary"] = summarise(report["runs"])
-    return harness.write_report(
-        options.out, report, rederived=options.replot, plot=plot, show=print_summary, dump=dump_json, argv=argv
-    )
+    return harness.finish(options, report, argv, plot=plot, show=print_summary, dump=dump_json)
 
 
 if __name__ == "__main__":

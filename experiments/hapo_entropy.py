@@ -29,10 +29,8 @@ RESULTS = Path(__file__).parent / "results"
 COLORS = {"grpo": "tab:blue", "hapo": "tab:red"}
 #: timing arm -> (registered trainer, extra config fields)
 TIMING_ARMS: dict[str, tuple[str, dict]] = {
-    "grpo": ("grpo", {}),
-    "hapo_no_temperature": ("hapo", {"hapo_adaptive_temperature": False}),
-    "hapo": ("hapo", {}),
-}
+    "grpo": ("grpo", {}), "hapo_no_temperature": ("hapo", {"hapo_adaptive_temperature": False}), "hapo": ("hapo", {}),
+}  # fmt: skip
 
 
 def _cpu_time_callback(cpu_times: list[float]):
@@ -184,10 +182,8 @@ def plot(report: dict, path: Path) -> None:
         hapo = list(learning["hapo"].values())
         for key, style, label in (("min", "--", "min over rollout tokens"), ("max", "-", "max over rollout tokens")):
             curves = [run[f"hapo/temperature_{key}"] for run in hapo]
-            harness.band(
-                axes[2], range(1, len(curves[0]) + 1), curves, color=COLORS["hapo"], label=label, linestyle=style,
-                fill=False,
-            )  # fmt: skip
+            x = range(1, len(curves[0]) + 1)
+            harness.band(axes[2], x, curves, color=COLORS["hapo"], label=label, linestyle=style, fill=False)
         axes[2].axhline(1.0, color="gray", linewidth=0.8)
         axes[2].set_title("hapo: realised rollout temperature (T0 = 1)")
         axes[2].legend()
@@ -231,10 +227,8 @@ def main(argv: list[str] | None = None) -> dict:
     options = parser.parse_args(argv)
     report = harness.load_report(options.out) if options.replot else run(options)
     report["summary"] = summarise(report["learning"])
-    return harness.write_report(
-        options.out, report, rederived=options.replot, plot=plot,
-        show=lambda r: print(json.dumps({"timing": r["timing"], "summary": r["summary"]}, indent=1)), argv=argv,
-    )  # fmt: skip
+    show = lambda r: print(json.dumps({"timing": r["timing"], "summary": r["summary"]}, indent=1))  # noqa: E731
+    return harness.finish(options, report, argv, plot=plot, show=show)
 
 
 if __name__ == "__main__":

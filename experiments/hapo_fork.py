@@ -52,15 +52,14 @@ _ALL_OFF = {
 }  # fmt: skip
 #: arm -> (registered trainer, config fields on top of BASE_CLIP)
 ARMS: dict[str, tuple[str, dict]] = {
-    "dapo": ("grpo", {}),
-    "hapo_reference": ("hapo", {"hapo_entropy_sign_mode": "reference"}),
+    "dapo": ("grpo", {}), "hapo_reference": ("hapo", {"hapo_entropy_sign_mode": "reference"}),
     "hapo_signed": ("hapo", {"hapo_entropy_sign_mode": "signed"}),
     "temperature_only": ("hapo", {**_ALL_OFF, "hapo_adaptive_temperature": True}),
     "tlga_only": ("hapo", {**_ALL_OFF, "hapo_token_level_advantage": True}),
     "adr_only": ("hapo", {**_ALL_OFF, "hapo_adaptive_advantage": True}),
     "aac_only": ("hapo", {**_ALL_OFF, "hapo_adaptive_clip": True}),
     "dualclip_only": ("hapo", {**_ALL_OFF, "hapo_dual_clip_c": 10.0}),
-}
+}  # fmt: skip
 COLORS = {
     "dapo": "black", "hapo_reference": "tab:red", "hapo_signed": "tab:blue", "temperature_only": "tab:orange",
     "tlga_only": "tab:green", "adr_only": "tab:purple", "aac_only": "tab:brown", "dualclip_only": "tab:gray",
@@ -573,9 +572,7 @@ def main(argv: list[str] | None = None) -> dict:
     else:
         report = harness.load_report(options.out) if options.replot else run(options)
     report["summary"] = summarise(report["runs"])
-    return harness.write_report(
-        options.out, report, rederived=options.replot, plot=plot, show=print_summary, argv=argv
-    )
+    return harness.finish(options, report, argv, plot=plot, show=print_summary)
 
 
 if __name__ == "__main__":

@@ -105,9 +105,7 @@ def main(argv: list[str] | None = None) -> dict:
     options = parser.parse_args(argv)
     report = harness.load_report(options.out) if options.replot else run(options)
     report["summary"] = summarise(report["runs"])
-    return harness.write_report(
-        options.out, report, rederived=options.replot, plot=plot, show=print_summary, argv=argv
-    )
+    return harness.finish(options, report, argv, plot=plot, show=print_summary)
 
 
 if __name__ == "__main__":

@@ -32,11 +32,9 @@ SMOOTHING = 3
 FINAL_WINDOW = 5
 #: arm -> (registered trainer, extra config fields)
 ARMS: dict[str, tuple[str, dict]] = {
-    "grpo": ("grpo", {}),
-    "minpro": ("minpro", {}),
-    "minpro_capped": ("minpro", {"minpro_cap_at_one": True}),
+    "grpo": ("grpo", {}), "minpro": ("minpro", {}), "minpro_capped": ("minpro", {"minpro_cap_at_one": True}),
     "prefix_product": ("grpo", {"policy_objective": "prefix_product"}),
-}
+}  # fmt: skip
 COLORS = {"grpo": "tab:blue", "minpro": "tab:orange", "minpro_capped": "tab:green", "prefix_product": "tab:red"}
 FALSIFIER = (
     "The control (prefix_product) is unstable, and MinPRO's mean largest reward drop over 3 seeds is not smaller than "
@@ -159,22 +157,13 @@ def plot(report: dict, path: Path) -> None:
             x = [batch * settings["generation_batch"] for batch in range(1, min(map(len, smoothed)) + 1)]
             label = f"{arm}: final {stats['final_reward']['mean']:.2f}, largest drop {stats['largest_reward_drop']['mean']:.2f}"
             harness.band(axes[0], x, smoothed, color=color, label=label)
-            for index, run in enumerate(runs):
-                axes[1].plot(
-                    range(1, len(run["grad_norm"]) + 1),
-                    [g if g > ACTIVE_GRAD_NORM else float("nan") for g in run["grad_norm"]],
-                    color=color,
-                    alpha=0.5,
-                    linewidth=0.6,
-                    label=f"{arm}: {sum(stats['grad_norm_spikes']['per_seed'])} spikes" if index == 0 else None,
-                )
-                axes[2].plot(
-                    range(1, len(run["clip_region"]) + 1),
-                    harness.moving_average(run["clip_region"], 16),
-                    color=color,
-                    alpha=0.7,
-                    label=f"{arm}: mean {stats['clip_fraction']['mean']:.3f}" if index == 0 else None,
-                )
+            for index, run in enumerate(runs):  # every run, labelled once per arm
+                norms = [g if g > ACTIVE_GRAD_NORM else float("nan") for g in run["grad_norm"]]
+                label = f"{arm}: {sum(stats['grad_norm_spikes']['per_seed'])} spikes" if index == 0 else None
+                axes[1].plot(range(1, len(norms) + 1), norms, color=color, alpha=0.5, linewidth=0.6, label=label)
+                clip = harness.moving_average(run["clip_region"], 16)
+                label = f"{arm}: mean {stats['clip_fraction']['mean']:.3f}" if index == 0 else None
+                axes[2].plot(range(1, len(clip) + 1), clip, color=color, alpha=0.7, label=label)
         axes[1].axhline(
             summary["spike_threshold"], color="black", linestyle="--", linewidth=0.8, label="spike threshold"
         )
@@ -223,18 +212,11 @@ def run(options) -> dict:
                 f"max grad norm {max(run['grad_norm']):.2f}, clip {statistics.fmean(run['clip_region']):.3f} "
                 f"({run['seconds']:.0f}s)"
             )
-    return {
-        "falsifier": FALSIFIER,
-        "settings": {
-            **config,
-            "seeds": options.seeds,
-            "task": task.name,
-            "generation_batch": options.batch_size * options.steps_per_generation,
-            "model": {k: v for k, v in QUICKSTART_SETTINGS["model"].items() if k not in ("alphabet", "seed")},
-            "arms": {arm: {"trainer": name, **extra} for arm, (name, extra) in ARMS.items()},
-        },
-        "runs": runs, "wall_s": time.perf_counter() - start,
-    }  # fmt: skip
+    settings = {**config, "seeds": options.seeds, "task": task.name}
+    settings["generation_batch"] = options.batch_size * options.steps_per_generation
+    settings["model"] = {k: v for k, v in QUICKSTART_SETTINGS["model"].items() if k not in ("alphabet", "seed")}
+    settings["arms"] = {arm: {"trainer": name, **extra} for arm, (name, extra) in ARMS.items()}
+    return {"falsifier": FALSIFIER, "settings": settings, "runs": runs, "wall_s": time.perf_counter() - start}
 
 
 def print_summary(report: dict) -> None:
@@ -256,9 +238,7 @@ def main(argv: list[str] | None = None) -> dict:
     options = parser.parse_args(argv)
     report = harness.load_report(options.out) if options.replot else run(options)
     report["summary"] = summarise(report["runs"])
-    return harness.write_report(
-        options.out, report, rederived=options.replot, plot=plot, show=print_summary, argv=argv
-    )
+    return harness.finish(options, report, argv, plot=plot, show=print_summary)
 
 
 if __name__ == "__main__":

@@ -127,12 +127,9 @@ def measure(seed: int, length: int, drift: float, batches: int, num: int, skill:
     (true_grad,) = torch.autograd.grad(expected_reward(theta, target), theta)
     true_grad = true_grad.flatten()
     result: dict = {
-        "seed": seed,
-        "length": length,
-        "drift": drift,
-        "J_sampler": expected_reward(sampler, target).item(),
+        "seed": seed, "length": length, "drift": drift, "J_sampler": expected_reward(sampler, target).item(),
         "J_policy": expected_reward(policy, target).item(),
-    }
+    }  # fmt: skip
     grads: dict[str, list[torch.Tensor]] = {name: [] for name in ESTIMATORS}
     abs_log_ratio = []
     for _ in range(batches):
@@ -245,7 +242,7 @@ def main(argv: list[str] | None = None) -> dict:
         report = {"settings": settings, "falsifier": FALSIFIER, "runs": runs, "wall_seconds": time.time() - start}
     report["summary"] = summarise(report["runs"])
     report["verdict"] = verdict(report["summary"])
-    return harness.write_report(args.out, report, rederived=args.replot, plot=plot, show=print_summary, argv=argv)
+    return harness.finish(args, report, argv, plot=plot, show=print_summary)
 
 
 if __name__ == "__main__":

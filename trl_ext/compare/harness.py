@@ -258,3 +258,8 @@ def print_table(rows: dict, keys: Sequence[str], *, name: str = "arm") -> None:
     widths = [max(len(line[i]) for line in table) for i in range(len(table[0]))]
     for line in table:
         print("  ".join(text.rjust(width) for text, width in zip(line, widths)))
+
+
+def finish(options, report: dict, argv: Sequence[str] | None = None, **kwargs: Any) -> dict:
+    """A script's last step: :func:`write_report` to ``options.out``, as re-derived when ``options.replot``."""
+    return write_report(options.out, report, rederived=options.replot, argv=argv, **kwargs)
