@@ -12,7 +12,7 @@
    steps from the same weights in an interleaved order; per arm the median step time (first step dropped) and its
    ratio to ``grpo``, with generation and loss time measured by wrapping the trainer's own methods.
 
-Results: docs/results.md ("HAPO's adaptive temperature at sampling time"). Writes ``benchmarks/results/hapo_sampler.json``.
+Results: docs/results.md ("HAPO's adaptive temperature at sampling time"). Writes ``results/hapo_sampler.json``.
 """
 
 from __future__ import annotations

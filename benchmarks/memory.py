@@ -5,7 +5,7 @@
     python benchmarks/memory.py --arms trl grpo hapo --steps 3 --repeats 1   # a quick look
 
 Each arm trains ``--steps`` steps in a process of its own (no arm inherits another's allocations), same model, data,
-batch, seed and AdamW, in an interleaved order, ``--repeats`` times. Per process: **peak RSS** (``ru_maxrss``, everything
+batch, seed and AdamW, in an interleaved order, ``--repeats`` times. Per process: **peak RSS** (``ru_maxrss``, all
 included), **training peak** (the highest RSS sampled every 10 ms during ``train()`` minus the RSS just before it: what
 training adds) and on CUDA ``torch.cuda.max_memory_allocated``. Ratios are to the baseline arm of the same run (medians
 over repeats): ``trl`` (``trl.GRPOTrainer``), or for ``calibadv`` (on the ``deepsearch`` questions, one search turn)

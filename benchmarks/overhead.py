@@ -7,7 +7,7 @@ Each repeat, every trainer (and ``trl.GRPOTrainer``) trains the same tiny model,
 alternates between repeats; per trainer the median of TRL's ``step_time`` (generation included, each run's first step
 dropped) and its ratio to ``trl.GRPOTrainer`` (and the peak CUDA memory on a GPU). The ``diva`` arm's variants are
 unchanged copies (:func:`copy_variants`), so its ratio measures DIVA's machinery, not longer prompts. Writes
-``benchmarks/results/overhead.json`` with every step time (``runs``) for ``--replot`` (the stored result predates them).
+``benchmarks/results/overhead.json`` with every step time (``runs``) for ``--replot`` (the stored one predates them).
 """
 
 from __future__ import annotations

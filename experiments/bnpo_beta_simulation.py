@@ -5,7 +5,7 @@
 
 **Claim** (arXiv 2506.02864): with success rates ~ Beta(a, b), the normaliser f_Beta(p; 1 + a/3, 1 + b/3), fitted by
 the method of moments on every batch (``fit_beta``), minimises the policy-gradient variance, so beats GRPO's std where
-rates are skewed. **Design.** Batches of 32 prompts x 16 binary rewards with *exact* score vectors, so every advantage's
+rates are skewed. **Design.** Batches of 32 prompts x 16 binary rewards with *exact* score vectors, so each advantage's
 gradient g is computed on the same rewards and scores. Policy models ``shared_noiseE`` (the paper's assumptions: one
 success direction and a reward-irrelevant part of energy E in {0, 1, 64}) and ``tabular`` (32 fixed prompts); five
 ``POPULATIONS``; advantages ``grpo``, ``bnpo`` (the shipped per-batch fit) and 1 / f_Beta(p_hat; alpha, beta) on the

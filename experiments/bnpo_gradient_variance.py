@@ -8,7 +8,7 @@ towards hard problems, on the quickstart model after ``--stages`` GRPO steps. On
 the advantages, so per batch the script computes V_k (advantages r - p_hat on the groups with k successes) and every
 per-group weighting's gradient as sum_k w(k) V_k (checked against direct GRPO and BNPO gradients): ``grpo``, ``bnpo``
 (the shipped fit) and 1 / f_Beta(p_hat; alpha, beta) on ``SKEWED_GRID``. RV = E||g - Eg||^2 / ||Eg||^2, ||Eg||^2
-unbiased. Control and falsifier (written before the run): ``SKEWED_CONTROL`` and ``SKEWED_FALSIFIER``, also in the JSON.
+unbiased. Control and falsifier (written before the run): ``SKEWED_CONTROL``, ``SKEWED_FALSIFIER``, also in the JSON.
 **Legacy mode** (``bnpo_gradient_variance.json``, its last run): stages 0, 60 and 150, 16 prompts x 8 completions, the
 gradients under ``grpo``, ``bnpo`` and ``mean_baseline``; its relative variance divides by ||mean g||^2, which includes
 tr(Cov)/N and saturates towards N (new runs also store ``relative_variance_unbiased``). Results: docs/results.md.

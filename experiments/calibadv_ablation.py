@@ -15,7 +15,7 @@ step retrieved) on temperature-1 samples of the warm start and on every training
 precision / recall / specificity, coverage, and the cause of every disagreement. Part 2: the arms ``grpo``,
 ``soft_penalty``, ``rebalance`` and ``calibadv`` from the same warm start, seed and data, with greedy evaluations.
 ``CONTROL`` and ``FALSIFIER`` (written before the run) below, also in the JSON; design and results: docs/results.md
-("CalibAdv: step judgement and ablation on the deepsearch task"). Writes ``experiments/results/calibadv_ablation.json``.
+("CalibAdv: step judgement and ablation on the deepsearch task"). Writes ``results/calibadv_ablation.json``.
 """
 
 from __future__ import annotations
@@ -108,10 +108,10 @@ def judge_batch(f1, valid, steps, supporting, advantages, group: int, rule: dict
     ``group``, given per row the answer F1 and format validity, the rollout's ``calibadv_steps``, the question's
     ``supporting_doc_ids`` and A_i (failed: A_i < 0).
 
-    Returns ``{"all": confusion, "failed": confusion, "steps_total", "steps_unjudged", "unjudged_useful"}``: a confusion
-    counts tp / fp / fn / tn of "correct step" (s > 0) against "useful" and attributes every disagreement: a false
-    positive is ``fp_resupporting`` (it re-retrieved a seen supporting document) or ``fp_off_chain``; a false negative
-    ``fn_missing_from_silver``, ``fn_think_repeat`` and / or ``fn_doc_repeat`` (the repeat rule fired).
+    Returns ``{"all": confusion, "failed": confusion, "steps_total", "steps_unjudged", "unjudged_useful"}``: a
+    confusion counts tp / fp / fn / tn of "correct step" (s > 0) against "useful" and attributes every disagreement: a
+    false positive is ``fp_resupporting`` (it re-retrieved a seen supporting document) or ``fp_off_chain``; a false
+    negative ``fn_missing_from_silver``, ``fn_think_repeat`` and / or ``fn_doc_repeat`` (the repeat rule fired).
     """
     from trl_ext.advantages.calibadv_math import group_step_scores, silver_documents
 
@@ -438,8 +438,9 @@ def print_summary(report: dict) -> None:
         f"{c['fn_think_repeat']}, doc repeat {c['fn_doc_repeat']}"
     )
     print("== part 2")
-    keys = "eval_end eval_f1_end eval_format_valid_end eval_mean_after_start train_reward_last10 train_format_valid_last10"
-    keys += " penalised_share train_agreement train_precision train_recall train_specificity train_cohen_kappa"
+    keys = "eval_end eval_f1_end eval_format_valid_end eval_mean_after_start train_reward_last10"
+    keys += " train_format_valid_last10 penalised_share train_agreement train_precision train_recall train_specificity"
+    keys += " train_cohen_kappa"
     for arm, entry in summary["overall"].items():
         print(f"  -- {arm}")
         for key in [*keys.split(), "train_useful_rate"]:

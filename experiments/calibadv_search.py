@@ -15,9 +15,9 @@ as the prompt (tokens are characters, so CPU cost grows with every character of 
 
 Warm start (a random tiny model never writes the tag protocol, so RL from scratch measures nothing): a tiny Qwen2
 (``MODEL``) fine-tuned with a plain loop (AdamW, ``--sft_lr`` with 5 % warm-up and linear decay, batch 8,
-``--sft_steps``) on scripted expert transcripts: one ``<kind></think>\n<search> <title> </search>`` turn per document of
-the question's chain, then ``<kind></think>\n<answer> ... </answer>``, with the **real observations** in between (the
-same ``SearchAgentRollout`` and retriever as the RL runs, so ids and masks are exactly the RL ones), loss on the
+``--sft_steps``) on scripted expert transcripts: one ``<kind></think>\n<search> <title> </search>`` turn per document
+of the question's chain, then ``<kind></think>\n<answer> ... </answer>``, with the **real observations** in between
+(the same ``SearchAgentRollout`` and retriever as the RL runs, so ids and masks are exactly the RL ones), loss on the
 model-written tokens only. In ``--error_rate`` (25 %) of them the answer is a wrong one of the same kind, so the policy
 also learns to fail *after correct searches*, the case CalibAdv targets. One cached checkpoint shared by all seeds
 (greedy F1 ~0.81; ~45 % of temperature-1 samples score, so groups mix successes and failures).

@@ -1,6 +1,6 @@
 """DIVA on sparse rewards: hard problems, partial-step hints, against compute-matched GRPO (completions on the x-axis).
 
-    python experiments/diva_hard.py                                  # the measured configuration (~18 min, one process)
+    python experiments/diva_hard.py                                  # the measured configuration (~18 min)
     python experiments/diva_hard.py --seeds 0 --steps 100            # a quick look
     python experiments/diva_hard.py --arms grpo8 grpo16 --out /tmp/a.json &                       # as measured: two
     python experiments/diva_hard.py --arms diva_responses diva_reference --out /tmp/b.json         # parallel parts,

@@ -7,7 +7,8 @@ Superseded for the learning question by ``hapo_fork.py`` (2-token completions, o
 kept for the step-time measurements quoted in ``docs/trainers/hapo.md``. Learning runs: the quickstart's settings,
 ``grpo`` against ``hapo`` (spec defaults) per seed; TRL's ``entropy``, the reward and HAPO's rollout temperature range.
 Step time: ``grpo``, ``hapo`` without and with the adaptive temperature, back to back in a rotating order, in the
-``overhead`` shape (``benchmarks/overhead.py``'s model, ``--timing_tokens`` forced tokens) and the ``quickstart`` shape;
+``overhead`` shape (``benchmarks/overhead.py``'s model, ``--timing_tokens`` forced tokens) and the ``quickstart``
+shape;
 every step timed by TRL's ``step_time`` and the process CPU time, first step of each run dropped; per arm and clock the
 median paired ratio to ``grpo`` and the ratios of pooled medians and 10th percentiles (contention only adds time). The
 timing keeps ratios, not samples, so ``--replot`` re-derives the learning summary only. One torch thread.

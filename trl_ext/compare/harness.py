@@ -1,7 +1,7 @@
 """What ``trl-ext compare``, ``benchmarks/`` and ``experiments/`` share: train one arm for one seed (``run_arm``), the
 common arguments (``--seeds``, ``--out``, ``--replot``), result JSON with provenance (``write_report``), the moving
-average and spread of every summary, band plots and tables. A script's ``--replot`` re-derives its summary and plot from
-the stored JSON (``load_report``) without training. Nothing heavy is imported until a function needs it.
+average and spread of every summary, band plots and tables. A script's ``--replot`` re-derives its summary and plot
+from the stored JSON (``load_report``) without training. Nothing heavy is imported until a function needs it.
 """
 
 from __future__ import annotations
