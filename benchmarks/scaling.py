@@ -13,12 +13,15 @@ show as a time per element that does not fall to that constant. Writes ``benchma
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import time
 from pathlib import Path
 
 import torch
+
+from trl_ext.compare import harness
+
+harness.script_env()
 
 
 def _time(fn, device: str, repeats: int) -> float:
@@ -77,21 +80,29 @@ def token_cases(n: int, t: int, device: str) -> dict:
             max_completion_length=t,
             num_items=mask.sum(),
         ),
-        "minpro_prefix_min": lambda: prefix_min_log_ratio(log_ratio, mask),
-        "hapo_entropy_clip_bounds": hapo_clip,
-    }
+        "minpro_prefix_min": lambda: prefix_min_log_ratio(log_ratio, mask), "hapo_entropy_clip_bounds": hapo_clip,
+    }  # fmt: skip
 
 
-def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--max_elements", type=int, default=2**24, help="cap on N*T for the token-level steps")
-    parser.add_argument("--output", default=str(Path(__file__).parent / "results" / "scaling.json"))
-    options = parser.parse_args(argv)
-    torch.set_num_threads(options.threads)
+def plot(report: dict, path: Path) -> None:
+    with harness.figure(path, 1, 2, figsize=(12, 4.5)) as (fig, axes):
+        for name, rows in report["sequence"].items():
+            axes[0].loglog([r["N"] for r in rows], [r["seconds"] for r in rows], marker="o", label=name)
+        axes[0].set(xlabel="completions N", ylabel="seconds", title="advantage estimators (sequence level)")
+        for name, rows in report["token"].items():
+            elements = [r["N"] * r["T"] for r in rows]
+            axes[1].loglog(elements, [r["seconds"] for r in rows], marker="o", linestyle="", label=name)
+        axes[1].set(xlabel="tokens N x T", ylabel="seconds", title="per-token objective steps")
+        for ax in axes:
+            ax.grid(True, which="both", alpha=0.3)
+            ax.legend(fontsize=8)
+        fig.suptitle(f"trl-ext pure-function cost vs batch size ({report['device']}, {report['threads']} thread(s))")
 
+
+def run(options) -> dict:
+    from trl_ext.training import set_threads
+
+    set_threads(options.threads)
     sizes = [64, 256, 1024, 4096, 16384]
     report: dict = {"device": options.device, "threads": options.threads, "sequence": {}, "token": {}}
     print(f"{'step':>30} {'N':>6} {'T':>5} {'median (ms)':>12} {'ns / element':>13}")
@@ -101,7 +112,7 @@ def main(argv: list[str] | None = None) -> dict:
             report["sequence"].setdefault(name, []).append(
                 {"N": n, "seconds": seconds, "ns_per_element": seconds / n * 1e9}
             )
-            print(f"{name:>30} {n:6d} {'':>5} {seconds * 1e3:12.3f} {seconds / n * 1e9:13.1f}", flush=True)
+            print(f"{name:>30} {n:6d} {'':>5} {seconds * 1e3:12.3f} {seconds / n * 1e9:13.1f}")
     for t in (256, 1024, 4096):
         for n in sizes:
             if n * t > options.max_elements:
@@ -111,35 +122,21 @@ def main(argv: list[str] | None = None) -> dict:
                 report["token"].setdefault(name, []).append(
                     {"N": n, "T": t, "seconds": seconds, "ns_per_element": seconds / (n * t) * 1e9}
                 )
-                print(f"{name:>30} {n:6d} {t:5d} {seconds * 1e3:12.3f} {seconds / (n * t) * 1e9:13.2f}", flush=True)
-
-    output = Path(options.output)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_text(json.dumps(report, indent=2))
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print("matplotlib is not installed (pip install 'trl-ext[bench]'): no plot")
-        return report
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
-    for name, rows in report["sequence"].items():
-        axes[0].loglog([r["N"] for r in rows], [r["seconds"] for r in rows], marker="o", label=name)
-    axes[0].set(xlabel="completions N", ylabel="seconds", title="advantage estimators (sequence level)")
-    for name, rows in report["token"].items():
-        elements = [r["N"] * r["T"] for r in rows]
-        axes[1].loglog(elements, [r["seconds"] for r in rows], marker="o", linestyle="", label=name)
-    axes[1].set(xlabel="tokens N x T", ylabel="seconds", title="per-token objective steps")
-    for ax in axes:
-        ax.grid(True, which="both", alpha=0.3)
-        ax.legend(fontsize=8)
-    fig.suptitle(f"trl-ext pure-function cost vs batch size ({options.device}, {options.threads} thread(s))")
-    fig.tight_layout()
-    fig.savefig(output.with_suffix(".png"), dpi=110)
-    print(f"wrote {output} and {output.with_suffix('.png')}")
+                print(f"{name:>30} {n:6d} {t:5d} {seconds * 1e3:12.3f} {seconds / (n * t) * 1e9:13.2f}")
     return report
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    harness.add_common_args(parser, Path(__file__).parent / "results" / "scaling.json", seeds=None)
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--max_elements", type=int, default=2**24, help="cap on N*T for the token-level steps")
+    options = parser.parse_args(argv)
+    # The JSON holds the measurements themselves: --replot redraws the plot only.
+    report = harness.load_report(options.out) if options.replot else run(options)
+    return harness.finish(options, report, argv, plot=plot)
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""The core of ``benchmarks/calibadv_ablation.py``: the ground truth of a search step, its comparison with CalibAdv's
+"""The core of ``experiments/calibadv_ablation.py``: the ground truth of a search step, its comparison with CalibAdv's
 step judgement, and the arms' switches (not a re-run of the experiment)."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "experiments"))
 
 import calibadv_ablation as ablation  # noqa: E402
 import calibadv_search as search  # noqa: E402

@@ -1,4 +1,4 @@
-"""The core of ``benchmarks/diva_hard.py``: the task, the hint DIVA builds, the exact evaluation and the verdict."""
+"""The core of ``experiments/diva_hard.py``: the task, the hint DIVA builds, the exact evaluation and the verdict."""
 
 from __future__ import annotations
 
@@ -10,17 +10,17 @@ from pathlib import Path
 import pytest
 import torch
 
-BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
 
 
 @pytest.fixture(scope="module")
 def bench():
-    sys.path.insert(0, str(BENCHMARKS))
-    spec = importlib.util.spec_from_file_location("diva_hard_bench", BENCHMARKS / "diva_hard.py")
+    sys.path.insert(0, str(EXPERIMENTS))
+    spec = importlib.util.spec_from_file_location("diva_hard_bench", EXPERIMENTS / "diva_hard.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     yield module
-    sys.path.remove(str(BENCHMARKS))
+    sys.path.remove(str(EXPERIMENTS))
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,4 @@
-"""The core of ``benchmarks/hapo_fork.py``: the fork task's reward, the fork statistics, the clip flags and buckets,
+"""The core of ``experiments/hapo_fork.py``: the fork task's reward, the fork statistics, the clip flags and buckets,
 and the loss instrumentation against TRL's own clip metric on a two-step off-policy run."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "experiments"))
 
 import hapo_fork as bench  # noqa: E402
 

@@ -1,4 +1,4 @@
-"""The pieces MinPRO's experiments rest on (benchmarks/minpro_estimator.py, benchmarks/minpro_chain.py): the exact
+"""The pieces MinPRO's experiments rest on (experiments/minpro_estimator.py, experiments/minpro_chain.py): the exact
 expected reward behind the "true gradient", the weightings compared, the chain task's reward and the positive
 control objective."""
 
@@ -11,7 +11,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "experiments"))
 
 import minpro_chain  # noqa: E402
 import minpro_estimator as est  # noqa: E402

@@ -35,7 +35,8 @@ def test_dry_run_trains_every_arm_and_writes_the_ratios(tmp_path):
         for key in ("median_step_s", "completion_tokens_per_s", "step_time_ratio_vs_trl", "tokens_per_s_ratio_vs_trl"):
             assert math.isfinite(row[key]) and row[key] > 0, (arm, key, row[key])
     assert report["arms"]["trl"]["step_time_ratio_vs_trl"] == 1.0
-    assert report["versions"]["trl"] and report["versions"]["transformers"]
+    versions = report["provenance"]["versions"]
+    assert versions["trl"] and versions["transformers"]
 
 
 def test_gpu_run_refuses_to_start_without_the_wheels(tmp_path):

@@ -1,77 +1,21 @@
 """HAPO on a task with one high-entropy fork token and a long deterministic chain, off-policy enough that clipping acts.
 
-    python benchmarks/hapo_fork.py                  # 8 arms x 3 seeds, one process: about 3 min of one core
+    python experiments/hapo_fork.py                  # 8 arms x 3 seeds, one process: about 3 min of one core
+    # as measured: two processes (97 s + 87 s), then merged into experiments/results/hapo_fork.json and .png
+    python experiments/hapo_fork.py --arms dapo hapo_reference hapo_signed dualclip_only --out /tmp/a.json
+    python experiments/hapo_fork.py --arms temperature_only tlga_only adr_only aac_only --out /tmp/b.json
+    python experiments/hapo_fork.py --merge /tmp/a.json /tmp/b.json
 
-    # the same split over two processes (how the stored results were made: 97 s + 87 s), then merged into
-    # benchmarks/results/hapo_fork.json and .png
-    python benchmarks/hapo_fork.py --arms dapo hapo_reference hapo_signed dualclip_only --output /tmp/a.json
-    python benchmarks/hapo_fork.py --arms temperature_only tlga_only adr_only aac_only --output /tmp/b.json
-    python benchmarks/hapo_fork.py --merge /tmp/a.json /tmp/b.json
-
-    python benchmarks/hapo_fork.py --seeds 0 --steps 48 --arms dapo hapo_signed --output /tmp/x.json   # a quick look
-
-Each run (160 optimizer steps) takes 5-15 s of one core; most of the wall time is start-up and waiting for a core.
-
-**Task.** The prompt is ``d=`` for a digit d (10 prompts). A correct completion counts up *or* down from d for
-``L = --chain`` digits and then stops (EOS): for d=3, ``4567890123`` or ``2109876543``. The reward is the length of
-the correct prefix of the L+1 target tokens (the L digits, then EOS) under the direction its first token chose,
-divided by L+1; both directions are equally good. So the first completion token is a *fork* with two right answers
-(ideal entropy ln 2 = 0.693 nats if exploration is kept) and every later token is deterministic. Alphabet: the ten
-digits and ``=`` (14 tokens with the specials).
-
-**Model.** A tiny random Qwen2 (hidden 64, 2 layers) warm-started by a short supervised pass (``--sft_steps``
-cross-entropy steps on equal numbers of up and down chains), so that RL starts with a balanced fork (entropy near
-ln 2) and a chain that is learned only partly (mean reward well below 1): RL then has something to learn on the chain,
-and the question is only what it does to the fork on the way. (Improvement over the suggested design: from random
-init the fork entropy first has to fall from ln 14 to ln 2 while the format is learned, which mixes learning with
-collapse.)
-
-**Regime.** 32 prompts x 8 completions per generation batch, micro-batches of 32 completions, one micro-batch per
-optimizer step (``gradient_accumulation_steps=1``) and ``steps_per_generation=8``: every generation batch is used for
-8 optimizer steps, the last 7 off-policy; lr ``--lr`` = 2e-3 (constant; 3e-3 destabilised the baseline in pilots,
-1e-3 clipped < 1% of tokens), 160 optimizer steps, T0 = 1, no KL, ``loss_type="dapo"``, ``max_grad_norm=1``,
-``max_completion_length = L + 3``. Arms (all with eps_low 0.2, eps_high 0.28, so that only HAPO's components differ):
-
-* ``dapo``: the baseline, the ``grpo`` trainer (TRL's loss) with clip-higher (0.2 / 0.28), no KL;
-* ``hapo_reference`` / ``hapo_signed``: the ``hapo`` trainer with all components (adaptive temperature, TLGA, ADR,
-  AAC, dual clip c=10) in ``hapo_entropy_sign_mode`` ``"reference"`` (the authors' code) and ``"signed"``;
-* one component alone (``hapo`` trainer, signed mode, every other switch off and ``hapo_dual_clip_c=None``):
-  ``temperature_only``, ``tlga_only``, ``adr_only``, ``aac_only``, ``dualclip_only``.
-
-**Measured over training.**
-
-* Fork entropy (exact): at the start and every 4 optimizer steps, the entropy (T=1) of the first completion token's distribution
-  for each of the 10 prompts, averaged over the prompts; also the *direction entropy*, the binary entropy of
-  p(up) / (p(up) + p(down)), and the probability of a valid first token p(up) + p(down).
-* Chain entropy: the mean policy entropy (from the loss forward pass) at completion positions >= 1 of the sampled
-  completions, per optimizer step.
-* Clip fractions per bucket: the loss is instrumented (a subclass of the arm's trainer class that reads the loss
-  context after the surrogate; the package is not changed). A token is *clipped* when its ratio left
-  [1 - eps_low_t, 1 + eps_high_t] on the side that zeroes its gradient (A > 0 and r > 1 + eps_high_t, or A < 0 and
-  r < 1 - eps_low_t; A after HAPO's redistribution, eps_t after its adaptive clip); the dual clip (A < 0, r > c) is
-  counted separately. Fractions are over the loss tokens of off-policy micro-batches (the first micro-batch of each
-  generation batch has r = 1), in two bucketings: by position (fork = completion position 0, chain = later) and by
-  entropy (high = entropy above the micro-batch's 0.8-quantile, which is HAPO's pivot, low = the rest). The same
-  tokens are also tested against the baseline's fixed bounds with TRL's advantage (``clip_at_base_*``): a lower
-  ``clip_*`` with an unchanged ``clip_at_base_*`` means wider bounds, a lower ``clip_at_base_*`` means smaller ratio
-  moves.
-* Completion length (TRL's ``completions/mean_length``; its drift over training) and reward.
-
-**Controls.** (1) Clipping acts: the baseline's clip fraction on off-policy tokens must be at least 1%, else the lr is
-too low for the clip terms to matter. (2) There is a collapse to prevent: the baseline's fork entropy over the last
-quarter of training must be below half of its starting value, else the task is not hard enough to show anything.
-
-**Falsifier (written before the measured run).** For each full HAPO arm (``hapo_reference``, ``hapo_signed``)
-separately, the claim "HAPO keeps exploration at forking tokens by clipping high-entropy tokens less" is
-
-* falsified if its fork entropy falls as fast as the baseline's: the 3-seed mean of the fork entropy averaged over
-  all evaluation points after the start is not higher than the baseline's (difference <= 0), or
-* falsified if high-entropy tokens are not clipped less: its clip fraction on the high-entropy bucket (off-policy
-  tokens, whole run, 3-seed mean) is not lower than the baseline's on the same bucket;
-* supported if neither holds and the fork-entropy difference is positive on every seed (paired by seed: same initial
-  model and data); inconclusive otherwise, or if a control fails.
-
-Writes ``benchmarks/results/hapo_fork.json`` and ``benchmarks/results/hapo_fork.png``. One torch thread (set here).
+**Task.** The prompt is ``d=``; a correct completion counts up *or* down from d for ``--chain`` digits and stops, so
+the first token is a *fork* with two right answers (ideal entropy ln 2) and every later token is deterministic. A tiny
+Qwen2 warm-started by ``--sft_steps`` supervised steps on both chains starts RL with a balanced fork. **Regime.** 7 of
+8 micro-batches stale (``steps_per_generation=8``), lr 2e-3, no KL, ``loss_type="dapo"``, eps 0.2 / 0.28 in every
+arm. **Arms:** ``dapo`` (the ``grpo`` trainer), ``hapo_reference`` / ``hapo_signed`` (all components, each
+``hapo_entropy_sign_mode``) and each component alone. **Measured:** the exact fork entropy every ``FORK_EVERY`` steps,
+the chain entropy, and clip fractions of off-policy loss tokens by position and by entropy bucket (above the
+micro-batch's 0.8-quantile, HAPO's pivot) from an instrumented subclass of the arm's trainer (the package is
+unchanged). Controls and falsifier (written before the run): ``FALSIFIER`` below, also in the JSON; design and results:
+docs/results.md ("HAPO: fork-token entropy under off-policy clipping"). One torch thread.
 """
 
 from __future__ import annotations
@@ -79,21 +23,15 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import statistics
-import sys
 import tempfile
 import time
 from collections import defaultdict
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).parent))
-from common import spread  # noqa: E402
+from trl_ext.compare import harness
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
-os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-os.environ.setdefault("OMP_NUM_THREADS", "1")
+harness.script_env(one_thread=True)
 
 RESULTS = Path(__file__).parent / "results"
 ALPHABET = "0123456789="
@@ -109,40 +47,28 @@ FALSIFIER = (
 )
 BASE_CLIP = {"loss_type": "dapo", "epsilon": 0.2, "epsilon_high": 0.28, "beta": 0.0}
 _ALL_OFF = {
-    "hapo_adaptive_temperature": False,
-    "hapo_token_level_advantage": False,
-    "hapo_adaptive_advantage": False,
-    "hapo_adaptive_clip": False,
-    "hapo_dual_clip_c": None,
-}
+    "hapo_adaptive_temperature": False, "hapo_token_level_advantage": False, "hapo_adaptive_advantage": False,
+    "hapo_adaptive_clip": False, "hapo_dual_clip_c": None,
+}  # fmt: skip
 #: arm -> (registered trainer, config fields on top of BASE_CLIP)
 ARMS: dict[str, tuple[str, dict]] = {
-    "dapo": ("grpo", {}),
-    "hapo_reference": ("hapo", {"hapo_entropy_sign_mode": "reference"}),
+    "dapo": ("grpo", {}), "hapo_reference": ("hapo", {"hapo_entropy_sign_mode": "reference"}),
     "hapo_signed": ("hapo", {"hapo_entropy_sign_mode": "signed"}),
     "temperature_only": ("hapo", {**_ALL_OFF, "hapo_adaptive_temperature": True}),
     "tlga_only": ("hapo", {**_ALL_OFF, "hapo_token_level_advantage": True}),
     "adr_only": ("hapo", {**_ALL_OFF, "hapo_adaptive_advantage": True}),
     "aac_only": ("hapo", {**_ALL_OFF, "hapo_adaptive_clip": True}),
     "dualclip_only": ("hapo", {**_ALL_OFF, "hapo_dual_clip_c": 10.0}),
-}
+}  # fmt: skip
 COLORS = {
-    "dapo": "black",
-    "hapo_reference": "tab:red",
-    "hapo_signed": "tab:blue",
-    "temperature_only": "tab:orange",
-    "tlga_only": "tab:green",
-    "adr_only": "tab:purple",
-    "aac_only": "tab:brown",
-    "dualclip_only": "tab:gray",
-}
+    "dapo": "black", "hapo_reference": "tab:red", "hapo_signed": "tab:blue", "temperature_only": "tab:orange",
+    "tlga_only": "tab:green", "adr_only": "tab:purple", "aac_only": "tab:brown", "dualclip_only": "tab:gray",
+}  # fmt: skip
 BUCKETS = ("fork", "chain", "high", "low")
 FORK_EVERY = 4  # optimizer steps between exact fork-entropy evaluations
 
 
-# ----------------------------------------------------------------------------------------------------------------------
 # The task (pure functions)
-# ----------------------------------------------------------------------------------------------------------------------
 def target(digit: int, direction: int, length: int) -> str:
     """The L digits that count from ``digit`` in ``direction`` (+1 up, -1 down), modulo 10, ``digit`` excluded."""
     return "".join(str((digit + direction * k) % 10) for k in range(1, length + 1))
@@ -227,16 +153,12 @@ def fork_statistics(probs, digits: list[int], digit_ids: list[int]) -> dict:
     valid = ups + downs
     direction = [binary_entropy(float(u / v)) if v > 0 else 0.0 for u, v in zip(ups, valid)]
     return {
-        "fork_entropy": float(entropy.mean()),
-        "direction_entropy": statistics.fmean(direction),
-        "valid": float(valid.mean()),
-        "p_up": float((ups / valid.clamp(min=1e-30)).mean()),
-    }
+        "fork_entropy": float(entropy.mean()), "direction_entropy": statistics.fmean(direction),
+        "valid": float(valid.mean()), "p_up": float((ups / valid.clamp(min=1e-30)).mean()),
+    }  # fmt: skip
 
 
-# ----------------------------------------------------------------------------------------------------------------------
 # Model, warm start, data
-# ----------------------------------------------------------------------------------------------------------------------
 def _tokenizer_ids(tokenizer) -> tuple[list[int], int, int]:
     digit_ids = [tokenizer.convert_tokens_to_ids(d) for d in DIGITS]
     equals = tokenizer.convert_tokens_to_ids("=")
@@ -252,14 +174,9 @@ def warm_start(seed: int, options) -> str:
 
     root = Path(tempfile.gettempdir()) / "trl-ext-hapo-fork"
     base = build_tiny_checkpoint(
-        str(root / f"init-seed{seed}"),
-        alphabet=ALPHABET,
-        hidden_size=64,
-        num_layers=2,
-        num_heads=4,
-        initializer_range=0.1,
-        seed=seed,
-    )
+        str(root / f"init-seed{seed}"), alphabet=ALPHABET, hidden_size=64, num_layers=2, num_heads=4,
+        initializer_range=0.1, seed=seed,
+    )  # fmt: skip
     out = root / f"sft-seed{seed}-steps{options.sft_steps}-lr{options.sft_lr}-L{options.chain}"
     if (out / "done").exists():
         return str(out)
@@ -317,9 +234,7 @@ def make_reward(tokenizer, length: int):
     return chain_reward
 
 
-# ----------------------------------------------------------------------------------------------------------------------
 # Instrumentation
-# ----------------------------------------------------------------------------------------------------------------------
 class Recorder:
     """Per-optimizer-step sums of the loss-side measurements, filled by the instrumented trainer."""
 
@@ -416,77 +331,42 @@ def fork_callback(tokenizer, every: int, records: list[dict]):
     return Fork()
 
 
-# ----------------------------------------------------------------------------------------------------------------------
 # One run
-# ----------------------------------------------------------------------------------------------------------------------
 def train_run(arm: str, checkpoint: str, seed: int, options) -> dict:
-    from transformers import AutoTokenizer, PrinterCallback
+    from transformers import AutoTokenizer
 
-    import trl_ext.trainers.hapo  # noqa: F401  (registers "hapo")
     from trl_ext import get_trainer
 
     trainer_name, extra = ARMS[arm]
-    trainer_cls, config_cls = get_trainer(trainer_name)
-    recorder = Recorder()
-    forks: list[dict] = []
+    recorder, forks = Recorder(), []
     tokenizer = AutoTokenizer.from_pretrained(checkpoint)
-    batch = 32
-    steps_per_generation = options.steps_per_generation
-    with tempfile.TemporaryDirectory() as output_dir:
-        args = config_cls(
-            output_dir=output_dir,
-            logging_steps=1,
-            report_to="none",
-            save_strategy="no",
-            use_cpu=True,
-            bf16=False,
-            disable_tqdm=True,
-            seed=seed,
-            learning_rate=options.lr,
-            lr_scheduler_type="constant",
-            max_grad_norm=1.0,
-            per_device_train_batch_size=batch,
-            gradient_accumulation_steps=1,
-            steps_per_generation=steps_per_generation,
-            num_generations=8,
-            max_completion_length=options.chain + 3,
-            temperature=1.0,
-            max_steps=options.steps,
-            **BASE_CLIP,
-            **extra,
-        )
-        dataset = make_dataset(batch * options.steps + 64, seed)
-        cls = instrumented(trainer_cls, recorder)
-        trainer = cls(
-            model=checkpoint,
-            reward_funcs=[make_reward(tokenizer, options.chain)],
-            args=args,
-            train_dataset=dataset,
-            processing_class=tokenizer,
-        )
-        trainer.remove_callback(PrinterCallback)
-        trainer.add_callback(fork_callback(tokenizer, FORK_EVERY, forks))
-        trainer.train()
-        logs = [dict(e) for e in trainer.state.log_history if "clip_ratio/region_mean" in e]
+    config = dict(
+        use_cpu=True, bf16=False, learning_rate=options.lr, lr_scheduler_type="constant", max_grad_norm=1.0,
+        per_device_train_batch_size=32, gradient_accumulation_steps=1,
+        steps_per_generation=options.steps_per_generation, num_generations=8, max_completion_length=options.chain + 3,
+        temperature=1.0, max_steps=options.steps, **BASE_CLIP, **extra,
+    )  # fmt: skip
+    run = harness.run_arm(
+        trainer_name, model=checkpoint, reward_funcs=[make_reward(tokenizer, options.chain)],
+        train_dataset=make_dataset(32 * options.steps + 64, seed), seed=seed, config=config,
+        trainer_cls=instrumented(get_trainer(trainer_name)[0], recorder),
+        callbacks=[fork_callback(tokenizer, FORK_EVERY, forks)], processing_class=tokenizer,
+    )  # fmt: skip
+    logs = run.logs("clip_ratio/region_mean")
     # Rollout metrics (reward, length, temperature) are logged at the steps that generate (every
     # steps_per_generation-th); TRL's clip metric every step (0 on the first, on-policy, micro-batch).
     history = [e for e in logs if "reward" in e]
     return {
-        "fork": forks,
-        "loss_side": recorder.steps,
-        "generation_step": [e["step"] for e in history],
-        "reward": [e["reward"] for e in history],
-        "length": [e.get("completions/mean_length") for e in history],
+        "fork": forks, "loss_side": recorder.steps, "generation_step": [e["step"] for e in history],
+        "reward": [e["reward"] for e in history], "length": [e.get("completions/mean_length") for e in history],
         "truncated": [e.get("completions/clipped_ratio") for e in history],
         "temperature_min": [e.get("hapo/temperature_min") for e in history],
         "temperature_max": [e.get("hapo/temperature_max") for e in history],
         "clip_region_trl": [e["clip_ratio/region_mean"] for e in logs],
-    }
+    }  # fmt: skip
 
 
-# ----------------------------------------------------------------------------------------------------------------------
 # Summary
-# ----------------------------------------------------------------------------------------------------------------------
 def _frac(steps: list[dict], num: str, den: str) -> float | None:
     n = sum(s.get(num, 0.0) for s in steps)
     d = sum(s.get(den, 0.0) for s in steps)
@@ -536,18 +416,17 @@ def summarise(runs: dict) -> dict:
     arms = {}
     for arm, seeds in per_run.items():
         keys = next(iter(seeds.values())).keys()
-        arms[arm] = {key: spread([s[key] for s in seeds.values()]) for key in keys}
+        arms[arm] = {key: harness.spread([s[key] for s in seeds.values()]) for key in keys}
     out: dict = {"arms": arms, "per_run": per_run}
     if "dapo" not in per_run:
         return out
     base = arms["dapo"]
     controls = {
-        "baseline_clip_fraction": base["clip_all"]["mean"],
-        "clipping_acts": base["clip_all"]["mean"] >= 0.01,
+        "baseline_clip_fraction": base["clip_all"]["mean"], "clipping_acts": base["clip_all"]["mean"] >= 0.01,
         "baseline_fork_start": base["fork_entropy_start"]["mean"],
         "baseline_fork_last_quarter": base["fork_entropy_last_quarter"]["mean"],
         "baseline_collapses": base["fork_entropy_last_quarter"]["mean"] < 0.5 * base["fork_entropy_start"]["mean"],
-    }
+    }  # fmt: skip
     out["controls"] = controls
     verdicts = {}
     for arm in per_run:
@@ -568,153 +447,90 @@ def summarise(runs: dict) -> dict:
         else:
             verdict = "inconclusive"
         verdicts[arm] = {
-            "fork_entropy_mean_diff_vs_dapo": mean_diff,
-            "per_seed_diffs": diffs,
-            "clip_high_bucket": high,
-            "clip_high_bucket_dapo": high_base,
-            "high_entropy_clipped_less": clipped_less,
-            "verdict": verdict,
+            "fork_entropy_mean_diff_vs_dapo": mean_diff, "per_seed_diffs": diffs, "clip_high_bucket": high,
+            "clip_high_bucket_dapo": high_base, "high_entropy_clipped_less": clipped_less, "verdict": verdict,
             "judged_by_falsifier": arm in ("hapo_reference", "hapo_signed") and len(shared) >= 3,
-        }
+        }  # fmt: skip
     out["verdicts"] = verdicts
     return out
 
 
-# ----------------------------------------------------------------------------------------------------------------------
 # Plot
-# ----------------------------------------------------------------------------------------------------------------------
 def plot(report: dict, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     runs = report["runs"]
-    fig, axes = plt.subplots(2, 3, figsize=(17, 9))
     main_arms = [a for a in ("dapo", "hapo_reference", "hapo_signed") if a in runs]
-    other_arms = [a for a in runs if a not in main_arms]
-
-    def band(ax, arm, series_of, xs_of, style="-", width=1.6):
-        series = [series_of(run) for run in runs[arm].values()]
-        length = min(len(s) for s in series)
-        xs = xs_of(next(iter(runs[arm].values())))[:length]
-        cols = [[s[i] for s in series] for i in range(length)]
-        mean = [statistics.fmean(c) for c in cols]
-        ax.plot(xs, mean, style, color=COLORS[arm], linewidth=width, label=f"{arm} ({len(series)} seeds)")
-        if style == "-":
-            ax.fill_between(xs, [min(c) for c in cols], [max(c) for c in cols], color=COLORS[arm], alpha=0.15)
-
-    def fork_x(run):
-        return [f["step"] for f in run["fork"]]
-
-    for arm in main_arms + other_arms:
-        main = arm in main_arms
-        style, width = ("-", 1.8) if main else ("--", 1.0)
-        band(axes[0, 0], arm, lambda r: [f["fork_entropy"] for f in r["fork"]], fork_x, style, width)
-        band(axes[0, 1], arm, lambda r: [f["direction_entropy"] for f in r["fork"]], fork_x, style, width)
-
-        def chain(r):
-            return [s["chain_entropy_sum"] / s["chain_tokens"] for s in r["loss_side"]]
-
-        band(axes[0, 2], arm, chain, lambda r: list(range(1, len(r["loss_side"]) + 1)), style, width)
-        band(axes[1, 0], arm, lambda r: r["reward"], lambda r: r["generation_step"], style, width)
-        band(axes[1, 1], arm, lambda r: r["length"], lambda r: r["generation_step"], style, width)
-    for ax in (axes[0, 0], axes[0, 1]):
-        ax.axhline(math.log(2), color="gray", linewidth=0.8, linestyle=":")
-    axes[0, 0].set_title("fork entropy (first token, exact, mean of 10 prompts)")
-    axes[0, 1].set_title("fork direction entropy: H(p_up / (p_up + p_down))")
-    axes[0, 2].set_title("chain entropy (positions >= 1, sampled completions)")
-    axes[1, 0].set_title("mean reward")
-    axes[1, 1].set_title("mean completion length (tokens)")
-    for ax in axes.flat[:5]:
-        ax.set_xlabel("optimizer step")
-    axes[0, 0].legend(fontsize=7)
-    arms = report["summary"]["arms"]
-    names = list(arms)
-    width = 0.2
-    for i, bucket in enumerate(BUCKETS):
-        values = [arms[a][f"clip_{bucket}"]["mean"] or 0.0 for a in names]
-        axes[1, 2].bar([k + (i - 1.5) * width for k in range(len(names))], values, width, label=bucket)
-    axes[1, 2].set_xticks(range(len(names)))
-    axes[1, 2].set_xticklabels(names, rotation=40, ha="right", fontsize=7)
-    axes[1, 2].set_title("clip fraction per bucket (off-policy tokens, mean of seeds)")
-    axes[1, 2].legend(fontsize=7)
-    fig.suptitle(
-        "HAPO fork task: count up or down from d for L tokens; fork = first token (ideal ln 2), chain deterministic",
-        fontsize=11,
-    )
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    with harness.figure(path, 2, 3, figsize=(17, 9), dpi=100) as (fig, axes):
+        for arm in main_arms + [a for a in runs if a not in main_arms]:
+            main = arm in main_arms
+            style = {"linestyle": "-" if main else "--", "linewidth": 1.8 if main else 1.0, "fill": main}
+            seeds = list(runs[arm].values())
+            label = f"{arm} ({len(seeds)} seeds)"
+            forks = [f["step"] for f in seeds[0]["fork"]]
+            for axis, key in ((axes[0, 0], "fork_entropy"), (axes[0, 1], "direction_entropy")):
+                curves = [[f[key] for f in r["fork"]] for r in seeds]
+                harness.band(axis, forks, curves, color=COLORS[arm], label=label, **style)
+            chain = [[s["chain_entropy_sum"] / s["chain_tokens"] for s in r["loss_side"]] for r in seeds]
+            harness.band(axes[0, 2], range(1, len(chain[0]) + 1), chain, color=COLORS[arm], label=label, **style)
+            for axis, key in ((axes[1, 0], "reward"), (axes[1, 1], "length")):
+                curves = [r[key] for r in seeds]
+                harness.band(axis, seeds[0]["generation_step"], curves, color=COLORS[arm], label=label, **style)
+        for axis in (axes[0, 0], axes[0, 1]):
+            axis.axhline(math.log(2), color="gray", linewidth=0.8, linestyle=":")
+        axes[0, 0].set_title("fork entropy (first token, exact, mean of 10 prompts)")
+        axes[0, 1].set_title("fork direction entropy: H(p_up / (p_up + p_down))")
+        axes[0, 2].set_title("chain entropy (positions >= 1, sampled completions)")
+        axes[1, 0].set_title("mean reward")
+        axes[1, 1].set_title("mean completion length (tokens)")
+        for axis in axes.flat[:5]:
+            axis.set_xlabel("optimizer step")
+        axes[0, 0].legend(fontsize=7)
+        arms = report["summary"]["arms"]
+        names, width = list(arms), 0.2
+        for i, bucket in enumerate(BUCKETS):
+            values = [arms[a][f"clip_{bucket}"]["mean"] or 0.0 for a in names]
+            axes[1, 2].bar([k + (i - 1.5) * width for k in range(len(names))], values, width, label=bucket)
+        axes[1, 2].set_xticks(range(len(names)))
+        axes[1, 2].set_xticklabels(names, rotation=40, ha="right", fontsize=7)
+        axes[1, 2].set_title("clip fraction per bucket (off-policy tokens, mean of seeds)")
+        axes[1, 2].legend(fontsize=7)
+        fig.suptitle(
+            "HAPO fork task: count up or down from d for L tokens; fork = first token (ideal ln 2), chain deterministic",
+            fontsize=11,
+        )
 
 
-# ----------------------------------------------------------------------------------------------------------------------
 # Main
-# ----------------------------------------------------------------------------------------------------------------------
-def print_summary(summary: dict) -> None:
-    keys = [
-        "fork_entropy_start",
-        "fork_entropy_mean",
-        "fork_entropy_last_quarter",
-        "direction_entropy_last_quarter",
-        "chain_entropy_last_quarter",
-        "reward_last_quarter",
-        "length_drift",
-        "clip_all",
-        "clip_fork",
-        "clip_chain",
-        "clip_high",
-        "clip_low",
-        "dual_all",
-    ]
-    print("arm".ljust(18) + "".join(k[:14].rjust(15) for k in keys))
-    for arm, values in summary["arms"].items():
-        cells = []
-        for key in keys:
-            v = values.get(key)
-            cells.append(("-" if v is None else f"{v['mean']:.4f}").rjust(15))
-        print(arm.ljust(18) + "".join(cells))
+def print_summary(report: dict) -> None:
+    summary = report["summary"]
+    keys = "fork_entropy_start fork_entropy_mean fork_entropy_last_quarter direction_entropy_last_quarter"
+    keys += " chain_entropy_last_quarter reward_last_quarter length_drift clip_all clip_fork clip_chain clip_high"
+    harness.print_table(
+        {arm: {k: (v or {}).get("mean") for k, v in row.items()} for arm, row in summary["arms"].items()},
+        [*keys.split(), "clip_low", "dual_all"],
+    )
     if "controls" in summary:
         print(json.dumps({"controls": summary["controls"], "verdicts": summary["verdicts"]}, indent=1))
 
 
-def merge(paths: list[str], output: Path) -> dict:
+def merge(paths: list[Path]) -> dict:
+    """The runs of partial results (``--arms`` split over processes) in one report."""
+    reports = [harness.load_report(path) for path in paths]
     runs: dict = {}
-    reports = [json.loads(Path(p).read_text()) for p in paths]
     for report in reports:
         for arm, seeds in report["runs"].items():
             runs.setdefault(arm, {}).update(seeds)
     merged = dict(reports[0])
     merged["runs"] = runs
     merged["arms"] = {arm: spec for report in reports for arm, spec in report["arms"].items()}
-    merged["command"] = [r["command"] for r in reports]
+    merged["command"] = [r.get("command") or r["provenance"]["command"] for r in reports]
     merged["wall_s"] = [r["wall_s"] for r in reports]
-    merged["summary"] = summarise(runs)
-    output.write_text(json.dumps(merged, indent=1))
-    plot(merged, output.with_suffix(".png"))
-    print_summary(merged["summary"])
     return merged
 
 
-def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--arms", nargs="+", default=list(ARMS), choices=list(ARMS))
-    parser.add_argument("--steps", type=int, default=160, help="optimizer steps per run")
-    parser.add_argument("--steps_per_generation", type=int, default=8)
-    parser.add_argument("--lr", type=float, default=2e-3)
-    parser.add_argument("--chain", type=int, default=10, help="L, the chain length")
-    parser.add_argument("--sft_steps", type=int, default=60)
-    parser.add_argument("--sft_lr", type=float, default=3e-3)
-    parser.add_argument("--output", default=str(RESULTS / "hapo_fork.json"))
-    parser.add_argument("--merge", nargs="+", help="merge these result JSONs into --output and plot")
-    options = parser.parse_args(argv)
-    if options.merge:
-        return merge(options.merge, Path(options.output))
+def run(options) -> dict:
+    from trl_ext.training import set_threads
 
-    import torch
-
-    torch.set_num_threads(1)
+    set_threads(1)
     start = time.perf_counter()
     runs: dict = {arm: {} for arm in options.arms}
     for seed in options.seeds:
@@ -729,25 +545,34 @@ def main(argv: list[str] | None = None) -> dict:
                 f"{s['chain_entropy_last_quarter']:.3f} | reward {s['reward_first_quarter']:.3f} -> "
                 f"{s['reward_last_quarter']:.3f} | len {s['length_first_quarter']:.2f} -> "
                 f"{s['length_last_quarter']:.2f} | clip all {s['clip_all']:.4f} fork {s['clip_fork']} "
-                f"high {s['clip_high']}",
-                flush=True,
+                f"high {s['clip_high']}"
             )
-    report = {
-        "command": "python " + " ".join([sys.argv[0], *(argv if argv is not None else sys.argv[1:])]),
+    return {
         "falsifier": FALSIFIER,
-        "settings": {k: v for k, v in vars(options).items() if k not in ("merge", "output")},
+        "settings": {k: v for k, v in vars(options).items() if k not in ("merge", "out", "replot")},
         "arms": {arm: {"trainer": ARMS[arm][0], "config": {**BASE_CLIP, **ARMS[arm][1]}} for arm in options.arms},
-        "runs": runs,
-    }
-    report["summary"] = summarise(runs)
-    report["wall_s"] = time.perf_counter() - start
-    output = Path(options.output)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_text(json.dumps(report, indent=1))
-    plot(report, output.with_suffix(".png"))
-    print_summary(report["summary"])
-    print(f"wrote {output} and {output.with_suffix('.png')} in {report['wall_s']:.0f}s")
-    return report
+        "runs": runs, "wall_s": time.perf_counter() - start,
+    }  # fmt: skip
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    harness.add_common_args(parser, RESULTS / "hapo_fork.json")
+    parser.add_argument("--arms", nargs="+", default=list(ARMS), choices=list(ARMS))
+    parser.add_argument("--steps", type=int, default=160, help="optimizer steps per run")
+    parser.add_argument("--steps_per_generation", type=int, default=8)
+    parser.add_argument("--lr", type=float, default=2e-3)
+    parser.add_argument("--chain", type=int, default=10, help="L, the chain length")
+    parser.add_argument("--sft_steps", type=int, default=60)
+    parser.add_argument("--sft_lr", type=float, default=3e-3)
+    parser.add_argument("--merge", nargs="+", type=Path, help="merge these result JSONs into --out and plot")
+    options = parser.parse_args(argv)
+    if options.merge:
+        report = merge(options.merge)
+    else:
+        report = harness.load_report(options.out) if options.replot else run(options)
+    report["summary"] = summarise(report["runs"])
+    return harness.finish(options, report, argv, plot=plot, show=print_summary)
 
 
 if __name__ == "__main__":

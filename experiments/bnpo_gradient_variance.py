@@ -1,45 +1,17 @@
 """BNPO's claim, measured: the variance of the policy-gradient estimate under BNPO's advantage versus GRPO's.
 
-    python benchmarks/bnpo_gradient_variance.py --mode skewed --stages 30 --batches 160   # skewed mode, ~7 min
-    python benchmarks/bnpo_gradient_variance.py                          # legacy mode: seeds 0-2, 3 stages (~3 min)
-    python benchmarks/bnpo_gradient_variance.py --seeds 0 --batches 8    # a quick look (legacy)
+    python experiments/bnpo_gradient_variance.py --mode skewed --stages 30 --batches 160   # skewed mode, ~7 min
+    python experiments/bnpo_gradient_variance.py                          # legacy mode: seeds 0-2, 3 stages (~3 min)
 
-**Skewed mode** (``--mode skewed``; ``benchmarks/results/bnpo_gradient_variance_skewed.json``). The paper's batch
-shape, 32 prompts x 16 completions, on a mixture weighted towards hard problems (the arithmetic task's copy,
-successor, no-carry and carry levels drawn with weights 0.05, 0.05, 0.3, 0.6), measured on the quickstart model after
-``--stages`` steps of ordinary GRPO training on the usual mixture (stage 30: mean reward about 0.08, so most success
-rates are near 0 with a tail, and about half the groups are mixed). Every advantage compared is a per-group weight
-times (r - p_hat), and on-policy the loss gradient is linear in the advantages, so for each batch the script computes
-V_k, the loss gradient whose advantages are (r - p_hat) on the groups with k successes and 0 elsewhere, and gets the
-gradient of any advantage as sum_k w(k) V_k (checked against the directly computed GRPO and BNPO gradients on the
-first batch). Arms on the same completions: ``grpo`` (TRL's advantage), ``bnpo`` (the package's
-``beta_normalized_advantages``, refitted on each batch), and 1 / f_Beta(p_hat; alpha, beta) for (alpha, beta) on a
-log grid 2^(k/2), 1/16 to 8 (alpha = beta = 1 is REINFORCE with the group-mean baseline). Relative variance
-RV = E||g - Eg||^2 / ||Eg||^2 over ``--batches`` batches, with ||Eg||^2 estimated without bias (||mean g||^2 -
-tr(Cov)/N). Control: the batches must be skewed and informative (mean fitted beta / alpha >= 1.3, >= 25% mixed
-groups), else the stage is inconclusive. Falsifier (written before the run): at a measured stage the 3-seed mean of
-RV(bnpo) / RV(grpo) >= 1.00 (no reduction) or RV(bnpo) / RV(grid minimum) > 1.05 (far from the minimum).
-
-**Legacy mode** (the default; ``benchmarks/results/bnpo_gradient_variance.json`` holds its last run). Its relative
-variance divides by ||mean g||^2, which includes tr(Cov)/N: with N = 32 batches it saturates towards 32 and pulls
-every ratio towards 1 (new runs also store ``relative_variance_unbiased``).
-
-BNPO (arXiv 2506.02864) chooses the Beta normalisation to reduce the variance of the policy gradient. We measure it
-directly on the quickstart's tiny model and task. For each seed, the model is taken at several *stages* (random init,
-and after 60 and 150 steps of ordinary GRPO training, so that the batches hold a mix of all-wrong, mixed and
-all-correct groups). At each stage we draw ``--batches`` independent generation batches (16 prompts x 8 completions,
-sampled at T = 1 from the same weights). On every batch, with the *same* completions and rewards, we compute the
-gradient of the GRPO loss (TRL's default ``loss_type``) three times, with three advantages:
-
-* ``grpo``: (r - mean) / (std + 1e-4), TRL's;
-* ``bnpo``: (r - p) / f_Beta(p; alpha, beta) with the Beta refitted on each batch, the ``bnpo`` trainer's;
-* ``mean_baseline``: r - mean (BNPO with alpha = beta = 1; Dr. GRPO's advantage), for reference.
-
-Per stage and advantage we report the total variance across batches, ``E||g_k - mean g||^2``, and the variance
-relative to the squared norm of the mean gradient, ``E||g_k - mean g||^2 / ||mean g||^2`` (the inverse of a
-signal-to-noise ratio; it does not depend on the advantage's overall scale, which differs between the three), and
-the cosine between each advantage's mean gradient and GRPO's. Writes ``benchmarks/results/bnpo_gradient_variance.json``
-and ``.png``.
+**Skewed mode** (``bnpo_gradient_variance_skewed.json``): 32 prompts x 16 completions on an arithmetic mixture weighted
+towards hard problems, on the quickstart model after ``--stages`` GRPO steps. On-policy the loss gradient is linear in
+the advantages, so per batch the script computes V_k (advantages r - p_hat on the groups with k successes) and every
+per-group weighting's gradient as sum_k w(k) V_k (checked against direct GRPO and BNPO gradients): ``grpo``, ``bnpo``
+(the shipped fit) and 1 / f_Beta(p_hat; alpha, beta) on ``SKEWED_GRID``. RV = E||g - Eg||^2 / ||Eg||^2, ||Eg||^2
+unbiased. Control and falsifier (written before the run): ``SKEWED_CONTROL``, ``SKEWED_FALSIFIER``, also in the JSON.
+**Legacy mode** (``bnpo_gradient_variance.json``, its last run): stages 0, 60 and 150, 16 prompts x 8 completions, the
+gradients under ``grpo``, ``bnpo`` and ``mean_baseline``; its relative variance divides by ||mean g||^2, which includes
+tr(Cov)/N and saturates towards N (new runs also store ``relative_variance_unbiased``). Results: docs/results.md.
 """
 
 from __future__ import annotations
@@ -47,18 +19,15 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import random
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
-os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-os.environ.setdefault("OMP_NUM_THREADS", "1")
+from trl_ext.compare import harness
+
+harness.script_env(one_thread=True)
 
 RESULTS = Path(__file__).parent / "results"
 ADVANTAGES = ("grpo", "bnpo", "mean_baseline")
@@ -83,20 +52,13 @@ def pretrain(checkpoint: str, dataset, task, seed: int, steps: int, out_dir: Pat
         return checkpoint
     if (out_dir / "model.safetensors").exists():
         return str(out_dir)
-    from transformers import PrinterCallback
-
-    from trl_ext import get_trainer
     from trl_ext.data import QUICKSTART_SETTINGS
 
-    trainer_cls, config_cls = get_trainer("grpo")
-    config = dict(QUICKSTART_SETTINGS["config"])
-    config.update(seed=seed, max_steps=steps)
-    with tempfile.TemporaryDirectory() as output_dir:
-        args = config_cls(output_dir=output_dir, disable_tqdm=True, **config)
-        trainer = trainer_cls(model=checkpoint, reward_funcs=task.reward_funcs, args=args, train_dataset=dataset)
-        trainer.remove_callback(PrinterCallback)
-        trainer.train()
-    trainer.save_model(str(out_dir))
+    config = dict(QUICKSTART_SETTINGS["config"], max_steps=steps)
+    run = harness.run_arm(
+        "grpo", model=checkpoint, reward_funcs=task.reward_funcs, train_dataset=dataset, seed=seed, config=config
+    )
+    run.trainer.save_model(str(out_dir))
     return str(out_dir)
 
 
@@ -153,10 +115,9 @@ def gradients_at(checkpoint: str, dataset, task, seed: int, num_batches: int) ->
         stats["frac_mixed_groups"].append(float((groups.max(1).values > groups.min(1).values).double().mean()))
         bnpo, _, _ = beta_normalized_advantages(rewards, NUM_GENERATIONS)
         advantages = {
-            "grpo": output["advantages"],
-            "bnpo": bnpo.float(),
+            "grpo": output["advantages"], "bnpo": bnpo.float(),
             "mean_baseline": (rewards - groups.mean(1).repeat_interleave(NUM_GENERATIONS)).float(),
-        }
+        }  # fmt: skip
         for name, values in advantages.items():
             inputs = dict(output)
             inputs["advantages"] = values
@@ -216,13 +177,9 @@ def grouped_variance_at(
     from trl_ext.advantages.diva import combined_rewards
 
     trainer, captured = spied_trainer(
-        checkpoint,
-        dataset,
-        task,
-        seed,
-        num_generations=num_generations,
+        checkpoint, dataset, task, seed, num_generations=num_generations,
         per_device_train_batch_size=prompts * num_generations,
-    )
+    )  # fmt: skip
     model = trainer.model
     params = [p for p in model.parameters() if p.requires_grad]
 
@@ -290,13 +247,9 @@ def grouped_variance_at(
     signal = (mean**2).sum(1) - trace / num_batches
     rv = trace / signal
     return {
-        "arms": arms,
-        "rv": rv.tolist(),
-        "trace": trace.tolist(),
-        "signal": signal.tolist(),
-        "stats": stats,
+        "arms": arms, "rv": rv.tolist(), "trace": trace.tolist(), "signal": signal.tolist(), "stats": stats,
         "linearity_check": checks,
-    }
+    }  # fmt: skip
 
 
 def skewed_cell(measured: dict) -> dict:
@@ -314,11 +267,9 @@ def skewed_cell(measured: dict) -> dict:
     beta = statistics.fmean(measured["stats"]["beta"])
     return {
         "rv": {"grpo": float(rv[0]), "bnpo": float(rv[1]), "reinforce": float(rv[2 + reinforce])},
-        "bnpo_over_grpo": float(rv[1] / rv[0]),
-        "bnpo_over_reinforce": float(rv[1] / rv[2 + reinforce]),
+        "bnpo_over_grpo": float(rv[1] / rv[0]), "bnpo_over_reinforce": float(rv[1] / rv[2 + reinforce]),
         "grid_min": {"alpha": SKEWED_GRID[best // n], "beta": SKEWED_GRID[best % n], "rv": float(valid.min())},
-        "bnpo_over_grid_min": float(rv[1] / valid.min()),
-        "grid_rv": grid_rv.tolist(),
+        "bnpo_over_grid_min": float(rv[1] / valid.min()), "grid_rv": grid_rv.tolist(),
         "any_nonpositive_signal": bool((torch.tensor(measured["signal"]) <= 0).any()),
         "fit_mean": {"alpha": alpha, "beta": beta},
         "log_distance_fit_to_grid_min": math.hypot(
@@ -328,26 +279,40 @@ def skewed_cell(measured: dict) -> dict:
         "frac_mixed_groups": statistics.fmean(measured["stats"]["frac_mixed_groups"]),
         "p_hat_histogram": torch.histc(p_hat, bins=17, min=-1 / 32, max=1 + 1 / 32).tolist(),
         "linearity_check": measured["linearity_check"],
-    }
+    }  # fmt: skip
 
 
-def skewed_main(options) -> dict:
-    import torch
+def skewed_summary(results: dict, stages: list[int]) -> dict:
+    """Per stage: the 3-seed spread of every ratio and statistic, the control and the falsifier."""
+    summary: dict = {}
+    for stage in stages:
+        cells = [results[s][str(stage)] for s in results]
+        keys = ("bnpo_over_grpo", "bnpo_over_reinforce", "bnpo_over_grid_min", "log_distance_fit_to_grid_min")
+        summary[str(stage)] = {key: harness.spread([c[key] for c in cells], count=False) for key in keys}
+        for key in ("reward", "frac_mixed_groups"):
+            summary[str(stage)][key] = harness.spread([c[key] for c in cells], count=False)
+        for key in ("alpha", "beta"):
+            summary[str(stage)][f"fit_{key}"] = harness.spread([c["fit_mean"][key] for c in cells], count=False)
+        summary[str(stage)]["grid_min"] = [(c["grid_min"]["alpha"], c["grid_min"]["beta"]) for c in cells]
+        row = summary[str(stage)]
+        row["control_skewed_and_mixed"] = (
+            row["fit_beta"]["mean"] / row["fit_alpha"]["mean"] >= 1.3 and row["frac_mixed_groups"]["mean"] >= 0.25
+        )
+        row["falsified"] = row["bnpo_over_grpo"]["mean"] >= 1.0 or row["bnpo_over_grid_min"]["mean"] > 1.05
+    return summary
 
+
+def run_skewed(options) -> dict:
     from trl_ext.data import QUICKSTART_SETTINGS, get_task
-    from trl_ext.tiny_models import build_tiny_checkpoint
 
-    torch.set_num_threads(1)
     start = time.time()
     task = get_task(QUICKSTART_SETTINGS["task"])
     results: dict = {}
     for seed in options.seeds:
         train_data = task.make_dataset(QUICKSTART_SETTINGS["dataset"]["num_rows"], seed)
         measure_data = skewed_dataset(4096, seed + 100, options.level_weights)
-        model_kwargs = {k: v for k, v in QUICKSTART_SETTINGS["model"].items() if k != "alphabet"}
-        model_kwargs["seed"] = seed
+        initial = harness.tiny_model(f"bnpo-variance-{seed}/init", seed=seed, alphabet=task.alphabet)
         cache = Path(tempfile.gettempdir()) / f"trl-ext-bnpo-variance-{seed}"
-        initial = build_tiny_checkpoint(str(cache / "init"), alphabet=task.alphabet, **model_kwargs)
         results[str(seed)] = {}
         for stage in options.stages:
             checkpoint = pretrain(initial, train_data, task, seed, stage, cache / f"grpo-{stage}")
@@ -362,217 +327,134 @@ def skewed_main(options) -> dict:
                 f"bnpo {cell['rv']['bnpo']:.3g} reinforce {cell['rv']['reinforce']:.3g} grid min "
                 f"{cell['grid_min']['rv']:.3g} at ({cell['grid_min']['alpha']:.3g}, {cell['grid_min']['beta']:.3g}) | "
                 f"bnpo/grpo {cell['bnpo_over_grpo']:.3f} bnpo/min {cell['bnpo_over_grid_min']:.3f} "
-                f"[{time.time() - start:.0f} s]",
-                flush=True,
+                f"[{time.time() - start:.0f} s]"
             )
-    summary: dict = {}
-    for stage in options.stages:
-        cells = [results[s][str(stage)] for s in results]
-        summary[str(stage)] = {}
-        for key in (
-            "bnpo_over_grpo",
-            "bnpo_over_reinforce",
-            "bnpo_over_grid_min",
-            "log_distance_fit_to_grid_min",
-            "reward",
-            "frac_mixed_groups",
-        ):
-            values = [c[key] for c in cells]
-            summary[str(stage)][key] = {"mean": statistics.fmean(values), "min": min(values), "max": max(values)}
-        for key in ("alpha", "beta"):
-            values = [c["fit_mean"][key] for c in cells]
-            summary[str(stage)][f"fit_{key}"] = {
-                "mean": statistics.fmean(values),
-                "min": min(values),
-                "max": max(values),
-            }
-        summary[str(stage)]["grid_min"] = [(c["grid_min"]["alpha"], c["grid_min"]["beta"]) for c in cells]
-        row = summary[str(stage)]
-        row["control_skewed_and_mixed"] = (
-            row["fit_beta"]["mean"] / row["fit_alpha"]["mean"] >= 1.3 and row["frac_mixed_groups"]["mean"] >= 0.25
-        )
-        row["falsified"] = row["bnpo_over_grpo"]["mean"] >= 1.0 or row["bnpo_over_grid_min"]["mean"] > 1.05
-    report = {
-        "command": "python benchmarks/bnpo_gradient_variance.py " + " ".join(options.argv),
-        "mode": "skewed",
-        "falsifier": SKEWED_FALSIFIER,
-        "control": SKEWED_CONTROL,
-        "options": {
-            "seeds": options.seeds,
-            "stages": options.stages,
-            "batches": options.batches,
-            "prompts": options.prompts,
-            "num_generations": options.num_generations,
-            "level_weights": options.level_weights,
-            "grid": SKEWED_GRID,
-        },
-        "summary": summary,
-        "results": results,
+    keys = ("seeds", "stages", "batches", "prompts", "num_generations", "level_weights")
+    return {
+        "mode": "skewed", "falsifier": SKEWED_FALSIFIER, "control": SKEWED_CONTROL,
+        "options": {**{key: getattr(options, key) for key in keys}, "grid": SKEWED_GRID}, "results": results,
         "wall_seconds": time.time() - start,
-    }
-    options.out.parent.mkdir(parents=True, exist_ok=True)
-    options.out.write_text(json.dumps(report, indent=1))
-    plot_skewed(report, options.out.with_suffix(".png"))
-    for stage, row in summary.items():
-        print(f"stage {stage}: " + json.dumps(row))
-    print(f"wrote {options.out} in {time.time() - start:.0f} s")
-    return report
+    }  # fmt: skip
 
 
 def plot_skewed(report: dict, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     import numpy as np
 
     seeds = list(report["results"])
     stage = str(report["options"]["stages"][0])
-    fig, axes = plt.subplots(1, len(seeds) + 1, figsize=(3.6 * (len(seeds) + 1), 3.4), squeeze=False)
     logs = np.log2(SKEWED_GRID)
-    for c, seed in enumerate(seeds):
-        cell = report["results"][seed][stage]
-        grid = np.array(cell["grid_rv"])
-        grid = np.where(grid > 0, grid, np.nan)
-        ratio = np.log2(np.clip(grid / np.nanmin(grid), 1.0, 4.0))
-        ax = axes[0][c]
-        ax.imshow(ratio.T, origin="lower", extent=[logs[0], logs[-1], logs[0], logs[-1]], cmap="viridis", vmax=2)
-        ax.plot(np.log2(cell["grid_min"]["alpha"]), np.log2(cell["grid_min"]["beta"]), "w*", ms=12, label="min")
-        ax.plot(np.log2(cell["fit_mean"]["alpha"]), np.log2(cell["fit_mean"]["beta"]), "ro", label="bnpo fit")
-        ax.plot(np.log2(1.5), np.log2(1.5), "ks", mfc="none", label="~grpo")
-        ax.set_title(f"seed {seed}: log2 RV / min RV", fontsize=9)
-        ax.set_xlabel("log2 alpha")
-        ax.set_ylabel("log2 beta")
-        if c == 0:
-            ax.legend(fontsize=6)
-    ax = axes[0][-1]
-    for seed in seeds:
-        hist = report["results"][seed][stage]["p_hat_histogram"]
-        ax.plot(np.arange(len(hist)) / (len(hist) - 1), np.array(hist) / sum(hist), marker=".", label=f"seed {seed}")
-    ax.set_xlabel("group success rate p_hat")
-    ax.set_ylabel("share of groups")
-    ax.set_title("success rates of the measured batches", fontsize=9)
-    ax.legend(fontsize=6)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    size = (3.6 * (len(seeds) + 1), 3.4)
+    with harness.figure(path, 1, len(seeds) + 1, figsize=size, squeeze=False) as (fig, axes):
+        for c, seed in enumerate(seeds):
+            cell = report["results"][seed][stage]
+            grid = np.array(cell["grid_rv"])
+            grid = np.where(grid > 0, grid, np.nan)
+            ratio = np.log2(np.clip(grid / np.nanmin(grid), 1.0, 4.0))
+            ax = axes[0][c]
+            ax.imshow(ratio.T, origin="lower", extent=[logs[0], logs[-1], logs[0], logs[-1]], cmap="viridis", vmax=2)
+            ax.plot(np.log2(cell["grid_min"]["alpha"]), np.log2(cell["grid_min"]["beta"]), "w*", ms=12, label="min")
+            ax.plot(np.log2(cell["fit_mean"]["alpha"]), np.log2(cell["fit_mean"]["beta"]), "ro", label="bnpo fit")
+            ax.plot(np.log2(1.5), np.log2(1.5), "ks", mfc="none", label="~grpo")
+            ax.set(title=f"seed {seed}: log2 RV / min RV", xlabel="log2 alpha", ylabel="log2 beta")
+            if c == 0:
+                ax.legend(fontsize=6)
+        ax = axes[0][-1]
+        for seed in seeds:
+            hist = report["results"][seed][stage]["p_hat_histogram"]
+            x = np.arange(len(hist)) / (len(hist) - 1)
+            ax.plot(x, np.array(hist) / sum(hist), marker=".", label=f"seed {seed}")
+        ax.set(
+            xlabel="group success rate p_hat", ylabel="share of groups", title="success rates of the measured batches"
+        )
+        ax.legend(fontsize=6)
 
 
 def plot(report: dict, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     stages = report["options"]["stages"]
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for name, color in zip(ADVANTAGES, ("tab:blue", "tab:orange", "tab:grey"), strict=True):
-        values = [
-            [report["results"][seed][str(stage)]["variance"][name]["relative_variance"] for seed in report["results"]]
-            for stage in stages
-        ]
-        ax.plot(stages, [statistics.mean(v) for v in values], marker="o", color=color, label=name)
-        ax.fill_between(stages, [min(v) for v in values], [max(v) for v in values], color=color, alpha=0.15)
-    ax.set_yscale("log")
-    ax.set_xlabel("GRPO training steps before the measurement (model stage)")
-    ax.set_ylabel("E||g - mean g||^2 / ||mean g||^2")
-    ax.set_title("Relative variance of the policy gradient (mean, range over seeds)")
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    with harness.figure(path, figsize=(7, 4.5), dpi=120) as (fig, ax):
+        for name, color in zip(ADVANTAGES, ("tab:blue", "tab:orange", "tab:grey"), strict=True):
+            curves = [
+                [report["results"][seed][str(stage)]["variance"][name]["relative_variance"] for stage in stages]
+                for seed in report["results"]
+            ]
+            harness.band(ax, stages, curves, color=color, label=name)
+        ax.set_yscale("log")
+        ax.set_xlabel("GRPO training steps before the measurement (model stage)")
+        ax.set_ylabel("E||g - mean g||^2 / ||mean g||^2")
+        ax.set_title("Relative variance of the policy gradient (mean, range over seeds)")
+        ax.legend()
 
 
-def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--stages", type=int, nargs="+", default=[0, 60, 150])
-    parser.add_argument("--batches", type=int, default=32)
-    parser.add_argument("--out", type=Path, default=None)
-    parser.add_argument(
-        "--mode",
-        choices=["legacy", "skewed"],
-        default="legacy",
-        help="legacy: the original 16 x 8 measurement on the quickstart mixture (its old results file); skewed: 32 x 16 "
-        "on a hard-weighted mixture with the per-group decomposition and the (alpha, beta) grid",
-    )
-    parser.add_argument("--prompts", type=int, default=32, help="skewed mode: prompts per batch")
-    parser.add_argument("--num-generations", type=int, default=16, help="skewed mode: completions per prompt")
-    parser.add_argument(
-        "--level-weights",
-        type=float,
-        nargs=4,
-        default=list(SKEWED_LEVEL_WEIGHTS),
-        help="skewed mode: sampling weights of the copy, successor, no-carry and carry levels",
-    )
-    options = parser.parse_args(argv)
-    options.argv = sys.argv[1:] if argv is None else argv
-    if options.mode == "skewed":
-        if options.out is None:
-            options.out = RESULTS / "bnpo_gradient_variance_skewed.json"
-        return skewed_main(options)
-    if options.out is None:
-        options.out = RESULTS / "bnpo_gradient_variance.json"
+def legacy_summary(results: dict, stages: list[int]) -> dict:
+    """Per stage: the spread over seeds of RV(bnpo) / RV(grpo) (legacy mode)."""
+    summary = {}
+    for stage in stages:
+        cells = [results[s][str(stage)]["variance"] for s in results]
+        ratios = [cell["bnpo"]["relative_variance"] / cell["grpo"]["relative_variance"] for cell in cells]
+        spread = harness.spread(ratios, mean=statistics.mean, count=False)
+        summary[str(stage)] = {"bnpo_over_grpo_relative_variance": spread}
+    return summary
 
-    import torch
 
+def run_legacy(options) -> dict:
     from trl_ext.data import QUICKSTART_SETTINGS, get_task
-    from trl_ext.tiny_models import build_tiny_checkpoint
 
-    torch.set_num_threads(1)
     task = get_task(QUICKSTART_SETTINGS["task"])
     results: dict = {}
     for seed in options.seeds:
         dataset = task.make_dataset(QUICKSTART_SETTINGS["dataset"]["num_rows"], seed)
-        model_kwargs = {k: v for k, v in QUICKSTART_SETTINGS["model"].items() if k != "alphabet"}
-        model_kwargs["seed"] = seed
+        initial = harness.tiny_model(f"bnpo-variance-{seed}/init", seed=seed, alphabet=task.alphabet)
         cache = Path(tempfile.gettempdir()) / f"trl-ext-bnpo-variance-{seed}"
-        initial = build_tiny_checkpoint(str(cache / "init"), alphabet=task.alphabet, **model_kwargs)
         results[str(seed)] = {}
         for stage in options.stages:
             checkpoint = pretrain(initial, dataset, task, seed, stage, cache / f"grpo-{stage}")
             measured = gradients_at(checkpoint, dataset, task, seed, options.batches)
             variance = variance_report(measured["grads"])
-            results[str(seed)][str(stage)] = {
+            results[str(seed)][str(stage)] = cell = {
                 "variance": variance,
                 "reward": statistics.mean(measured["stats"]["reward"]),
                 "frac_mixed_groups": statistics.mean(measured["stats"]["frac_mixed_groups"]),
             }
             print(
-                f"seed {seed} stage {stage:>3}: reward {results[str(seed)][str(stage)]['reward']:.3f} mixed groups "
-                f"{results[str(seed)][str(stage)]['frac_mixed_groups']:.2f} | relative variance "
+                f"seed {seed} stage {stage:>3}: reward {cell['reward']:.3f} mixed groups "
+                f"{cell['frac_mixed_groups']:.2f} | relative variance "
                 + " ".join(f"{n} {variance[n]['relative_variance']:.3f}" for n in ADVANTAGES)
-                + f" | bnpo/grpo {variance['bnpo']['relative_variance'] / variance['grpo']['relative_variance']:.3f}",
-                flush=True,
+                + f" | bnpo/grpo {variance['bnpo']['relative_variance'] / variance['grpo']['relative_variance']:.3f}"
             )
-    summary = {}
-    for stage in options.stages:
-        ratios = [
-            results[s][str(stage)]["variance"]["bnpo"]["relative_variance"]
-            / results[s][str(stage)]["variance"]["grpo"]["relative_variance"]
-            for s in results
-        ]
-        summary[str(stage)] = {
-            "bnpo_over_grpo_relative_variance": {
-                "mean": statistics.mean(ratios),
-                "min": min(ratios),
-                "max": max(ratios),
-            }
-        }
-    report = {
-        "command": "python benchmarks/bnpo_gradient_variance.py " + " ".join(sys.argv[1:] if argv is None else argv),
+    return {
         "options": {"seeds": options.seeds, "stages": options.stages, "batches": options.batches},
-        "summary": summary,
         "results": results,
     }
-    options.out.parent.mkdir(parents=True, exist_ok=True)
-    options.out.write_text(json.dumps(report, indent=1))
-    plot(report, options.out.with_suffix(".png"))
-    for stage, row in summary.items():
-        ratio = row["bnpo_over_grpo_relative_variance"]
-        print(
-            f"stage {stage}: bnpo / grpo relative variance {ratio['mean']:.3f} ({ratio['min']:.3f}-{ratio['max']:.3f})"
-        )
-    print(f"wrote {options.out}")
-    return report
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    harness.add_common_args(parser, None)
+    parser.add_argument("--out", type=Path, help="the result JSON (default: this mode's in experiments/results/)")
+    parser.add_argument("--stages", type=int, nargs="+", default=[0, 60, 150])
+    parser.add_argument("--batches", type=int, default=32)
+    modes = "legacy: 16 x 8 on the quickstart mixture (its old results file); skewed: 32 x 16, hard-weighted, the grid"
+    parser.add_argument("--mode", choices=["legacy", "skewed"], default="legacy", help=modes)
+    parser.add_argument("--prompts", type=int, default=32, help="skewed mode: prompts per batch")
+    parser.add_argument("--num-generations", type=int, default=16, help="skewed mode: completions per prompt")
+    parser.add_argument(
+        "--level-weights", type=float, nargs=4, default=list(SKEWED_LEVEL_WEIGHTS),
+        help="skewed mode: sampling weights of the copy, successor, no-carry and carry levels",
+    )  # fmt: skip
+    options = parser.parse_args(argv)
+    suffix = "_skewed" if options.mode == "skewed" else ""
+    options.out = options.out or RESULTS / f"bnpo_gradient_variance{suffix}.json"
+    if options.replot:
+        report = harness.load_report(options.out)
+    else:
+        from trl_ext.training import set_threads
+
+        set_threads(1)
+        report = run_skewed(options) if options.mode == "skewed" else run_legacy(options)
+    skewed = report.get("mode") == "skewed"
+    report["summary"] = (skewed_summary if skewed else legacy_summary)(report["results"], report["options"]["stages"])
+    show = lambda r: [print(f"stage {stage}: " + json.dumps(row)) for stage, row in r["summary"].items()]  # noqa: E731
+    return harness.finish(options, report, argv, plot=plot_skewed if skewed else plot, show=show)
 
 
 if __name__ == "__main__":

@@ -1,75 +1,40 @@
 """BNPO's variance claim without an LLM: is the method-of-moments Beta normaliser at the gradient-variance minimum?
 
-    python benchmarks/bnpo_beta_simulation.py                      # 3 seeds x 5 populations x 4 models: ~3.5 min
-    python benchmarks/bnpo_beta_simulation.py --seeds 0 --batches 2000   # a quick look (~40 s)
+    python experiments/bnpo_beta_simulation.py                      # 3 seeds x 5 populations x 4 models: ~3.5 min
+    python experiments/bnpo_beta_simulation.py --seeds 0 --batches 2000   # a quick look (~40 s)
 
-**Claim under test** (arXiv 2506.02864, spec ``specs/bnpo.md`` section 1): if the batch's success rates follow
-Beta(a, b), the normaliser f_Beta(p; alpha, beta) with alpha = 1 + a/3, beta = 1 + b/3, fitted by the method of
-moments on every batch (``trl_ext.advantages.beta_normalization.fit_beta``), minimises the variance of the policy
-gradient, and so lowers it against GRPO's std normalisation, most visibly where success rates are skewed.
-
-**Design.** Batches of B = 32 prompts x G = 16 binary rewards. Prompt j has success rate p_j; completion i gets
-reward y_ij ~ Bernoulli(p_j) and carries an *exact* score vector s_ij (the gradient of its log-probability), so the
-policy-gradient estimate of a batch is g = sum_ij A_ij s_ij / (B G), computed for every advantage on the same rewards
-and scores. Two kinds of policy, both with exact scores (four models in all):
-
-* ``shared_noiseE`` (the paper's own assumptions): a completion is (y, z), y ~ Bernoulli(sigmoid(theta . x)) with one
-  shared direction x = e_0 for every prompt, and a reward-irrelevant part z ~ N(mu, (E/8) I) in 8 more dimensions
-  (z stands for everything in a completion that the reward ignores). Score = ((y - p_j) e_0, z - mu): its norm does
-  not depend on the reward, as the paper assumes. E = E||z - mu||^2 in {0, 1, 64}: 0 leaves only the reward-relevant
-  part (whose largest mean square is 1/4), 64 makes the reward-irrelevant part dominate, as in an LLM. Every batch
-  draws 32 fresh prompts, p_j ~ Beta(a, b). (A pilot with E = 1 only showed that the minimum moves with E, so the
-  sweep was added before the final run; the falsifier below was not changed.)
-* ``tabular`` (the brief's): 32 fixed prompts per seed (p_j ~ Beta(a, b) drawn once), each with its own logit
-  theta_j, score (y - p_j) e_j; only the rewards are redrawn.
-
-Success-rate populations: skewed Beta(0.5, 3) (hard) and Beta(3, 0.5) (easy); symmetric Beta(1, 1), Beta(2, 2),
-Beta(0.5, 0.5). Advantages, all on the same rewards: ``grpo`` (the package's ``grpo_advantages``: group mean, unbiased
-group std + 1e-4), ``bnpo`` (the package's ``beta_normalized_advantages``: the method-of-moments fit on each batch, the
-shipped code), and w(p_hat) (y - p_hat) with w = 1 / f_Beta(p_hat; alpha, beta) (the package's ``beta_log_pdf``) for
-every (alpha, beta) on a log grid 2^(k/4), k = -8..12 (0.25 to 8, 21 x 21; alpha = beta = 1 is REINFORCE with the
-group-mean baseline). The measure is the relative variance RV = E||g - E g||^2 / ||E g||^2 over ``--batches``
-batches, scale-free because the normalisations scale differently; ||E g||^2 is estimated without bias
-(||mean g||^2 - tr(Cov)/N). Seeds are independent simulation seeds.
-
-**Control (the machinery can find the paper's optimum).** The paper's own objective is the density-normalised
-second moment E_p[p (1 - p) / f(p; alpha, beta)^2] under Beta(a, b) (= B(alpha, beta)^2 B(a + 3 - 2 alpha,
-b + 3 - 2 beta) / B(a, b), infinite outside a + 3 > 2 alpha, b + 3 > 2 beta); its grid argmin must sit at
-(1 + a/3, 1 + b/3) to within one grid step, and ``fit_beta`` on 10^6 true success rates must return
-(1 + a/3, 1 + b/3) to 2%. The realised second moment E||g||^2 of the ``shared`` simulation is also reported with its
-argmin. **Control (the regime can tell normalisers apart):** on the skewed populations RV(grpo)/RV(alpha = beta = 1)
-must differ from 1 by more than 5%; otherwise the comparison is inconclusive.
-
-**Falsifier (written before the run).** For each policy model, the claim is falsified if, on a skewed population
-(Beta(0.5, 3) or Beta(3, 0.5)), (i) the 3-seed mean of RV(bnpo) / RV(grid minimum) exceeds 1.05 (the fitted
-normaliser costs more than 5% of the attainable relative variance: "far from the minimum"), or (ii) the 3-seed mean
-of RV(bnpo) / RV(grpo) is >= 1.00 (no reduction against GRPO). The log-space distance between the fit and the grid
-minimum is reported but not used (a flat valley makes it uninformative).
-
-Writes ``benchmarks/results/bnpo_beta_simulation.json`` and ``.png``.
+**Claim** (arXiv 2506.02864): with success rates ~ Beta(a, b), the normaliser f_Beta(p; 1 + a/3, 1 + b/3), fitted by
+the method of moments on every batch (``fit_beta``), minimises the policy-gradient variance, so beats GRPO's std where
+rates are skewed. **Design.** Batches of 32 prompts x 16 binary rewards with *exact* score vectors, so each advantage's
+gradient g is computed on the same rewards and scores. Policy models ``shared_noiseE`` (the paper's assumptions: one
+success direction and a reward-irrelevant part of energy E in {0, 1, 64}) and ``tabular`` (32 fixed prompts); five
+``POPULATIONS``; advantages ``grpo``, ``bnpo`` (the shipped per-batch fit) and 1 / f_Beta(p_hat; alpha, beta) on the
+log grid ``GRID``. Measure: RV = E||g - E g||^2 / ||E g||^2, ||E g||^2 estimated without bias. **Controls**: the grid
+argmin of the paper's objective sits at (1 + a/3, 1 + b/3) and ``fit_beta`` recovers it; the skewed populations tell
+GRPO from REINFORCE. Falsifier (written before the run): ``FALSIFIER`` below, also in the JSON; results:
+docs/results.md ("BNPO: the fitted Beta normaliser ..."). Writes ``experiments/results/bnpo_beta_simulation.json``.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import statistics
-import sys
 import time
 from pathlib import Path
+
+from trl_ext.compare import harness
+
+harness.script_env()
 
 RESULTS = Path(__file__).parent / "results"
 PROMPTS, NUM_GENERATIONS = 32, 16
 NUISANCE_DIM = 8
 GRID = [2.0 ** (k / 4) for k in range(-8, 13)]
 POPULATIONS = {
-    "hard_skewed": (0.5, 3.0),
-    "easy_skewed": (3.0, 0.5),
-    "uniform": (1.0, 1.0),
-    "bell": (2.0, 2.0),
+    "hard_skewed": (0.5, 3.0), "easy_skewed": (3.0, 0.5), "uniform": (1.0, 1.0), "bell": (2.0, 2.0),
     "u_shaped": (0.5, 0.5),
-}
+}  # fmt: skip
 SKEWED = ("hard_skewed", "easy_skewed")
 #: Policy models: ``tabular`` and ``shared`` with E||z - mu||^2 (the reward-irrelevant score energy) 0, 1 and 64.
 MODELS = ("tabular", "shared_noise0", "shared_noise1", "shared_noise64")
@@ -196,14 +161,11 @@ def simulate(model: str, a: float, b: float, seed: int, num_batches: int, chunk:
     near_rv = float(grid_rv[near_a, near_b])
     return {
         "rv": {"grpo": float(rv[0]), "bnpo": float(rv[1]), "reinforce": float(rv[2 + reinforce])},
-        "grid_rv": grid_rv.tolist(),
-        "grid_min": {"alpha": best_alpha, "beta": best_beta, "rv": float(grid_rv.min())},
-        "bnpo_over_grid_min": float(rv[1] / grid_rv.min()),
-        "bnpo_over_grpo": float(rv[1] / rv[0]),
+        "grid_rv": grid_rv.tolist(), "grid_min": {"alpha": best_alpha, "beta": best_beta, "rv": float(grid_rv.min())},
+        "bnpo_over_grid_min": float(rv[1] / grid_rv.min()), "bnpo_over_grpo": float(rv[1] / rv[0]),
         "bnpo_over_reinforce": float(rv[1] / rv[2 + reinforce]),
         "grpo_over_reinforce": float(rv[0] / rv[2 + reinforce]),
-        "fixed_at_fit_over_grid_min": near_rv / float(grid_rv.min()),
-        "bnpo_over_fixed_at_fit": float(rv[1]) / near_rv,
+        "fixed_at_fit_over_grid_min": near_rv / float(grid_rv.min()), "bnpo_over_fixed_at_fit": float(rv[1]) / near_rv,
         "fit_mean": {"alpha": fit_alpha, "beta": fit_beta},
         "log_distance_fit_to_grid_min": math.hypot(
             math.log(fit_alpha) - math.log(best_alpha), math.log(fit_beta) - math.log(best_beta)
@@ -211,7 +173,7 @@ def simulate(model: str, a: float, b: float, seed: int, num_batches: int, chunk:
         "second_moment_grid_argmin": {"alpha": GRID[best_m2 // n_grid], "beta": GRID[best_m2 % n_grid]},
         "frac_mixed_groups": mixed / num_batches,
         "fixed_rates": fixed_rates.tolist() if fixed_rates is not None else None,
-    }
+    }  # fmt: skip
 
 
 def paper_control(a: float, b: float, seed: int) -> dict:
@@ -238,29 +200,18 @@ def paper_control(a: float, b: float, seed: int) -> dict:
     }
 
 
+SUMMARY_KEYS = "bnpo_over_grid_min bnpo_over_grpo bnpo_over_reinforce grpo_over_reinforce fixed_at_fit_over_grid_min"
+SUMMARY_KEYS = (*SUMMARY_KEYS.split(), "bnpo_over_fixed_at_fit", "log_distance_fit_to_grid_min", "frac_mixed_groups")
+
+
 def summarise(results: dict) -> dict:
     summary: dict = {}
     for model in MODELS:
         summary[model] = {}
         for name in POPULATIONS:
             cells = [results[seed][model][name] for seed in results]
-
-            def spread(key: str, cells: list = cells) -> dict:
-                values = [cell[key] for cell in cells]
-                return {"mean": statistics.fmean(values), "min": min(values), "max": max(values)}
-
             summary[model][name] = {
-                key: spread(key)
-                for key in (
-                    "bnpo_over_grid_min",
-                    "bnpo_over_grpo",
-                    "bnpo_over_reinforce",
-                    "grpo_over_reinforce",
-                    "fixed_at_fit_over_grid_min",
-                    "bnpo_over_fixed_at_fit",
-                    "log_distance_fit_to_grid_min",
-                    "frac_mixed_groups",
-                )
+                key: harness.spread([cell[key] for cell in cells], count=False) for key in SUMMARY_KEYS
             }
             summary[model][name]["grid_min"] = [(c["grid_min"]["alpha"], c["grid_min"]["beta"]) for c in cells]
             summary[model][name]["fit_mean"] = [(c["fit_mean"]["alpha"], c["fit_mean"]["beta"]) for c in cells]
@@ -281,52 +232,43 @@ def summarise(results: dict) -> dict:
 
 
 def plot(report: dict, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     import numpy as np
 
     seed = next(iter(report["results"]))
     names = list(POPULATIONS)
-    fig, axes = plt.subplots(len(MODELS), len(names), figsize=(3.2 * len(names), 3.2 * len(MODELS)), squeeze=False)
     logs = np.log2(GRID)
-    for r, model in enumerate(MODELS):
-        for c, name in enumerate(names):
-            ax = axes[r][c]
-            cell = report["results"][seed][model][name]
-            grid = np.array(cell["grid_rv"])
-            ratio = np.log2(np.clip(grid / grid.min(), 1.0, 4.0))
-            ax.imshow(ratio.T, origin="lower", extent=[logs[0], logs[-1], logs[0], logs[-1]], cmap="viridis", vmax=2)
-            ax.plot(np.log2(cell["grid_min"]["alpha"]), np.log2(cell["grid_min"]["beta"]), "w*", ms=12, label="min")
-            ax.plot(np.log2(cell["fit_mean"]["alpha"]), np.log2(cell["fit_mean"]["beta"]), "ro", label="bnpo fit")
-            ax.plot(np.log2(1.5), np.log2(1.5), "ks", mfc="none", label="~grpo (1.5, 1.5)")
-            a, b = POPULATIONS[name]
-            ax.set_title(f"{model}: Beta({a:g}, {b:g})", fontsize=9)
-            ax.set_xlabel("log2 alpha")
-            if c == 0:
-                ax.set_ylabel("log2 beta")
-            if r == 0 and c == 0:
-                ax.legend(fontsize=6, loc="upper right")
-    fig.suptitle(f"log2 RV / min RV over the (alpha, beta) grid (seed {seed}; clipped at 2 = 4x)", fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    size = (3.2 * len(names), 3.2 * len(MODELS))
+    with harness.figure(path, len(MODELS), len(names), figsize=size, squeeze=False) as (fig, axes):
+        for r, model in enumerate(MODELS):
+            for c, name in enumerate(names):
+                ax = axes[r][c]
+                cell = report["results"][seed][model][name]
+                grid = np.array(cell["grid_rv"])
+                ratio = np.log2(np.clip(grid / grid.min(), 1.0, 4.0))
+                extent = [logs[0], logs[-1], logs[0], logs[-1]]
+                ax.imshow(ratio.T, origin="lower", extent=extent, cmap="viridis", vmax=2)
+                best, fit = cell["grid_min"], cell["fit_mean"]
+                ax.plot(np.log2(best["alpha"]), np.log2(best["beta"]), "w*", ms=12, label="min")
+                ax.plot(np.log2(fit["alpha"]), np.log2(fit["beta"]), "ro", label="bnpo fit")
+                ax.plot(np.log2(1.5), np.log2(1.5), "ks", mfc="none", label="~grpo (1.5, 1.5)")
+                a, b = POPULATIONS[name]
+                ax.set_title(f"{model}: Beta({a:g}, {b:g})", fontsize=9)
+                ax.set_xlabel("log2 alpha")
+                if c == 0:
+                    ax.set_ylabel("log2 beta")
+                if r == 0 and c == 0:
+                    ax.legend(fontsize=6, loc="upper right")
+        fig.suptitle(f"log2 RV / min RV over the (alpha, beta) grid (seed {seed}; clipped at 2 = 4x)", fontsize=10)
 
 
-def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--batches", type=int, default=4000)
-    parser.add_argument("--out", type=Path, default=RESULTS / "bnpo_beta_simulation.json")
-    options = parser.parse_args(argv)
+def run(options) -> dict:
+    from trl_ext.training import set_threads
 
-    import torch
-
-    torch.set_num_threads(1)
+    set_threads(1)
     start = time.time()
     controls = {name: paper_control(a, b, 0) for name, (a, b) in POPULATIONS.items()}
     for name, control in controls.items():
-        print(f"control {name}: {control}", flush=True)
+        print(f"control {name}: {control}")
     results: dict = {}
     for seed in options.seeds:
         results[str(seed)] = {}
@@ -341,34 +283,29 @@ def main(argv: list[str] | None = None) -> dict:
                     f"({cell['grid_min']['alpha']:.3g}, {cell['grid_min']['beta']:.3g}); fit "
                     f"({cell['fit_mean']['alpha']:.3g}, {cell['fit_mean']['beta']:.3g}); bnpo/min "
                     f"{cell['bnpo_over_grid_min']:.3f} bnpo/grpo {cell['bnpo_over_grpo']:.3f} "
-                    f"[{time.time() - start:.0f} s]",
-                    flush=True,
+                    f"[{time.time() - start:.0f} s]"
                 )
-    summary = summarise(results)
-    report = {
-        "command": "python benchmarks/bnpo_beta_simulation.py " + " ".join(sys.argv[1:] if argv is None else argv),
-        "falsifier": FALSIFIER,
-        "options": {
-            "seeds": options.seeds,
-            "batches": options.batches,
-            "prompts": PROMPTS,
-            "num_generations": NUM_GENERATIONS,
-            "grid": GRID,
-            "nuisance_dim": NUISANCE_DIM,
-            "populations": POPULATIONS,
-        },
-        "controls": controls,
-        "summary": summary,
-        "results": results,
-        "wall_seconds": time.time() - start,
-    }
-    options.out.parent.mkdir(parents=True, exist_ok=True)
-    options.out.write_text(json.dumps(report, indent=1))
-    plot(report, options.out.with_suffix(".png"))
-    for model in MODELS:
-        print(f"{model}: falsified = {summary[model]['falsified']}; {summary[model]['skewed_checks']}")
-    print(f"wrote {options.out} in {time.time() - start:.0f} s")
-    return report
+    settings = dict(seeds=options.seeds, batches=options.batches, prompts=PROMPTS, num_generations=NUM_GENERATIONS)
+    settings.update(grid=GRID, nuisance_dim=NUISANCE_DIM, populations=POPULATIONS)
+    return dict(
+        falsifier=FALSIFIER, options=settings, controls=controls, results=results, wall_seconds=time.time() - start
+    )
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    harness.add_common_args(parser, RESULTS / "bnpo_beta_simulation.json")
+    parser.add_argument("--batches", type=int, default=4000)
+    options = parser.parse_args(argv)
+    report = harness.load_report(options.out) if options.replot else run(options)
+    report["summary"] = summarise(report["results"])
+
+    def show(report: dict) -> None:
+        for model in MODELS:
+            summary = report["summary"][model]
+            print(f"{model}: falsified = {summary['falsified']}; {summary['skewed_checks']}")
+
+    return harness.finish(options, report, argv, plot=plot, show=show)
 
 
 if __name__ == "__main__":

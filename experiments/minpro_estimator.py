@@ -1,45 +1,16 @@
 """MinPRO's weight as a gradient estimator on a tabular autoregressive policy: bias and variance, no training.
 
-    python benchmarks/minpro_estimator.py                 # 3 seeds x 6 drifts x 3 lengths: about 1 minute
+    python experiments/minpro_estimator.py                 # 3 seeds x 6 drifts x 3 lengths: about 1 minute
 
-Why. MinPRO (arXiv 2601.22718) replaces the cumulative prefix ratio prod_{j<t} rho_j of the exact off-policy policy
-gradient by the smallest single-token ratio of the prefix. The claim is a trade-off: the product is the correct
-state-distribution correction but its variance grows exponentially with the length; dropping it (token-level PPO /
-GRPO) has low variance but points the wrong way once the sampler is far from the policy; the minimum should sit
-between, closer to the true gradient than dropping the prefix, with far less variance than the product. This script
-measures exactly that where everything is known.
-
-Setting. A Markov policy over K = 10 tokens and T positions, pi(y_t | y_{t-1}, t) = softmax(theta[t, y_{t-1}]), and
-the count-up chain reward of `minpro_chain.py`: R = (length of the prefix of y that matches s) / T, for a fixed target
-s. Because the reward is a prefix indicator sum, J(pi) = (1/T) sum_t prod_{j<=t} pi(s_j | s_{j-1}, j) in closed form,
-so the **true on-policy gradient** grad J(pi) is exact (autograd). The sampler mu is a policy that follows the chain
-with probability ~0.6 per token; the target is pi = mu + drift * Z (Z standard normal on every logit), so the
-per-token log-ratio grows with `drift` (reported as the mean |log rho| of sampled tokens).
-
-Estimators. From N = 128 samples of mu (one group, advantages A_i = (R_i - mean R) / (std R + 1e-4) as in GRPO), the
-gradient of - (1/N) sum_i sum_t sg(w_{i,t}) * rho_{i,t} * A_i with respect to theta, for the weights
-
-* ``token``: w = 1 (PPO / GRPO: no prefix correction);
-* ``minpro``: w = min_{j<t} rho_j (MinPRO's default: exclusive, uncapped; the package's `prefix_min_log_ratio`);
-* ``minpro_capped``: min(1, min_{j<t} rho_j);
-* ``prefix_product``: w = prod_{j<t} rho_j (the exact state correction; the positive control);
-* ``on_policy``: w = 1 with N samples drawn from pi itself (the reference: what an on-policy batch achieves).
-
-No clipping (the clip would confound the weight with epsilon). For each estimator and setting, over B = 500
-independent batches: the **per-batch cosine** to grad J(pi) (the direction one optimizer step sees), the cosine of
-the mean over batches (the bias alone), and the **relative variance** E||g - E g||^2 / ||E g||^2 (scale-free).
-
-Control. At drift 0 every weighting is the same estimator (all ratios are 1); `prefix_product`'s relative variance
-must grow with drift and length (the regime where the cumulative ratio is unstable), and `token`'s mean-cosine must
-fall with drift (the regime where dropping the prefix is biased). If either does not happen, the setting does not
-test MinPRO.
-
-Falsifier (written before running). MinPRO's claim is falsified here if, at the largest drifts (mean |log rho| >=
-0.5) and T = 12, *either* its per-batch cosine to the true gradient is not higher than ``token``'s (the minimum
-corrects nothing) *or* its relative variance is not lower than ``prefix_product``'s (it is as unstable as the
-product), on the mean over 3 seeds.
-
-Writes ``benchmarks/results/minpro_estimator.json`` and ``.png``.
+MinPRO (arXiv 2601.22718) replaces the cumulative prefix ratio prod_{j<t} rho_j of the exact off-policy gradient by
+the smallest single-token ratio of the prefix: closer to the true gradient than dropping the prefix (PPO / GRPO), with
+far less variance than the product. A Markov policy over 10 tokens with the count-up prefix reward has an exact
+J(pi), so the **true gradient** is exact (autograd). The sampler mu follows the chain with probability ~0.6 per token;
+pi = mu + drift * Z. From 128 samples of mu, the gradient of -(1/N) sum_i sum_t sg(w_it) rho_it A_i for each of
+``WEIGHTINGS`` (``prefix_product``, the exact correction, is the positive control) and an ``on_policy`` reference; over
+500 batches, the per-batch cosine to the true gradient, the cosine of the mean and the relative variance. Control: at
+drift 0 every weighting is one estimator, the product's variance grows with drift and length, ``token``'s cosine falls.
+Falsifier (written before running): ``FALSIFIER`` below, also in the JSON; results: docs/results.md ("MinPRO: ...").
 """
 
 from __future__ import annotations
@@ -52,6 +23,10 @@ from pathlib import Path
 
 import torch
 
+from trl_ext.compare import harness
+
+harness.script_env()
+
 RESULTS = Path(__file__).parent / "results"
 WEIGHTINGS = ("token", "minpro", "minpro_capped", "prefix_product")
 ESTIMATORS = (*WEIGHTINGS, "on_policy")
@@ -62,9 +37,7 @@ FALSIFIER = (
 )
 
 
-# ----------------------------------------------------------------------------------------------------------------------
 # Tabular Markov policy
-# ----------------------------------------------------------------------------------------------------------------------
 def chain_target(length: int, vocab: int = 10, start: int = 0) -> torch.Tensor:
     """The count-up target s_t = (start + t + 1) mod vocab, t = 0..length-1."""
     return (start + 1 + torch.arange(length)) % vocab
@@ -154,12 +127,9 @@ def measure(seed: int, length: int, drift: float, batches: int, num: int, skill:
     (true_grad,) = torch.autograd.grad(expected_reward(theta, target), theta)
     true_grad = true_grad.flatten()
     result: dict = {
-        "seed": seed,
-        "length": length,
-        "drift": drift,
-        "J_sampler": expected_reward(sampler, target).item(),
+        "seed": seed, "length": length, "drift": drift, "J_sampler": expected_reward(sampler, target).item(),
         "J_policy": expected_reward(policy, target).item(),
-    }
+    }  # fmt: skip
     grads: dict[str, list[torch.Tensor]] = {name: [] for name in ESTIMATORS}
     abs_log_ratio = []
     for _ in range(batches):
@@ -190,17 +160,12 @@ def summarise(runs: list[dict]) -> list[dict]:
         for drift in sorted({run["drift"] for run in runs}):
             group = [run for run in runs if run["length"] == length and run["drift"] == drift]
             row = {
-                "length": length,
-                "drift": drift,
+                "length": length, "drift": drift,
                 "mean_abs_log_ratio": statistics.fmean(run["mean_abs_log_ratio"] for run in group),
-            }
+            }  # fmt: skip
             for name in ESTIMATORS:
                 row[name] = {
-                    key: {
-                        "mean": statistics.fmean(run[name][key] for run in group),
-                        "min": min(run[name][key] for run in group),
-                        "max": max(run[name][key] for run in group),
-                    }
+                    key: harness.spread([run[name][key] for run in group], count=False)
                     for key in ("per_batch_cosine", "mean_gradient_cosine", "relative_variance")
                 }
             rows.append(row)
@@ -220,84 +185,64 @@ def verdict(rows: list[dict], length: int = 12, min_abs_log_ratio: float = 0.5) 
 
 
 def plot(report: dict, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     rows = report["summary"]
     lengths = sorted({row["length"] for row in rows})
-    fig, grid = plt.subplots(len(lengths), 2, figsize=(12, 4.2 * len(lengths)), squeeze=False)
-    colors = {
-        "token": "tab:blue",
-        "minpro": "tab:orange",
-        "minpro_capped": "tab:green",
-        "prefix_product": "tab:red",
-        "on_policy": "black",
-    }
-    for (left, right), length in zip(grid, lengths):
-        sub = [row for row in rows if row["length"] == length]
-        x = [row["mean_abs_log_ratio"] for row in sub]
-        for name in ESTIMATORS:
-            style = "--" if name == "on_policy" else "-"
-            cos = [row[name]["per_batch_cosine"] for row in sub]
-            left.plot(x, [c["mean"] for c in cos], style, marker="o", color=colors[name], label=name)
-            left.fill_between(x, [c["min"] for c in cos], [c["max"] for c in cos], color=colors[name], alpha=0.15)
-            var = [row[name]["relative_variance"]["mean"] for row in sub]
-            right.plot(x, var, style, marker="o", color=colors[name], label=name)
-        left.set(
-            title=f"T = {length}: per-batch cosine to the true gradient",
-            xlabel="mean |log rho| of sampled tokens",
-            ylabel="cosine",
-        )
-        right.set(title=f"T = {length}: relative variance", xlabel="mean |log rho|", yscale="log")
-        left.legend(fontsize=8)
-        left.grid(alpha=0.3)
-        right.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    colors = {"token": "C0", "minpro": "C1", "minpro_capped": "C2", "prefix_product": "C3", "on_policy": "black"}
+    with harness.figure(path, len(lengths), 2, figsize=(12, 4.2 * len(lengths)), squeeze=False) as (fig, grid):
+        for (left, right), length in zip(grid, lengths):
+            sub = [row for row in rows if row["length"] == length]
+            x = [row["mean_abs_log_ratio"] for row in sub]
+            for name in ESTIMATORS:
+                style = {"linestyle": "--" if name == "on_policy" else "-", "color": colors[name], "label": name}
+                cos = [row[name]["per_batch_cosine"] for row in sub]
+                left.plot(x, [c["mean"] for c in cos], marker="o", **style)
+                left.fill_between(x, [c["min"] for c in cos], [c["max"] for c in cos], color=colors[name], alpha=0.15)
+                right.plot(x, [row[name]["relative_variance"]["mean"] for row in sub], marker="o", **style)
+            left.set(title=f"T = {length}: per-batch cosine to the true gradient", ylabel="cosine")
+            left.set(xlabel="mean |log rho| of sampled tokens")
+            right.set(title=f"T = {length}: relative variance", xlabel="mean |log rho|", yscale="log")
+            left.legend(fontsize=8)
+            left.grid(alpha=0.3)
+            right.grid(alpha=0.3)
 
 
-def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--lengths", type=int, nargs="+", default=[4, 12, 24])
-    parser.add_argument("--drifts", type=float, nargs="+", default=[0.0, 0.25, 0.5, 1.0, 1.5, 2.0])
-    parser.add_argument("--batches", type=int, default=500)
-    parser.add_argument("--num", type=int, default=128, help="samples per batch (one group)")
-    parser.add_argument("--skill", type=float, default=3.0, help="sampler's logit bonus on the chain token")
-    parser.add_argument("--out", type=Path, default=RESULTS / "minpro_estimator.json")
-    args = parser.parse_args(argv)
-    torch.set_num_threads(1)
-    start = time.time()
-    runs = [
-        measure(seed, length, drift, args.batches, args.num, args.skill)
-        for seed in args.seeds
-        for length in args.lengths
-        for drift in args.drifts
-    ]
-    summary = summarise(runs)
-    report = {
-        "command": "python benchmarks/minpro_estimator.py",
-        "settings": {key: (str(value) if isinstance(value, Path) else value) for key, value in vars(args).items()},
-        "falsifier": FALSIFIER,
-        "runs": runs,
-        "summary": summary,
-        "verdict": verdict(summary),
-        "wall_seconds": time.time() - start,
-    }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=1))
-    plot(report, args.out.with_suffix(".png"))
-    for row in summary:
+def print_summary(report: dict) -> None:
+    for row in report["summary"]:
         cells = "  ".join(
             f"{name} cos {row[name]['per_batch_cosine']['mean']:.3f} var {row[name]['relative_variance']['mean']:.3g}"
             for name in ESTIMATORS
         )
         print(f"T={row['length']:>2} drift={row['drift']:<4} |lr|={row['mean_abs_log_ratio']:.3f}  {cells}")
-    print(json.dumps(report["verdict"]), f"{report['wall_seconds']:.0f} s")
-    return report
+    print(json.dumps(report["verdict"]))
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    harness.add_common_args(parser, RESULTS / "minpro_estimator.json")
+    parser.add_argument("--lengths", type=int, nargs="+", default=[4, 12, 24])
+    parser.add_argument("--drifts", type=float, nargs="+", default=[0.0, 0.25, 0.5, 1.0, 1.5, 2.0])
+    parser.add_argument("--batches", type=int, default=500)
+    parser.add_argument("--num", type=int, default=128, help="samples per batch (one group)")
+    parser.add_argument("--skill", type=float, default=3.0, help="sampler's logit bonus on the chain token")
+    args = parser.parse_args(argv)
+    if args.replot:
+        report = harness.load_report(args.out)
+    else:
+        from trl_ext.training import set_threads
+
+        set_threads(1)
+        start = time.time()
+        runs = [
+            measure(seed, length, drift, args.batches, args.num, args.skill)
+            for seed in args.seeds
+            for length in args.lengths
+            for drift in args.drifts
+        ]
+        settings = {key: value for key, value in vars(args).items() if key not in ("out", "replot")}
+        report = {"settings": settings, "falsifier": FALSIFIER, "runs": runs, "wall_seconds": time.time() - start}
+    report["summary"] = summarise(report["runs"])
+    report["verdict"] = verdict(report["summary"])
+    return harness.finish(args, report, argv, plot=plot, show=print_summary)
 
 
 if __name__ == "__main__":
