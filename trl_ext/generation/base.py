@@ -26,7 +26,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
-__all__ = ["Capabilities", "GenerationBackend", "SamplingChange", "SamplingSettings"]
+__all__ = ["BackendTurns", "Capabilities", "GenerationBackend", "SamplingChange", "SamplingSettings"]
 
 
 @dataclass(frozen=True)
@@ -104,3 +104,13 @@ class GenerationBackend(Protocol):
         """The ``TurnGenerator`` protocol of :mod:`trl_ext.rollout.search_agent`: ``generate`` with the session's
         sampling change."""
         ...
+
+
+class BackendTurns:
+    """A backend's ``TurnGenerator`` call: ``backend(contexts, max_new_tokens, rows, turn)`` is ``generate`` with the
+    session's sampling change (the rows and turn number are for scripted generators; a backend does not need them)."""
+
+    def __call__(
+        self, contexts: list[list[int]], max_new_tokens: int, rows: list[int] | None = None, turn: int | None = None
+    ) -> list[tuple[list[int], list[float]]]:
+        return self.generate(contexts, max_new_tokens)  # type: ignore[attr-defined]

@@ -24,7 +24,7 @@ from typing import Any
 import torch
 from transformers import LogitsProcessor, StoppingCriteria
 
-from trl_ext.generation.base import Capabilities, SamplingChange, SamplingSettings
+from trl_ext.generation.base import BackendTurns, Capabilities, SamplingChange, SamplingSettings
 
 __all__ = [
     "StopOnStrings",
@@ -133,7 +133,7 @@ def _sampling_warpers(settings: SamplingSettings) -> list[Any]:
     return warpers
 
 
-class TransformersBackend:
+class TransformersBackend(BackendTurns):
     """:class:`~trl_ext.generation.base.GenerationBackend` over a transformers causal LM's ``generate``.
 
     Args:
@@ -181,11 +181,6 @@ class TransformersBackend:
         self.sampling = sampling
         self.capabilities = capabilities
         self.collective = generate_is_synchronised(model)
-
-    def __call__(
-        self, contexts: list[list[int]], max_new_tokens: int, rows: list[int] | None = None, turn: int | None = None
-    ) -> list[tuple[list[int], list[float]]]:
-        return self.generate(contexts, max_new_tokens)
 
     def generate(
         self,

@@ -29,7 +29,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from trl_ext.generation.base import Capabilities, SamplingChange, SamplingSettings
+from trl_ext.generation.base import BackendTurns, Capabilities, SamplingChange, SamplingSettings
 
 __all__ = ["VLLM_COLOCATE", "VLLM_SERVER", "VLLMBackend"]
 
@@ -46,7 +46,7 @@ def _sampled_logprob(step: Any, token: int) -> float:
     return float(getattr(entry, "logprob", entry))
 
 
-class VLLMBackend:
+class VLLMBackend(BackendTurns):
     """Samples with a TRL ``VLLMGeneration`` (colocate or server mode).
 
     Args:
@@ -116,11 +116,6 @@ class VLLMBackend:
             key = "vllm_xargs" if self.mode == "server" else "extra_args"
             kwargs[key] = {**(kwargs.get(key) or {}), **sampling.vllm_extra_args()}
         return kwargs
-
-    def __call__(
-        self, contexts: list[list[int]], max_new_tokens: int, rows: list[int] | None = None, turn: int | None = None
-    ) -> list[tuple[list[int], list[float]]]:
-        return self.generate(contexts, max_new_tokens)
 
     def generate(
         self,
