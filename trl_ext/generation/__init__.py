@@ -84,7 +84,7 @@ def open_backend(
             f"the {capabilities.name} backend cannot apply a sampling change ({type(sampling).__name__}): "
             "transformers' generate_batch takes no logits processor; set use_transformers_continuous_batching=False"
         )
-    if capabilities.name.startswith("vllm"):
+    if bool(getattr(trainer.args, "use_vllm", False)):
         from trl_ext.generation.vllm_engine import VLLMBackend
 
         if logits_processors:

@@ -336,7 +336,12 @@ def pop_temperature_summary(tag: str) -> torch.Tensor | None:
     steps = _SUMMARIES.pop(tag, None)
     if not steps:
         return None
-    stacked = torch.stack([step.cpu() for step in steps])
+    return combine_summaries([step.cpu() for step in steps])
+
+
+def combine_summaries(parts: list[torch.Tensor]) -> torch.Tensor:
+    """One [min, max, sum, count] of several (min of the mins, max of the maxes, sums added)."""
+    stacked = torch.stack(parts)
     return torch.stack([stacked[:, 0].min(), stacked[:, 1].max(), stacked[:, 2].sum(), stacked[:, 3].sum()])
 
 
@@ -407,6 +412,5 @@ class AdaptiveTemperature:
         parts = [p for p in parts if p[3] > 0]
         if not parts:
             return torch.tensor(_EMPTY_SUMMARY, device=device)
-        stacked = torch.stack(parts)
-        summary = torch.stack([stacked[:, 0].min(), stacked[:, 1].max(), stacked[:, 2].sum(), stacked[:, 3].sum()])
+        summary = combine_summaries(parts)
         return summary.to(device) if device is not None else summary
