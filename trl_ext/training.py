@@ -210,6 +210,11 @@ class ProgressPrinter:
 def run_training(script_args, training_args, model_args, dataset_args=None, *, callbacks=None):
     """Build the named trainer from parsed arguments, train, save; returns the trainer."""
     trainer = build_trainer(script_args, training_args, model_args, dataset_args, callbacks=callbacks)
+    return train_and_save(trainer, training_args)
+
+
+def train_and_save(trainer, training_args):
+    """Train a built trainer (resuming from ``resume_from_checkpoint`` when set), save the model; returns it."""
     trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
     trainer.save_model(training_args.output_dir)
     trainer.accelerator.print(f"Model saved to {training_args.output_dir}")
@@ -293,21 +298,33 @@ def build_trainer(script_args, training_args, model_args, dataset_args=None, *, 
     model_init_kwargs.update(training_args.model_init_kwargs or {})
     training_args.model_init_kwargs = model_init_kwargs
 
-    trainer = trainer_cls(
-        model=model,
-        reward_funcs=resolve_reward_funcs(script_args, task),
-        args=training_args,
-        train_dataset=train_dataset,
-        eval_dataset=eval_dataset,
-        quantization_config=get_quantization_config(model_args),
-        peft_config=get_peft_config(model_args),
-        callbacks=callbacks,
-    )
+    reward_funcs = resolve_reward_funcs(script_args, task)
+    try:
+        trainer = trainer_cls(
+            model=model,
+            reward_funcs=reward_funcs,
+            args=training_args,
+            train_dataset=train_dataset,
+            eval_dataset=eval_dataset,
+            quantization_config=get_quantization_config(model_args),
+            peft_config=get_peft_config(model_args),
+            callbacks=callbacks,
+        )
+    except OSError as exc:
+        if exc.errno is not None:  # a system I/O error (permissions, disk): not about which model was named
+            raise
+        # transformers' own "cannot find / not a valid model identifier" errors (no errno): name the model
+        offline = " (offline: HF_HUB_OFFLINE is set, so only the local cache is searched)" if _hub_offline() else ""
+        raise ValueError(f"model_name_or_path: cannot load {model!r}{offline}: {exc}") from exc
     if training_args.disable_tqdm and any(type(c).__name__ == "_ProgressPrinter" for c in callbacks or []):
         from transformers import PrinterCallback
 
         trainer.remove_callback(PrinterCallback)  # our one-line progress replaces the raw log dicts
     return trainer
+
+
+def _hub_offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
 
 
 def to_conversational_prompts(dataset, script_args: TrainScriptArguments):
@@ -336,6 +353,8 @@ def peek_trainer_name(argv: list[str]) -> str:
     if known.config:
         import yaml
 
+        if not os.path.isfile(known.config):
+            raise ValueError(f"--config: no such file {known.config!r}")
         with open(known.config) as f:
             config = yaml.safe_load(f) or {}
         if not isinstance(config, dict):
@@ -356,6 +375,25 @@ def make_train_parser(trainer_name: str):
         """``--help`` lists the trainer's own fields first, then TRL's ``GRPOConfig``, the script's, the model's and
         the dataset mixture's, each under a heading (TRL's parser puts all of them in one list of ~250 options, the
         trainer's own at the very end)."""
+
+        def set_defaults_with_config(self, **kwargs):
+            """The recipe's values become defaults; a key that names no field fails here, every such key at once,
+            each with the nearest field names (TRL's parser reports them as unparsed '--key value' strings)."""
+            import difflib
+
+            known = sorted({action.dest for action in self._actions if action.dest != "help"})
+            unknown = [key for key in kwargs if key not in known]
+            if unknown:
+                problems = []
+                for key in unknown:
+                    near = difflib.get_close_matches(str(key), known, n=2, cutoff=0.75)
+                    problems.append(f"{key!r}" + (f" (did you mean {' or '.join(map(repr, near))}?)" if near else ""))
+                raise ValueError(
+                    f"--config: {', '.join(problems)} {'is not a field' if len(unknown) == 1 else 'are not fields'} "
+                    f"of the {trainer_name!r} trainer ({config_cls.__name__}), the script, ModelConfig or the dataset "
+                    f"mixture; `trl-ext train --trainer {trainer_name} --help` lists them"
+                )
+            return super().set_defaults_with_config(**kwargs)
 
         def _add_dataclass_arguments(self, dtype):
             import dataclasses
