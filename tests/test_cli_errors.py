@@ -169,3 +169,28 @@ def test_kernels_offline_trust_notice_for_bitsandbytes_is_silenced(caplog):
     assert messages == [
         "Skipping publisher trust check for 'someone/else' because Hugging Face Hub is in offline mode."
     ]  # only the bitsandbytes kernel's notice goes; the same message about any other repository still shows
+
+
+def test_bad_options_are_one_line_without_a_usage_block(capsys, tmp_path):
+    for argv, expected in [
+        (["quickstart", "--max_steps", "0"], "--max_steps must be at least 1, got 0"),
+        (["train", "--trainer", "grpo", "--learning_rate", "abc"], "invalid float value: 'abc'"),
+        (["compare", "--trainers", "grpo", "--threads", "0"], "--threads must be at least 1"),
+    ]:
+        with pytest.raises(SystemExit) as exit_info:
+            main(argv)
+        assert exit_info.value.code == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith(f"trl-ext {argv[0]}: error: ") and expected in err[0], err
+        assert err[0].endswith(f"(trl-ext {argv[0]} --help lists the options)")
+
+
+def test_unknown_command_line_options_are_listed_with_the_nearest_names(capsys):
+    line = _one_line_error(capsys, ["train", "--trainer", "bnpo", "--bogus", "1", "--bnpo_reward_mni", "2"])
+    assert "--bogus, --bnpo_reward_mni" in line and "are not options of the 'bnpo' trainer (BNPOConfig)" in line
+    assert "(did you mean --bnpo_reward_min" in line
+
+
+def test_replot_of_a_directory_without_a_comparison_is_one_line(capsys, tmp_path):
+    line = _one_line_error(capsys, ["compare", "--replot", "--output_dir", str(tmp_path / "nothing")])
+    assert "--replot: no comparison.json in --output_dir" in line

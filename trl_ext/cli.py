@@ -23,12 +23,11 @@ transformers' ``TrainingArguments.debug``.
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 import time
 
-from trl_ext.errors import UserInputError, message_of, user_input
+from trl_ext.errors import OneLineArgumentParser, UserInputError, message_of, user_input
 from trl_ext.training import (
     ProgressPrinter,
     TrainScriptArguments,
@@ -61,7 +60,7 @@ def quickstart_main(argv: list[str] | None = None):
     from trl_ext.data.quickstart import QUICKSTART_SETTINGS
     from trl_ext.registry import get_trainer
 
-    parser = argparse.ArgumentParser(prog="trl-ext quickstart", description=quickstart_main.__doc__)
+    parser = OneLineArgumentParser(prog="trl-ext quickstart", description=quickstart_main.__doc__)
     parser.add_argument("--trainer", default="grpo", help="registered trainer name (default: grpo)")
     parser.add_argument("--output_dir", default="outputs/quickstart", help="where checkpoints and the model go")
     parser.add_argument("--max_steps", type=int, default=None, help="override the number of optimizer steps")

@@ -15,10 +15,12 @@ an input.
 
 from __future__ import annotations
 
+import argparse
 import contextlib
+import sys
 from collections.abc import Iterator
 
-__all__ = ["SETUP_ERRORS", "UserInputError", "message_of", "user_input"]
+__all__ = ["SETUP_ERRORS", "OneLineArgumentParser", "UserInputError", "message_of", "one_line_error", "user_input"]
 
 
 class UserInputError(ValueError):
@@ -65,3 +67,17 @@ def user_input() -> Iterator[None]:
         if converted:
             message = f"{type(exc).__name__}: {message}"
         raise UserInputError(message, converted=converted) from exc
+
+
+def one_line_error(parser: argparse.ArgumentParser, message: str) -> None:
+    """What a ``trl-ext`` parser does on a bad option: ``<prog>: error: <message>`` on one line (no usage block; the
+    line says where ``--help`` is) and exit status 2, as for every other input error."""
+    sys.stderr.write(f"{parser.prog}: error: {message} ({parser.prog} --help lists the options)\n")
+    raise SystemExit(2)
+
+
+class OneLineArgumentParser(argparse.ArgumentParser):
+    """An ``ArgumentParser`` whose errors are one line (:func:`one_line_error`)."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        one_line_error(self, message)

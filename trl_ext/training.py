@@ -16,6 +16,8 @@ from typing import Any
 
 from trl import ScriptArguments  # trl_ext/__init__.py has installed trl_ext._quiet's filters before this import
 
+from trl_ext.errors import one_line_error
+
 __all__ = [
     "ProgressPrinter",
     "TrainScriptArguments",
@@ -376,22 +378,47 @@ def make_train_parser(trainer_name: str):
         the dataset mixture's, each under a heading (TRL's parser puts all of them in one list of ~250 options, the
         trainer's own at the very end)."""
 
-        def set_defaults_with_config(self, **kwargs):
-            """The recipe's values become defaults; a key that names no field fails here, every such key at once,
-            each with the nearest field names (TRL's parser reports them as unparsed '--key value' strings)."""
+        def error(self, message):
+            one_line_error(self, message)  # trl_ext.errors: one line, exit 2
+
+        def parse_args_into_dataclasses(self, args=None, return_remaining_strings=False, **kwargs):
+            """As HfArgumentParser's, but command-line options that name no field fail listing each with the nearest
+            field names (HfArgumentParser reports them as 'not used by the HfArgumentParser')."""
+            output = super().parse_args_into_dataclasses(args=args, return_remaining_strings=True, **kwargs)
+            if return_remaining_strings:
+                return output
+            remaining = output[-1]
+            if remaining:
+                options = [item for item in remaining if item.startswith("-")] or remaining
+                raise ValueError(
+                    f"{', '.join(self._suggest(option.lstrip('-').replace('-', '_')) for option in options)}: "
+                    f"{'is not an option' if len(options) == 1 else 'are not options'} of the {trainer_name!r} trainer "
+                    f"({config_cls.__name__}); `trl-ext train --trainer {trainer_name} --help` lists them"
+                )
+            return output[:-1]
+
+        def _suggest(self, name: str, prefix: str = "--") -> str:
+            """``name`` as written, with the one or two field names nearest to it when any are close."""
             import difflib
 
             known = sorted({action.dest for action in self._actions if action.dest != "help"})
-            unknown = [key for key in kwargs if key not in known]
+            near = difflib.get_close_matches(name, known, n=2, cutoff=0.75)
+            shown = f"{prefix}{name}" if prefix else repr(name)
+            return shown + (
+                f" (did you mean {' or '.join(prefix + n if prefix else repr(n) for n in near)}?)" if near else ""
+            )
+
+        def set_defaults_with_config(self, **kwargs):
+            """The recipe's values become defaults; a key that names no field fails here, every such key at once,
+            each with the nearest field names (TRL's parser reports them as unparsed '--key value' strings)."""
+            known = {action.dest for action in self._actions}
+            unknown = [str(key) for key in kwargs if key not in known]
             if unknown:
-                problems = []
-                for key in unknown:
-                    near = difflib.get_close_matches(str(key), known, n=2, cutoff=0.75)
-                    problems.append(f"{key!r}" + (f" (did you mean {' or '.join(map(repr, near))}?)" if near else ""))
                 raise ValueError(
-                    f"--config: {', '.join(problems)} {'is not a field' if len(unknown) == 1 else 'are not fields'} "
-                    f"of the {trainer_name!r} trainer ({config_cls.__name__}), the script, ModelConfig or the dataset "
-                    f"mixture; `trl-ext train --trainer {trainer_name} --help` lists them"
+                    f"--config: {', '.join(self._suggest(key, prefix='') for key in unknown)} "
+                    f"{'is not a field' if len(unknown) == 1 else 'are not fields'} of the {trainer_name!r} trainer "
+                    f"({config_cls.__name__}), the script, ModelConfig or the dataset mixture; "
+                    f"`trl-ext train --trainer {trainer_name} --help` lists them"
                 )
             return super().set_defaults_with_config(**kwargs)
 

@@ -29,7 +29,6 @@ arm, one seed), :mod:`~trl_ext.compare.reporting` (summary, table, plot) and :mo
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
@@ -41,7 +40,7 @@ from trl_ext.compare.arms import Arm, build_arms, parse_arm, parse_run, run_argv
 from trl_ext.compare.harness import add_common_args
 from trl_ext.compare.reporting import markdown_table, plot, replot, summarise, write_comparison
 from trl_ext.compare.running import train_one as _train_one
-from trl_ext.errors import user_input
+from trl_ext.errors import OneLineArgumentParser, UserInputError, user_input
 from trl_ext.jsonio import write_json_atomic
 
 __all__ = ["Arm", "compare", "compare_main", "markdown_table", "parse_arm", "plot", "replot", "summarise"]
@@ -227,7 +226,7 @@ def compare(
 
 def compare_main(argv: list[str] | None = None) -> dict:
     """Entry point of ``trl-ext compare``."""
-    parser = argparse.ArgumentParser(
+    parser = OneLineArgumentParser(
         prog="trl-ext compare",
         description="Train several trainers on the same recipe and seeds, interleaved, and compare them "
         "(table, JSON, plot). Arguments not listed here go to every run (any `trl-ext train` option).",
@@ -254,6 +253,10 @@ def compare_main(argv: list[str] | None = None) -> dict:
     )
     options, extra = parser.parse_known_args(argv)
     if options.replot:  # comparison.json, .md and .png from the runs stored in --output_dir
+        if not (Path(options.output_dir) / "comparison.json").is_file():
+            raise UserInputError(
+                f"--replot: no comparison.json in --output_dir {options.output_dir!r} (run the comparison first)"
+            )
         return replot(options.output_dir)
     if not options.trainers:
         parser.error("the following arguments are required: --trainers")
