@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 import yaml
+from conftest import length_reward
 
 from trl_ext.training import TrainScriptArguments, make_train_parser, resolve_reward_funcs
 
@@ -28,3 +29,64 @@ def test_a_single_reward_name_in_yaml_is_a_list_of_one(tmp_path):
 def test_reward_funcs_of_another_type_is_an_error_naming_it():
     with pytest.raises(ValueError, match=r"^reward_funcs: expected a name or a list of names .* got 3"):
         resolve_reward_funcs(TrainScriptArguments(reward_funcs=3), None)
+
+
+# -- a reward function returning strings -------------------------------------------------------------------------------
+def _grpo_args(config_cls, output_dir, **overrides):
+    settings = dict(
+        output_dir=str(output_dir),
+        use_cpu=True,
+        per_device_train_batch_size=8,
+        num_generations=4,
+        max_completion_length=4,
+        max_steps=1,
+        report_to="none",
+        save_strategy="no",
+        disable_tqdm=True,
+    )
+    return config_cls(**{**settings, **overrides})
+
+
+def string_reward(completions, **kwargs):
+    return [0.5 if i != 2 else "0.5" for i in range(len(completions))]
+
+
+async def async_string_reward(completions, **kwargs):
+    return string_reward(completions)
+
+
+@pytest.mark.parametrize("reward", [string_reward, async_string_reward])
+def test_a_reward_function_returning_a_string_is_named_with_the_completion(
+    tiny_checkpoint, toy_dataset, tmp_path, reward
+):
+    # Before: ValueError "too many dimensions 'str'" from torch inside TRL, naming no function.
+    from trl_ext import get_trainer
+
+    trainer_cls, config_cls = get_trainer("grpo")
+    trainer = trainer_cls(
+        model=tiny_checkpoint,
+        reward_funcs=[length_reward, reward],
+        args=_grpo_args(config_cls, tmp_path),
+        train_dataset=toy_dataset,
+    )
+    with pytest.raises(
+        ValueError, match=rf"^reward function '{reward.__name__}' returned str '0.5' for completion 2; "
+    ):
+        trainer.train()
+    assert trainer.reward_func_names == ["length_reward", reward.__name__]  # the wrapper keeps TRL's names
+    assert trainer.reward_funcs[1].__wrapped__ is reward
+
+
+def test_reward_values_that_are_numbers_or_none_pass_the_check():
+    import numpy as np
+    import torch
+
+    from trl_ext.trainers.checks import check_reward_values
+
+    values = [1, 0.5, True, None, np.float32(0.25), np.int64(3), torch.tensor(0.5), np.array(1.0)]
+    assert check_reward_values(values, "r") is values
+    assert check_reward_values(iter([0.5, None]), "r") == [0.5, None]  # a generator is read once, here
+    with pytest.raises(ValueError, match=r"^reward function 'r' returned float 0.5, not a list"):
+        check_reward_values(0.5, "r")
+    with pytest.raises(ValueError, match=r"^reward function 'r' returned list \[0.5\] for completion 1"):
+        check_reward_values([0.5, [0.5]], "r")

@@ -40,6 +40,7 @@ from trl_ext.trainers.checks import (
     check_prompt_lengths,
     check_rewards,
     check_train_dataset_size,
+    checked_reward_funcs,
     has_accelerator,
 )
 from trl_ext.trainers.persistence import PersistenceMixin
@@ -113,7 +114,9 @@ class BaseGRPOTrainer(PersistenceMixin, GRPOTrainer):
     """``trl.GRPOTrainer`` with an advantage seam, a loss pipeline of overridable steps and a checkpoint hook.
 
     Accepts every argument of ``trl.GRPOTrainer``. ``args`` may be a plain ``GRPOConfig`` (the default components
-    are used then) or any ``BaseGRPOConfig`` subclass.
+    are used then) or any ``BaseGRPOConfig`` subclass. Reward functions are wrapped in
+    :class:`~trl_ext.trainers.checks.CheckedRewardFunction` (same name; yours is its ``__wrapped__``), which refuses
+    a returned value that is not a number or None, naming the function and the completion.
     """
 
     _tag_names = ["trl", "grpo", "trl-ext"]
@@ -143,7 +146,13 @@ class BaseGRPOTrainer(PersistenceMixin, GRPOTrainer):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         args, kwargs = self._with_default_args(args, kwargs)
-        config = compat.grpo_trainer_arguments(args, kwargs).arguments["args"]
+        bound = compat.grpo_trainer_arguments(args, kwargs)
+        config = bound.arguments["args"]
+        if bound.arguments.get("reward_funcs") is not None:
+            # Each reward function's output is checked where it is returned, so that a wrong value (a string, say)
+            # names the function and the completion instead of failing in TRL's tensor conversion.
+            bound.arguments["reward_funcs"] = checked_reward_funcs(bound.arguments["reward_funcs"])
+            args, kwargs = bound.args[1:], bound.kwargs
         with progress_bars_disabled(bool(getattr(config, "disable_tqdm", False))):  # no "Loading weights" bars
             super().__init__(*args, **kwargs)
         self.advantage_estimator: AdvantageEstimator = self._build_component(

@@ -1,12 +1,16 @@
 """Checks that refuse bad input before or during training, each naming the field or component at fault.
 
 A training set too small for one generation batch (TRL would run 0 steps), prompts longer than the model's positions,
-non-finite or absurd rewards, an advantage estimator's output of the wrong shape or with NaN; and whether a GPU-like
-device exists (TRL's bf16 default). The base trainer calls them; they hold no state.
+reward functions that return something other than numbers, non-finite or absurd rewards, an advantage estimator's
+output of the wrong shape or with NaN; and whether a GPU-like device exists (TRL's bf16 default). The base trainer
+calls them; they hold no state.
 """
 
 from __future__ import annotations
 
+import functools
+import inspect
+import numbers
 from typing import Any
 
 import torch
@@ -15,10 +19,13 @@ from trl_ext.advantages.base import AdvantageBatch
 
 __all__ = [
     "MAX_ABS_REWARD",
+    "CheckedRewardFunction",
     "check_advantages",
     "check_prompt_lengths",
+    "check_reward_values",
     "check_rewards",
     "check_train_dataset_size",
+    "checked_reward_funcs",
     "has_accelerator",
 ]
 
@@ -113,6 +120,92 @@ def check_rewards(rewards_per_func: torch.Tensor, reward_names: list[str]) -> No
         f"({int(bad[:, column].sum())} such value(s)); rewards must be finite with |r| <= {MAX_ABS_REWARD:g}. "
         "Return None for a completion that cannot be scored"
     )
+
+
+def _is_reward_value(value: Any) -> bool:
+    """What TRL's ``torch.tensor(rewards)`` turns into one float: None (NaN), a real number (bool, int, float, numpy
+    scalars) or a 0-d numeric tensor / array."""
+    if value is None or (isinstance(value, numbers.Real) and not isinstance(value, str)):
+        return True
+    if isinstance(value, torch.Tensor):
+        return value.dim() == 0 and not value.is_complex()
+    dtype = getattr(value, "dtype", None)  # numpy scalars and 0-d arrays (numpy is not imported for this)
+    return getattr(value, "ndim", None) == 0 and getattr(dtype, "kind", "") in ("b", "i", "u", "f")
+
+
+def check_reward_values(values: Any, name: str) -> Any:
+    """``values`` as returned by reward function ``name``, or a ``ValueError`` naming the function and the completion.
+
+    TRL turns a reward function's list into a tensor; a string in it failed at step 1 with torch's "too many
+    dimensions 'str'" and no function named. A reward must be a number, or None for a completion that cannot be
+    scored (TRL's NaN). The list's length is TRL's check.
+    """
+    if isinstance(values, str | bytes | dict) or not hasattr(values, "__iter__"):
+        raise ValueError(
+            f"reward function {name!r} returned {type(values).__name__} {values!r:.80}, not a list; return one float "
+            "(or None) per completion"
+        )
+    if isinstance(values, torch.Tensor) and not values.is_complex() and values.dim() == 1:
+        return values
+    if not isinstance(values, list | tuple):
+        values = list(values)  # a generator or an array: read once, here
+    for index, value in enumerate(values):
+        if not _is_reward_value(value):
+            raise ValueError(
+                f"reward function {name!r} returned {type(value).__name__} {value!r:.80} for completion {index}; "
+                "return float or None (None: the completion cannot be scored)"
+            )
+    return values
+
+
+def _callable_name(func: Any) -> str:
+    """The name TRL gives a reward function (``trl.trainer.utils.get_callable_name``)."""
+    while isinstance(func, functools.partial):
+        func = func.func
+    return getattr(func, "__name__", type(func).__name__)
+
+
+class CheckedRewardFunction:
+    """A reward function whose output is checked by :func:`check_reward_values`; same name as the function (TRL
+    reads ``__name__``), the function itself in ``__wrapped__``, picklable if the function is."""
+
+    def __init__(self, func: Any) -> None:
+        self.__wrapped__ = func
+        self.__name__ = _callable_name(func)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return check_reward_values(self.__wrapped__(*args, **kwargs), self.__name__)
+
+    def __repr__(self) -> str:
+        return f"checked({self.__wrapped__!r})"
+
+
+class _AsyncCheckedRewardFunction(CheckedRewardFunction):
+    """:class:`CheckedRewardFunction` of an async reward function (TRL awaits it with the others)."""
+
+    async def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return check_reward_values(await self.__wrapped__(*args, **kwargs), self.__name__)
+
+
+def _is_async(func: Any) -> bool:
+    while isinstance(func, functools.partial):
+        func = func.func
+    return inspect.iscoroutinefunction(func) or inspect.iscoroutinefunction(func.__call__)
+
+
+def checked_reward_funcs(reward_funcs: Any) -> Any:
+    """``GRPOTrainer``'s ``reward_funcs`` argument with every reward *function* wrapped in a
+    :class:`CheckedRewardFunction` (a list stays a list, one function stays one); reward models (ids, modules) and
+    already wrapped functions are left as they are."""
+    if isinstance(reward_funcs, list | tuple):
+        return [checked_reward_funcs(func) for func in reward_funcs]
+    if (
+        isinstance(reward_funcs, str | torch.nn.Module | CheckedRewardFunction)
+        or reward_funcs is None
+        or not callable(reward_funcs)
+    ):
+        return reward_funcs
+    return (_AsyncCheckedRewardFunction if _is_async(reward_funcs) else CheckedRewardFunction)(reward_funcs)
 
 
 def check_advantages(advantages: torch.Tensor, batch: AdvantageBatch, name: str) -> torch.Tensor:
