@@ -90,3 +90,33 @@ def test_reward_values_that_are_numbers_or_none_pass_the_check():
         check_reward_values(0.5, "r")
     with pytest.raises(ValueError, match=r"^reward function 'r' returned list \[0.5\] for completion 1"):
         check_reward_values([0.5, [0.5]], "r")
+
+
+# -- a dataset without a prompt column ---------------------------------------------------------------------------------
+@pytest.mark.parametrize("name", ["grpo", "bnpo", "minpro", "hapo", "diva", "calibadv"])
+def test_a_dataset_without_a_prompt_column_is_refused_listing_its_columns(toy_dataset, tmp_path, name):
+    # Before: KeyError: 'prompt' at step 1, after the model had loaded.
+    from trl_ext import get_trainer
+
+    trainer_cls, config_cls = get_trainer(name)
+    extra = {"calibadv_corpus_path": "deepsearch"} if name == "calibadv" else {}
+    args = config_cls(
+        output_dir=str(tmp_path), use_cpu=True, per_device_train_batch_size=16, num_generations=2, max_steps=1, **extra
+    )
+    no_prompt = toy_dataset.rename_column("prompt", "problem")
+    accepted = "'prompt' or 'question'" if name == "calibadv" else "'prompt'"
+    message = (
+        rf"^train_dataset: no {accepted} column; the dataset has columns \['problem', 'id'\]\. .*"
+        r"dataset\.rename_column\('problem', 'prompt'\)"
+    )
+    # The model path does not exist: the check comes before the model loads.
+    with pytest.raises(ValueError, match=message):
+        trainer_cls(model=str(tmp_path / "no-model"), reward_funcs=length_reward, args=args, train_dataset=no_prompt)
+    with pytest.raises(ValueError, match=r"^eval_dataset\['held_out'\]: no "):
+        trainer_cls(
+            model=str(tmp_path / "no-model"),
+            reward_funcs=length_reward,
+            args=args,
+            train_dataset=toy_dataset,
+            eval_dataset={"held_out": no_prompt},
+        )

@@ -37,6 +37,7 @@ from trl_ext.objectives.base import LossContext, PolicyObjective
 from trl_ext.registry import get_advantage_estimator, get_policy_objective
 from trl_ext.trainers.checks import (
     check_advantages,
+    check_prompt_column,
     check_prompt_lengths,
     check_rewards,
     check_train_dataset_size,
@@ -121,6 +122,8 @@ class BaseGRPOTrainer(PersistenceMixin, GRPOTrainer):
 
     _tag_names = ["trl", "grpo", "trl-ext"]
     _name = "GRPO"
+    #: Dataset columns a prompt comes from (any one suffices; checked at construction): TRL generates from "prompt".
+    _prompt_columns: tuple[str, ...] = ("prompt",)
 
     @classmethod
     def _with_default_args(cls, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
@@ -148,6 +151,8 @@ class BaseGRPOTrainer(PersistenceMixin, GRPOTrainer):
         args, kwargs = self._with_default_args(args, kwargs)
         bound = compat.grpo_trainer_arguments(args, kwargs)
         config = bound.arguments["args"]
+        for name in ("train_dataset", "eval_dataset"):  # before the model loads
+            check_prompt_column(bound.arguments.get(name), name, self._prompt_columns)
         if bound.arguments.get("reward_funcs") is not None:
             # Each reward function's output is checked where it is returned, so that a wrong value (a string, say)
             # names the function and the completion instead of failing in TRL's tensor conversion.

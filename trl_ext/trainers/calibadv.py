@@ -268,6 +268,7 @@ class CalibAdvTrainer(BaseGRPOTrainer):
 
     _tag_names = ["trl", "grpo", "trl-ext", "calibadv"]
     _name = "CalibAdv"
+    _prompt_columns = ("prompt", "question")  # a `question` gets the search instruction as its prompt
     _paper = {
         "title": "Negative Advantage Is a Double-Edged Sword: Calibrating Advantage in GRPO for Deep Search",
         "id": "2604.18235",

@@ -1,7 +1,7 @@
 """Checks that refuse bad input before or during training, each naming the field or component at fault.
 
-A training set too small for one generation batch (TRL would run 0 steps), prompts longer than the model's positions,
-reward functions that return something other than numbers, non-finite or absurd rewards, an advantage estimator's
+A dataset without a prompt column, a training set too small for one generation batch (TRL would run 0 steps), prompts
+longer than the model's positions, reward functions that return something other than numbers, non-finite or absurd rewards, an advantage estimator's
 output of the wrong shape or with NaN; and whether a GPU-like device exists (TRL's bf16 default). The base trainer
 calls them; they hold no state.
 """
@@ -21,6 +21,7 @@ __all__ = [
     "MAX_ABS_REWARD",
     "CheckedRewardFunction",
     "check_advantages",
+    "check_prompt_column",
     "check_prompt_lengths",
     "check_reward_values",
     "check_rewards",
@@ -43,6 +44,44 @@ def has_accelerator() -> bool:
         return True
     mps = getattr(torch.backends, "mps", None)
     return bool(mps is not None and mps.is_available())
+
+
+def _columns(dataset: Any) -> list[str] | None:
+    """A dataset's columns: ``column_names``, else the keys of a map-style dataset's first row; None when unknown (a
+    streaming dataset without features, an empty or non-mapping dataset)."""
+    columns = getattr(dataset, "column_names", None)
+    if columns is not None:
+        return list(columns)
+    if type(dataset).__name__ == "IterableDataset" or not (
+        hasattr(dataset, "__getitem__") and hasattr(dataset, "__len__")
+    ):
+        return None
+    try:
+        first = dataset[0] if len(dataset) else None
+    except Exception:  # not indexable by position: not checked
+        return None
+    return list(first) if isinstance(first, dict) else None
+
+
+def check_prompt_column(dataset: Any, name: str, accepted: tuple[str, ...] = ("prompt",)) -> None:
+    """Refuse a dataset (``name``: ``train_dataset``, ``eval_dataset``, ``eval_dataset['key']``) with none of the
+    ``accepted`` prompt columns, listing its columns. TRL reads ``row["prompt"]`` at the first generation: a
+    ``KeyError: 'prompt'`` at step 1, after the model has loaded. A dict of eval datasets is checked per key."""
+    if isinstance(dataset, dict):
+        for key, value in dataset.items():
+            check_prompt_column(value, f"{name}[{key!r}]", accepted)
+        return
+    columns = None if dataset is None else _columns(dataset)
+    if columns is None or any(column in columns for column in accepted):
+        return
+    wanted = " or ".join(repr(column) for column in accepted)
+    hint = next((c for c in ("problem", "question", "query", "instruction", "input", "text") if c in columns), None)
+    rename = f"dataset.rename_column({hint!r}, 'prompt')" if hint else "dataset.rename_column(<column>, 'prompt')"
+    raise ValueError(
+        f"{name}: no {wanted} column; the dataset has columns {columns}. The trainers generate from 'prompt' (a "
+        f"string or a list of chat messages): rename a column ({rename}), or with `trl-ext train` set "
+        "dataset_prompt_column to build it (with system_prompt)"
+    )
 
 
 def check_prompt_lengths(trainer: Any, max_rows: int = 1000) -> None:
