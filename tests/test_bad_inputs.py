@@ -120,3 +120,50 @@ def test_a_dataset_without_a_prompt_column_is_refused_listing_its_columns(toy_da
             train_dataset=toy_dataset,
             eval_dataset={"held_out": no_prompt},
         )
+
+
+# -- max_steps 0 and a trainer named twice in compare ------------------------------------------------------------------
+@pytest.mark.parametrize("name", ["grpo", "bnpo", "minpro", "hapo", "diva", "calibadv"])
+def test_max_steps_zero_or_below_minus_one_is_refused_by_every_config(tmp_path, name):
+    # Before: max_steps 0 trained one step and saved a model.
+    from trl_ext import get_trainer
+
+    _, config_cls = get_trainer(name)
+    extra = {"calibadv_corpus_path": "deepsearch"} if name == "calibadv" else {}
+    for steps in (0, -2):
+        with pytest.raises(ValueError, match=rf"^max_steps must be a positive number .* or -1 .*; got {steps}$"):
+            config_cls(output_dir=str(tmp_path), use_cpu=True, max_steps=steps, **extra)
+    assert config_cls(output_dir=str(tmp_path), use_cpu=True, **extra).max_steps == -1  # TRL's "use the epochs"
+    assert config_cls(output_dir=str(tmp_path), use_cpu=True, max_steps=1, **extra).max_steps == 1
+
+
+def test_train_refuses_max_steps_zero_while_parsing(tmp_path):
+    parser = make_train_parser("grpo")
+    with pytest.raises(ValueError, match=r"^max_steps must be a positive number"):
+        parser.parse_args_and_config(["--output_dir", str(tmp_path), "--use_cpu", "true", "--max_steps", "0"])
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--trainers", "grpo", "grpo"], "--trainers: 'grpo' named more than once"),
+        (["--trainers", "grpo", "bnpo", "--max_steps", "0"], "--max_steps must be at least 1, got 0"),
+        (["--trainers", "grpo", "--max_steps", "-1"], "--max_steps must be at least 1, got -1"),
+    ],
+)
+def test_compare_refuses_a_repeated_trainer_and_max_steps_below_one(tmp_path, capsys, argv, message):
+    # Before: `--trainers grpo grpo` silently ran one arm.
+    from trl_ext.compare import compare_main
+
+    with pytest.raises(SystemExit) as exit_info:
+        compare_main([*argv, "--task", "arithmetic", "--tiny_model", "--output_dir", str(tmp_path / "out")])
+    assert exit_info.value.code == 2
+    assert f"trl-ext compare: error: {message}" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_compare_names_the_arm_whose_recipe_sets_max_steps_zero(tmp_path):
+    from trl_ext.compare import compare
+
+    with pytest.raises(ValueError, match=r"^arm 'grpo': max_steps must be a positive number"):
+        compare(["grpo"], config={"max_steps": 0, "use_cpu": True}, seeds=1, output_dir=tmp_path, log=lambda *_: None)

@@ -91,6 +91,13 @@ class BaseGRPOConfig(GRPOConfig):
                 f"num_iterations must be >= 1, an integer (optimizer passes per generation batch); got "
                 f"{self.num_iterations!r}"
             )
+        max_steps = self.max_steps
+        if isinstance(max_steps, bool) or not isinstance(max_steps, int) or (max_steps < 1 and max_steps != -1):
+            # 0 trained one step and saved a model; below -1 means nothing. -1 is TRL's "use num_train_epochs".
+            raise ValueError(
+                f"max_steps must be a positive number of optimizer steps, or -1 to train for num_train_epochs; got "
+                f"{max_steps!r}"
+            )
         if self.max_completion_length is not None and not self.max_completion_length >= 1:
             raise ValueError(
                 f"max_completion_length must be >= 1 (tokens generated per completion), got {self.max_completion_length!r}"
