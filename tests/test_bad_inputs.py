@@ -167,3 +167,28 @@ def test_compare_names_the_arm_whose_recipe_sets_max_steps_zero(tmp_path):
 
     with pytest.raises(ValueError, match=r"^arm 'grpo': max_steps must be a positive number"):
         compare(["grpo"], config={"max_steps": 0, "use_cpu": True}, seeds=1, output_dir=tmp_path, log=lambda *_: None)
+
+
+# -- a JSONL corpus without 'text' -------------------------------------------------------------------------------------
+def test_a_corpus_with_title_and_body_names_the_file_the_field_and_the_fields_found(
+    tiny_checkpoint, toy_dataset, tmp_path
+):
+    # Before: every record became a document with an empty text, accepted silently.
+    import json
+
+    from trl_ext import get_trainer
+
+    corpus = tmp_path / "corpus.jsonl"
+    corpus.write_text(
+        "".join(json.dumps({"id": str(i), "title": f"T{i}", "body": f"text {i}"}) + "\n" for i in range(148))
+    )
+    trainer_cls, config_cls = get_trainer("calibadv")
+    args = config_cls(
+        output_dir=str(tmp_path), use_cpu=True, calibadv_corpus_path=str(corpus), num_generations=2, max_steps=1
+    )
+    message = (
+        rf"^calibadv_corpus_path: {corpus}, line 1: a corpus record needs a 'text' field .* or a 'contents' string "
+        r".*; this one has the fields \['body', 'id', 'title'\]"
+    )
+    with pytest.raises(ValueError, match=message):
+        trainer_cls(model=tiny_checkpoint, reward_funcs=length_reward, args=args, train_dataset=toy_dataset)

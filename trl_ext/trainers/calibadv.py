@@ -241,7 +241,10 @@ def build_retriever(args: CalibAdvConfig) -> Retriever:
             from trl_ext.data.deepsearch import deepsearch_corpus
 
             return BM25Retriever(deepsearch_corpus(seed))
-        return BM25Retriever.from_jsonl(args.calibadv_corpus_path)
+        try:
+            return BM25Retriever.from_jsonl(args.calibadv_corpus_path)
+        except ValueError as error:  # a malformed corpus: name the option it came from
+            raise ValueError(f"calibadv_corpus_path: {error}") from error
     if retriever == "http":
         return HTTPRetriever(
             args.calibadv_retriever_url,
