@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 import yaml
+from calibadv_helpers import deepsearch_checkpoint_fixture  # noqa: F401  (fixture)
 from conftest import length_reward
 
 from trl_ext.training import TrainScriptArguments, make_train_parser, resolve_reward_funcs
@@ -192,3 +193,68 @@ def test_a_corpus_with_title_and_body_names_the_file_the_field_and_the_fields_fo
     )
     with pytest.raises(ValueError, match=message):
         trainer_cls(model=tiny_checkpoint, reward_funcs=length_reward, args=args, train_dataset=toy_dataset)
+
+
+# -- a retriever that finds nothing ------------------------------------------------------------------------------------
+def test_a_server_answering_the_health_query_with_nothing_is_warned_about():
+    import warnings
+
+    from test_retrieval import MockServer, ok
+
+    from trl_ext.retrieval import HTTPRetriever
+
+    with MockServer(ok(lambda body: [[] for _ in body["queries"]])) as server:
+        with pytest.warns(
+            UserWarning, match=r"calibadv_retriever_url='http://.*': .*health query 'health check' with no"
+        ):
+            HTTPRetriever(server.url).check()
+    with warnings.catch_warnings(), MockServer(ok(lambda body: [["T\nx"] for _ in body["queries"]])) as server:
+        warnings.simplefilter("error")  # a server that finds documents: no warning
+        HTTPRetriever(server.url).check()
+
+
+def test_searches_answered_with_no_document_are_logged_as_empty_observations(deepsearch_checkpoint, tmp_path):
+    # Before: CalibAdv trained on empty <information> blocks without a word. A retriever that finds nothing for any
+    # query; a scripted policy searches twice (found nothing, then "known" finds documents) and answers.
+    from calibadv_helpers import FakeRetriever, ScriptedTurns
+    from datasets import Dataset
+    from transformers import AutoTokenizer
+
+    from trl_ext import get_trainer
+    from trl_ext.rewards.qa import qa_f1_format_reward
+
+    prompts = [f"question {i}?" for i in range(4)]
+    dataset = Dataset.from_dict({"prompt": prompts, "golden_answers": [["yes"]] * 4})
+    trainer_cls, config_cls = get_trainer("calibadv")
+    args = config_cls(
+        output_dir=str(tmp_path),
+        use_cpu=True,
+        per_device_train_batch_size=8,
+        num_generations=4,
+        max_completion_length=300,
+        max_steps=1,
+        report_to="none",
+        save_strategy="no",
+        logging_steps=1,
+        disable_tqdm=True,
+        calibadv_corpus_path="deepsearch",
+        calibadv_max_turns=2,
+        calibadv_max_tokens_per_turn=48,
+        calibadv_topk=1,
+    )
+    retriever = FakeRetriever(empty=["nothing"])
+    trainer = trainer_cls(
+        model=deepsearch_checkpoint,
+        reward_funcs=[qa_f1_format_reward],
+        args=args,
+        train_dataset=dataset,
+        processing_class=AutoTokenizer.from_pretrained(deepsearch_checkpoint),
+        retriever=retriever,
+    )
+    turns = ["<think>a</think><search> nothing </search>", "<think>b</think><search> known </search>"]
+    scripts = {prompt: [*turns, "<think>c</think><answer> yes </answer>"] for prompt in prompts}
+    trainer.rollout_func.logits_processors.append(ScriptedTurns(trainer.processing_class, scripts))
+    trainer.train()
+    assert {query for queries, _ in retriever.calls for query in queries} == {"nothing", "known"}
+    logged = [entry["calibadv/empty_observation_frac"] for entry in trainer.state.log_history if "loss" in entry]
+    assert logged == [0.5]  # one search of two came back empty in every trajectory

@@ -368,6 +368,25 @@ class CalibAdvTrainer(BaseGRPOTrainer):
                 batch.extras[key] = gather_object([row.get(key) for row in inputs])
         return batch
 
+    def _generate_and_score_completions(self, inputs: list[dict[str, Any]]) -> dict[str, Any]:
+        output = super()._generate_and_score_completions(inputs)
+        self._log_empty_observations(inputs)
+        return output
+
+    def _log_empty_observations(self, inputs: list[dict[str, Any]]) -> None:
+        """Log ``calibadv/empty_observation_frac``: the share of the generation batch's executed searches that the
+        retriever answered with no document (an empty ``<information>`` block). A retriever that finds nothing for
+        any query otherwise trains silently on empty observations. Not logged for a batch without searches."""
+        if not inputs or "calibadv_steps" not in inputs[0]:  # another rollout: the same on every process
+            return
+        steps = [step for row in inputs for step in (row.get("calibadv_steps") or [])]
+        local = (len(steps), sum(1 for step in steps if not step.get("docs")))
+        counts = gather_object([local])
+        searches, empty = sum(count[0] for count in counts), sum(count[1] for count in counts)
+        if searches:
+            mode = "train" if self.model.training else "eval"
+            self._metrics[mode]["calibadv/empty_observation_frac"].append(empty / searches)
+
     def _replace_logged_advantages(self, advantages, batch: AdvantageBatch) -> None:
         rows = getattr(self.advantage_estimator, "last_row_advantages", None)
         if advantages.dim() == 2 and rows is not None and rows.numel() == batch.num_completions:
