@@ -258,3 +258,66 @@ def test_searches_answered_with_no_document_are_logged_as_empty_observations(dee
     assert {query for queries, _ in retriever.calls for query in queries} == {"nothing", "known"}
     logged = [entry["calibadv/empty_observation_frac"] for entry in trainer.state.log_history if "loss" in entry]
     assert logged == [0.5]  # one search of two came back empty in every trajectory
+
+
+# -- trl_ext_state.json of the wrong structure -------------------------------------------------------------------------
+def _hapo(checkpoint, dataset, output_dir, max_steps):
+    from trl_ext import get_trainer
+
+    trainer_cls, config_cls = get_trainer("hapo")
+    args = _grpo_args(config_cls, output_dir, max_steps=max_steps, save_strategy="steps", save_steps=1)
+    return trainer_cls(model=checkpoint, reward_funcs=[length_reward], args=args, train_dataset=dataset)
+
+
+@pytest.fixture(scope="module")
+def hapo_checkpoint(tiny_checkpoint, toy_dataset, tmp_path_factory):
+    """checkpoint-1 of a HAPO run (its state holds the adaptive temperature's statistics)."""
+    output_dir = tmp_path_factory.mktemp("hapo-run")
+    _hapo(tiny_checkpoint, toy_dataset, output_dir, max_steps=1).train()
+    return output_dir / "checkpoint-1"
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (
+            lambda state: state["trainer"].update(hapo_temperature="abc"),
+            r"key 'trainer\.hapo_temperature' must be a JSON object with 'current', 'pending' and 'updates', got str",
+        ),
+        (
+            lambda state: state["trainer"]["hapo_temperature"]["pending"].update(scale="0.5"),
+            r"key 'trainer\.hapo_temperature\.pending\.scale' must be a number, got str",
+        ),
+        (
+            lambda state: state["trainer"]["hapo_temperature"].update(updates=-1),
+            r"key 'trainer\.hapo_temperature\.updates' must be an integer >= 0, got int",
+        ),
+        (
+            lambda state: state.update(advantage_estimator_name=["hapo_tlga"]),
+            r"key 'advantage_estimator_name' must be a string \(the advantage estimator's registered name\), got list",
+        ),
+        (
+            lambda state: state.update(policy_objective=[]),
+            r"key 'policy_objective' must be a JSON object \(the policy objective's state\), got list",
+        ),
+    ],
+    ids=["hapo_temperature_str", "statistic_str", "updates_negative", "estimator_name_list", "objective_state_list"],
+)
+def test_a_wrong_typed_state_entry_names_the_file_the_key_and_the_type(
+    hapo_checkpoint, tiny_checkpoint, toy_dataset, tmp_path, edit, message
+):
+    # Before: AttributeError: 'str' object has no attribute 'get' on resume, for the first example.
+    import json
+    import shutil
+
+    from trl_ext.trainers.persistence import STATE_FILE
+
+    checkpoint = tmp_path / "checkpoint-1"
+    shutil.copytree(hapo_checkpoint, checkpoint)
+    state = json.loads((checkpoint / STATE_FILE).read_text())
+    assert state["trainer"]["hapo_temperature"]["pending"] is not None  # the run computed statistics
+    edit(state)
+    (checkpoint / STATE_FILE).write_text(json.dumps(state))
+    resumed = _hapo(tiny_checkpoint, toy_dataset, tmp_path / "out", max_steps=2)
+    with pytest.raises(ValueError, match=rf"^resume_from_checkpoint: {checkpoint / STATE_FILE}: {message}"):
+        resumed.train(resume_from_checkpoint=str(checkpoint))

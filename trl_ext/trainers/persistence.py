@@ -28,6 +28,17 @@ logger = logging.getLogger(__name__)
 
 STATE_FILE = "trl_ext_state.json"
 
+#: The structure of ``trl_ext_state.json`` (:meth:`PersistenceMixin.trl_ext_state_dict`): key -> (JSON type, its
+#: name in messages, what it holds). Every key may be missing (a fresh state then); unknown keys are ignored.
+STATE_STRUCTURE: dict[str, tuple[type, str, str]] = {
+    "trainer_class": (str, "a string", "the trainer's class name"),
+    "advantage_estimator_name": (str, "a string", "the advantage estimator's registered name"),
+    "policy_objective_name": (str, "a string", "the policy objective's registered name"),
+    "advantage_estimator": (dict, "a JSON object", "the advantage estimator's state"),
+    "policy_objective": (dict, "a JSON object", "the policy objective's state"),
+    "trainer": (dict, "a JSON object", "the trainer's own state"),
+}
+
 
 def latest_complete_checkpoint(output_dir: str) -> str | None:
     """The newest ``checkpoint-N`` folder of ``output_dir`` that was written to the end, or ``None``.
@@ -117,8 +128,25 @@ class PersistenceMixin:
             "trainer": self.extra_state_dict(),
         }
 
-    def load_trl_ext_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore what :meth:`trl_ext_state_dict` returned (warns when another trainer or component wrote it)."""
+    def check_trl_ext_state_dict(self, state: dict[str, Any]) -> None:
+        """Refuse a state of the wrong structure (:data:`STATE_STRUCTURE`, then the trainer's own part through
+        :meth:`check_extra_state_dict`), with a ``ValueError`` naming the key and the expected type."""
+        for key, (kind, kind_name, what) in STATE_STRUCTURE.items():
+            if key in state and not isinstance(state[key], kind):
+                value = state[key]
+                raise ValueError(f"key {key!r} must be {kind_name} ({what}), got {type(value).__name__} {value!r:.60}")
+        self.check_extra_state_dict(state.get("trainer", {}))
+
+    def load_trl_ext_state_dict(self, state: dict[str, Any], source: str = STATE_FILE) -> None:
+        """Restore what :meth:`trl_ext_state_dict` returned (warns when another trainer or component wrote it).
+
+        The whole structure is checked first (:meth:`check_trl_ext_state_dict`); a wrong one, or a part a component
+        cannot load, is a ``ValueError`` naming ``source`` (the file), the key and what was expected.
+        """
+        try:
+            self.check_trl_ext_state_dict(state)
+        except ValueError as error:
+            raise ValueError(f"resume_from_checkpoint: {source}: {error}") from None
         for key, current in (
             ("trainer_class", type(self).__name__),
             ("advantage_estimator_name", getattr(self.args, "advantage_estimator", "grpo")),
@@ -133,16 +161,26 @@ class PersistenceMixin:
                     UserWarning,
                     stacklevel=2,
                 )
-        for key in ("advantage_estimator", "policy_objective", "trainer"):
-            if not isinstance(state.get(key, {}), dict):
-                raise ValueError(f"{STATE_FILE}: {key!r} must be a JSON object, got {type(state[key]).__name__}")
-        self.advantage_estimator.load_state_dict(state.get("advantage_estimator", {}))
-        self.policy_objective.load_state_dict(state.get("policy_objective", {}))
-        self.load_extra_state_dict(state.get("trainer", {}))
+        for key, load in (
+            ("advantage_estimator", self.advantage_estimator.load_state_dict),
+            ("policy_objective", self.policy_objective.load_state_dict),
+            ("trainer", self.load_extra_state_dict),
+        ):
+            try:
+                load(state.get(key, {}))
+            except (AttributeError, KeyError, TypeError, ValueError) as error:  # a part that does not fit its reader
+                raise ValueError(
+                    f"resume_from_checkpoint: {source}: key {key!r} does not fit this run's {key.replace('_', ' ')} "
+                    f"({type(error).__name__}: {error}); resume with the trainer and components that wrote it"
+                ) from error
 
     def extra_state_dict(self) -> dict[str, Any]:
         """Override in a trainer subclass that keeps its own cross-step state."""
         return {}
+
+    def check_extra_state_dict(self, state: dict[str, Any]) -> None:
+        """Override together with :meth:`load_extra_state_dict`: raise ``ValueError("key 'trainer.<entry>' must be
+        ...")`` for a saved entry of the wrong type, before anything is restored."""
 
     def load_extra_state_dict(self, state: dict[str, Any]) -> None:
         """Override together with :meth:`extra_state_dict`."""
@@ -167,6 +205,10 @@ class PersistenceMixin:
             return
         path = os.path.join(checkpoint, STATE_FILE)
         if os.path.exists(path):
-            self.load_trl_ext_state_dict(read_json_object(path, "the trl-ext trainer state"))
+            try:
+                state = read_json_object(path, "the trl-ext trainer state")
+            except ValueError as error:
+                raise ValueError(f"resume_from_checkpoint: {error}") from None
+            self.load_trl_ext_state_dict(state, source=path)
         elif any(self.trl_ext_state_dict()[key] for key in ("advantage_estimator", "policy_objective", "trainer")):
             logger.warning("Resuming from %s without %s: trl-ext state starts fresh", checkpoint, STATE_FILE)
