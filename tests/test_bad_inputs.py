@@ -321,3 +321,58 @@ def test_a_wrong_typed_state_entry_names_the_file_the_key_and_the_type(
     resumed = _hapo(tiny_checkpoint, toy_dataset, tmp_path / "out", max_steps=2)
     with pytest.raises(ValueError, match=rf"^resume_from_checkpoint: {checkpoint / STATE_FILE}: {message}"):
         resumed.train(resume_from_checkpoint=str(checkpoint))
+
+
+# -- resuming: truncated weights, another model's checkpoint, tied weights reported missing ----------------------------
+def _grpo(checkpoint, dataset, output_dir, max_steps):
+    from trl_ext import get_trainer
+
+    trainer_cls, config_cls = get_trainer("grpo")
+    args = _grpo_args(config_cls, output_dir, max_steps=max_steps, save_strategy="steps", save_steps=1, seed=0)
+    return trainer_cls(model=checkpoint, reward_funcs=[length_reward], args=args, train_dataset=dataset)
+
+
+@pytest.fixture(scope="module")
+def grpo_run(tiny_checkpoint, toy_dataset, tmp_path_factory):
+    """An uninterrupted 2-step GRPO run of the tied-embedding tiny model, a checkpoint every step."""
+    output_dir = tmp_path_factory.mktemp("grpo-run")
+    trainer = _grpo(tiny_checkpoint, toy_dataset, output_dir, max_steps=2)
+    trainer.train()
+    return trainer, output_dir
+
+
+def _copy_checkpoint(grpo_run, tmp_path):
+    import shutil
+
+    checkpoint = tmp_path / "checkpoint-1"
+    shutil.copytree(grpo_run[1] / "checkpoint-1", checkpoint)
+    return checkpoint
+
+
+@pytest.mark.parametrize("keep", [0.5, 0.999, 4])
+def test_a_truncated_weights_file_is_named_before_resuming(grpo_run, tiny_checkpoint, toy_dataset, tmp_path, keep):
+    # Before: safetensors' "incomplete metadata, file not fully covered", naming no file.
+    checkpoint = _copy_checkpoint(grpo_run, tmp_path)
+    weights = checkpoint / "model.safetensors"
+    data = weights.read_bytes()
+    weights.write_bytes(data[: int(len(data) * keep) if keep < 1 else keep])
+    resumed = _grpo(tiny_checkpoint, toy_dataset, tmp_path / "out", max_steps=2)
+    with pytest.raises(ValueError, match=rf"^resume_from_checkpoint: {weights} is truncated or corrupt \("):
+        resumed.train(resume_from_checkpoint=str(checkpoint))
+    assert resumed.state.global_step == 0  # refused before any step
+
+
+def test_resuming_another_models_checkpoint_names_both_models(grpo_run, toy_dataset, tmp_path):
+    # Before: torch's "size mismatch for model.embed_tokens.weight" deep in train().
+    from trl_ext.tiny_models import build_tiny_checkpoint
+
+    checkpoint = _copy_checkpoint(grpo_run, tmp_path)  # hidden_size 64, 62 tokens
+    other = build_tiny_checkpoint(tmp_path / "other", alphabet="0123456789+=", hidden_size=32)
+    resumed = _grpo(other, toy_dataset, tmp_path / "out", max_steps=2)
+    message = (
+        rf"^resume_from_checkpoint: checkpoint {checkpoint} was saved from a different model with vocab_size 62, "
+        rf"hidden_size 64, intermediate_size 256; this run's model \({other}\) has vocab_size \d+, hidden_size 32, "
+        r"intermediate_size 128\. Resume with the model the checkpoint was trained from"
+    )
+    with pytest.raises(ValueError, match=message):
+        resumed.train(resume_from_checkpoint=str(checkpoint))

@@ -2,15 +2,17 @@
 
 A dataset without a prompt column, a training set too small for one generation batch (TRL would run 0 steps), prompts
 longer than the model's positions, reward functions that return something other than numbers, non-finite or absurd rewards, an advantage estimator's
-output of the wrong shape or with NaN; and whether a GPU-like device exists (TRL's bf16 default). The base trainer
-calls them; they hold no state.
+output of the wrong shape or with NaN, a checkpoint to resume whose weights are truncated or that another model wrote;
+and whether a GPU-like device exists (TRL's bf16 default). The base trainer calls them; they hold no state.
 """
 
 from __future__ import annotations
 
 import functools
 import inspect
+import json
 import numbers
+import os
 from typing import Any
 
 import torch
@@ -21,6 +23,8 @@ __all__ = [
     "MAX_ABS_REWARD",
     "CheckedRewardFunction",
     "check_advantages",
+    "check_checkpoint_model",
+    "check_checkpoint_weights",
     "check_prompt_column",
     "check_prompt_lengths",
     "check_reward_values",
@@ -268,3 +272,96 @@ def check_advantages(advantages: torch.Tensor, batch: AdvantageBatch, name: str)
     if not torch.isfinite(advantages).all():
         raise FloatingPointError(f"advantage estimator {name!r} produced NaN or inf advantages")
     return advantages
+
+
+def _safetensors_problem(path: str) -> str | None:
+    """What is wrong with a safetensors file's layout (8-byte header length, JSON header, then the tensors up to the
+    largest ``data_offsets`` end), or None. Reads the header only."""
+    size = os.path.getsize(path)
+    with open(path, "rb") as f:
+        head = f.read(8)
+        if len(head) < 8:
+            return f"{size} bytes, less than the 8-byte header length"
+        length = int.from_bytes(head, "little")
+        if length > size - 8:
+            return f"its header announces {length} bytes, the file holds {size - 8} after the length"
+        try:
+            header = json.loads(f.read(length))
+            end = max(
+                (int(entry["data_offsets"][1]) for key, entry in header.items() if key != "__metadata__"), default=0
+            )
+        except (ValueError, TypeError, KeyError, IndexError, AttributeError) as error:
+            return f"its header is not a safetensors header ({type(error).__name__})"
+    if 8 + length + end > size:
+        return f"its header describes {end} bytes of tensors, the file holds {size - 8 - length}"
+    return None
+
+
+def check_checkpoint_weights(checkpoint: str) -> None:
+    """Refuse a checkpoint whose ``*.safetensors`` files (full weights, shards, adapters) are truncated or corrupt,
+    naming the file. Without this, loading them on resume fails in safetensors ("incomplete metadata") naming none."""
+    for name in sorted(os.listdir(checkpoint)):
+        path = os.path.join(checkpoint, name)
+        if name.endswith(".safetensors") and os.path.isfile(path):
+            problem = _safetensors_problem(path)
+            if problem is not None:
+                raise ValueError(
+                    f"resume_from_checkpoint: {path} is truncated or corrupt ({problem}); the checkpoint was cut off "
+                    "while saving or copying. Resume from another checkpoint, or copy this one again"
+                )
+
+
+#: The config entries that decide a model's parameter shapes, compared by :func:`check_checkpoint_model`.
+SHAPE_KEYS = (
+    "model_type",
+    "vocab_size",
+    "hidden_size",
+    "intermediate_size",
+    "num_hidden_layers",
+    "num_attention_heads",
+    "num_key_value_heads",
+    "head_dim",
+)
+
+
+def _shape_entries(config: dict[str, Any]) -> dict[str, Any]:
+    """The :data:`SHAPE_KEYS` of a config dict and of its ``text_config`` / ``vision_config`` (as ``text_config.x``),
+    without unset (None) ones."""
+    entries = {key: config[key] for key in SHAPE_KEYS if config.get(key) is not None}
+    for part in ("text_config", "vision_config"):
+        if isinstance(config.get(part), dict):
+            entries.update({f"{part}.{key}": value for key, value in _shape_entries(config[part]).items()})
+    return entries
+
+
+def check_checkpoint_model(checkpoint: str, model: Any) -> None:
+    """Refuse to resume a checkpoint that another model wrote: its ``config.json`` against the run's model config
+    (:data:`SHAPE_KEYS`, also inside ``text_config`` / ``vision_config``), naming both. Without this the mismatch
+    surfaced as torch's "size mismatch for model.embed_tokens.weight" deep in ``train()``. A checkpoint without
+    ``config.json`` (an adapter-only one, say) or a model without a config is not checked."""
+    path = os.path.join(checkpoint, "config.json")
+    config = getattr(model, "config", None)
+    if config is None or not hasattr(config, "to_dict") or not os.path.isfile(path):
+        return
+    try:
+        with open(path) as f:
+            saved = json.load(f)
+    except (OSError, ValueError) as error:
+        raise ValueError(f"resume_from_checkpoint: {path} cannot be read ({error})") from None
+    if not isinstance(saved, dict):
+        return
+    ours, theirs = _shape_entries(config.to_dict()), _shape_entries(saved)
+    differ = [key for key in theirs if key in ours and theirs[key] != ours[key]]
+    if not differ:
+        return
+    source = saved.get("_name_or_path")
+    run_model = getattr(config, "_name_or_path", None) or "?"
+    raise ValueError(
+        f"resume_from_checkpoint: checkpoint {checkpoint} was saved from a different model"
+        f"{f' ({source})' if source else ''} with "
+        + ", ".join(f"{key} {theirs[key]!r}" for key in differ)
+        + f"; this run's model ({run_model}) has "
+        + ", ".join(f"{key} {ours[key]!r}" for key in differ)
+        + ". Resume with the model the checkpoint was trained from (model_name_or_path), or start a new run without "
+        "resume_from_checkpoint"
+    )

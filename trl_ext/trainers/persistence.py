@@ -3,8 +3,13 @@ checkpoint, and the model card.
 
 Checkpoint hook
     ``trl_ext_state_dict()`` (estimator, objective and trainer state, JSON) is written to every checkpoint as
-    ``trl_ext_state.json`` and restored on resume on every process. A trainer with its own cross-step state overrides
-    :meth:`PersistenceMixin.extra_state_dict` and :meth:`PersistenceMixin.load_extra_state_dict`.
+    ``trl_ext_state.json`` and restored on resume on every process, its structure checked first. A trainer with its
+    own cross-step state overrides :meth:`PersistenceMixin.extra_state_dict` and
+    :meth:`PersistenceMixin.load_extra_state_dict` (and :meth:`PersistenceMixin.check_extra_state_dict`).
+
+Resume
+    Before loading, the checkpoint's weights files and model config are checked (truncated files and another model's
+    checkpoint are named).
 
 :class:`PersistenceMixin` is a base of :class:`~trl_ext.trainers.base.BaseGRPOTrainer`, before ``trl.GRPOTrainer``.
 """
@@ -21,6 +26,7 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from trl_ext import compat
 from trl_ext._quiet import progress_bars_disabled
 from trl_ext.jsonio import read_json_object, write_json_atomic
+from trl_ext.trainers.checks import check_checkpoint_model, check_checkpoint_weights
 
 __all__ = ["STATE_FILE", "PersistenceMixin", "latest_complete_checkpoint"]
 
@@ -86,7 +92,12 @@ class PersistenceMixin:
 
     def train(self, resume_from_checkpoint: str | bool | None = None, *args: Any, **kwargs: Any):
         """``Trainer.train``; ``resume_from_checkpoint`` of ``True``, ``"true"`` or ``"latest"`` resumes from the newest
-        *complete* checkpoint in ``output_dir`` (:func:`latest_complete_checkpoint`), skipping half-written ones."""
+        *complete* checkpoint in ``output_dir`` (:func:`latest_complete_checkpoint`), skipping half-written ones.
+
+        The checkpoint to resume is checked before anything loads: its safetensors files must be whole
+        (:func:`~trl_ext.trainers.checks.check_checkpoint_weights`) and its ``config.json`` must describe this run's
+        model (:func:`~trl_ext.trainers.checks.check_checkpoint_model`); either error names the file or both models.
+        """
         if resume_from_checkpoint is True or (
             isinstance(resume_from_checkpoint, str) and resume_from_checkpoint.strip().lower() in ("true", "latest")
         ):
@@ -97,6 +108,10 @@ class PersistenceMixin:
                     f"in output_dir {self.args.output_dir!r}"
                 )
             logger.info("Resuming from the newest complete checkpoint: %s", resume_from_checkpoint)
+        if isinstance(resume_from_checkpoint, str) and os.path.isdir(resume_from_checkpoint):
+            # Before anything loads: a truncated weights file or another model's checkpoint, named.
+            check_checkpoint_weights(resume_from_checkpoint)
+            check_checkpoint_model(resume_from_checkpoint, getattr(self, "model", None))
         return super().train(resume_from_checkpoint, *args, **kwargs)
 
     def create_model_card(self, model_name=None, dataset_name=None, tags=None):
