@@ -376,3 +376,59 @@ def test_resuming_another_models_checkpoint_names_both_models(grpo_run, toy_data
     )
     with pytest.raises(ValueError, match=message):
         resumed.train(resume_from_checkpoint=str(checkpoint))
+
+
+@pytest.fixture
+def transformers_warnings():
+    """The records transformers logs at WARNING and above during the test (the tests run with its verbosity at
+    error, which would hide the line in question)."""
+    import logging
+
+    from transformers.utils import logging as hf_logging
+
+    previous = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_warning()
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler(logging.WARNING)
+    handler.emit = records.append
+    logger = logging.getLogger("transformers")
+    logger.addHandler(handler)
+    try:
+        yield records
+    finally:
+        logger.removeHandler(handler)
+        hf_logging.set_verbosity(previous)
+
+
+def test_resuming_a_tied_embedding_model_reports_no_missing_lm_head_and_is_exact(
+    grpo_run, tiny_checkpoint, toy_dataset, tmp_path, transformers_warnings
+):
+    # Before: every resume logged "There were missing keys in the checkpoint model loaded: ['lm_head.weight']".
+    import torch
+
+    original, _ = grpo_run
+    checkpoint = _copy_checkpoint(grpo_run, tmp_path)
+    resumed = _grpo(tiny_checkpoint, toy_dataset, tmp_path / "out", max_steps=2)
+    resumed.train(resume_from_checkpoint=str(checkpoint))
+    assert not [r for r in transformers_warnings if "missing keys" in r.getMessage()]
+    # The resume is exact: the tied head is the loaded embedding, and step 2 equals the uninterrupted step 2.
+    assert resumed.model.lm_head.weight is resumed.model.model.embed_tokens.weight
+    expected = dict(original.model.named_parameters())
+    for name, value in resumed.model.named_parameters():
+        torch.testing.assert_close(value, expected[name], atol=1e-6, rtol=0, msg=name)
+
+
+def test_a_key_missing_for_real_is_still_reported(
+    grpo_run, tiny_checkpoint, toy_dataset, tmp_path, transformers_warnings
+):
+    # The filter is targeted: a weight that is not tied and absent from the checkpoint is still named (alone).
+    from safetensors.torch import load_file, save_file
+
+    checkpoint = _copy_checkpoint(grpo_run, tmp_path)
+    weights = load_file(checkpoint / "model.safetensors")
+    del weights["model.norm.weight"]
+    save_file(weights, checkpoint / "model.safetensors", metadata={"format": "pt"})
+    resumed = _grpo(tiny_checkpoint, toy_dataset, tmp_path / "out", max_steps=2)
+    resumed.train(resume_from_checkpoint=str(checkpoint))
+    missing = [r.getMessage() for r in transformers_warnings if "missing keys" in r.getMessage()]
+    assert missing == ["There were missing keys in the checkpoint model loaded: ['model.norm.weight']."]

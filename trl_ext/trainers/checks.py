@@ -32,6 +32,7 @@ __all__ = [
     "check_train_dataset_size",
     "checked_reward_funcs",
     "has_accelerator",
+    "tied_parameter_names",
 ]
 
 #: Largest reward magnitude accepted (:func:`check_rewards`); beyond it float32 advantages and losses
@@ -365,3 +366,17 @@ def check_checkpoint_model(checkpoint: str, model: Any) -> None:
         + ". Resume with the model the checkpoint was trained from (model_name_or_path), or start a new run without "
         "resume_from_checkpoint"
     )
+
+
+def tied_parameter_names(model: Any, names: list[str]) -> set[str]:
+    """Those of ``names`` (state-dict keys) whose parameter is the same tensor as a parameter not in ``names``: tied
+    weights (a tied ``lm_head.weight``), which a checkpoint need not hold because loading the other fills them."""
+    wanted = set(names)
+    groups: dict[int, list[str]] = {}
+    for name, parameter in model.named_parameters(remove_duplicate=False):
+        groups.setdefault(id(parameter), []).append(name)
+    tied: set[str] = set()
+    for group in groups.values():
+        if any(name not in wanted for name in group):
+            tied.update(name for name in group if name in wanted)
+    return tied

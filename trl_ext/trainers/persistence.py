@@ -9,7 +9,7 @@ Checkpoint hook
 
 Resume
     Before loading, the checkpoint's weights files and model config are checked (truncated files and another model's
-    checkpoint are named).
+    checkpoint are named); after loading, missing keys tied to loaded weights (a tied ``lm_head``) are not reported.
 
 :class:`PersistenceMixin` is a base of :class:`~trl_ext.trainers.base.BaseGRPOTrainer`, before ``trl.GRPOTrainer``.
 """
@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 import os
 import warnings
+from types import SimpleNamespace
 from typing import Any
 
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
@@ -26,7 +27,7 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from trl_ext import compat
 from trl_ext._quiet import progress_bars_disabled
 from trl_ext.jsonio import read_json_object, write_json_atomic
-from trl_ext.trainers.checks import check_checkpoint_model, check_checkpoint_weights
+from trl_ext.trainers.checks import check_checkpoint_model, check_checkpoint_weights, tied_parameter_names
 
 __all__ = ["STATE_FILE", "PersistenceMixin", "latest_complete_checkpoint"]
 
@@ -113,6 +114,21 @@ class PersistenceMixin:
             check_checkpoint_weights(resume_from_checkpoint)
             check_checkpoint_model(resume_from_checkpoint, getattr(self, "model", None))
         return super().train(resume_from_checkpoint, *args, **kwargs)
+
+    def _issue_warnings_after_load(self, load_result: Any) -> None:
+        """transformers' warnings after loading a checkpoint's weights, without the missing keys that are tied to
+        loaded weights (a tied ``lm_head.weight`` is not saved, so every resume of such a model reported it missing
+        although the resume is exact). Other missing or unexpected keys are still reported."""
+        missing = list(getattr(load_result, "missing_keys", None) or [])
+        model = getattr(self, "model", None)
+        if missing and model is not None and hasattr(model, "named_parameters"):
+            tied = tied_parameter_names(model, missing)
+            if tied:
+                load_result = SimpleNamespace(
+                    missing_keys=[key for key in missing if key not in tied],
+                    unexpected_keys=list(getattr(load_result, "unexpected_keys", None) or []),
+                )
+        return super()._issue_warnings_after_load(load_result)
 
     def create_model_card(self, model_name=None, dataset_name=None, tags=None):
         """TRL's model card, naming a local base model instead of "fine-tuned version of [None]" and the run's output
