@@ -44,8 +44,9 @@ class TrainScriptArguments(ScriptArguments):
             100 for `arithmetic_variants`).
         tiny_model (`bool`, defaults to `False`): build a tiny randomly initialised Qwen2 with a character
             tokenizer offline (in `<output_dir>/tiny-model`) instead of loading `model_name_or_path`.
-        reward_funcs (`list[str]` or `None`): extra reward functions: a name of the task's rewards, a TRL reward
-            (`accuracy_reward`, `think_format_reward`, ...), or a dotted import path (`my_pkg.rewards.f`).
+        reward_funcs (`list[str]`, `str` or `None`): extra reward functions: a name of the task's rewards, a TRL
+            reward (`accuracy_reward`, `think_format_reward`, ...), or a dotted import path (`my_pkg.rewards.f`). A
+            single name (`reward_funcs: think_format_reward` in YAML) counts as a list of one.
         reward_model_name_or_path (`str` or `None`): a reward model, as in TRL's GRPO script.
         dataset_prompt_column (`str` or `None`): build the conversational `prompt` from this column (e.g.
             `problem` in MATH) with `system_prompt` as the system message.
@@ -137,11 +138,23 @@ def _call_reward_factory(spec: str) -> Any:
 
 
 def resolve_reward_funcs(script_args: TrainScriptArguments, task: Any | None) -> list[Any]:
-    """Reward functions for a run: the task's, then ``reward_funcs`` by name or import path, then a reward model."""
+    """Reward functions for a run: the task's, then ``reward_funcs`` by name or import path, then a reward model.
+
+    ``reward_funcs`` may be a single name (``reward_funcs: think_format_reward`` in a YAML recipe), read as a
+    one-element list: iterating the string would resolve it one character at a time.
+    """
     rewards: list[Any] = list(task.reward_funcs) if task is not None else []
     by_name = {getattr(f, "__name__", str(f)): f for f in rewards}
-    trl_rewards = _trl_reward_registry() if script_args.reward_funcs else {}
-    for name in script_args.reward_funcs or []:
+    names = script_args.reward_funcs
+    if isinstance(names, str):
+        names = [names]
+    elif names is not None and not (isinstance(names, list | tuple) and all(isinstance(name, str) for name in names)):
+        raise ValueError(
+            f"reward_funcs: expected a name or a list of names (task rewards, TRL rewards, dotted import paths or "
+            f"factory calls), got {names!r}"
+        )
+    trl_rewards = _trl_reward_registry() if names else {}
+    for name in names or []:
         if task is not None and name in by_name:
             continue  # already included with the task
         if "(" in name:

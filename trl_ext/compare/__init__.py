@@ -88,6 +88,9 @@ def compare(
         output = Path(output_dir)
         extra = list(extra_args or [])
         arm_list = build_arms(list(trainers), list(arms or []))
+        if max_steps is not None and (isinstance(max_steps, bool) or not isinstance(max_steps, int) or max_steps < 1):
+            # Before any parse (a run's config would refuse 0 too, but naming the arm rather than the option).
+            raise ValueError(f"--max_steps must be at least 1, got {max_steps!r}")
 
         config_path: str | None
         if isinstance(config, dict):
@@ -117,8 +120,6 @@ def compare(
             seed_list = [int(s) for s in seeds]
             if not seed_list or len(set(seed_list)) != len(seed_list):
                 raise ValueError(f"--seeds: give distinct seeds, got {seed_list}")
-        if max_steps is not None and max_steps < 1:
-            raise ValueError(f"--max_steps: must be at least 1, got {max_steps}")
 
         def result_path(arm: Arm, seed: int) -> Path:
             return output / "runs" / arm.label / f"seed-{seed}.json"
