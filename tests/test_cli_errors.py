@@ -194,3 +194,19 @@ def test_unknown_command_line_options_are_listed_with_the_nearest_names(capsys):
 def test_replot_of_a_directory_without_a_comparison_is_one_line(capsys, tmp_path):
     line = _one_line_error(capsys, ["compare", "--replot", "--output_dir", str(tmp_path / "nothing")])
     assert "--replot: no comparison.json in --output_dir" in line
+
+
+def test_a_reward_that_returns_strings_stops_training_with_one_line(tmp_path):
+    # An input error found after set-up (at the first step) is still one line: the check raises UserInputError.
+    (tmp_path / "my_rewards.py").write_text(
+        "def wordy(completions, **kwargs):\n    return ['0.5' for _ in completions]\n"
+    )
+    result = _console(
+        CONSOLE, "train", "--config", str(ROOT / "recipes" / "grpo" / "quickstart.yaml"), "--reward_funcs",
+        "my_rewards.wordy", "--max_steps", "1", "--per_device_train_batch_size", "8", "--output_dir",
+        str(tmp_path / "out"), PYTHONPATH=str(tmp_path),
+    )  # fmt: skip
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert "Traceback" not in result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("trl-ext train: error:")]
+    assert len(errors) == 1 and "reward function 'wordy' returned str '0.5' for completion 0" in errors[0], errors

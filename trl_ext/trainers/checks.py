@@ -18,6 +18,7 @@ from typing import Any
 import torch
 
 from trl_ext.advantages.base import AdvantageBatch
+from trl_ext.errors import UserInputError
 
 __all__ = [
     "MAX_ABS_REWARD",
@@ -82,7 +83,7 @@ def check_prompt_column(dataset: Any, name: str, accepted: tuple[str, ...] = ("p
     wanted = " or ".join(repr(column) for column in accepted)
     hint = next((c for c in ("problem", "question", "query", "instruction", "input", "text") if c in columns), None)
     rename = f"dataset.rename_column({hint!r}, 'prompt')" if hint else "dataset.rename_column(<column>, 'prompt')"
-    raise ValueError(
+    raise UserInputError(
         f"{name}: no {wanted} column; the dataset has columns {columns}. The trainers generate from 'prompt' (a "
         f"string or a list of chat messages): rename a column ({rename}), or with `trl-ext train` set "
         "dataset_prompt_column to build it (with system_prompt)"
@@ -124,7 +125,7 @@ def check_prompt_lengths(trainer: Any, max_rows: int = 1000) -> None:
         else:
             return  # multimodal or custom content: not checked
         if length > int(positions):
-            raise ValueError(
+            raise UserInputError(
                 f"train_dataset: the prompt of row {index} has {length} tokens, more than the model's {positions} "
                 "positions (max_position_embeddings). Shorten or filter the prompts, or use a model with a "
                 "longer context"
@@ -138,7 +139,7 @@ def check_train_dataset_size(trainer: Any, needed: int) -> None:
     if dataset is None or not hasattr(dataset, "__len__") or type(dataset).__name__ == "IterableDataset":
         return
     if len(dataset) < needed:
-        raise ValueError(
+        raise UserInputError(
             f"train_dataset: {len(dataset)} row(s), but one generation batch draws {needed} distinct rows "
             f"(generation_batch_size {trainer.args.generation_batch_size} / num_generations "
             f"{trainer.num_generations}); with fewer, TRL's sampler yields no batch and training would run 0 steps. "
@@ -159,7 +160,7 @@ def check_rewards(rewards_per_func: torch.Tensor, reward_names: list[str]) -> No
     row, column = (int(i) for i in bad.nonzero()[0].tolist())
     names = list(reward_names) or [f"reward_funcs[{i}]" for i in range(bad.size(1))]
     value = float(rewards_per_func[row, column])
-    raise ValueError(
+    raise UserInputError(
         f"reward function {names[column]!r} returned {value!r} for completion {row} of the generation batch "
         f"({int(bad[:, column].sum())} such value(s)); rewards must be finite with |r| <= {MAX_ABS_REWARD:g}. "
         "Return None for a completion that cannot be scored"
@@ -185,7 +186,7 @@ def check_reward_values(values: Any, name: str) -> Any:
     scored (TRL's NaN). The list's length is TRL's check.
     """
     if isinstance(values, str | bytes | dict) or not hasattr(values, "__iter__"):
-        raise ValueError(
+        raise UserInputError(
             f"reward function {name!r} returned {type(values).__name__} {values!r:.80}, not a list; return one float "
             "(or None) per completion"
         )
@@ -195,7 +196,7 @@ def check_reward_values(values: Any, name: str) -> Any:
         values = list(values)  # a generator or an array: read once, here
     for index, value in enumerate(values):
         if not _is_reward_value(value):
-            raise ValueError(
+            raise UserInputError(
                 f"reward function {name!r} returned {type(value).__name__} {value!r:.80} for completion {index}; "
                 "return float or None (None: the completion cannot be scored)"
             )
@@ -306,7 +307,7 @@ def check_checkpoint_weights(checkpoint: str) -> None:
         if name.endswith(".safetensors") and os.path.isfile(path):
             problem = _safetensors_problem(path)
             if problem is not None:
-                raise ValueError(
+                raise UserInputError(
                     f"resume_from_checkpoint: {path} is truncated or corrupt ({problem}); the checkpoint was cut off "
                     "while saving or copying. Resume from another checkpoint, or copy this one again"
                 )
@@ -348,7 +349,7 @@ def check_checkpoint_model(checkpoint: str, model: Any) -> None:
         with open(path) as f:
             saved = json.load(f)
     except (OSError, ValueError) as error:
-        raise ValueError(f"resume_from_checkpoint: {path} cannot be read ({error})") from None
+        raise UserInputError(f"resume_from_checkpoint: {path} cannot be read ({error})") from None
     if not isinstance(saved, dict):
         return
     ours, theirs = _shape_entries(config.to_dict()), _shape_entries(saved)
@@ -357,7 +358,7 @@ def check_checkpoint_model(checkpoint: str, model: Any) -> None:
         return
     source = saved.get("_name_or_path")
     run_model = getattr(config, "_name_or_path", None) or "?"
-    raise ValueError(
+    raise UserInputError(
         f"resume_from_checkpoint: checkpoint {checkpoint} was saved from a different model"
         f"{f' ({source})' if source else ''} with "
         + ", ".join(f"{key} {theirs[key]!r}" for key in differ)

@@ -26,6 +26,7 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from trl_ext import compat
 from trl_ext._quiet import progress_bars_disabled
+from trl_ext.errors import UserInputError
 from trl_ext.jsonio import read_json_object, write_json_atomic
 from trl_ext.trainers.checks import check_checkpoint_model, check_checkpoint_weights, tied_parameter_names
 
@@ -104,7 +105,7 @@ class PersistenceMixin:
         ):
             resume_from_checkpoint = latest_complete_checkpoint(self.args.output_dir)
             if resume_from_checkpoint is None:
-                raise ValueError(
+                raise UserInputError(
                     f"resume_from_checkpoint: no complete checkpoint (a checkpoint-N folder with trainer_state.json) "
                     f"in output_dir {self.args.output_dir!r}"
                 )
@@ -165,7 +166,9 @@ class PersistenceMixin:
         for key, (kind, kind_name, what) in STATE_STRUCTURE.items():
             if key in state and not isinstance(state[key], kind):
                 value = state[key]
-                raise ValueError(f"key {key!r} must be {kind_name} ({what}), got {type(value).__name__} {value!r:.60}")
+                raise UserInputError(
+                    f"key {key!r} must be {kind_name} ({what}), got {type(value).__name__} {value!r:.60}"
+                )
         self.check_extra_state_dict(state.get("trainer", {}))
 
     def load_trl_ext_state_dict(self, state: dict[str, Any], source: str = STATE_FILE) -> None:
@@ -177,7 +180,7 @@ class PersistenceMixin:
         try:
             self.check_trl_ext_state_dict(state)
         except ValueError as error:
-            raise ValueError(f"resume_from_checkpoint: {source}: {error}") from None
+            raise UserInputError(f"resume_from_checkpoint: {source}: {error}") from None
         for key, current in (
             ("trainer_class", type(self).__name__),
             ("advantage_estimator_name", getattr(self.args, "advantage_estimator", "grpo")),
@@ -200,7 +203,7 @@ class PersistenceMixin:
             try:
                 load(state.get(key, {}))
             except (AttributeError, KeyError, TypeError, ValueError) as error:  # a part that does not fit its reader
-                raise ValueError(
+                raise UserInputError(
                     f"resume_from_checkpoint: {source}: key {key!r} does not fit this run's {key.replace('_', ' ')} "
                     f"({type(error).__name__}: {error}); resume with the trainer and components that wrote it"
                 ) from error
@@ -239,7 +242,7 @@ class PersistenceMixin:
             try:
                 state = read_json_object(path, "the trl-ext trainer state")
             except ValueError as error:
-                raise ValueError(f"resume_from_checkpoint: {error}") from None
+                raise UserInputError(f"resume_from_checkpoint: {error}") from None
             self.load_trl_ext_state_dict(state, source=path)
         elif any(self.trl_ext_state_dict()[key] for key in ("advantage_estimator", "policy_objective", "trainer")):
             logger.warning("Resuming from %s without %s: trl-ext state starts fresh", checkpoint, STATE_FILE)
