@@ -154,11 +154,9 @@ def test_train_refuses_max_steps_zero_while_parsing(tmp_path):
 )
 def test_compare_refuses_a_repeated_trainer_and_max_steps_below_one(tmp_path, capsys, argv, message):
     # Before: `--trainers grpo grpo` silently ran one arm.
-    from trl_ext.compare import compare_main
+    from trl_ext.cli import main
 
-    with pytest.raises(SystemExit) as exit_info:
-        compare_main([*argv, "--task", "arithmetic", "--tiny_model", "--output_dir", str(tmp_path / "out")])
-    assert exit_info.value.code == 2
+    assert main(["compare", *argv, "--task", "arithmetic", "--tiny_model", "--output_dir", str(tmp_path / "out")]) == 2
     assert f"trl-ext compare: error: {message}" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
 
