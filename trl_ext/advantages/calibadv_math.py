@@ -426,8 +426,7 @@ def calibrate_run_values(
         * ``calibadv/frac_neg_traj_calibrated``: among rows with A_i < 0, the fraction with a soft-penalised step;
         * ``calibadv/kappa_mean``: mean kappa_g over the groups the rebalance scaled;
         * ``calibadv/frac_answer_groups_zeroed``: fraction of groups whose answer tokens were set to 0;
-        * ``calibadv/neg_pos_mass_ratio``: (-sum_g N_g) / (sum_g P_g) over the batch's answer runs, before the
-          rebalance.
+        * ``calibadv/neg_pos_mass_ratio``: (-sum_g N_g) / (sum_g P_g) over the answer runs, before the rebalance.
 
     Raises:
         ValueError: naming the argument, for inconsistent lengths, scores outside [0, 1] or whose count differs from
@@ -570,9 +569,14 @@ def calibrate_advantages(
     :func:`expand_run_values` in a row.
 
     Args:
-        advantages: (N,) per-row A_i. step_scores, num_steps: as in :func:`calibrate_run_values`.
+        advantages: (N,) per-row A_i.
+        step_scores: as in :func:`calibrate_run_values`.
+        num_steps: as in :func:`calibrate_run_values`.
         mask: (N, T) loss mask ``completion_mask * tool_mask`` (1 = generated token, 0 = observation or padding).
-        num_generations, soft_penalty, answer_rebalance, rebalance_lambda: as in :func:`calibrate_run_values`.
+        num_generations: as in :func:`calibrate_run_values`.
+        soft_penalty: as in :func:`calibrate_run_values`.
+        answer_rebalance: as in :func:`calibrate_run_values`.
+        rebalance_lambda: as in :func:`calibrate_run_values`.
 
     Returns:
         ``((N, T) advantages in ``dtype``, the CalibrationResult)``. Masked tokens are exactly 0.

@@ -166,8 +166,13 @@ def diva_advantages(
             rows sit.
         difficulties: (N,) difficulty of each response's prompt row (store level for originals, recorded level for
             variants).
-        difficulty_k, rrb_threshold, rrb_scale, local_weight, global_weight, group_eps, batch_norm: the ``diva_*``
-            config fields of the same name.
+        difficulty_k: ``diva_difficulty_k``.
+        rrb_threshold: ``diva_rrb_threshold``.
+        rrb_scale: ``diva_rrb_scale``.
+        local_weight: ``diva_local_weight``.
+        global_weight: ``diva_global_weight``.
+        group_eps: ``diva_group_eps``.
+        batch_norm: ``diva_batch_norm``.
         token_counts: (N,) loss tokens per response, needed for ``batch_norm="reference"``.
         max_completion_length: T of the padded tensor, needed for ``batch_norm="reference"``.
 
@@ -320,7 +325,7 @@ def validate_diva_fields(args: Any) -> None:
 
 @register_advantage_estimator("diva")
 class DivaAdvantageEstimator(AdvantageEstimator):
-    """DIVA-GRPO's advantage (local + global z-scores; module docstring). Needs the :class:`~trl_ext.DIVATrainer`.
+    """DIVA-GRPO's advantage (local + global z-scores; module docstring). Needs the :class:`~trl_ext.trainers.diva.DIVATrainer`.
 
     The trainer passes, in ``batch.extras``: ``diva_ids`` (N problem ids), ``diva_difficulties`` ((N,) row
     difficulties), ``diva_is_original`` ((N,) bool) and ``diva_warmup`` (bool). In evaluation the plain GRPO

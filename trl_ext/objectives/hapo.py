@@ -159,7 +159,8 @@ def redistribute_advantages(
         advantages: (B, 1) or (B, T).
         h: (B, T) normalised entropy.
         ratio: (B, T) or (B, 1) detached importance ratio.
-        clip_low, clip_high: floats or (B, T) clip bounds in effect.
+        clip_low: float or (B, T) lower clip bound in effect (eps_low).
+        clip_high: float or (B, T) upper clip bound in effect (eps_high).
         beta: the redistribution strength.
 
     Returns:

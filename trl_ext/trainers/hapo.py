@@ -239,7 +239,7 @@ class HAPOTrainer(HAPOTemperatureMixin, BaseGRPOTrainer):
 
     Accepts every argument of ``trl.GRPOTrainer``. The advantage comes from the ``"hapo_tlga"`` estimator and the
     loss from the ``"hapo"`` objective (the config's defaults); :class:`HAPOTemperatureMixin` adds the adaptive
-    rollout temperature: its statistics (:attr:`hapo_temperature`), the sampling change of each training generation,
+    rollout temperature: its statistics (``hapo_temperature``), the sampling change of each training generation,
     the rollout metrics and the checkpointed state.
     """
 
