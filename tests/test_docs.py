@@ -640,6 +640,24 @@ def test_the_cheap_commands_ran():
     assert {"list", "--version", "train --trainer grpo --help"} <= runs
 
 
+def user_facing_files(root: Path = ROOT) -> list[Path]:
+    """What a user reads besides the pages' code blocks: the pages, the recipes, and the package (its docstrings and
+    messages)."""
+    recipes = [path for path in sorted((root / "recipes").rglob("*")) if path.suffix in (".yaml", ".md", ".py")]
+    return [*doc_pages(root), *recipes, *sorted((root / "trl_ext").rglob("*.py"))]
+
+
+def test_nothing_tells_the_user_to_install_trl_ext_from_an_index():
+    """trl-ext is not on a package index: an install line is `pip install -e ".[extra]"` from the checkout."""
+    offenders = [
+        f"{path.relative_to(ROOT)}:{number}: {line.strip()}"
+        for path in user_facing_files()
+        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1)
+        if re.search(r"trl[-_]ext\[", line)
+    ]
+    assert not offenders, "\n".join(offenders)
+
+
 # --- the checks themselves ----------------------------------------------------------------------------------------------
 
 

@@ -32,7 +32,8 @@ def _import_bm25s() -> Any:
         import bm25s.stopwords
     except ImportError as error:  # pragma: no cover - exercised only without the extra
         raise ImportError(
-            "BM25Retriever needs the `bm25s` package: pip install 'trl-ext[retrieval]' (or pip install 'bm25s>=0.2')"
+            "BM25Retriever needs the `bm25s` package: pip install 'bm25s>=0.2' (from a trl-ext checkout: pip install -e "
+            "'.[retrieval]')"
         ) from error
     return bm25s
 
