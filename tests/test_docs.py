@@ -658,6 +658,44 @@ def test_nothing_tells_the_user_to_install_trl_ext_from_an_index():
     assert not offenders, "\n".join(offenders)
 
 
+#: A citation of a file the user does not have: the team's shared folder, a design spec, or a section (§) of one.
+OUTSIDE_CITATION = re.compile(r"(?<![\w-])(?:\.\./)*shared/|(?<![\w-])specs/|§")
+
+
+def outside_citations(text: str) -> list[tuple[int, str]]:
+    """``(line number, line)`` of every line that cites something outside the repository; a section sign is allowed on a
+    line that names the paper it points into."""
+    return [
+        (number, line.strip())
+        for number, line in enumerate(text.splitlines(), 1)
+        if OUTSIDE_CITATION.search(line)
+        and not (set(OUTSIDE_CITATION.findall(line)) == {"§"} and re.search(r"paper|arXiv", line))
+    ]
+
+
+def test_no_page_recipe_or_docstring_cites_a_file_outside_the_repository():
+    """Pages, recipe headers and the package state their rules; they do not send the reader to files the reader lacks
+    (shared/specs/*.md, "spec §6")."""
+    offenders = [
+        f"{path.relative_to(ROOT)}:{number}: {line}"
+        for path in user_facing_files()
+        for number, line in outside_citations(path.read_text(encoding="utf-8"))
+    ]
+    assert not offenders, "\n".join(offenders)
+
+
+def test_outside_citations_are_recognised():
+    text = (
+        "Specification: `shared/specs/bnpo.md`.\n"
+        "see ../shared/notes.md\n"
+        "# mirroring the paper's setup (specs/hapo.md §6)\n"
+        "the statistics of §2.2\n"
+        "as in §3 of the paper (arXiv 2509.16591)\n"
+        "tests/shared_fixtures.py and shared_state/ are ours\n"
+    )
+    assert [number for number, _ in outside_citations(text)] == [1, 2, 3, 4]
+
+
 # --- the checks themselves ----------------------------------------------------------------------------------------------
 
 

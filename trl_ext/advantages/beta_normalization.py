@@ -1,5 +1,5 @@
 """BNPO: Beta-normalised advantages (Xiao, Zhang, Cao, "BNPO: Beta Normalization Policy Optimization",
-arXiv 2506.02864; spec ``specs/bnpo.md``).
+arXiv 2506.02864).
 
 For prompt q with success rate p(q) = E[R | q] (the mean of its group's rewards mapped to [0, 1]):
 

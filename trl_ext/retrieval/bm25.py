@@ -1,4 +1,4 @@
-"""BM25 retrieval over an in-memory corpus, built on the ``bm25s`` package (spec ``specs/calibadv.md`` §3.3).
+"""BM25 retrieval over an in-memory corpus, built on the ``bm25s`` package.
 
 Tokenisation: lowercase, words of two or more word characters (``\\b\\w\\w+\\b``, scikit-learn's pattern, which
 ``bm25s`` also uses), English stop words removed (``bm25s.stopwords.STOPWORDS_EN``). A document is indexed on its

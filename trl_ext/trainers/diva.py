@@ -1,6 +1,6 @@
 """DIVA-GRPO trainer: difficulty-adaptive problem variants with local + global group advantages (arXiv 2603.01106).
 
-What changes against ``trl.GRPOTrainer`` (spec ``diva_grpo.md``):
+What changes against ``trl.GRPOTrainer``:
 
 * **Batch composition.** Every problem (dataset row, unique ``id``) is generated together with
   ``diva_num_variants`` variants in the same generation batch (:class:`~trl_ext.curriculum.difficulty.

@@ -1,4 +1,4 @@
-"""Configuration of the HAPO trainer (``"hapo"``; arXiv 2509.16591, spec ``specs/hapo.md``): the ``hapo_`` fields of
+"""Configuration of the HAPO trainer (``"hapo"``; arXiv 2509.16591): the ``hapo_`` fields of
 its four components, validated before any model loads. The trainer is :mod:`trl_ext.trainers.hapo`.
 """
 
