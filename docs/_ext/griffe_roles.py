@@ -14,8 +14,8 @@ renders, this extension rewrites each one:
 * a target that cannot be found at all becomes a link anyway, so that ``mkdocs build --strict`` fails on it, naming
   the target: a broken cross-reference is fixed in the docstring, not hidden.
 
-Which modules are rendered is read from the ``::: module`` lines of the API pages (option ``api_dir``), so the pages
-are the one list.
+Which modules are rendered is read from the ``::: module`` lines of the API pages (``docs/api/``), so the pages are the
+one list.
 """
 
 from __future__ import annotations
@@ -84,9 +84,12 @@ if griffe is not None:
     class CrossReferences(griffe.Extension):
         """Rewrite the cross-references of every docstring of the package once it is loaded."""
 
-        def __init__(self, api_dir: str = "docs/api") -> None:
+        def __init__(self) -> None:
             super().__init__()
-            self.modules = rendered_modules(Path(api_dir))
+            api_dir = Path(__file__).resolve().parents[1] / "api"
+            self.modules = rendered_modules(api_dir)
+            if not self.modules:  # every reference would silently become code
+                raise ValueError(f"no `::: module` line in the API pages under {api_dir}")
 
         def on_package(self, *, pkg: griffe.Module, loader: griffe.GriffeLoader, **kwargs) -> None:
             if pkg.name != PACKAGE:
