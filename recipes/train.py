@@ -8,7 +8,9 @@ config, of TRL's ``ModelConfig`` (``--use_peft``, ``--load_in_4bit``, ...) and o
 set in the YAML or on the command line; ``--help`` after ``--trainer NAME`` lists them.
 """
 
-from trl_ext.cli import train_main
+import sys
+
+from trl_ext.cli import main
 
 if __name__ == "__main__":
-    train_main()
+    sys.exit(main(["train", *sys.argv[1:]]))

@@ -228,9 +228,7 @@ def test_parse_arm():
 def test_cli_reports_bad_input_with_exit_code_2(tmp_path, capsys):
     from trl_ext.cli import main
 
-    with pytest.raises(SystemExit) as exit_info:
-        main(["compare", "--trainers", "grpo", "nope", "--config", RECIPE, "--output_dir", str(tmp_path)])
-    assert exit_info.value.code == 2
+    assert main(["compare", "--trainers", "grpo", "nope", "--config", RECIPE, "--output_dir", str(tmp_path)]) == 2
     assert "trl-ext compare: error: arm 'nope': unknown trainer" in capsys.readouterr().err
 
 

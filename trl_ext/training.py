@@ -16,6 +16,8 @@ from typing import Any
 
 from trl import ScriptArguments  # trl_ext/__init__.py has installed trl_ext._quiet's filters before this import
 
+from trl_ext.errors import one_line_error
+
 __all__ = [
     "ProgressPrinter",
     "TrainScriptArguments",
@@ -42,8 +44,9 @@ class TrainScriptArguments(ScriptArguments):
             100 for `arithmetic_variants`).
         tiny_model (`bool`, defaults to `False`): build a tiny randomly initialised Qwen2 with a character
             tokenizer offline (in `<output_dir>/tiny-model`) instead of loading `model_name_or_path`.
-        reward_funcs (`list[str]` or `None`): extra reward functions: a name of the task's rewards, a TRL reward
-            (`accuracy_reward`, `think_format_reward`, ...), or a dotted import path (`my_pkg.rewards.f`).
+        reward_funcs (`list[str]`, `str` or `None`): extra reward functions: a name of the task's rewards, a TRL
+            reward (`accuracy_reward`, `think_format_reward`, ...), or a dotted import path (`my_pkg.rewards.f`). A
+            single name (`reward_funcs: think_format_reward` in YAML) counts as a list of one.
         reward_model_name_or_path (`str` or `None`): a reward model, as in TRL's GRPO script.
         dataset_prompt_column (`str` or `None`): build the conversational `prompt` from this column (e.g.
             `problem` in MATH) with `system_prompt` as the system message.
@@ -135,11 +138,23 @@ def _call_reward_factory(spec: str) -> Any:
 
 
 def resolve_reward_funcs(script_args: TrainScriptArguments, task: Any | None) -> list[Any]:
-    """Reward functions for a run: the task's, then ``reward_funcs`` by name or import path, then a reward model."""
+    """Reward functions for a run: the task's, then ``reward_funcs`` by name or import path, then a reward model.
+
+    ``reward_funcs`` may be a single name (``reward_funcs: think_format_reward`` in a YAML recipe), read as a
+    one-element list: iterating the string would resolve it one character at a time.
+    """
     rewards: list[Any] = list(task.reward_funcs) if task is not None else []
     by_name = {getattr(f, "__name__", str(f)): f for f in rewards}
-    trl_rewards = _trl_reward_registry() if script_args.reward_funcs else {}
-    for name in script_args.reward_funcs or []:
+    names = script_args.reward_funcs
+    if isinstance(names, str):
+        names = [names]
+    elif names is not None and not (isinstance(names, list | tuple) and all(isinstance(name, str) for name in names)):
+        raise ValueError(
+            f"reward_funcs: expected a name or a list of names (task rewards, TRL rewards, dotted import paths or "
+            f"factory calls), got {names!r}"
+        )
+    trl_rewards = _trl_reward_registry() if names else {}
+    for name in names or []:
         if task is not None and name in by_name:
             continue  # already included with the task
         if "(" in name:
@@ -210,6 +225,11 @@ class ProgressPrinter:
 def run_training(script_args, training_args, model_args, dataset_args=None, *, callbacks=None):
     """Build the named trainer from parsed arguments, train, save; returns the trainer."""
     trainer = build_trainer(script_args, training_args, model_args, dataset_args, callbacks=callbacks)
+    return train_and_save(trainer, training_args)
+
+
+def train_and_save(trainer, training_args):
+    """Train a built trainer (resuming from ``resume_from_checkpoint`` when set), save the model; returns it."""
     trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
     trainer.save_model(training_args.output_dir)
     trainer.accelerator.print(f"Model saved to {training_args.output_dir}")
@@ -293,21 +313,33 @@ def build_trainer(script_args, training_args, model_args, dataset_args=None, *, 
     model_init_kwargs.update(training_args.model_init_kwargs or {})
     training_args.model_init_kwargs = model_init_kwargs
 
-    trainer = trainer_cls(
-        model=model,
-        reward_funcs=resolve_reward_funcs(script_args, task),
-        args=training_args,
-        train_dataset=train_dataset,
-        eval_dataset=eval_dataset,
-        quantization_config=get_quantization_config(model_args),
-        peft_config=get_peft_config(model_args),
-        callbacks=callbacks,
-    )
+    reward_funcs = resolve_reward_funcs(script_args, task)
+    try:
+        trainer = trainer_cls(
+            model=model,
+            reward_funcs=reward_funcs,
+            args=training_args,
+            train_dataset=train_dataset,
+            eval_dataset=eval_dataset,
+            quantization_config=get_quantization_config(model_args),
+            peft_config=get_peft_config(model_args),
+            callbacks=callbacks,
+        )
+    except OSError as exc:
+        if exc.errno is not None:  # a system I/O error (permissions, disk): not about which model was named
+            raise
+        # transformers' own "cannot find / not a valid model identifier" errors (no errno): name the model
+        offline = " (offline: HF_HUB_OFFLINE is set, so only the local cache is searched)" if _hub_offline() else ""
+        raise ValueError(f"model_name_or_path: cannot load {model!r}{offline}: {exc}") from exc
     if training_args.disable_tqdm and any(type(c).__name__ == "_ProgressPrinter" for c in callbacks or []):
         from transformers import PrinterCallback
 
         trainer.remove_callback(PrinterCallback)  # our one-line progress replaces the raw log dicts
     return trainer
+
+
+def _hub_offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
 
 
 def to_conversational_prompts(dataset, script_args: TrainScriptArguments):
@@ -336,6 +368,8 @@ def peek_trainer_name(argv: list[str]) -> str:
     if known.config:
         import yaml
 
+        if not os.path.isfile(known.config):
+            raise ValueError(f"--config: no such file {known.config!r}")
         with open(known.config) as f:
             config = yaml.safe_load(f) or {}
         if not isinstance(config, dict):
@@ -356,6 +390,50 @@ def make_train_parser(trainer_name: str):
         """``--help`` lists the trainer's own fields first, then TRL's ``GRPOConfig``, the script's, the model's and
         the dataset mixture's, each under a heading (TRL's parser puts all of them in one list of ~250 options, the
         trainer's own at the very end)."""
+
+        def error(self, message):
+            one_line_error(self, message)  # trl_ext.errors: one line, exit 2
+
+        def parse_args_into_dataclasses(self, args=None, return_remaining_strings=False, **kwargs):
+            """As HfArgumentParser's, but command-line options that name no field fail listing each with the nearest
+            field names (HfArgumentParser reports them as 'not used by the HfArgumentParser')."""
+            output = super().parse_args_into_dataclasses(args=args, return_remaining_strings=True, **kwargs)
+            if return_remaining_strings:
+                return output
+            remaining = output[-1]
+            if remaining:
+                options = [item for item in remaining if item.startswith("-")] or remaining
+                raise ValueError(
+                    f"{', '.join(self._suggest(option.lstrip('-').replace('-', '_')) for option in options)}: "
+                    f"{'is not an option' if len(options) == 1 else 'are not options'} of the {trainer_name!r} trainer "
+                    f"({config_cls.__name__}); `trl-ext train --trainer {trainer_name} --help` lists them"
+                )
+            return output[:-1]
+
+        def _suggest(self, name: str, prefix: str = "--") -> str:
+            """``name`` as written, with the one or two field names nearest to it when any are close."""
+            import difflib
+
+            known = sorted({action.dest for action in self._actions if action.dest != "help"})
+            near = difflib.get_close_matches(name, known, n=2, cutoff=0.75)
+            shown = f"{prefix}{name}" if prefix else repr(name)
+            return shown + (
+                f" (did you mean {' or '.join(prefix + n if prefix else repr(n) for n in near)}?)" if near else ""
+            )
+
+        def set_defaults_with_config(self, **kwargs):
+            """The recipe's values become defaults; a key that names no field fails here, every such key at once,
+            each with the nearest field names (TRL's parser reports them as unparsed '--key value' strings)."""
+            known = {action.dest for action in self._actions}
+            unknown = [str(key) for key in kwargs if key not in known]
+            if unknown:
+                raise ValueError(
+                    f"--config: {', '.join(self._suggest(key, prefix='') for key in unknown)} "
+                    f"{'is not a field' if len(unknown) == 1 else 'are not fields'} of the {trainer_name!r} trainer "
+                    f"({config_cls.__name__}), the script, ModelConfig or the dataset mixture; "
+                    f"`trl-ext train --trainer {trainer_name} --help` lists them"
+                )
+            return super().set_defaults_with_config(**kwargs)
 
         def _add_dataclass_arguments(self, dtype):
             import dataclasses

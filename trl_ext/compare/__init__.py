@@ -29,7 +29,6 @@ arm, one seed), :mod:`~trl_ext.compare.reporting` (summary, table, plot) and :mo
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
@@ -41,6 +40,7 @@ from trl_ext.compare.arms import Arm, build_arms, parse_arm, parse_run, run_argv
 from trl_ext.compare.harness import add_common_args
 from trl_ext.compare.reporting import markdown_table, plot, replot, summarise, write_comparison
 from trl_ext.compare.running import train_one as _train_one
+from trl_ext.errors import OneLineArgumentParser, UserInputError, user_input
 from trl_ext.jsonio import write_json_atomic
 
 __all__ = ["Arm", "compare", "compare_main", "markdown_table", "parse_arm", "plot", "replot", "summarise"]
@@ -82,96 +82,100 @@ def compare(
         if PartialState().is_main_process:
             log(*args)
 
-    output = Path(output_dir)
-    extra = list(extra_args or [])
-    arm_list = build_arms(list(trainers), list(arms or []))
+    # Set-up, up to and including the preflight build: anything raised here is the user's input to fix (a bad arm,
+    # value, path, recipe or model), reported as a UserInputError naming it; the command line prints it in one line.
+    with user_input():
+        output = Path(output_dir)
+        extra = list(extra_args or [])
+        arm_list = build_arms(list(trainers), list(arms or []))
+        if max_steps is not None and (isinstance(max_steps, bool) or not isinstance(max_steps, int) or max_steps < 1):
+            # Before any parse (a run's config would refuse 0 too, but naming the arm rather than the option).
+            raise ValueError(f"--max_steps must be at least 1, got {max_steps!r}")
 
-    config_path: str | None
-    if isinstance(config, dict):
-        import yaml
+        config_path: str | None
+        if isinstance(config, dict):
+            import yaml
 
-        # Written by every process (same text, atomic rename): the distributed state is not set up before the
-        # first parse, so no process can tell yet whether it is the main one.
-        config_path = str(output / "recipe.yaml")
-        output.mkdir(parents=True, exist_ok=True)
-        tmp = output / f"recipe.yaml.{os.getpid()}.tmp"
-        tmp.write_text(yaml.safe_dump(config, sort_keys=False))
-        os.replace(tmp, config_path)
-    else:
-        config_path = str(config) if config is not None else None
-        if config_path is not None and not Path(config_path).is_file():
-            raise ValueError(f"--config: no such file {config_path!r}")
+            # Written by every process (same text, atomic rename): the distributed state is not set up before the
+            # first parse, so no process can tell yet whether it is the main one.
+            config_path = str(output / "recipe.yaml")
+            output.mkdir(parents=True, exist_ok=True)
+            tmp = output / f"recipe.yaml.{os.getpid()}.tmp"
+            tmp.write_text(yaml.safe_dump(config, sort_keys=False))
+            os.replace(tmp, config_path)
+        else:
+            config_path = str(config) if config is not None else None
+            if config_path is not None and not Path(config_path).is_file():
+                raise ValueError(f"--config: no such file {config_path!r}")
 
-    # Seeds: a count starts at the recipe's seed (parsed with the first arm's config). Parsing builds the training
-    # arguments, which set up the distributed state under `accelerate launch`.
-    first = parse_run(arm_list[0], run_argv(arm_list[0], 0, config_path, max_steps, output, extra)[:-2])
-    state = PartialState()
-    if isinstance(seeds, int):
-        if seeds < 1:
-            raise ValueError(f"--seeds: give at least one seed, got {seeds}")
-        seed_list = [first[1].seed + i for i in range(seeds)]
-    else:
-        seed_list = [int(s) for s in seeds]
-        if not seed_list or len(set(seed_list)) != len(seed_list):
-            raise ValueError(f"--seeds: give distinct seeds, got {seed_list}")
-    if max_steps is not None and max_steps < 1:
-        raise ValueError(f"--max_steps: must be at least 1, got {max_steps}")
+        # Seeds: a count starts at the recipe's seed (parsed with the first arm's config). Parsing builds the training
+        # arguments, which set up the distributed state under `accelerate launch`.
+        first = parse_run(arm_list[0], run_argv(arm_list[0], 0, config_path, max_steps, output, extra)[:-2])
+        state = PartialState()
+        if isinstance(seeds, int):
+            if seeds < 1:
+                raise ValueError(f"--seeds: give at least one seed, got {seeds}")
+            seed_list = [first[1].seed + i for i in range(seeds)]
+        else:
+            seed_list = [int(s) for s in seeds]
+            if not seed_list or len(set(seed_list)) != len(seed_list):
+                raise ValueError(f"--seeds: give distinct seeds, got {seed_list}")
 
-    def result_path(arm: Arm, seed: int) -> Path:
-        return output / "runs" / arm.label / f"seed-{seed}.json"
+        def result_path(arm: Arm, seed: int) -> Path:
+            return output / "runs" / arm.label / f"seed-{seed}.json"
 
-    def finished(arm: Arm, seed: int, key: str) -> dict | None:
-        path = result_path(arm, seed)
-        if not path.is_file():
-            return None
-        try:
-            result = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError):
-            return None
-        return result if result.get("key") == key else None
-
-    # Every run's arguments, parsed now (a bad override or value fails before any training), with its resume key and
-    # its stored result if it already finished. A run trains with the arguments parsed here.
-    plan: list[tuple[Arm, int, list[str], tuple, str, dict | None]] = []
-    for index, seed in enumerate(seed_list):
-        order = arm_list if index % 2 == 0 else list(reversed(arm_list))
-        for arm in order:
-            run_dir = output / "runs" / arm.label / f"seed-{seed}"
-            argv = run_argv(arm, seed, config_path, max_steps, run_dir, extra)
-            parsed = parse_run(arm, argv)
-            if parsed[1].max_steps is None or parsed[1].max_steps < 1:
-                raise ValueError(
-                    f"arm {arm.label!r}: set max_steps (in the recipe or --max_steps) to a positive value"
-                )
-            key = run_key(arm, argv)
-            plan.append((arm, seed, argv, parsed, key, finished(arm, seed, key)))
-
-    todo = [entry for entry in plan if entry[5] is None]
-    say(
-        f"trl-ext compare: {len(arm_list)} arms x {len(seed_list)} seeds = {len(plan)} runs"
-        + (f" ({len(plan) - len(todo)} already finished)" if len(todo) < len(plan) else "")
-        + f"; output in {output}"
-    )
-
-    if preflight and todo:
-        checked: set[str] = set()
-        from trl_ext.training import build_trainer
-
-        for arm, _seed, argv, _parsed, _key, _done in todo:
-            if arm.label in checked:
-                continue
-            checked.add(arm.label)
-            # parsed afresh: building a trainer mutates its arguments, and the run itself uses the plan's copy
-            script_args, training_args, model_args, dataset_args = parse_run(arm, argv)
-            if model_factory is not None:
-                model_args.model_name_or_path = model_factory(_seed)
-                script_args.tiny_model = False
+        def finished(arm: Arm, seed: int, key: str) -> dict | None:
+            path = result_path(arm, seed)
+            if not path.is_file():
+                return None
             try:
-                trainer = build_trainer(script_args, training_args, model_args, dataset_args)
-            except Exception as exc:  # report which arm cannot run the recipe, before anything trains
-                raise ValueError(f"arm {arm.label!r} ({arm.trainer}) cannot run this recipe: {exc}") from exc
-            del trainer
-        say(f"preflight: every arm builds ({', '.join(a.label for a in arm_list)})")
+                result = json.loads(path.read_text())
+            except (OSError, json.JSONDecodeError):
+                return None
+            return result if result.get("key") == key else None
+
+        # Every run's arguments, parsed now (a bad override or value fails before any training), with its resume key and
+        # its stored result if it already finished. A run trains with the arguments parsed here.
+        plan: list[tuple[Arm, int, list[str], tuple, str, dict | None]] = []
+        for index, seed in enumerate(seed_list):
+            order = arm_list if index % 2 == 0 else list(reversed(arm_list))
+            for arm in order:
+                run_dir = output / "runs" / arm.label / f"seed-{seed}"
+                argv = run_argv(arm, seed, config_path, max_steps, run_dir, extra)
+                parsed = parse_run(arm, argv)
+                if parsed[1].max_steps is None or parsed[1].max_steps < 1:
+                    raise ValueError(
+                        f"arm {arm.label!r}: set max_steps (in the recipe or --max_steps) to a positive value"
+                    )
+                key = run_key(arm, argv)
+                plan.append((arm, seed, argv, parsed, key, finished(arm, seed, key)))
+
+        todo = [entry for entry in plan if entry[5] is None]
+        say(
+            f"trl-ext compare: {len(arm_list)} arms x {len(seed_list)} seeds = {len(plan)} runs"
+            + (f" ({len(plan) - len(todo)} already finished)" if len(todo) < len(plan) else "")
+            + f"; output in {output}"
+        )
+
+        if preflight and todo:
+            checked: set[str] = set()
+            from trl_ext.training import build_trainer
+
+            for arm, _seed, argv, _parsed, _key, _done in todo:
+                if arm.label in checked:
+                    continue
+                checked.add(arm.label)
+                # parsed afresh: building a trainer mutates its arguments, and the run itself uses the plan's copy
+                script_args, training_args, model_args, dataset_args = parse_run(arm, argv)
+                if model_factory is not None:
+                    model_args.model_name_or_path = model_factory(_seed)
+                    script_args.tiny_model = False
+                try:
+                    trainer = build_trainer(script_args, training_args, model_args, dataset_args)
+                except Exception as exc:  # report which arm cannot run the recipe, before anything trains
+                    raise ValueError(f"arm {arm.label!r} ({arm.trainer}) cannot run this recipe: {exc}") from exc
+                del trainer
+            say(f"preflight: every arm builds ({', '.join(a.label for a in arm_list)})")
 
     started = time.perf_counter()
     steps_total = sum(entry[3][1].max_steps for entry in todo)
@@ -223,7 +227,7 @@ def compare(
 
 def compare_main(argv: list[str] | None = None) -> dict:
     """Entry point of ``trl-ext compare``."""
-    parser = argparse.ArgumentParser(
+    parser = OneLineArgumentParser(
         prog="trl-ext compare",
         description="Train several trainers on the same recipe and seeds, interleaved, and compare them "
         "(table, JSON, plot). Arguments not listed here go to every run (any `trl-ext train` option).",
@@ -250,6 +254,10 @@ def compare_main(argv: list[str] | None = None) -> dict:
     )
     options, extra = parser.parse_known_args(argv)
     if options.replot:  # comparison.json, .md and .png from the runs stored in --output_dir
+        if not (Path(options.output_dir) / "comparison.json").is_file():
+            raise UserInputError(
+                f"--replot: no comparison.json in --output_dir {options.output_dir!r} (run the comparison first)"
+            )
         return replot(options.output_dir)
     if not options.trainers:
         parser.error("the following arguments are required: --trainers")
@@ -261,17 +269,13 @@ def compare_main(argv: list[str] | None = None) -> dict:
     from trl_ext.training import set_threads
 
     set_threads(options.threads, option="--threads")
-    try:
-        return compare(
-            options.trainers,
-            config=options.config,
-            seeds=seeds,
-            max_steps=options.max_steps,
-            output_dir=options.output_dir,
-            arms=options.arm,
-            extra_args=extra,
-            preflight=not options.no_preflight,
-        )
-    except ValueError as exc:
-        print(f"trl-ext compare: error: {exc}", file=sys.stderr)
-        raise SystemExit(2) from exc
+    return compare(
+        options.trainers,
+        config=options.config,
+        seeds=seeds,
+        max_steps=options.max_steps,
+        output_dir=options.output_dir,
+        arms=options.arm,
+        extra_args=extra,
+        preflight=not options.no_preflight,
+    )

@@ -48,6 +48,13 @@ def build_arms(trainers: list[str], arm_specs: list[str]) -> list[Arm]:
     """The arms: one per ``--trainers`` entry, with ``--arm`` overrides applied or added as new labelled arms."""
     from trl_ext.registry import list_trainers
 
+    repeated = sorted({name for name in trainers if trainers.count(name) > 1})
+    if repeated:
+        # A dict keyed by name would silently keep one arm. A second arm of the same trainer needs its own label.
+        raise ValueError(
+            f"--trainers: {', '.join(repr(name) for name in repeated)} named more than once; name each trainer once "
+            f"(a second arm of one trainer with other settings: --arm LABEL={repeated[0]}:field=value)"
+        )
     arms = {name: Arm(label=name, trainer=name) for name in trainers}
     for spec in arm_specs:
         arm = parse_arm(spec)

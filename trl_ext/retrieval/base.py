@@ -118,11 +118,12 @@ def format_documents(documents: Iterable[DocumentLike]) -> str:
 
 
 def load_corpus_jsonl(path: str | Path) -> list[Document]:
-    """Read a JSONL corpus: one object per line with ``id``, ``title`` and ``text``, or with ``contents`` =
+    """Read a JSONL corpus: one object per line with ``text`` (``title`` and ``id`` optional), or with ``contents`` =
     ``"title\\ntext"`` (``id`` optional). Blank lines are skipped.
 
     Raises:
-        ValueError: naming the file and line of a malformed record.
+        ValueError: naming the file and line of a malformed record, or of a record with neither ``text`` nor
+            ``contents`` (listing the fields it has: a corpus with ``title``/``body`` was read as empty documents).
     """
     documents = []
     with open(path, encoding="utf-8") as handle:
@@ -133,9 +134,15 @@ def load_corpus_jsonl(path: str | Path) -> list[Document]:
                 record = json.loads(line)
                 if not isinstance(record, Mapping):
                     raise ValueError(f"expected a JSON object, got {type(record).__name__}")
-                documents.append(Document.coerce(record))
             except ValueError as error:
                 raise ValueError(f"{path}, line {number}: malformed corpus record ({error})") from error
+            if "text" not in record and not isinstance(record.get("contents"), str):
+                raise ValueError(
+                    f"{path}, line {number}: a corpus record needs a 'text' field ('title' and 'id' optional) or a "
+                    f"'contents' string ('title\\ntext'); this one has the fields {sorted(record)}. Rename the "
+                    "fields when writing the corpus"
+                )
+            documents.append(Document.coerce(record))
     return documents
 
 

@@ -18,13 +18,15 @@ Decision: a server that returns more than ``top_k`` documents for a query is cut
 Health check: :meth:`HTTPRetriever.check` sends one real query (``top_k`` 1) with the same retries and parses the
 answer as training would. :class:`~trl_ext.trainers.calibadv.CalibAdvTrainer` calls it once per process at start
 (``calibadv_retriever_check``, default on), so a server that is down or speaks another protocol stops the run before
-the first model update, not at the model's first ``<search>`` hours in.
+the first model update, not at the model's first ``<search>`` hours in. A server that answers the health query with no
+document (an empty or unloaded index) gets a warning: legal, but every observation would be empty.
 """
 
 from __future__ import annotations
 
 import math
 import time
+import warnings
 from collections.abc import Mapping
 from typing import Any
 
@@ -136,10 +138,21 @@ class HTTPRetriever:
                 how to skip the check (``calibadv_retriever_check=False``).
         """
         try:
-            self.search([self.HEALTH_QUERY], 1)
+            results = self.search([self.HEALTH_QUERY], 1)
         except RuntimeError as error:
             raise RuntimeError(
                 f"calibadv_retriever_url={self.url!r}: the retrieval server failed the health query sent at trainer "
                 f"start ({error}). Start the server, fix the URL or calibadv_retriever_payload, or set "
                 "calibadv_retriever_check=false to skip this check"
             ) from error
+        if not results[0]:
+            # Legal (an empty list means "no match"), but a dense index answers every query with top_k documents:
+            # a server with an empty or unloaded index would show the model empty observations at every search.
+            warnings.warn(
+                f"calibadv_retriever_url={self.url!r}: the retrieval server answered the health query "
+                f"{self.HEALTH_QUERY!r} with no document. If it answers every query so, every <search> shows the "
+                "model an empty <information> block; check the server's index and corpus. Training goes on; the "
+                "metric calibadv/empty_observation_frac shows the share of searches answered with nothing",
+                UserWarning,
+                stacklevel=2,
+            )

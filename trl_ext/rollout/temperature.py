@@ -26,7 +26,7 @@ from __future__ import annotations
 import math
 from collections import defaultdict
 from collections.abc import Callable, Iterable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 import torch
@@ -195,6 +195,39 @@ class RolloutTemperatureState:
             "pending": None if self.pending is None else self.pending.state_dict(),
             "updates": self.updates,
         }
+
+    @staticmethod
+    def check_state_dict(state: Any, key: str = "hapo_temperature") -> None:
+        """Refuse a saved state of the wrong structure, naming the entry (``key``, ``key.current.scale``, ...) and the
+        expected type: ``{"current": stats or null, "pending": stats or null, "updates": int}``, stats an object of
+        numbers ``pivot``, ``scale``, ``scale_pos``, ``scale_neg`` and an int ``num_tokens``."""
+
+        def number(value: Any, integer: bool = False) -> bool:
+            kinds = int if integer else int | float
+            return isinstance(value, kinds) and not isinstance(value, bool)
+
+        def refuse(where: str, expected: str, value: Any) -> None:
+            raise ValueError(f"key {where!r} must be {expected}, got {type(value).__name__} {value!r:.60}")
+
+        if not isinstance(state, dict):
+            refuse(key, "a JSON object with 'current', 'pending' and 'updates'", state)
+        if "updates" in state and not (number(state["updates"], integer=True) and state["updates"] >= 0):
+            refuse(f"{key}.updates", "an integer >= 0", state["updates"])
+        names = [f.name for f in fields(TemperatureStatistics)]
+        for part in ("current", "pending"):
+            stats = state.get(part)
+            if stats is None:
+                continue
+            if not isinstance(stats, dict):
+                refuse(f"{key}.{part}", f"null or a JSON object with {names}", stats)
+            unknown = sorted(set(stats) - set(names))
+            if unknown:
+                raise ValueError(f"key {f'{key}.{part}'!r} has unknown entries {unknown}; expected {names}")
+            for name in names:
+                if name != "num_tokens" and name not in stats:
+                    raise ValueError(f"key {f'{key}.{part}'!r} lacks {name!r}; expected {names}")
+                if name in stats and not number(stats[name], integer=name == "num_tokens"):
+                    refuse(f"{key}.{part}.{name}", "an integer" if name == "num_tokens" else "a number", stats[name])
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore what :meth:`state_dict` returned (a missing key leaves a fresh state)."""

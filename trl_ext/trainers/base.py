@@ -37,9 +37,11 @@ from trl_ext.objectives.base import LossContext, PolicyObjective
 from trl_ext.registry import get_advantage_estimator, get_policy_objective
 from trl_ext.trainers.checks import (
     check_advantages,
+    check_prompt_column,
     check_prompt_lengths,
     check_rewards,
     check_train_dataset_size,
+    checked_reward_funcs,
     has_accelerator,
 )
 from trl_ext.trainers.persistence import PersistenceMixin
@@ -89,6 +91,13 @@ class BaseGRPOConfig(GRPOConfig):
                 f"num_iterations must be >= 1, an integer (optimizer passes per generation batch); got "
                 f"{self.num_iterations!r}"
             )
+        max_steps = self.max_steps
+        if isinstance(max_steps, bool) or not isinstance(max_steps, int) or (max_steps < 1 and max_steps != -1):
+            # 0 trained one step and saved a model; below -1 means nothing. -1 is TRL's "use num_train_epochs".
+            raise ValueError(
+                f"max_steps must be a positive number of optimizer steps, or -1 to train for num_train_epochs; got "
+                f"{max_steps!r}"
+            )
         if self.max_completion_length is not None and not self.max_completion_length >= 1:
             raise ValueError(
                 f"max_completion_length must be >= 1 (tokens generated per completion), got {self.max_completion_length!r}"
@@ -113,11 +122,15 @@ class BaseGRPOTrainer(PersistenceMixin, GRPOTrainer):
     """``trl.GRPOTrainer`` with an advantage seam, a loss pipeline of overridable steps and a checkpoint hook.
 
     Accepts every argument of ``trl.GRPOTrainer``. ``args`` may be a plain ``GRPOConfig`` (the default components
-    are used then) or any ``BaseGRPOConfig`` subclass.
+    are used then) or any ``BaseGRPOConfig`` subclass. Reward functions are wrapped in
+    :class:`~trl_ext.trainers.checks.CheckedRewardFunction` (same name; yours is its ``__wrapped__``), which refuses
+    a returned value that is not a number or None, naming the function and the completion.
     """
 
     _tag_names = ["trl", "grpo", "trl-ext"]
     _name = "GRPO"
+    #: Dataset columns a prompt comes from (any one suffices; checked at construction): TRL generates from "prompt".
+    _prompt_columns: tuple[str, ...] = ("prompt",)
 
     @classmethod
     def _with_default_args(cls, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
@@ -143,7 +156,15 @@ class BaseGRPOTrainer(PersistenceMixin, GRPOTrainer):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         args, kwargs = self._with_default_args(args, kwargs)
-        config = compat.grpo_trainer_arguments(args, kwargs).arguments["args"]
+        bound = compat.grpo_trainer_arguments(args, kwargs)
+        config = bound.arguments["args"]
+        for name in ("train_dataset", "eval_dataset"):  # before the model loads
+            check_prompt_column(bound.arguments.get(name), name, self._prompt_columns)
+        if bound.arguments.get("reward_funcs") is not None:
+            # Each reward function's output is checked where it is returned, so that a wrong value (a string, say)
+            # names the function and the completion instead of failing in TRL's tensor conversion.
+            bound.arguments["reward_funcs"] = checked_reward_funcs(bound.arguments["reward_funcs"])
+            args, kwargs = bound.args[1:], bound.kwargs
         with progress_bars_disabled(bool(getattr(config, "disable_tqdm", False))):  # no "Loading weights" bars
             super().__init__(*args, **kwargs)
         self.advantage_estimator: AdvantageEstimator = self._build_component(

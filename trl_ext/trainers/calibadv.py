@@ -241,7 +241,10 @@ def build_retriever(args: CalibAdvConfig) -> Retriever:
             from trl_ext.data.deepsearch import deepsearch_corpus
 
             return BM25Retriever(deepsearch_corpus(seed))
-        return BM25Retriever.from_jsonl(args.calibadv_corpus_path)
+        try:
+            return BM25Retriever.from_jsonl(args.calibadv_corpus_path)
+        except ValueError as error:  # a malformed corpus: name the option it came from
+            raise ValueError(f"calibadv_corpus_path: {error}") from error
     if retriever == "http":
         return HTTPRetriever(
             args.calibadv_retriever_url,
@@ -268,6 +271,7 @@ class CalibAdvTrainer(BaseGRPOTrainer):
 
     _tag_names = ["trl", "grpo", "trl-ext", "calibadv"]
     _name = "CalibAdv"
+    _prompt_columns = ("prompt", "question")  # a `question` gets the search instruction as its prompt
     _paper = {
         "title": "Negative Advantage Is a Double-Edged Sword: Calibrating Advantage in GRPO for Deep Search",
         "id": "2604.18235",
@@ -363,6 +367,25 @@ class CalibAdvTrainer(BaseGRPOTrainer):
             if inputs and key in inputs[0]:  # the same rollout on every process: all gather or none
                 batch.extras[key] = gather_object([row.get(key) for row in inputs])
         return batch
+
+    def _generate_and_score_completions(self, inputs: list[dict[str, Any]]) -> dict[str, Any]:
+        output = super()._generate_and_score_completions(inputs)
+        self._log_empty_observations(inputs)
+        return output
+
+    def _log_empty_observations(self, inputs: list[dict[str, Any]]) -> None:
+        """Log ``calibadv/empty_observation_frac``: the share of the generation batch's executed searches that the
+        retriever answered with no document (an empty ``<information>`` block). A retriever that finds nothing for
+        any query otherwise trains silently on empty observations. Not logged for a batch without searches."""
+        if not inputs or "calibadv_steps" not in inputs[0]:  # another rollout: the same on every process
+            return
+        steps = [step for row in inputs for step in (row.get("calibadv_steps") or [])]
+        local = (len(steps), sum(1 for step in steps if not step.get("docs")))
+        counts = gather_object([local])
+        searches, empty = sum(count[0] for count in counts), sum(count[1] for count in counts)
+        if searches:
+            mode = "train" if self.model.training else "eval"
+            self._metrics[mode]["calibadv/empty_observation_frac"].append(empty / searches)
 
     def _replace_logged_advantages(self, advantages, batch: AdvantageBatch) -> None:
         rows = getattr(self.advantage_estimator, "last_row_advantages", None)

@@ -228,6 +228,11 @@ class HAPOTemperatureMixin:
             state["hapo_temperature"] = self.hapo_temperature.state_dict()
         return state
 
+    def check_extra_state_dict(self, state: dict[str, Any]) -> None:
+        super().check_extra_state_dict(state)
+        if "hapo_temperature" in state:
+            RolloutTemperatureState.check_state_dict(state["hapo_temperature"], "trainer.hapo_temperature")
+
     def load_extra_state_dict(self, state: dict[str, Any]) -> None:
         super().load_extra_state_dict(state)
         if "hapo_temperature" in state:
