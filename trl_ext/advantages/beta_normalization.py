@@ -1,5 +1,5 @@
 """BNPO: Beta-normalised advantages (Xiao, Zhang, Cao, "BNPO: Beta Normalization Policy Optimization",
-arXiv 2506.02864; spec ``specs/bnpo.md``).
+arXiv 2506.02864).
 
 For prompt q with success rate p(q) = E[R | q] (the mean of its group's rewards mapped to [0, 1]):
 
@@ -127,7 +127,9 @@ def beta_normalized_advantages(
     Args:
         rewards: (N,) rewards, NaN for unscorable rows; groups are contiguous blocks of ``num_generations``.
         num_generations: G.
-        reward_min, reward_max: the affine map s = (R - min) / (max - min) to [0, 1]; rewards outside raise.
+        reward_min: lower end of the reward range: s = (R - min) / (max - min) maps rewards to [0, 1]; rewards
+            outside the range raise.
+        reward_max: upper end of the reward range.
         max_inv_density: cap on the weight 1/f (> 0).
         reward_name: used in error messages.
 

@@ -1,5 +1,5 @@
 """The registered ``"calibadv"`` advantage estimator: CalibAdv's token-level calibration of GRPO advantages on the
-gathered generation batch (Wu et al., arXiv 2604.18235; spec ``specs/calibadv.md`` §2.4-§2.5, §3.4).
+gathered generation batch (Wu et al., arXiv 2604.18235).
 
 What it reads (all gathered over processes by the advantage seam, so a group may span processes):
 
@@ -49,7 +49,8 @@ __all__ = [
     "validate_calibadv_advantage_fields",
 ]
 
-#: The estimator's ``calibadv_*`` fields and their defaults (spec §2.1); a config without them gets these.
+#: The estimator's ``calibadv_*`` fields and their defaults (those of ``CalibAdvConfig``); a config without them gets
+#: these.
 CALIBADV_ADVANTAGE_DEFAULTS: dict[str, Any] = {
     "calibadv_silver_min_f1": 0.7,
     "calibadv_think_similarity_threshold": 0.5,

@@ -1,13 +1,13 @@
 """CalibAdv: token-level calibration of GRPO advantages for search agents (Wu et al., "Negative Advantage Is a
-Double-Edged Sword: Calibrating Advantage in GRPO for Deep Search", arXiv 2604.18235; spec ``specs/calibadv.md``).
+Double-Edged Sword: Calibrating Advantage in GRPO for Deep Search", arXiv 2604.18235).
 
 Pure functions of Python lists and tensors (no TRL import). The pipeline, per generation batch of N trajectories in
 contiguous groups of G:
 
-1. **GRPO base** (§2.5): A_i = (R_i - mean_g R) / (std_g R + eps), unbiased std; unscorable rows (NaN reward) are
+1. **GRPO base**: A_i = (R_i - mean_g R) / (std_g R + eps), unbiased std; unscorable rows (NaN reward) are
    left out of the statistics and get 0; a group with fewer than two scorable rows gives 0.
    -> :func:`group_advantages`.
-2. **Silver set and step scores** (§2.4): per group, the eligible trajectories are format-valid with
+2. **Silver set and step scores**: per group, the eligible trajectories are format-valid with
    F1 >= ``min_f1``; with M their best F1, the silver set S_g is the union of the doc keys retrieved by the eligible
    trajectories with F1 == M. For every format-valid trajectory i and search step k (docs d_k, think text th_k):
 
@@ -18,7 +18,7 @@ contiguous groups of G:
    with the word-level edit similarity sim(a, b) = 1 - Lev_words(a, b) / max(|a|, |b|) (0 if both are empty).
    -> :func:`word_edit_similarity`, :func:`silver_documents`, :func:`trajectory_step_scores`,
    :func:`group_step_scores`.
-3. **Segments** (§2.5): the maximal runs of 1 in the loss mask ``completion_mask * tool_mask`` of row i. With K_i
+3. **Segments**: the maximal runs of 1 in the loss mask ``completion_mask * tool_mask`` of row i. With K_i
    recorded search steps, K_i + 1 runs are expected: runs 0..K_i-1 are the search steps, the last run is the
    *answer component* (for a trajectory that never answered, its last generated block). Any other run count is a
    *segment mismatch*: the row's scores are dropped (no soft penalty) and its last run is still the answer.
@@ -33,7 +33,7 @@ contiguous groups of G:
    the group becomes 0. Afterwards the positive answer mass equals the negative answer mass divided by lambda.
    -> :func:`calibrate_run_values` (global, per-row run values), :func:`expand_run_values` (local, tokens).
 
-Multi-process split (§3.4): steps 1, 2 and 4-5 need only per-row scalars and lists, so they run on the gathered
+Multi-process split: steps 1, 2 and 4-5 need only per-row scalars and lists, so they run on the gathered
 batch (identical on every process): rewards, F1, format flags, steps, and from each row's mask its run count and
 answer-run length (:func:`run_statistics`, gathered with ``accelerator.gather``). :func:`calibrate_run_values`
 turns them into one advantage value per run, and each process expands its own rows into tokens with
@@ -102,7 +102,7 @@ def word_edit_similarity(a: str, b: str) -> float:
 
 
 def step_think_text(turn_text: str, prepend_think_token: bool = False) -> str:
-    """The think text of a search step (§2.2): the stripped content of the first ``<think>...</think>`` block of the
+    """The think text of a search step: the stripped content of the first ``<think>...</think>`` block of the
     turn's generated text; "" if there is none. With ``prepend_think_token`` the turn starts inside ``<think>`` (the
     tag sits in the context), so a ``<think>`` is put in front before matching."""
     text = "<think>" + turn_text if prepend_think_token else turn_text
@@ -149,7 +149,7 @@ def silver_documents(
     steps: Sequence[Sequence[StepLike] | None],
     min_f1: float = 0.7,
 ) -> set[Hashable] | None:
-    """The silver document set S_g of one group (§2.4), or None if no trajectory is eligible.
+    """The silver document set S_g of one group, or None if no trajectory is eligible.
 
     Eligible: format-valid and F1 >= ``min_f1`` (NaN F1 never is). With M the best eligible F1, S_g is the union of
     every doc key retrieved, in any step, by the eligible trajectories with F1 == M. It may be empty (the best
@@ -426,8 +426,7 @@ def calibrate_run_values(
         * ``calibadv/frac_neg_traj_calibrated``: among rows with A_i < 0, the fraction with a soft-penalised step;
         * ``calibadv/kappa_mean``: mean kappa_g over the groups the rebalance scaled;
         * ``calibadv/frac_answer_groups_zeroed``: fraction of groups whose answer tokens were set to 0;
-        * ``calibadv/neg_pos_mass_ratio``: (-sum_g N_g) / (sum_g P_g) over the batch's answer runs, before the
-          rebalance.
+        * ``calibadv/neg_pos_mass_ratio``: (-sum_g N_g) / (sum_g P_g) over the answer runs, before the rebalance.
 
     Raises:
         ValueError: naming the argument, for inconsistent lengths, scores outside [0, 1] or whose count differs from
@@ -570,9 +569,14 @@ def calibrate_advantages(
     :func:`expand_run_values` in a row.
 
     Args:
-        advantages: (N,) per-row A_i. step_scores, num_steps: as in :func:`calibrate_run_values`.
+        advantages: (N,) per-row A_i.
+        step_scores: as in :func:`calibrate_run_values`.
+        num_steps: as in :func:`calibrate_run_values`.
         mask: (N, T) loss mask ``completion_mask * tool_mask`` (1 = generated token, 0 = observation or padding).
-        num_generations, soft_penalty, answer_rebalance, rebalance_lambda: as in :func:`calibrate_run_values`.
+        num_generations: as in :func:`calibrate_run_values`.
+        soft_penalty: as in :func:`calibrate_run_values`.
+        answer_rebalance: as in :func:`calibrate_run_values`.
+        rebalance_lambda: as in :func:`calibrate_run_values`.
 
     Returns:
         ``((N, T) advantages in ``dtype``, the CalibrationResult)``. Masked tokens are exactly 0.

@@ -3,7 +3,7 @@
 DIVA-GRPO (Gao, Zhang, Pang et al., "DIVA-GRPO: Enhancing Multimodal Reasoning through Difficulty-Adaptive Variant
 Advantage", arXiv 2603.01106) trains every problem together with V variants of targeted difficulty. A response i has
 a prompt-row group u(i) (its ``num_generations`` siblings) and a problem group g(i) (every row with the same ``id``: the
-original and its variants). With r the combined reward and d the row difficulty (spec ``diva_grpo.md`` §2.2):
+original and its variants). With r the combined reward and d the row difficulty:
 
     a_loc_i = (r_i - mean_u(i) r) / (std_u(i) r + eps)          (unbiased std; identical rewards -> exactly 0)
     a_glo_i = (r_i - mean_g(i) r) / (std_g(i) r + eps)
@@ -18,7 +18,7 @@ statistic over the padded (N, T) token tensor (``"reference"``): with L_i loss t
     mu = sum_i a_i L_i / N_tok,  sigma^2 = [sum_i L_i (a_i - mu)^2 + (N_tok - sum_i L_i) mu^2] / (N_tok - 1).
 
 After each training batch a problem's difficulty moves by the change of the first score range that contains its mean
-reward over all its responses (original and variants), clipped to [min, max] (§2.3).
+reward over all its responses (original and variants), clipped to [min, max].
 
 Everything is computed in float64 from the gathered batch, identically on every process; groups are found by id, not
 by position, with scatter operations (no Python loop over completions).
@@ -157,7 +157,7 @@ def diva_advantages(
     token_counts: torch.Tensor | None = None,
     max_completion_length: int | None = None,
 ) -> DivaAdvantageParts:
-    """The DIVA advantage of a gathered generation batch (spec §2.2; module docstring for the equations).
+    """The DIVA advantage of a gathered generation batch (the module docstring has the equations).
 
     Args:
         rewards: (N,) combined rewards (NaN = unscorable). Rows come in prompt-row blocks of `num_generations`.
@@ -166,8 +166,13 @@ def diva_advantages(
             rows sit.
         difficulties: (N,) difficulty of each response's prompt row (store level for originals, recorded level for
             variants).
-        difficulty_k, rrb_threshold, rrb_scale, local_weight, global_weight, group_eps, batch_norm: the ``diva_*``
-            config fields of the same name.
+        difficulty_k: ``diva_difficulty_k``.
+        rrb_threshold: ``diva_rrb_threshold``.
+        rrb_scale: ``diva_rrb_scale``.
+        local_weight: ``diva_local_weight``.
+        global_weight: ``diva_global_weight``.
+        group_eps: ``diva_group_eps``.
+        batch_norm: ``diva_batch_norm``.
         token_counts: (N,) loss tokens per response, needed for ``batch_norm="reference"``.
         max_completion_length: T of the padded tensor, needed for ``batch_norm="reference"``.
 
@@ -238,7 +243,7 @@ def difficulty_change(
     The boundaries are inclusive up to :data:`BOUNDARY_TOLERANCE`: rewards arrive rounded to float32, so a mean that
     is a boundary in exact arithmetic (five 0.1 format rewards out of ten: 0.05) can land a few 1e-9 above it, and
     without the tolerance would take the next range's change (the authors' float32 mean and comparison give the
-    boundary's own range, as the spec's table does).
+    boundary's own range, as inclusive ranges matched first to last do).
     """
     for (lo, hi), change in zip(score_ranges, changes, strict=True):
         if lo - BOUNDARY_TOLERANCE <= mean_reward <= hi + BOUNDARY_TOLERANCE:
@@ -256,7 +261,7 @@ def difficulty_updates(
     min_difficulty: int = 1,
     max_difficulty: int = 9,
 ) -> dict[str, int]:
-    """New levels of the problems in a batch (spec §2.3), in order of first appearance.
+    """New levels of the problems in a batch, in order of first appearance.
 
     Args:
         rewards: (N,) combined rewards of every response of the batch, originals and variants (NaN = unscorable).
@@ -320,7 +325,7 @@ def validate_diva_fields(args: Any) -> None:
 
 @register_advantage_estimator("diva")
 class DivaAdvantageEstimator(AdvantageEstimator):
-    """DIVA-GRPO's advantage (local + global z-scores; module docstring). Needs the :class:`~trl_ext.DIVATrainer`.
+    """DIVA-GRPO's advantage (local + global z-scores; module docstring). Needs the :class:`~trl_ext.trainers.diva.DIVATrainer`.
 
     The trainer passes, in ``batch.extras``: ``diva_ids`` (N problem ids), ``diva_difficulties`` ((N,) row
     difficulties), ``diva_is_original`` ((N,) bool) and ``diva_warmup`` (bool). In evaluation the plain GRPO

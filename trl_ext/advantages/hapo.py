@@ -2,7 +2,7 @@
 estimator.
 
 "From Uniform to Heterogeneous: Tailoring Policy Optimization to Every Token's Nature" (HAPO), Liu et al.,
-arXiv 2509.16591; spec ``specs/hapo.md`` §2.3. The formulas follow the reference code (``starriver030515/HAPO``).
+arXiv 2509.16591. The formulas follow the reference code (``starriver030515/HAPO``).
 
 For group g (a contiguous block of G = ``num_generations`` rows) with combined rewards R_i (TRL's weighted nansum;
 NaN for unscorable rows) and loss-token counts L_i (sum of ``completion_mask * tool_mask``), each row weighted by
@@ -58,7 +58,7 @@ def tlga_advantages(
     fallback_mode: str = "valid",
     max_completion_length: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Token-level group average advantages (HAPO §2.3, arXiv 2509.16591) with the GRPO fallback.
+    """Token-level group average advantages (HAPO, arXiv 2509.16591) with the GRPO fallback.
 
     Args:
         rewards: (N,) combined rewards, NaN for unscorable rows.
@@ -123,8 +123,8 @@ class TokenLevelGroupAdvantage(AdvantageEstimator):
 
     Reads ``hapo_token_level_advantage`` (False: TRL's GRPO advantage, bit-identical to the ``"grpo"`` estimator),
     ``hapo_tlga_scale_by_std``, ``hapo_tlga_fallback_threshold``, ``hapo_tlga_fallback_mode``,
-    ``hapo_advantage_eps`` and ``max_completion_length`` (spec defaults when absent). Logs ``hapo/tlga_fallback_frac``
-    (the fraction of groups that fell back to GRPO).
+    ``hapo_advantage_eps`` and ``max_completion_length`` (the ``HAPOConfig`` defaults when absent). Logs
+    ``hapo/tlga_fallback_frac`` (the fraction of groups that fell back to GRPO).
     """
 
     requires = frozenset({"completion_lengths"})

@@ -204,7 +204,7 @@ def write_report(
         try:
             import matplotlib  # noqa: F401
         except ImportError:
-            print("matplotlib is not installed (pip install 'trl-ext[bench]'): no plot")
+            print("matplotlib is not installed (pip install matplotlib): no plot")
         else:
             plot(report, path.with_suffix(".png"))
             written.append(str(path.with_suffix(".png")))

@@ -128,7 +128,7 @@ def plot(results: list[dict], arms: list[Arm], path: Path) -> bool:
     try:
         import matplotlib  # noqa: F401
     except ImportError:
-        print("trl-ext compare: matplotlib is not installed (pip install 'trl-ext[bench]'); no plot written")
+        print("trl-ext compare: matplotlib is not installed (pip install matplotlib); no plot written")
         return False
     with figure(path, 1, 2, figsize=(11, 4.2)) as (fig, axes):
         for index, arm in enumerate(arms):

@@ -32,7 +32,7 @@ class DifficultyStore:
     """Per-problem integer difficulty levels (1 easy .. 9 hard by default) and the generation-round counter.
 
     A problem that was never updated is at its dataset ``difficulty`` if the row has one, else at `initial`. The state
-    is only the levels and the counter: no EMA, no history (spec §2.3).
+    is only the levels and the counter: no EMA, no history.
     """
 
     def __init__(self, initial: int = 5, min_level: int = 1, max_level: int = 9) -> None:

@@ -1,4 +1,4 @@
-"""The image transforms of DIVA-GRPO's built-in variant generator (spec ``specs/diva_grpo.md`` §2.4).
+"""The image transforms of DIVA-GRPO's built-in variant generator.
 
 Gaussian pixel noise (:func:`add_gaussian_noise`), rotation on an expanded canvas (:func:`rotate_image`) and the
 question rendered into the image (:func:`render_question_in_image`). Each keeps the image's mode; the generator in
@@ -50,7 +50,7 @@ def _restore_mode(image: Image.Image, mode: str) -> Image.Image:
 
 
 def add_gaussian_noise(image: Any, sigma: float, np_rng: np.random.Generator) -> Image.Image:
-    """Gaussian pixel noise (§2.4): pixels scaled to [0, 1], plus N(0, sigma^2), clipped, and scaled back.
+    """Gaussian pixel noise: pixels scaled to [0, 1], plus N(0, sigma^2), clipped, and scaled back.
 
     The alpha channel, if any, is kept; the size and mode are kept (a mode without 8-bit channels goes through
     RGB(A)).
@@ -91,7 +91,7 @@ def _mean_edge_colour(image: Image.Image) -> int | tuple[int, ...]:
 
 
 def rotate_image(image: Any, angle_degrees: float) -> Image.Image:
-    """Rotate counter-clockwise by ``angle_degrees`` on an expanded canvas filled with the mean edge colour (§2.4).
+    """Rotate counter-clockwise by ``angle_degrees`` on an expanded canvas filled with the mean edge colour.
 
     The whole rotated image stays visible; the fill blends with the border so that the corners add little signal.
     The mode is kept (a mode without 8-bit channels goes through RGB(A)).
@@ -146,7 +146,7 @@ def render_question_in_image(
     background: tuple[int, int, int] = (255, 255, 255),
     text_colour: tuple[int, int, int] = (0, 0, 0),
 ) -> Image.Image:
-    """The image with ``text`` rendered in a band above it, in PIL's default font (§2.4, question-in-image).
+    """The image with ``text`` rendered in a band above it, in PIL's default font (the question-in-image transform).
 
     The canvas is ``max(width, min_width)`` pixels wide (the image is centred) so that a small image still gets
     legible lines; the band is as tall as the wrapped text needs, so the output is always taller than the input.

@@ -1,4 +1,4 @@
-"""DIVA-GRPO's built-in variant generator (spec ``specs/diva_grpo.md`` §2.4, §3.1, §3.3).
+"""DIVA-GRPO's built-in variant generator.
 
 Each problem of difficulty d (1 easy .. 9 hard) is trained with V *variants* aimed at a target difficulty. For every
 variant slot an offset delta = target - d is drawn (:func:`target_offsets`), delta picks a list of candidate
@@ -60,7 +60,7 @@ __all__ = [
 ]
 
 VariantGenerator = Callable[[dict, int, int, random.Random], list[tuple[dict, int]]]
-"""``(row, difficulty, num_variants, rng) -> [(variant_row, recorded_difficulty), ...]`` (spec §3.3)."""
+"""``(row, difficulty, num_variants, rng) -> [(variant_row, recorded_difficulty), ...]``."""
 
 V1_OFFSETS: dict[int, int] = {1: 8, 2: 6, 3: 4, 4: 2, 5: 1, 6: -1, 7: -2, 8: -3, 9: -5}
 """V = 1: delta = target - d for each difficulty d (targets 9, 8, 7, 6, 6, 5, 5, 5, 4)."""
@@ -98,7 +98,7 @@ _IMPORT_PATH = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*(\.[A-Za-
 
 
 def variant_rng(seed: int, round_index: int, problem_id: Any) -> random.Random:
-    """The generator stream for one problem in one generation round (spec §3.3).
+    """The generator stream for one problem in one generation round.
 
     Seeded by SHA-256 of ``[seed, round_index, str(problem_id)]`` (JSON-encoded, so the fields cannot run into each
     other), never by Python's per-process salted ``hash()``: every process, and every call, gets the same stream.
@@ -138,7 +138,7 @@ def target_offsets(
     min_difficulty: int = 1,
     max_difficulty: int = 9,
 ) -> list[int]:
-    """The offsets delta = target - d of the ``num_variants`` variant slots of a problem of difficulty d (§2.4).
+    """The offsets delta = target - d of the ``num_variants`` variant slots of a problem of difficulty d.
 
     * V = 1: the deterministic table :data:`V1_OFFSETS`; nothing is drawn from ``rng``.
     * V >= 2: per slot, t = round(N(mu(d), 1)) clipped to [min_difficulty, max_difficulty] with mu =
@@ -153,7 +153,7 @@ def target_offsets(
         difficulty: the problem's level d, in [min_difficulty, max_difficulty].
         num_variants: V >= 0; 0 gives ``[]``.
         rng: the only source of randomness.
-        min_difficulty, max_difficulty: the level range (default 1 and 9, the spec's).
+        min_difficulty, max_difficulty: the level range (default 1 and 9).
 
     Returns:
         ``num_variants`` integer offsets.
@@ -186,7 +186,7 @@ def target_offsets(
 
 
 def hint_step_count(delta: int) -> int | None:
-    """How many hint steps a variant with offset ``delta`` shows (§2.4).
+    """How many hint steps a variant with offset ``delta`` shows.
 
     Returns :data:`ALL_HINT_STEPS` (``None``, meaning every step) if delta <= -7, 3 if delta <= -5, 2 if
     delta <= -3, else 1. Hints are only built for delta <= -1.
@@ -222,9 +222,9 @@ class TransformCandidate:
 
 
 def transform_candidates(delta: int) -> list[TransformCandidate]:
-    """The candidate list for an offset ``delta`` (the spec's delta -> transform table, §2.4).
+    """The candidate list for an offset ``delta`` (the delta -> transform table).
 
-    An entry marked "x2" in the spec appears twice, so a uniform draw picks it twice as often. Offsets above +8 (only
+    An entry listed twice appears twice, so a uniform draw picks it twice as often. Offsets above +8 (only
     possible with a level range wider than 1..9) extend the +5..+8 row: sigma = 0.30 + 0.05 (delta - 4).
 
     Returns:
@@ -313,7 +313,7 @@ def _content_text(content: Any) -> str:
 
 
 def question_text(prompt: str | list[dict]) -> str:
-    """The question text of a TRL prompt (spec §3.1).
+    """The question text of a TRL prompt.
 
     A standard prompt is the question itself. For a conversational prompt it is the text of the **last** user
     message: its string content, or its ``{"type": "text"}`` parts joined with newlines (image parts ignored).
@@ -413,9 +413,9 @@ def _first_image(row: Mapping) -> tuple[str | None, Any]:
 
 
 class BuiltinVariantGenerator:
-    """The built-in DIVA variant generator (spec §2.4), with the interface of ``diva_variant_generator`` (§3.3).
+    """The built-in DIVA variant generator with the interface of ``diva_variant_generator``.
 
-    Dataset columns read (§3.1): ``prompt`` (standard or conversational), ``variants`` (list[str] rewordings),
+    Dataset columns read: ``prompt`` (standard or conversational), ``variants`` (list[str] rewordings),
     ``hints`` (list[str] solution steps), ``image`` or ``images`` (only the first image is transformed, the rest are
     kept) and ``text_in_image`` (bool; only rotation is allowed among image transforms). Every other column (``id``,
     answers) is passed through unchanged, and the input row is never mutated.
@@ -616,7 +616,7 @@ def _check_template(template: Any, name: str, fields: tuple[str, ...]) -> str:
 
 
 def resolve_variant_generator(spec: Any, **builtin_kwargs: Any) -> VariantGenerator:
-    """The generator named by the config field ``diva_variant_generator`` (spec §2.1, §3.3).
+    """The generator named by the config field ``diva_variant_generator``.
 
     * ``None``: ``BuiltinVariantGenerator(**builtin_kwargs)``.
     * a callable: itself (``builtin_kwargs`` are ignored).
@@ -678,7 +678,7 @@ def _generator_name(generator: Any) -> str:
 
 
 def check_generated_variants(generator: Any, row: Mapping, variants: Any, num_variants: int) -> list[tuple[dict, int]]:
-    """Validate a generator's output for ``row`` (spec §3.3, acceptance 11).
+    """Validate a generator's output for ``row``.
 
     Requires exactly ``num_variants`` entries, each a ``(dict, integer)`` pair, whose row keeps the original ``id``
     (compared as ``str(id)``, as in the difficulty store).

@@ -61,7 +61,7 @@ __all__ = [
     "write_deepsearch_corpus_jsonl",
 ]
 
-#: A Search-R1 style instruction (§2.2 of specs/calibadv.md); ``{question}`` is replaced by the question.
+#: A Search-R1 style instruction; ``{question}`` is replaced by the question.
 SEARCH_INSTRUCTION: str = (
     "Answer the question below. Reason inside <think> and </think> every time you receive new information. "
     "If some knowledge is missing, search for it with <search> query </search>; the results come back between "

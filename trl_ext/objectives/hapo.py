@@ -2,7 +2,7 @@
 redistribution (ADR) and the dual clip, plus the registered ``"hapo"`` policy objective.
 
 "From Uniform to Heterogeneous: Tailoring Policy Optimization to Every Token's Nature" (HAPO), Liu et al.,
-arXiv 2509.16591; spec ``specs/hapo.md`` §2.2 and §2.4. The formulas follow the reference code
+arXiv 2509.16591. The formulas follow the reference code
 (``starriver030515/HAPO``); ``sign_mode`` selects between the paper's intent (``"signed"``) and the code
 (``"reference"``).
 
@@ -10,7 +10,7 @@ Notation (one micro-batch, B sequences, T completion tokens): H_t the current po
 mask (``completion_mask * tool_mask``), r_t = pi_theta / pi_old the importance ratio, A the advantage, eps_low and
 eps_high TRL's ``epsilon`` / ``epsilon_high``.
 
-Entropy normalisation (§2.2), over the valid tokens only::
+Entropy normalisation, over the valid tokens only::
 
     x_t = log max(H_t, 1e-8)
     m   = sorted(x)[round_half_even(q (n - 1))]              (nearest-rank q-quantile, the pivot)
@@ -22,7 +22,7 @@ Entropy normalisation (§2.2), over the valid tokens only::
 
 "signed": h in [-1, 0] below the pivot and [0, 1] above it. "reference": h in [0, 1] everywhere (1 at both tails).
 
-Clipping (AAC) and redistribution (ADR), §2.4::
+Clipping (AAC) and redistribution (ADR)::
 
     eps_low,t  = eps_low  (1 - alpha h_t) if h_t <= 0 else eps_low
     eps_high,t = eps_high (1 + alpha h_t) if h_t > 0  else eps_high
@@ -45,7 +45,7 @@ from trl_ext.objectives.functional import CLIPPED_LOSS_TYPES, importance_log_wei
 from trl_ext.registry import register_policy_objective
 
 SIGN_MODES = ("signed", "reference")
-LOG_ENTROPY_FLOOR = 1e-8  # train side (§2.2); the rollout side uses 1e-6 (§2.5)
+LOG_ENTROPY_FLOOR = 1e-8  # train side; the rollout side uses 1e-6 (trl_ext.rollout.temperature)
 SCALE_FLOOR = 1e-8
 
 __all__ = [
@@ -62,7 +62,7 @@ __all__ = [
 
 
 class EntropyStatistics(NamedTuple):
-    """The §2.2 statistics of a set of token entropies (0-dim tensors, dtype of the computation).
+    """The entropy statistics of a set of token entropies (0-dim tensors, dtype of the computation).
 
     Attributes:
         pivot: m, the nearest-rank q-quantile of log-entropy.
@@ -87,7 +87,7 @@ def validate_sign_mode(sign_mode: str, field_name: str = "hapo_entropy_sign_mode
 
 
 def entropy_statistics(entropies: torch.Tensor, pivot_quantile: float, sign_mode: str) -> EntropyStatistics | None:
-    """§2.2 statistics (m, s, scale_pos, scale_neg) of a 1-D set of **valid** token entropies (HAPO, arXiv 2509.16591).
+    """Entropy statistics (m, s, scale_pos, scale_neg) of a 1-D set of **valid** token entropies (HAPO).
 
     Computed in the input's dtype promoted to at least float32. Returns ``None`` for an empty set (the caller then
     uses h = 0, i.e. no adaptation). The pivot is ``sorted(x)[round_half_even(q (n - 1))]`` (n = 17, q = 0.8 gives
@@ -100,7 +100,7 @@ def entropy_statistics(entropies: torch.Tensor, pivot_quantile: float, sign_mode
     if n == 0:
         return None
     x = torch.log(values.clamp(min=LOG_ENTROPY_FLOOR))
-    index = round(pivot_quantile * (n - 1))  # Python's round is round-half-even, as the spec asks
+    index = round(pivot_quantile * (n - 1))  # Python's round is round-half-even: the pivot's nearest-rank rule
     pivot = torch.kthvalue(x, index + 1).values
     deviation = x - pivot
     scale = torch.sqrt((deviation * deviation).mean().clamp(min=SCALE_FLOOR))
@@ -113,7 +113,7 @@ def entropy_statistics(entropies: torch.Tensor, pivot_quantile: float, sign_mode
 
 
 def normalized_entropy(entropies: torch.Tensor, mask: torch.Tensor, stats: EntropyStatistics | None) -> torch.Tensor:
-    """h_t of §2.2: z_t scale_pos if z_t > 0 else z_t scale_neg, with z_t = (log max(H_t, 1e-8) - m) / s.
+    """Normalised entropy h_t: z_t scale_pos if z_t > 0 else z_t scale_neg, z_t = (log max(H_t, 1e-8) - m) / s.
 
     Returns a tensor shaped like ``entropies`` (float32 or wider), 0 at masked positions and everywhere when
     ``stats`` is ``None`` (no valid token: no adaptation).
@@ -130,7 +130,7 @@ def normalized_entropy(entropies: torch.Tensor, mask: torch.Tensor, stats: Entro
 def adaptive_clip_bounds(
     h: torch.Tensor, epsilon_low: float, epsilon_high: float, alpha: float
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Asymmetric adaptive clipping (HAPO §2.4): per-token (eps_low,t, eps_high,t).
+    """Asymmetric adaptive clipping (HAPO): per-token (eps_low,t, eps_high,t).
 
     eps_low,t = eps_low (1 - alpha h_t) where h_t <= 0 (low entropy: a wider lower bound), else eps_low;
     eps_high,t = eps_high (1 + alpha h_t) where h_t > 0 (high entropy: a wider upper bound), else eps_high.
@@ -149,7 +149,7 @@ def redistribute_advantages(
     clip_high: float | torch.Tensor,
     beta: float,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Differential advantage redistribution (HAPO §2.4).
+    """Differential advantage redistribution (HAPO).
 
     A^_t = A_t (1 + beta h_t) where (h_t > 0 and r_t outside the band) or (h_t <= 0 and r_t inside the band), else
     A_t; the band is the open interval (1 - eps_low,t / 2, 1 + eps_high,t / 2). High-entropy tokens whose ratio
@@ -159,7 +159,8 @@ def redistribute_advantages(
         advantages: (B, 1) or (B, T).
         h: (B, T) normalised entropy.
         ratio: (B, T) or (B, 1) detached importance ratio.
-        clip_low, clip_high: floats or (B, T) clip bounds in effect.
+        clip_low: float or (B, T) lower clip bound in effect (eps_low).
+        clip_high: float or (B, T) upper clip bound in effect (eps_high).
         beta: the redistribution strength.
 
     Returns:
@@ -178,7 +179,7 @@ def dual_clip_surrogate(
     clip_high: float | torch.Tensor,
     dual_clip_c: float | None,
 ) -> torch.Tensor:
-    """Per-token PPO loss with asymmetric bounds and the dual clip (Ye et al. 2020, arXiv 1912.09729; HAPO §2.4).
+    """Per-token PPO loss with asymmetric bounds and the dual clip (Ye et al. 2020, arXiv 1912.09729; HAPO).
 
     L = max(-A r, -A clip(r, 1 - eps_low, 1 + eps_high)); for A < 0, L = min(L, -A c). With c > 1 + max eps_high
     this equals TRL's ``delta=c`` (value and gradient).
@@ -195,9 +196,9 @@ class HAPOObjective(PolicyObjective):
     """HAPO: entropy-driven advantage redistribution, asymmetric adaptive clipping and dual clip (arXiv 2509.16591).
 
     Reads ``hapo_entropy_sign_mode``, ``hapo_entropy_pivot``, ``hapo_adaptive_advantage``, ``hapo_adv_beta``,
-    ``hapo_adaptive_clip``, ``hapo_clip_alpha`` and ``hapo_dual_clip_c`` from the config (spec defaults when a
-    field is absent, so it combines with any ``BaseGRPOConfig``). With ADR and AAC off and ``hapo_dual_clip_c=None``
-    every hook returns ``None`` and the loss is the base loss exactly.
+    ``hapo_adaptive_clip``, ``hapo_clip_alpha`` and ``hapo_dual_clip_c`` from the config (the ``HAPOConfig``
+    defaults when a field is absent, so it combines with any ``BaseGRPOConfig``). With ADR and AAC off and
+    ``hapo_dual_clip_c=None`` every hook returns ``None`` and the loss is the base loss exactly.
     """
 
     def __init__(self, args: Any) -> None:

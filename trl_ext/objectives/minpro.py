@@ -14,7 +14,8 @@ where v = completion_mask * tool_mask marks the model's own tokens and sg is sto
 loss (masks, KL, aggregation) is the base trainer's; the KL term is not weighted.
 
 **Reconstruction.** No reference code is public and the paper's listing was not available; five choices are
-reconstructed (see ``specs/minpro.md``) and must be revisited if the authors' code appears:
+reconstructed (``docs/trainers/minpro.md``, "Reconstructed choices") and must be revisited if the authors' code
+appears:
 
 * exclusive (j < t, default) or inclusive (j <= t) prefix: ``include_current``. Inclusive, the prefix minimum takes
   the place of the token's ratio, l_t = -sg(M_t / rho_t) * min(rho_t A, clip(rho_t) A), so the effective weight of
@@ -261,9 +262,9 @@ class MinPROObjective(PolicyObjective):
             valid = minpro_valid_mask(ctx.mask, sampling)
         log_m = prefix_min_log_ratio(log_ratio, valid, self.include_current, self.cap_at_one, self.log_weight_clamp)
         if self.include_current:
-            # The inclusive prefix minimum takes the place of the token's own ratio (specs/minpro.md): the surrogate
-            # already holds rho_t, so it is multiplied by M / rho_t and the token's effective weight is M, not
-            # rho_t * M (rho_t counted twice). The PPO clip still acts on rho_t. Positions outside the loss keep M,
+            # The inclusive prefix minimum takes the place of the token's own ratio (a reconstructed choice): the
+            # surrogate already holds rho_t, so it is multiplied by M / rho_t and the token's effective weight is M,
+            # not rho_t * M (rho_t counted twice). The PPO clip still acts on rho_t. Positions outside the loss keep M,
             # so that no garbage log-ratio there can make inf * 0.
             current = ctx.log_ratio.detach().to(log_m.dtype)
             log_multiplier = (log_m - current).clamp(-MAX_LOG_WEIGHTED_RATIO, MAX_LOG_WEIGHTED_RATIO)

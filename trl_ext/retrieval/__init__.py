@@ -1,7 +1,7 @@
 """Retrievers for search-agent rollouts: the protocol, BM25 over a local corpus, and a Search-R1 HTTP client.
 
 ``bm25s`` and ``requests`` are imported only when a retriever is built or queried
-(``pip install 'trl-ext[retrieval]'``).
+(from a checkout: ``pip install -e '.[retrieval]'``).
 """
 
 from trl_ext.retrieval.base import (

@@ -1,11 +1,10 @@
-"""The retriever protocol of the search-agent rollout (CalibAdv spec ``specs/calibadv.md`` §3.3) and its document type.
+"""The retriever protocol of CalibAdv's search-agent rollout and its document type.
 
 A retriever answers a batch of queries with up to ``top_k`` documents each, best first::
 
     retriever.search(["who directed inception", ...], top_k=3) -> [[Document, ...], ...]
 
-The spec writes the protocol as ``retrieve(queries, k) -> list[list[Doc]]`` with ``Doc = (id | None, title, text)``;
-here the method is ``search`` and :class:`Document` is exactly that triple (a ``NamedTuple``, so it pickles for
+A document is the triple ``(id | None, title, text)``: :class:`Document` (a ``NamedTuple``, so it pickles for
 ``gather_object`` and compares by value). A plain callable ``f(queries, top_k)`` or a ``"module:attr"`` string is
 turned into a retriever by :func:`as_retriever`.
 """
@@ -50,7 +49,7 @@ class Document(NamedTuple):
 
     @property
     def key(self) -> str:
-        """The key by which CalibAdv compares documents (§2.2): the id if there is one, else ``"(Title: T) text"``."""
+        """The key by which CalibAdv compares documents: the id if there is one, else ``"(Title: T) text"``."""
         return self.id if self.id is not None else f"(Title: {self.title}) {self.text}"
 
     @classmethod
@@ -119,8 +118,8 @@ def format_documents(documents: Iterable[DocumentLike]) -> str:
 
 
 def load_corpus_jsonl(path: str | Path) -> list[Document]:
-    """Read a JSONL corpus (§3.3): one object per line with ``text`` (``title`` and ``id`` optional), or with
-    ``contents`` = ``"title\\ntext"`` (``id`` optional). Blank lines are skipped.
+    """Read a JSONL corpus: one object per line with ``text`` (``title`` and ``id`` optional), or with ``contents`` =
+    ``"title\\ntext"`` (``id`` optional). Blank lines are skipped.
 
     Raises:
         ValueError: naming the file and line of a malformed record, or of a record with neither ``text`` nor

@@ -1,4 +1,4 @@
-"""BM25 retrieval over an in-memory corpus, built on the ``bm25s`` package (spec ``specs/calibadv.md`` §3.3).
+"""BM25 retrieval over an in-memory corpus, built on the ``bm25s`` package.
 
 Tokenisation: lowercase, words of two or more word characters (``\\b\\w\\w+\\b``, scikit-learn's pattern, which
 ``bm25s`` also uses), English stop words removed (``bm25s.stopwords.STOPWORDS_EN``). A document is indexed on its
@@ -32,7 +32,8 @@ def _import_bm25s() -> Any:
         import bm25s.stopwords
     except ImportError as error:  # pragma: no cover - exercised only without the extra
         raise ImportError(
-            "BM25Retriever needs the `bm25s` package: pip install 'trl-ext[retrieval]' (or pip install 'bm25s>=0.2')"
+            "BM25Retriever needs the `bm25s` package: pip install 'bm25s>=0.2' (from a trl-ext checkout: pip install -e "
+            "'.[retrieval]')"
         ) from error
     return bm25s
 

@@ -1,4 +1,4 @@
-"""Client for a Search-R1-style retrieval server (spec ``specs/calibadv.md`` §3.3).
+"""Client for a Search-R1-style retrieval server (CalibAdv's HTTP retriever).
 
 Request: ``POST url`` with the JSON body ``{"queries": [...], "topk": k, "return_scores": true}`` updated with the
 extra ``payload`` fields (``calibadv_retriever_payload``; the CalibAdv rerank server needs

@@ -1,5 +1,4 @@
-"""Question-answering rewards for search agents: answer F1 times format validity (CalibAdv, arXiv 2604.18235;
-spec ``specs/calibadv.md`` §2.3 and §5.3).
+"""Question-answering rewards for search agents: answer F1 times format validity (CalibAdv, arXiv 2604.18235).
 
 For a transcript y (the assistant side of a search-agent trajectory: turns and observations in order) and gold
 aliases g_1..g_m:
@@ -11,12 +10,12 @@ aliases g_1..g_m:
   whitespace.
 * F1 is the SQuAD token F1 over the multiset of normalised words: P = |overlap| / |pred|, R = |overlap| / |gold|,
   F1 = 2PR / (P + R), and 0 when there is no overlap.
-* ``format_valid`` is the tag state machine of §2.3 (see :func:`is_valid_format`).
+* ``format_valid`` is the tag state machine below (see :func:`is_valid_format`).
 
 Everything here is plain Python (``re``, ``string``, ``collections``): the CalibAdv trainer calls the same functions
 on gathered transcripts to decide silver-set eligibility, independently of the configured reward functions.
 
-Decisions where the spec is silent (tested in tests/test_calibadv_math.py):
+Decisions the paper leaves open (tested in tests/test_calibadv_math.py):
 
 * An answer or gold alias that normalises to no words scores F1 = 0 (SQuAD gives 1 when *both* are empty; an empty
   gold alias is bad data, not a match).
@@ -62,7 +61,7 @@ _ANSWER = re.compile(r"<answer>(.*?)</answer>", re.DOTALL)
 _TAG = re.compile(r"</?(?:think|search|information|answer)>")
 _SPECIAL_TOKEN = re.compile(r"<\|[^<>|]*\|>|</?s>")
 
-# Format state machine (§2.3): (state, tag) -> next state. Any pair not listed is invalid.
+# Format state machine: (state, tag) -> next state. Any pair not listed is invalid.
 _TRANSITIONS: dict[tuple[str, str], str] = {
     ("start", "<think>"): "in_think",
     ("in_think", "</think>"): "after_think",
@@ -131,7 +130,7 @@ def strip_special_tokens(text: str) -> str:
 
 
 def build_transcript(completion: str, prepend_think_token: bool = False) -> str:
-    """The assistant-side transcript of a completion (§2.2): ``"<think>" + completion`` when the rollout placed
+    """The assistant-side transcript of a completion: ``"<think>" + completion`` when the rollout placed
     ``<think>`` in the prompt (``calibadv_prepend_think_token``), else the completion itself.
 
     With prepending, every observation inside the completion already ends with ``<think>``; only the first one, which
@@ -141,7 +140,7 @@ def build_transcript(completion: str, prepend_think_token: bool = False) -> str:
 
 
 def is_valid_format(transcript: str, *, invalid_action: bool = False) -> bool:
-    """Format validity of a search-agent transcript (§2.3).
+    """Format validity of a search-agent transcript.
 
     True iff all hold:
 

@@ -1,4 +1,4 @@
-"""The multi-turn search-agent rollout of CalibAdv (Wu et al., arXiv 2604.18235; spec ``specs/calibadv.md`` §2.2, §3.2).
+"""The multi-turn search-agent rollout of CalibAdv (Wu et al., arXiv 2604.18235).
 
 One trajectory, run batched over the trajectories still active (Search-R1 protocol)::
 
@@ -57,9 +57,9 @@ still has an active trajectory; while one has, every process calls the generator
 where none is active left (the generator takes part in its collective and returns ``[]``). The trajectories are those
 of the unsynchronised loop; the cost is one small all-reduce per turn, and only for collective generators.
 
-Decisions where the spec is silent:
+Decisions the paper leaves open:
 
-* A completion never ends with EOS (the spec drops it), so TRL's ``completions/clipped_ratio`` reads 1 and
+* A completion never ends with EOS (the rollout drops it), so TRL's ``completions/clipped_ratio`` reads 1 and
   ``mask_truncated_completions=True`` would mask every completion (the trainer rejects it).
 * A turn that reaches ``max_tokens_per_turn`` without a stop string or EOS has no valid action (invalid-action
   observation); a turn cut by the total budget is a truncation, not an invalid action.

@@ -1,4 +1,4 @@
-"""HAPO's entropy-adaptive sampling temperature (arXiv 2509.16591; spec ``specs/hapo.md`` §2.5).
+"""HAPO's entropy-adaptive sampling temperature (arXiv 2509.16591).
 
 At every decoding step, for each sequence with raw logits l (float32, before temperature / top-k / top-p / min-p)::
 
@@ -8,9 +8,9 @@ At every decoding step, for each sequence with raw logits l (float32, before tem
     T_t = T0 (1 + tau h)
 
 and the next token is sampled from softmax(l / T_t) after top-k / top-p / min-p. (m, s, scale_pos, scale_neg) are the
-§2.2 statistics (:func:`trl_ext.objectives.hapo.entropy_statistics`) of the valid-token entropies of the **previous**
-training batch, gathered over all processes. T_t lies in [0.95, 1.05] T0 in ``"signed"`` mode (tau = 0.05) and in
-[T0, 1.05 T0] in ``"reference"`` mode.
+entropy statistics (:func:`trl_ext.objectives.hapo.entropy_statistics`) of the valid-token entropies of the
+**previous** training batch, gathered over all processes. T_t lies in [0.95, 1.05] T0 in ``"signed"`` mode
+(tau = 0.05) and in [T0, 1.05 T0] in ``"reference"`` mode.
 
 This module holds the pure function (:func:`rollout_temperatures`), the checkpointed statistics
 (:class:`TemperatureStatistics`, :class:`RolloutTemperatureState`) and the transformers ``LogitsProcessor``
@@ -55,7 +55,7 @@ __all__ = [
 
 @dataclass(frozen=True)
 class TemperatureStatistics:
-    """The §2.2 statistics that drive the rollout temperature (python floats, JSON-serialisable).
+    """The entropy statistics that drive the rollout temperature (python floats, JSON-serialisable).
 
     Attributes:
         pivot: m, the q-quantile of log-entropy (nats, log scale).
@@ -149,7 +149,7 @@ def rollout_temperatures(
     base_temperature: float,
     workspace: list[torch.Tensor] | None = None,
 ) -> torch.Tensor:
-    """Per-row sampling temperature T_t = T0 (1 + tau h_t) of HAPO §2.5 (arXiv 2509.16591).
+    """Per-row sampling temperature T_t = T0 (1 + tau h_t) of HAPO (arXiv 2509.16591).
 
     Args:
         logits: (B, V) raw next-token logits (before any temperature or filtering).
@@ -237,7 +237,7 @@ class RolloutTemperatureState:
 
 
 class AdaptiveTemperatureLogitsProcessor(LogitsProcessor):
-    """transformers ``LogitsProcessor``: l -> l / T_t (HAPO §2.5), then top-k, top-p and min-p.
+    """transformers ``LogitsProcessor``: l -> l / T_t (HAPO), then top-k, top-p and min-p.
 
     Use it with ``generate``'s built-in warpers neutralised (``temperature=1.0, top_k=0, top_p=1.0, min_p=0.0``):
     it applies T0 itself (T_t = T0 when ``stats`` is ``None`` or ``tau == 0``) and then the filters in transformers'
@@ -329,7 +329,7 @@ class AdaptiveTemperatureLogitsProcessor(LogitsProcessor):
 # The same change for every backend (trl_ext.generation): a transformers processor or vLLM request arguments
 # ---------------------------------------------------------------------------------------------------------------------
 
-#: vLLM extra-args keys of the four §2.2 statistics, in :class:`TemperatureStatistics` field order.
+#: vLLM extra-args keys of the four entropy statistics, in :class:`TemperatureStatistics` field order.
 STAT_KEYS: tuple[str, ...] = ("hapo_pivot", "hapo_scale", "hapo_scale_pos", "hapo_scale_neg")
 TAU_KEY = "hapo_tau"
 TAG_KEY = "hapo_tag"

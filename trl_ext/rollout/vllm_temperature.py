@@ -1,4 +1,4 @@
-"""HAPO's entropy-adaptive rollout temperature as a vLLM V1 logits processor (arXiv 2509.16591, §2.5).
+"""HAPO's entropy-adaptive rollout temperature as a vLLM V1 logits processor (arXiv 2509.16591).
 
 This module imports vLLM; ``import trl_ext`` never imports it (the HAPO trainer imports it only with
 ``use_vllm=True``).

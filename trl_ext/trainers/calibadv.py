@@ -1,6 +1,6 @@
 """CalibAdv trainer: a multi-turn search agent trained with calibrated GRPO advantages (arXiv 2604.18235).
 
-What changes against ``trl.GRPOTrainer`` (spec ``specs/calibadv.md``):
+What changes against ``trl.GRPOTrainer``:
 
 * **Rollout.** A multi-turn search agent (:class:`~trl_ext.rollout.search_agent.SearchAgentRollout`, installed as
   TRL's ``rollout_func`` unless the user passes one): ``<think>``, ``<search>`` -> retriever -> ``<information>``,
@@ -187,7 +187,7 @@ class CalibAdvConfig(BaseGRPOConfig):
         if self.mask_truncated_completions:
             raise ValueError(
                 "mask_truncated_completions must be False with CalibAdv: search-agent completions end at </answer> "
-                "without EOS (spec §2.2), so TRL would read every completion as truncated and mask it"
+                "without EOS, so TRL would read every completion as truncated and mask it"
             )
 
     def _validate_retriever(self) -> None:
@@ -343,7 +343,7 @@ class CalibAdvTrainer(BaseGRPOTrainer):
             self.eval_dataset = self._with_search_prompts(self.eval_dataset)
 
     def _with_search_prompts(self, dataset: Any) -> Any:
-        """Add a ``prompt`` column built from ``question`` when the dataset has none (spec §3.1)."""
+        """Add a ``prompt`` column built from ``question`` when the dataset has none."""
         columns = getattr(dataset, "column_names", None)
         if dataset is None or columns is None or "prompt" in columns or "question" not in columns:
             return dataset
@@ -390,5 +390,5 @@ class CalibAdvTrainer(BaseGRPOTrainer):
     def _replace_logged_advantages(self, advantages, batch: AdvantageBatch) -> None:
         rows = getattr(self.advantage_estimator, "last_row_advantages", None)
         if advantages.dim() == 2 and rows is not None and rows.numel() == batch.num_completions:
-            advantages = rows.to(advantages.device)  # spec §3.4: log the per-row A_i, not token means
+            advantages = rows.to(advantages.device)  # log the per-row A_i, not token means
         super()._replace_logged_advantages(advantages, batch)

@@ -1,6 +1,6 @@
 """DIVA-GRPO trainer: difficulty-adaptive problem variants with local + global group advantages (arXiv 2603.01106).
 
-What changes against ``trl.GRPOTrainer`` (spec ``diva_grpo.md``):
+What changes against ``trl.GRPOTrainer``:
 
 * **Batch composition.** Every problem (dataset row, unique ``id``) is generated together with
   ``diva_num_variants`` variants in the same generation batch (:class:`~trl_ext.curriculum.difficulty.
@@ -91,8 +91,12 @@ class DIVAConfig(BaseGRPOConfig):
             line); the first range holding the mean decides the change.
         diva_difficulty_changes (`list[int]`, *optional*, defaults to `[2, 1, 0, -1, -2]`):
             Level change for each score range; a mean outside every range changes nothing.
-        diva_min_difficulty / diva_max_difficulty / diva_initial_difficulty (`int`, defaults to `1` / `9` / `5`):
-            Level bounds, and the level of a problem first seen (unless its row has a `difficulty`).
+        diva_min_difficulty (`int`, *optional*, defaults to `1`):
+            Lowest difficulty level.
+        diva_max_difficulty (`int`, *optional*, defaults to `9`):
+            Highest difficulty level.
+        diva_initial_difficulty (`int`, *optional*, defaults to `5`):
+            Level of a problem first seen (unless its row has a `difficulty`).
         diva_warmup_steps (`int`, *optional*, defaults to `0`):
             For this many optimizer steps: plain local group z-scores and no store updates.
         diva_variant_generator (`str` or callable, *optional*):

@@ -1,14 +1,14 @@
 """HAPO trainer (``"hapo"``): entropy-adaptive rollout temperature, token-level group average advantage,
 differential advantage redistribution and asymmetric adaptive clipping with a dual clip.
 
-"From Uniform to Heterogeneous: Tailoring Policy Optimization to Every Token's Nature", arXiv 2509.16591; spec
-``specs/hapo.md``. The math lives in :mod:`trl_ext.advantages.hapo` (TLGA, the ``"hapo_tlga"`` estimator),
+"From Uniform to Heterogeneous: Tailoring Policy Optimization to Every Token's Nature", arXiv 2509.16591. The
+math lives in :mod:`trl_ext.advantages.hapo` (TLGA, the ``"hapo_tlga"`` estimator),
 :mod:`trl_ext.objectives.hapo` (entropy normalisation, AAC, ADR, dual clip, the ``"hapo"`` objective) and
 :mod:`trl_ext.rollout.temperature` (the adaptive-temperature logits processor and its checkpointed statistics).
 This module is the preset (config with the ``hapo_`` fields) and the rollout glue:
 
 * **Statistics.** During the first pass over a training generation batch the loss pipeline's valid-token entropies
-  are kept; after the batch's last micro-batch they are gathered over all processes and reduced to the §2.2
+  are kept; after the batch's last micro-batch they are gathered over all processes and reduced to the entropy
   statistics, identical on every process. The next training generation samples with them; the first generation of a
   fresh run and every eval generation use the plain temperature T0.
 * **Sampling.** The temperature is stated once, as a sampling change
@@ -187,7 +187,7 @@ class HAPOTemperatureMixin:
                 self._update_temperature_statistics()
 
     def _update_temperature_statistics(self) -> None:
-        """Gather this generation batch's valid-token entropies over all processes and compute the §2.2 statistics.
+        """Gather this generation batch's valid-token entropies over all processes and compute the entropy statistics.
 
         A collective: every process reaches it after the same number of micro-batches.
         """
@@ -244,7 +244,7 @@ class HAPOTrainer(HAPOTemperatureMixin, BaseGRPOTrainer):
 
     Accepts every argument of ``trl.GRPOTrainer``. The advantage comes from the ``"hapo_tlga"`` estimator and the
     loss from the ``"hapo"`` objective (the config's defaults); :class:`HAPOTemperatureMixin` adds the adaptive
-    rollout temperature: its statistics (:attr:`hapo_temperature`), the sampling change of each training generation,
+    rollout temperature: its statistics (``hapo_temperature``), the sampling change of each training generation,
     the rollout metrics and the checkpointed state.
     """
 

@@ -1,4 +1,4 @@
-"""Configuration of the HAPO trainer (``"hapo"``; arXiv 2509.16591, spec ``specs/hapo.md``): the ``hapo_`` fields of
+"""Configuration of the HAPO trainer (``"hapo"``; arXiv 2509.16591): the ``hapo_`` fields of
 its four components, validated before any model loads. The trainer is :mod:`trl_ext.trainers.hapo`.
 """
 
@@ -17,9 +17,10 @@ __all__ = ["HAPOConfig"]
 @dataclass
 class HAPOConfig(BaseGRPOConfig):
     r"""
-    Configuration for [`HAPOTrainer`]: every field of [`BaseGRPOConfig`] (hence of `trl.GRPOConfig`), plus the HAPO
-    fields below ([arXiv 2509.16591](https://arxiv.org/abs/2509.16591), spec `specs/hapo.md`). Each of the four
-    components has its own switch; with all four off and `hapo_dual_clip_c=None` the trainer is `grpo` exactly.
+    Configuration for [`HAPOTrainer`][trl_ext.trainers.hapo.HAPOTrainer]: every field of [`BaseGRPOConfig`] (hence
+    of `trl.GRPOConfig`), plus the HAPO fields below ([arXiv 2509.16591](https://arxiv.org/abs/2509.16591)). Each of
+    the four components has its own switch; with all four off and `hapo_dual_clip_c=None` the trainer is `grpo`
+    exactly.
 
     Parameters:
         hapo_entropy_sign_mode (`str`, *optional*, defaults to `"signed"`):

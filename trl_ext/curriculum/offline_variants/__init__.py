@@ -1,4 +1,4 @@
-"""Offline generation of DIVA-GRPO's ``variants`` and ``hints`` columns with any chat model (spec §3.1, §4).
+"""Offline generation of DIVA-GRPO's ``variants`` and ``hints`` columns with any chat model.
 
 The DIVA trainer (``trainer: diva``) reads two optional list-of-string columns at training time: ``variants``
 (rewordings of the problem that keep its answer) and ``hints`` (3-5 solution steps, shown as a partial solution to
