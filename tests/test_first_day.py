@@ -46,6 +46,8 @@ def test_bf16_is_left_off_without_a_gpu(tmp_path):
     for name in list_trainers():
         extra = {"calibadv_corpus_path": "deepsearch"} if name == "calibadv" else {}
         assert get_trainer(name)[1](output_dir=str(tmp_path), **extra).bf16 is False
+        # where TRL starts (use_cpu=True), its default stands: bf16 on (tests/test_parity.py trains both and compares)
+        assert get_trainer(name)[1](output_dir=str(tmp_path), use_cpu=True, **extra).bf16 is True
     with pytest.raises(ValueError, match="bf16"):  # an explicit request is still honoured, and refused by transformers
         get_trainer("grpo")[1](output_dir=str(tmp_path), bf16=True)
 

@@ -238,3 +238,29 @@ def test_eval_generation_batch_matches_trl(tiny_checkpoint, toy_dataset, tmp_pat
         {k: list(v) for k, v in trl_trainer._metrics["eval"].items()},
         {k: list(v) for k, v in ext_trainer._metrics["eval"].items()},
     )
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks TRL's CPU default (use_cpu=True, bf16 unset)")
+def test_bf16_left_unset_with_use_cpu_trains_as_trl_does(tiny_checkpoint, toy_dataset, tmp_path):
+    # TRL starts on CPU with use_cpu=True and, bf16 left unset, trains in bf16 autocast; a trl-ext trainer given the same
+    # arguments must do the same (it used to turn bf16 off and train in float32: weights 0.18 apart after 3 steps).
+    runs = []
+    for trainer_cls, config_cls, sub in ((GRPOTrainer, GRPOConfig, "trl"), (BaseGRPOTrainer, BaseGRPOConfig, "ext")):
+        trainer = make_trainer(
+            trainer_cls, config_cls, tiny_checkpoint, toy_dataset, tmp_path / sub, reward_funcs=[length_reward],
+            max_steps=3, bf16=None,
+        )  # fmt: skip
+        assert trainer.args.bf16 is True and trainer.accelerator.mixed_precision == "bf16", sub
+        runs.append(_train(trainer))
+    (expected_history, expected_weights), (history, weights) = runs
+    for expected_entry, entry in zip(expected_history, history, strict=True):
+        _assert_metrics_equal({k: [v] for k, v in expected_entry.items()}, {k: [v] for k, v in entry.items()})
+    for name, value in expected_weights.items():
+        torch.testing.assert_close(weights[name], value, atol=0, rtol=0, msg=name)
+    # the control: the same run in float32 (what trl-ext used to do) ends elsewhere, so the equality above could fail
+    float32 = make_trainer(
+        BaseGRPOTrainer, BaseGRPOConfig, tiny_checkpoint, toy_dataset, tmp_path / "f32", reward_funcs=[length_reward],
+        max_steps=3, bf16=False,
+    )  # fmt: skip
+    _, float32_weights = _train(float32)
+    assert any(not torch.equal(float32_weights[name], weights[name]) for name in weights)

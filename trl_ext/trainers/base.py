@@ -102,11 +102,18 @@ class BaseGRPOConfig(GRPOConfig):
             raise ValueError(
                 f"max_completion_length must be >= 1 (tokens generated per completion), got {self.max_completion_length!r}"
             )
-        if getattr(self, "bf16", None) is None and not getattr(self, "fp16", False) and not has_accelerator():
+        if (
+            getattr(self, "bf16", None) is None
+            and not getattr(self, "fp16", False)
+            and not getattr(self, "use_cpu", False)
+            and not has_accelerator()
+        ):
             # TRL turns bf16 on when it is left unset, and transformers then refuses a machine without a GPU unless
-            # use_cpu is set. Without any accelerator, leave bf16 off instead (an explicit bf16=True still errors).
+            # use_cpu is set. Only there, where TRL itself would refuse to start, leave bf16 off instead (an explicit
+            # bf16=True still errors). With use_cpu=True TRL starts, in bf16 autocast, and so does every trl-ext
+            # trainer: the same arguments train the same run as trl.GRPOTrainer.
             self.bf16 = False
-            logger.info("no GPU found: bf16 left off (set bf16=True explicitly to override)")
+            logger.info("no GPU found and use_cpu unset: bf16 left off (set bf16=True explicitly to override)")
         super().__post_init__()
         for field_name, lookup in (
             ("advantage_estimator", get_advantage_estimator),
