@@ -1,4 +1,4 @@
-"""``trl-ext plan``: a broken recipe lists every
+"""``trl-ext plan``: every recipe plans offline with the geometry its header states; a broken recipe lists every
 problem at once (exit 2, one line each, no traceback); the geometry, launch and memory arithmetic."""
 
 from __future__ import annotations
@@ -9,12 +9,13 @@ import sys
 from fractions import Fraction
 from pathlib import Path
 
+import pytest
 import yaml
+from recipe_headers import RECIPES, ROOT, launch, stated_geometry
 
 from trl_ext.cli import main
 from trl_ext.plan import Geometry, launch_of, make_plan, model_states_bytes
 
-ROOT = Path(__file__).resolve().parents[1]
 ZERO3 = str(ROOT / "recipes" / "accelerate_configs" / "zero3.yaml")
 
 
@@ -26,6 +27,20 @@ def _plan(capsys, argv: list[str]) -> tuple[int, str, str]:
         status = exc.code
     out, err = capsys.readouterr()
     return status, out, err
+
+
+@pytest.mark.parametrize("path", RECIPES, ids=lambda p: f"{p.parent.name}/{p.name}")
+def test_every_recipe_plans_offline_with_the_geometry_its_header_states(capsys, path):
+    stated, _ = stated_geometry(path)
+    status, out, err = _plan(capsys, ["--config", str(path.relative_to(ROOT)), *launch(path).plan_options])
+    assert status == 0, err
+    assert err == ""
+    assert stated in out.splitlines(), out  # the very line, with the processes of the header's launch command
+    recipe = yaml.safe_load(path.read_text())
+    engine = [line for line in out.splitlines() if line.startswith("generation:")]
+    assert engine and ("vLLM colocate" in engine[0]) == bool(recipe.get("use_vllm")), engine
+    if recipe.get("model_name_or_path"):  # no model is cached on the test machines
+        assert "memory:       not estimated offline" in out
 
 
 def _broken_recipe(tmp_path: Path) -> Path:
