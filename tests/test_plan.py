@@ -113,6 +113,24 @@ def test_each_problem_alone_is_found(tmp_path, capsys):
             assert status == 2 and err.count("error:") == 1 and expected in err, (fault, err)
 
 
+def test_values_that_do_not_convert_are_problems_too(tmp_path, capsys):
+    """argparse ends a parse at the first bad value (one line, exit 2, for trl-ext train); the plan goes on."""
+    recipe = yaml.safe_load((ROOT / "recipes" / "grpo" / "quickstart.yaml").read_text())
+    path = tmp_path / "values.yaml"
+    path.write_text(yaml.safe_dump({**recipe, "num_generations": "abc", "learning_rat": 1.0}))
+    status, out, err = _plan(capsys, ["--config", str(path), "--max_st", "x", "--logging_steps=y"])
+    assert status == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 4, lines
+    assert "'learning_rat' (did you mean 'learning_rate'?)" in lines[0]
+    assert lines[1:] == [
+        "trl-ext plan: error: max_steps: invalid int value: 'x'",
+        "trl-ext plan: error: logging_steps: invalid float value: 'y'",
+        "trl-ext plan: error: num_generations: invalid int value: 'abc'",
+    ]
+    assert "geometry: 1 process x per_device_train_batch_size 128" in out  # planned with the defaults instead
+
+
 def test_problems_of_the_launch_and_the_engine(tmp_path, capsys):
     recipe = str(ROOT / "recipes" / "grpo" / "quickstart.yaml")
     status, _, err = _plan(

@@ -376,6 +376,40 @@ def _for_processes(config_cls: type, num_processes: int) -> type:
     return type(config_cls.__name__, (config_cls,), {"world_size": property(lambda self: num_processes)})
 
 
+class _BadValue(ValueError):
+    pass
+
+
+def _parse_values(plan: Plan, parser: Any, overrides: list[str], defaults: dict[str, Any]) -> tuple[Any, list[str]]:
+    """``parser.parse_known_args(overrides)``, where a value that does not convert (``num_generations: abc``) is a
+    problem rather than the end: its option is dropped (or its recipe value reset to the default) and parsing goes on."""
+
+    def fail(message: str) -> None:
+        raise _BadValue(message)
+
+    parser.error = fail  # argparse reports a bad value through error(), which exits at once for trl-ext train
+    seen: set[str] = set()
+    while True:
+        try:
+            return parser.parse_known_args(overrides)
+        except _BadValue as exc:
+            message = str(exc)
+            named = [a for a in parser._actions if a.option_strings and f"{'/'.join(a.option_strings)}:" in message]
+            if not named or named[0].dest in seen:
+                raise
+            action = named[0]
+            seen.add(action.dest)
+            plan.problems.append(f"{action.dest}: {message.split(': ', 1)[-1]}")
+            token = [item.split("=", 1)[0] for item in overrides]  # argparse also accepts unambiguous prefixes
+            given = [
+                i for i, t in enumerate(token) if t[:2] == "--" and any(o.startswith(t) for o in action.option_strings)
+            ]
+            if given:
+                del overrides[given[-1] : given[-1] + (1 if "=" in overrides[given[-1]] else 2)]
+            else:
+                parser.set_defaults(**{action.dest: defaults.get(action.dest)})
+
+
 def _parse(plan: Plan, config_path: str, overrides: list[str], num_processes: int) -> tuple[str, Any, list[Any]]:
     """Parse the recipe and overrides as ``trl-ext train`` does, recording problems instead of stopping at the first.
     Returns ``(trainer, namespace, [script_args, config, model_args, dataset_args])``, None for one that failed."""
@@ -398,8 +432,9 @@ def _parse(plan: Plan, config_path: str, overrides: list[str], num_processes: in
             f"({config_cls.__name__}), the script, ModelConfig or the dataset mixture"
         )
         del recipe[key]
+    defaults = {action.dest: action.default for action in parser._actions}
     parser.set_defaults_with_config(**recipe)
-    namespace, remaining = parser.parse_known_args(overrides)
+    namespace, remaining = _parse_values(plan, parser, list(overrides), defaults)
     for option in [item for item in remaining if item.startswith("-")] or remaining:
         plan.problems.append(
             f"{parser._suggest(option.lstrip('-').replace('-', '_'))}: is not an option of the {trainer!r} trainer"
