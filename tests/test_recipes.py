@@ -1,18 +1,17 @@
-"""Every recipe parses into its trainer's config with the script arguments and TRL's ModelConfig."""
+"""Every recipe parses into its trainer's config with the script arguments and TRL's ModelConfig; its header states
+its launch, batch geometry and generation engine in a checked form."""
 
 from __future__ import annotations
 
 import re
-from pathlib import Path
+from fractions import Fraction
 
 import pytest
 import yaml
+from recipe_headers import PAPER, RECIPES, ROOT, TINY, commands, header, launch, option, stated_geometry
 
 from trl_ext import get_trainer
 from trl_ext.training import make_train_parser
-
-ROOT = Path(__file__).resolve().parents[1]
-RECIPES = sorted(p for p in (ROOT / "recipes").glob("*/*.yaml") if p.parent.name != "accelerate_configs")
 
 
 def test_every_trainer_directory_has_recipes():
@@ -100,3 +99,91 @@ def test_reward_factory_calls_and_their_errors():
     ]:
         with pytest.raises(ValueError, match=re.escape(message)):
             resolve_reward_funcs(TrainScriptArguments(reward_funcs=[spec]), None)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Generation engine and batch geometry against the header comment (tests/recipe_headers.py reads the header)
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def _parsed(path):
+    name = yaml.safe_load(path.read_text())["trainer"]
+    return make_train_parser(name).parse_args_and_config(
+        ["--config", str(path), "--use_cpu", "true", "--bf16", "false"]
+    )
+
+
+@pytest.mark.parametrize("path", RECIPES, ids=lambda p: f"{p.parent.name}/{p.name}")
+def test_recipe_header_states_its_geometry(path):
+    """The header's `geometry:` line matches the recipe's values, the processes of its launch command, and itself."""
+    _, args, _, _ = _parsed(path)
+    _, stated = stated_geometry(path)
+    processes = launch(path).num_processes
+    assert stated["P"] == processes, "processes: the header's launch command"
+    assert (stated["B"], stated["G"], stated["G2"]) == (
+        args.per_device_train_batch_size,
+        args.gradient_accumulation_steps,
+        args.gradient_accumulation_steps,
+    )
+    # parsed for one process: steps_per_generation is the recipe's (or gradient_accumulation_steps), not derived
+    assert (stated["S"], stated["I"], stated["K"]) == (
+        args.steps_per_generation,
+        args.num_iterations,
+        args.num_generations,
+    )
+    completions = processes * args.per_device_train_batch_size * args.gradient_accumulation_steps
+    generation = processes * args.per_device_train_batch_size * args.steps_per_generation
+    assert stated["C"] == completions and stated["Q"] == Fraction(completions, args.num_generations)
+    assert stated["GC"] == generation and stated["GQ"] == Fraction(generation, args.num_generations)
+    assert stated["O"] == Fraction(args.steps_per_generation * args.num_iterations, args.gradient_accumulation_steps)
+
+
+@pytest.mark.parametrize("path", RECIPES, ids=lambda p: f"{p.parent.name}/{p.name}")
+def test_recipe_generation_engine(path):
+    """Tiny recipes generate with transformers (CPU CI); paper recipes with vLLM colocated, sized in the header, or
+    say in a `generation: transformers, not vLLM: <reason>` header line why not."""
+    _, args, _, _ = _parsed(path)
+    text = "\n".join(header(path))
+    if path in TINY:
+        assert not args.use_vllm
+        return
+    reason = [line for line in header(path) if line.startswith("generation: transformers, not vLLM:")]
+    if not args.use_vllm:
+        assert reason and len(text.split("generation: transformers, not vLLM:", 1)[1]) > 200, "a stated reason"
+        return
+    assert not reason
+    assert args.vllm_mode == "colocate"
+    assert 0 < args.vllm_gpu_memory_utilization < 1
+    assert launch(path).num_processes % args.vllm_tensor_parallel_size == 0
+    assert args.vllm_max_model_length > args.max_completion_length, "room for the prompt"
+    # the header's memory arithmetic is about these very settings
+    assert f"gpu_memory_utilization {args.vllm_gpu_memory_utilization:g} = " in text
+    assert f"tensor_parallel_size {args.vllm_tensor_parallel_size}" in text
+    assert f"max_model_length {args.vllm_max_model_length}" in text
+    assert "Memory per 80 GB GPU" in text
+
+
+@pytest.mark.parametrize(
+    "path", [p for p in PAPER if yaml.safe_load(p.read_text()).get("use_vllm")], ids=lambda p: p.name
+)
+def test_recipe_header_has_the_server_mode_commands(path):
+    """A `trl-ext vllm-serve` command for the recipe's model that TRL's server parser accepts, and a training command
+    with --vllm_mode server on the same processes that the train parser accepts."""
+    from trl_ext.compat import vllm_serve_tools
+
+    script_args, args, model_args, _ = _parsed(path)
+    found = commands(path)
+    (serve,) = [words for words in found if words[:2] == ["trl-ext", "vllm-serve"]]
+    make_parser, _ = vllm_serve_tools()
+    served, remaining = make_parser().parse_args_and_config(serve[2:], return_remaining_strings=True)
+    assert not remaining and served.model == model_args.model_name_or_path
+    assert served.max_model_len == args.vllm_max_model_length
+    (train,) = [words for words in found if words[:2] == ["accelerate", "launch"] and "--vllm_mode" in words]
+    assert int(option(train, "--num_processes")) == launch(path).num_processes
+    recipe_args = train[train.index("recipes/train.py") + 1 :]
+    assert option(recipe_args, "--config") == str(path.relative_to(ROOT))
+    name = script_args.trainer
+    _, server_args, _, _ = make_train_parser(name).parse_args_and_config(
+        [*recipe_args, "--use_cpu", "true", "--bf16", "false"]
+    )
+    assert server_args.use_vllm and server_args.vllm_mode == "server" and server_args.vllm_server_host == "vllm-host"

@@ -2,6 +2,7 @@
 
     trl-ext list                                   # the trainer table
     trl-ext train --config recipes/grpo/quickstart.yaml [--any_config_field value ...]
+    trl-ext plan --config RECIPE.yaml [--accelerate_config FILE] [--num_processes N]   # check + plan, loads nothing
     trl-ext quickstart [--trainer grpo] [--max_steps N] [--seed S] [--output_dir DIR]
     trl-ext compare --trainers grpo bnpo hapo --config RECIPE.yaml --seeds 3 [--max_steps N] [--output_dir DIR]
     trl-ext vllm-serve --model MODEL [any `trl vllm-serve` option]
@@ -233,9 +234,17 @@ def compare_main(argv: list[str] | None = None):
     return main(argv)
 
 
+def plan_main(argv: list[str] | None = None):
+    """``trl-ext plan``: see :mod:`trl_ext.plan`."""
+    from trl_ext.plan import plan_main as main
+
+    return main(argv)
+
+
 COMMANDS = {
     "list": list_main,
     "train": train_main,
+    "plan": plan_main,
     "quickstart": quickstart_main,
     "compare": compare_main,
     "vllm-serve": vllm_serve_main,
@@ -243,7 +252,7 @@ COMMANDS = {
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``trl-ext [--debug] {list,train,quickstart,compare,vllm-serve} ...``; returns the exit status."""
+    """``trl-ext [--debug] {list,train,plan,quickstart,compare,vllm-serve} ...``; returns the exit status."""
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = os.environ.get("TRL_EXT_DEBUG", "").lower() not in ("", "0", "false", "no")
     if argv and argv[0] == "--debug":  # only before the command: after it, --debug is TrainingArguments.debug
@@ -263,9 +272,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if not argv or argv[0] in ("-h", "--help"):
         print(
-            "usage: trl-ext [--debug] {list,train,quickstart,compare,vllm-serve} [options]\n\n"
+            "usage: trl-ext [--debug] {list,train,plan,quickstart,compare,vllm-serve} [options]\n\n"
             "  list        the registered trainers (name, what it changes, paper)\n"
             "  train       train from a YAML recipe: trl-ext train --config recipes/grpo/quickstart.yaml\n"
+            "  plan        check a recipe and print the run's plan (engine, processes, batch geometry), loading nothing\n"
             "  quickstart  train the default trainer on the built-in task with a tiny model, offline\n"
             "  compare     several trainers on one recipe and seeds, interleaved: table, JSON and plot\n"
             "  vllm-serve  `trl vllm-serve` with HAPO's vLLM logits processor registered (vllm_mode=server)\n\n"
