@@ -210,3 +210,8 @@ def test_a_reward_that_returns_strings_stops_training_with_one_line(tmp_path):
     assert "Traceback" not in result.stderr
     errors = [line for line in result.stderr.splitlines() if line.startswith("trl-ext train: error:")]
     assert len(errors) == 1 and "reward function 'wordy' returned str '0.5' for completion 0" in errors[0], errors
+
+
+def test_abbreviated_options_are_not_completed_silently(capsys):
+    line = _one_line_error(capsys, ["train", "--trainer", "grpo", "--per_device_train_batch_siz", "8"])
+    assert "--per_device_train_batch_siz (did you mean --per_device_train_batch_size" in line

@@ -118,7 +118,7 @@ def test_values_that_do_not_convert_are_problems_too(tmp_path, capsys):
     recipe = yaml.safe_load((ROOT / "recipes" / "grpo" / "quickstart.yaml").read_text())
     path = tmp_path / "values.yaml"
     path.write_text(yaml.safe_dump({**recipe, "num_generations": "abc", "learning_rat": 1.0}))
-    status, out, err = _plan(capsys, ["--config", str(path), "--max_st", "x", "--logging_steps=y"])
+    status, out, err = _plan(capsys, ["--config", str(path), "--max_steps", "x", "--logging_steps=y"])
     assert status == 2
     lines = err.strip().splitlines()
     assert len(lines) == 4, lines

@@ -470,6 +470,9 @@ def make_train_parser(trainer_name: str):
         description=f"Train with the {trainer_name!r} trainer ({config_cls.__name__}). Every field below can be set in "
         "the YAML or on the command line; the command line wins. `trl-ext train --trainer NAME --help` shows another "
         "trainer's fields; `trl-ext list` lists the trainers.",
+        # No abbreviations: `--per_device_train_batch_siz 8` is a typo to report (with the nearest names), not a prefix
+        # to complete silently; a later field sharing the prefix would change what the same command line means.
+        allow_abbrev=False,
     )
 
 
