@@ -235,3 +235,22 @@ def test_memory_of_a_local_model_is_counted_from_its_config(tmp_path, capsys, ti
     # the checkpoint is float32 and the recipe trains without mixed precision: ZeRO-3 keeps 4 + 4 + 8 bytes, / 4
     assert f"{16 * parameters / 4 / 2**30:.1f} GiB of model states per process ({parameters / 1e9:.2f}B" in out
     assert "ZeRO-3: 4 + 4 + 8 bytes/parameter, all / 4 processes" in out
+
+
+@pytest.mark.parametrize("path", [p for p in RECIPES if "multinode.sbatch" in p.read_text()], ids=lambda p: p.name)
+def test_the_multinode_command_in_a_paper_recipe_keeps_its_geometry(path):
+    # The header's two-training-node line (16 processes) halves the accumulation so that prompts per optimizer step,
+    # the generation batch and the off-policy degree stay those of the 8-process launch the header states.
+    lines = path.read_text().splitlines()
+    at = next(
+        i
+        for i, line in enumerate(lines)
+        if "multinode.sbatch" in line and line.lstrip("# ").startswith(("sbatch", "ACCELERATE"))
+    )
+    overrides = lines[at + 1].lstrip("#").split()
+    one = make_plan(["--config", str(path.relative_to(ROOT)), *launch(path).plan_options])
+    two = make_plan(["--config", str(path.relative_to(ROOT)), "--num_processes", "16", *overrides])
+    assert not one.problems and not two.problems, (one.problems, two.problems)
+    assert (one.geometry.num_processes, two.geometry.num_processes) == (8, 16)
+    for quantity in ("prompts_per_step", "generation_completions", "steps_per_generation_batch"):
+        assert getattr(two.geometry, quantity) == getattr(one.geometry, quantity), quantity
