@@ -506,34 +506,49 @@ def build_tiny_vlm_checkpoint(save_dir: str | os.PathLike[str], *, seed: int = 0
         TypeError: For an unknown keyword argument.
         ValueError: For invalid sizes or an invalid alphabet.
     """
+    return _cached_vlm_checkpoint(
+        "build_tiny_vlm_checkpoint", _build_tiny_vlm, _VLM_KIND, save_dir, seed, kwargs, ".tiny-vlm-staging-"
+    )
+
+
+def _cached_vlm_checkpoint(
+    builder_name: str,
+    build: Any,
+    kind: str,
+    save_dir: str | os.PathLike[str],
+    seed: int,
+    kwargs: dict[str, Any],
+    staging_prefix: str,
+) -> str:
+    """Check `kwargs` against `build`'s keyword arguments, then return `save_dir` if it holds a complete checkpoint
+    stamped with the same settings, else write one with ``build(staging_dir, seed=seed, **kwargs)`` in a staging
+    directory and move it in with atomic renames, stamp last."""
     import inspect
 
     save_dir = os.fspath(save_dir)
-    accepted = set(inspect.signature(_build_tiny_vlm).parameters) - {"save_dir", "seed"}
+    accepted = set(inspect.signature(build).parameters) - {"save_dir", "seed"}
     unknown = sorted(set(kwargs) - accepted)
     if unknown:
-        raise TypeError(
-            f"build_tiny_vlm_checkpoint() got unexpected keyword arguments {unknown}; accepted: {sorted(accepted)}"
-        )
+        raise TypeError(f"{builder_name}() got unexpected keyword arguments {unknown}; accepted: {sorted(accepted)}")
     if "alphabet" in kwargs:
         _validate_alphabet(kwargs["alphabet"])
     settings = {
         "format_version": _VLM_CHECKPOINT_FORMAT_VERSION,
-        "kind": _VLM_KIND,
+        "kind": kind,
         "seed": seed,
         "options": dict(sorted(kwargs.items())),
     }
     try:
         json.dumps(settings)
     except TypeError as error:
-        raise ValueError(f"`build_tiny_vlm_checkpoint` arguments must be JSON-serialisable: {error}") from error
+        raise ValueError(f"`{builder_name}` arguments must be JSON-serialisable: {error}") from error
     if _is_complete_checkpoint(save_dir, settings):
         return save_dir
 
     os.makedirs(save_dir, exist_ok=True)
-    staging_dir = tempfile.mkdtemp(prefix=".tiny-vlm-staging-", dir=save_dir)
+    staging_dir = tempfile.mkdtemp(prefix=staging_prefix, dir=save_dir)
     try:
-        _build_tiny_vlm(staging_dir, seed=seed, **kwargs)
+        build(staging_dir, seed=seed, **kwargs)
         files = sorted(os.listdir(staging_dir))
         for name in files:
             os.replace(os.path.join(staging_dir, name), os.path.join(save_dir, name))
