@@ -5,7 +5,8 @@ Qwen2-VL and Qwen2.5-VL (DIVA-GRPO's model family) resize every image dynamicall
 ``patch_size * merge_size`` (28) pixels per side, with at most ``max_pixels`` and at least ``min_pixels`` pixels,
 so an image becomes ``image_grid_thw = (1, H / 14, W / 14)`` patches and ``H * W / 28**2`` image tokens. The limit is
 a setting of the image processor, which TRL builds with ``AutoProcessor.from_pretrained(model)`` and no way to pass
-it. :func:`load_processor` builds it with the limits; :func:`set_pixel_limits` applies them to a processor you built.
+it. :func:`load_processor` builds it with the limits (``BaseGRPOConfig.max_pixels`` / ``min_pixels`` reach it that
+way); :func:`set_pixel_limits` applies them to a processor you built.
 
 In transformers 5 the Qwen2-VL and Qwen2.5-VL processors also hold a video processor, which needs torchvision; without
 it ``AutoProcessor`` can load neither. :func:`load_processor` then builds the processor without its video part

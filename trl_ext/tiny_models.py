@@ -735,8 +735,9 @@ def build_tiny_qwen_vl_checkpoint(
     tokenizer is `build_char_tokenizer`'s plus `VLM_SPECIAL_TOKENS` and ``<|video_pad|>``, with `VLM_CHAT_TEMPLATE`.
 
     Load it with `trl_ext.processors.load_processor(path)` (``AutoProcessor`` without torchvision cannot: it builds a
-    video processor) and ``AutoModelForImageTextToText.from_pretrained(path)``; a trainer needs
-    ``processing_class=load_processor(path)`` (TRL uses ``AutoProcessor``).
+    video processor) and ``AutoModelForImageTextToText.from_pretrained(path)``; ``BaseGRPOTrainer`` and every trl-ext
+    trainer load it from the path themselves when ``max_pixels`` or ``min_pixels`` is set in the config (otherwise TRL
+    uses ``AutoProcessor``: pass ``processing_class=load_processor(path)``).
 
     Cached like `build_tiny_vlm_checkpoint` (same settings: the directory is returned untouched).
 
