@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import IMAGE_COLOURS, char_sum_reward
+from conftest import IMAGE_COLOURS, TRL_1_15_SAMPLES_IMAGE_TOKENS, char_sum_reward, xfail_on_trl_1_15
 from datasets import Dataset
 from harness import config_kwargs
 from PIL import Image
@@ -218,6 +218,7 @@ class ImageSizeReward:
         return char_sum_reward(completions)
 
 
+@xfail_on_trl_1_15(TRL_1_15_SAMPLES_IMAGE_TOKENS, raises=ValueError)
 @pytest.mark.parametrize(
     ("family", "trainer_name"),
     [("qwen2_5_vl", "diva"), ("qwen2_5_vl", "grpo"), ("qwen2_vl", "diva"), ("qwen2_vl", "grpo")],
