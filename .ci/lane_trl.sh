@@ -40,6 +40,7 @@ TRL_MATRIX_VERSIONS="${TRL_MATRIX_VERSIONS:-1.15.0}"
 TESTS=(
     tests/test_parity.py
     tests/test_vlm.py
+    tests/test_vlm_qwen.py
     tests/test_bnpo.py
     tests/test_diva.py
     tests/test_hapo.py

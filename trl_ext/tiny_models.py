@@ -10,6 +10,9 @@ unchanged.
 MLP projector, the tiny Qwen2 as language model) with a `LlavaProcessor` whose tokenizer is the character tokenizer
 plus the Qwen2-VL vision tokens, loadable with ``AutoProcessor`` / ``AutoModelForImageTextToText`` and trainable by
 ``GRPOTrainer(model=path)`` on a dataset with an ``image`` column; it needs no ``torchvision``.
+`build_tiny_qwen_vl_checkpoint` builds a tiny Qwen2.5-VL or Qwen2-VL (DIVA-GRPO's model family: dynamic image
+resolution, ``image_grid_thw``) with the family's processor, built without torchvision too
+(`trl_ext.processors`).
 
 Example:
 
@@ -48,6 +51,10 @@ __all__ = [
     "VLM_SPECIAL_TOKENS",
     "VLM_CHAT_TEMPLATE",
     "build_tiny_vlm_checkpoint",
+    "VIDEO_TOKEN",
+    "QWEN_VL_FAMILIES",
+    "QWEN_VL_PIXEL_LIMITS",
+    "build_tiny_qwen_vl_checkpoint",
 ]
 
 #: Characters of the default vocabulary: digits, lowercase letters, space, newline and the punctuation the synthetic
@@ -475,10 +482,11 @@ def build_tiny_vlm_checkpoint(save_dir: str | os.PathLike[str], *, seed: int = 0
     lists of ``{"type": "image"}`` / ``{"type": "text", "text": ...}`` parts. ``config.image_token_id`` is the id of
     ``<|image_pad|>``; pad, eos and bos match the tokenizer (``<pad>`` = 0, ``<eos>`` = 1).
 
-    Why LLaVA and not Qwen2.5-VL (the DIVA-GRPO model family): in transformers 5 the Qwen2-VL and Qwen2.5-VL
-    processors require a video processor, which needs ``torchvision``; without it they can neither be built nor loaded
-    with ``AutoProcessor`` (transformers#48558). LLaVA's processor has no video part and its image processor has a
-    PIL backend, so this checkpoint works with the project's dependencies alone.
+    Why LLaVA as well as Qwen2.5-VL (`build_tiny_qwen_vl_checkpoint`, the DIVA-GRPO model family): in transformers 5
+    the Qwen2-VL and Qwen2.5-VL processors require a video processor, which needs ``torchvision``; without it
+    ``AutoProcessor`` can load neither (transformers#48558), so TRL's default loading fails and only
+    `trl_ext.processors.load_processor` loads them. LLaVA's processor has no video part and its image processor has a
+    PIL backend, so this checkpoint works with ``AutoProcessor`` and the project's dependencies alone.
 
     The result loads offline with ``AutoProcessor.from_pretrained(path)`` and
     ``AutoModelForImageTextToText.from_pretrained(path)``, and ``trl.GRPOTrainer(model=path, ...)`` trains it on a
@@ -506,34 +514,49 @@ def build_tiny_vlm_checkpoint(save_dir: str | os.PathLike[str], *, seed: int = 0
         TypeError: For an unknown keyword argument.
         ValueError: For invalid sizes or an invalid alphabet.
     """
+    return _cached_vlm_checkpoint(
+        "build_tiny_vlm_checkpoint", _build_tiny_vlm, _VLM_KIND, save_dir, seed, kwargs, ".tiny-vlm-staging-"
+    )
+
+
+def _cached_vlm_checkpoint(
+    builder_name: str,
+    build: Any,
+    kind: str,
+    save_dir: str | os.PathLike[str],
+    seed: int,
+    kwargs: dict[str, Any],
+    staging_prefix: str,
+) -> str:
+    """Check `kwargs` against `build`'s keyword arguments, then return `save_dir` if it holds a complete checkpoint
+    stamped with the same settings, else write one with ``build(staging_dir, seed=seed, **kwargs)`` in a staging
+    directory and move it in with atomic renames, stamp last."""
     import inspect
 
     save_dir = os.fspath(save_dir)
-    accepted = set(inspect.signature(_build_tiny_vlm).parameters) - {"save_dir", "seed"}
+    accepted = set(inspect.signature(build).parameters) - {"save_dir", "seed"}
     unknown = sorted(set(kwargs) - accepted)
     if unknown:
-        raise TypeError(
-            f"build_tiny_vlm_checkpoint() got unexpected keyword arguments {unknown}; accepted: {sorted(accepted)}"
-        )
+        raise TypeError(f"{builder_name}() got unexpected keyword arguments {unknown}; accepted: {sorted(accepted)}")
     if "alphabet" in kwargs:
         _validate_alphabet(kwargs["alphabet"])
     settings = {
         "format_version": _VLM_CHECKPOINT_FORMAT_VERSION,
-        "kind": _VLM_KIND,
+        "kind": kind,
         "seed": seed,
         "options": dict(sorted(kwargs.items())),
     }
     try:
         json.dumps(settings)
     except TypeError as error:
-        raise ValueError(f"`build_tiny_vlm_checkpoint` arguments must be JSON-serialisable: {error}") from error
+        raise ValueError(f"`{builder_name}` arguments must be JSON-serialisable: {error}") from error
     if _is_complete_checkpoint(save_dir, settings):
         return save_dir
 
     os.makedirs(save_dir, exist_ok=True)
-    staging_dir = tempfile.mkdtemp(prefix=".tiny-vlm-staging-", dir=save_dir)
+    staging_dir = tempfile.mkdtemp(prefix=staging_prefix, dir=save_dir)
     try:
-        _build_tiny_vlm(staging_dir, seed=seed, **kwargs)
+        build(staging_dir, seed=seed, **kwargs)
         files = sorted(os.listdir(staging_dir))
         for name in files:
             os.replace(os.path.join(staging_dir, name), os.path.join(save_dir, name))
@@ -544,3 +567,202 @@ def build_tiny_vlm_checkpoint(save_dir: str | os.PathLike[str], *, seed: int = 0
     finally:
         shutil.rmtree(staging_dir, ignore_errors=True)
     return save_dir
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# A tiny Qwen2-VL / Qwen2.5-VL (DIVA-GRPO's model family)
+# ------------------------------------------------------------------------------------------------------------------
+
+#: The video placeholder of the Qwen2-VL family, added to the tiny Qwen-VL vocabulary after `VLM_SPECIAL_TOKENS`: the
+#: model's config names it, and a missing token would make it the id of ``<unk>``.
+VIDEO_TOKEN: str = "<|video_pad|>"
+
+#: Model families of `build_tiny_qwen_vl_checkpoint`: family -> (model class, config class, processor class).
+QWEN_VL_FAMILIES: dict[str, tuple[str, str, str]] = {
+    "qwen2_vl": ("Qwen2VLForConditionalGeneration", "Qwen2VLConfig", "Qwen2VLProcessor"),
+    "qwen2_5_vl": ("Qwen2_5_VLForConditionalGeneration", "Qwen2_5_VLConfig", "Qwen2_5_VLProcessor"),
+}
+#: ``(min_pixels, max_pixels)`` of the tiny Qwen-VL image processor: those of the Hub's Qwen2-VL and Qwen2.5-VL
+#: Instruct checkpoints (56 * 56 and 12,845,056 pixels, i.e. 4 to 16,384 image tokens per image).
+QWEN_VL_PIXEL_LIMITS: tuple[int, int] = (56 * 56, 12_845_056)
+_QWEN_VL_KIND = "qwen-vl"
+
+
+def _build_tiny_qwen_vl(
+    save_dir: str,
+    *,
+    family: str = "qwen2_5_vl",
+    seed: int = 0,
+    alphabet: str = DEFAULT_ALPHABET,
+    hidden_size: int = 64,
+    num_layers: int = 2,
+    num_heads: int = 4,
+    num_kv_heads: int = 2,
+    intermediate_size: int | None = None,
+    max_position_embeddings: int = 2048,
+    initializer_range: float = 0.02,
+    vision_hidden_size: int = 32,
+    vision_num_layers: int = 2,
+    vision_num_heads: int = 2,
+    vision_intermediate_size: int | None = None,
+) -> None:
+    """Write the processor and the model of `build_tiny_qwen_vl_checkpoint` to `save_dir` (see there)."""
+    import torch
+    import transformers
+    from transformers import GenerationConfig, Qwen2VLImageProcessorPil
+
+    from trl_ext.processors import image_only_processor_class
+
+    if family not in QWEN_VL_FAMILIES:
+        raise ValueError(f"`family` must be one of {sorted(QWEN_VL_FAMILIES)}, got {family!r}.")
+    sizes = {
+        "hidden_size": hidden_size,
+        "num_layers": num_layers,
+        "num_heads": num_heads,
+        "num_kv_heads": num_kv_heads,
+        "max_position_embeddings": max_position_embeddings,
+        "vision_hidden_size": vision_hidden_size,
+        "vision_num_layers": vision_num_layers,
+        "vision_num_heads": vision_num_heads,
+    }
+    for name, value in sizes.items():
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ValueError(f"`{name}` must be a positive integer, got {value!r}.")
+    for width, heads in (("hidden_size", "num_heads"), ("vision_hidden_size", "vision_num_heads")):
+        if sizes[width] % sizes[heads] or (sizes[width] // sizes[heads]) % 4:
+            raise ValueError(
+                f"`{width}` ({sizes[width]}) must be divisible by `{heads}` ({sizes[heads]}) into heads of a multiple "
+                "of 4 dimensions (the rotary embeddings split each head by position axis)."
+            )
+    if num_heads % num_kv_heads:
+        raise ValueError(f"`num_kv_heads` must divide `num_heads` ({num_heads}), got {num_kv_heads}.")
+    model_name, config_name, processor_name = QWEN_VL_FAMILIES[family]
+
+    tokenizer = build_char_tokenizer(alphabet=alphabet)
+    tokenizer.add_special_tokens({"additional_special_tokens": [*VLM_SPECIAL_TOKENS, VIDEO_TOKEN]})
+    tokenizer.chat_template = VLM_CHAT_TEMPLATE
+    tokenizer.model_max_length = max_position_embeddings
+    # The family's own image processor (patches of 14, 2x2 merged, dynamic resolution) with the Hub checkpoints' pixel
+    # limits; PIL-based, and the processor holds no video processor, so neither needs torchvision.
+    min_pixels, max_pixels = QWEN_VL_PIXEL_LIMITS
+    processor = image_only_processor_class(processor_name)(
+        image_processor=Qwen2VLImageProcessorPil(min_pixels=min_pixels, max_pixels=max_pixels),
+        tokenizer=tokenizer,
+        chat_template=VLM_CHAT_TEMPLATE,
+    )
+
+    token_ids = {
+        key: tokenizer.convert_tokens_to_ids(token)
+        for key, token in (
+            ("vision_start_token_id", VISION_START_TOKEN),
+            ("vision_end_token_id", VISION_END_TOKEN),
+            ("image_token_id", IMAGE_TOKEN),
+            ("video_token_id", VIDEO_TOKEN),
+        )
+    }
+    special_ids = {"pad_token_id": tokenizer.pad_token_id, "eos_token_id": tokenizer.eos_token_id}
+    special_ids["bos_token_id"] = special_ids["eos_token_id"]
+    # Multimodal rotary embeddings: each head's rotary half split over (time, height, width) as Qwen's 16/24/24.
+    half = hidden_size // num_heads // 2
+    temporal = half // 4
+    height = (half - temporal) // 2
+    text_config = {
+        "vocab_size": len(tokenizer),
+        "hidden_size": hidden_size,
+        "intermediate_size": intermediate_size if intermediate_size is not None else 2 * hidden_size,
+        "num_hidden_layers": num_layers,
+        "num_attention_heads": num_heads,
+        "num_key_value_heads": num_kv_heads,
+        "max_position_embeddings": max_position_embeddings,
+        "initializer_range": initializer_range,
+        "rope_parameters": {
+            "rope_type": "default",
+            "rope_theta": 10000.0,
+            "mrope_section": [temporal, height, half - temporal - height],
+        },
+        **special_ids,
+    }
+    vision_intermediate = vision_intermediate_size if vision_intermediate_size is not None else 2 * vision_hidden_size
+    common_vision = {
+        "depth": vision_num_layers,
+        "num_heads": vision_num_heads,
+        "patch_size": 14,
+        "spatial_merge_size": 2,
+        "temporal_patch_size": 2,
+        "initializer_range": initializer_range,
+    }
+    if family == "qwen2_vl":
+        vision_config = {
+            **common_vision,
+            "embed_dim": vision_hidden_size,
+            "mlp_ratio": vision_intermediate // vision_hidden_size,
+            "hidden_size": hidden_size,  # the merger's output: the language model's width
+        }
+    else:
+        vision_config = {
+            **common_vision,
+            "hidden_size": vision_hidden_size,
+            "intermediate_size": vision_intermediate,
+            "out_hidden_size": hidden_size,
+            "fullatt_block_indexes": [vision_num_layers - 1],  # windowed attention before, full attention last
+        }
+    config = getattr(transformers, config_name)(
+        text_config=text_config, vision_config=vision_config, tie_word_embeddings=True, **token_ids
+    )
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = getattr(transformers, model_name)(config)
+    model.generation_config = GenerationConfig(**special_ids)
+    processor.save_pretrained(save_dir)
+    with progress_bars_disabled():
+        model.save_pretrained(save_dir)
+
+
+def build_tiny_qwen_vl_checkpoint(
+    save_dir: str | os.PathLike[str], *, family: str = "qwen2_5_vl", seed: int = 0, **kwargs: Any
+) -> str:
+    """Save a tiny randomly initialised Qwen2.5-VL (``family="qwen2_5_vl"``) or Qwen2-VL (``"qwen2_vl"``) and its
+    processor to `save_dir`; return the path.
+
+    The model is the family's own (`transformers.Qwen2_5_VLForConditionalGeneration` /
+    `Qwen2VLForConditionalGeneration`): a vision tower of 14-pixel patches merged 2x2 (Qwen2.5-VL: windowed
+    attention, full attention in the last layer) and a tiny language model with multimodal rotary embeddings, about
+    0.15M parameters in float32. The processor is the family's with transformers' PIL image processor
+    (`transformers.Qwen2VLImageProcessorPil`, dynamic resolution: each image is resized to multiples of 28 pixels
+    within the processor's ``min_pixels`` / ``max_pixels``, those of the Hub checkpoints (`QWEN_VL_PIXEL_LIMITS`), and
+    becomes ``image_grid_thw = (1, H / 14, W / 14)`` patches and ``H * W / 28**2`` image tokens) and no video
+    processor, so that neither needs torchvision; it saves as the family's processor class. The
+    tokenizer is `build_char_tokenizer`'s plus `VLM_SPECIAL_TOKENS` and ``<|video_pad|>``, with `VLM_CHAT_TEMPLATE`.
+
+    Load it with `trl_ext.processors.load_processor(path)` (``AutoProcessor`` without torchvision cannot: it builds a
+    video processor) and ``AutoModelForImageTextToText.from_pretrained(path)``; ``BaseGRPOTrainer`` and every trl-ext
+    trainer load it from the path themselves when ``max_pixels`` or ``min_pixels`` is set in the config (otherwise TRL
+    uses ``AutoProcessor``: pass ``processing_class=load_processor(path)``).
+
+    Cached like `build_tiny_vlm_checkpoint` (same settings: the directory is returned untouched).
+
+    Args:
+        save_dir: Directory to write (created if missing).
+        family: ``"qwen2_5_vl"`` (default, the DIVA-GRPO paper's family) or ``"qwen2_vl"``.
+        seed: Seed of the weight initialisation. Default 0.
+        **kwargs: Sizes and vocabulary, all optional: ``alphabet``; the language model's ``hidden_size`` (64),
+            ``num_layers`` (2), ``num_heads`` (4), ``num_kv_heads`` (2), ``intermediate_size``
+            (``2 * hidden_size``), ``max_position_embeddings`` (2048) and ``initializer_range`` (0.02); the vision
+            tower's ``vision_hidden_size`` (32), ``vision_num_layers`` (2), ``vision_num_heads`` (2) and
+            ``vision_intermediate_size`` (``2 * vision_hidden_size``). Heads must have a multiple of 4 dimensions.
+
+    Raises:
+        TypeError: For an unknown keyword argument.
+        ValueError: For an unknown family, invalid sizes or an invalid alphabet.
+    """
+    if family not in QWEN_VL_FAMILIES:
+        raise ValueError(f"`family` must be one of {sorted(QWEN_VL_FAMILIES)}, got {family!r}.")
+    return _cached_vlm_checkpoint(
+        "build_tiny_qwen_vl_checkpoint",
+        _build_tiny_qwen_vl,
+        _QWEN_VL_KIND,
+        save_dir,
+        seed,
+        {"family": family, **kwargs},
+        ".tiny-qwen-vl-staging-",
+    )

@@ -34,6 +34,7 @@ from trl_ext._quiet import progress_bars_disabled
 from trl_ext.advantages.base import AdvantageBatch, AdvantageEstimator
 from trl_ext.objectives import functional as F
 from trl_ext.objectives.base import LossContext, PolicyObjective
+from trl_ext.processors import check_pixel_limits, load_processor, set_pixel_limits
 from trl_ext.registry import get_advantage_estimator, get_policy_objective
 from trl_ext.trainers.checks import (
     check_advantages,
@@ -64,6 +65,13 @@ class BaseGRPOConfig(GRPOConfig):
         policy_objective (`str`, *optional*, defaults to `"grpo"`):
             Registered policy objective (`trl_ext.list_policy_objectives()`). `"grpo"` is TRL's surrogate for
             the configured `loss_type`.
+        max_pixels / min_pixels (`int` or `None`, *optional*, defaults to `None`):
+            Pixel limits of a vision-language model's image processor (Qwen2-VL, Qwen2.5-VL): every image, a DIVA
+            variant's too, is resized to at most `max_pixels` (and at least `min_pixels`) pixels, so it becomes at
+            most `max_pixels / patch_size**2` patches. `None` keeps the processor's own limit. Applied to the
+            processor the trainer loads (or to the `processing_class` passed, in place); a model whose image
+            processor has no pixel limits (a fixed-size one, e.g. LLaVA's CLIP) refuses them
+            (`trl_ext.processors`).
     """
 
     advantage_estimator: str = field(
@@ -73,6 +81,17 @@ class BaseGRPOConfig(GRPOConfig):
     policy_objective: str = field(
         default="grpo",
         metadata={"help": "Registered policy objective name (see `trl-ext list`). 'grpo' is TRL's surrogate."},
+    )
+    max_pixels: int | None = field(
+        default=None,
+        metadata={
+            "help": "Largest image in pixels after the processor's resize (Qwen2-VL / Qwen2.5-VL image processors); "
+            "None keeps the processor's own limit."
+        },
+    )
+    min_pixels: int | None = field(
+        default=None,
+        metadata={"help": "Smallest image in pixels after the processor's resize; None keeps the processor's own."},
     )
 
     def __post_init__(self):
@@ -98,6 +117,7 @@ class BaseGRPOConfig(GRPOConfig):
                 f"max_steps must be a positive number of optimizer steps, or -1 to train for num_train_epochs; got "
                 f"{max_steps!r}"
             )
+        check_pixel_limits(self.max_pixels, self.min_pixels)
         if self.max_completion_length is not None and not self.max_completion_length >= 1:
             raise ValueError(
                 f"max_completion_length must be >= 1 (tokens generated per completion), got {self.max_completion_length!r}"
@@ -172,6 +192,10 @@ class BaseGRPOTrainer(PersistenceMixin, GRPOTrainer):
             # names the function and the completion instead of failing in TRL's tensor conversion.
             bound.arguments["reward_funcs"] = checked_reward_funcs(bound.arguments["reward_funcs"])
             args, kwargs = bound.args[1:], bound.kwargs
+        if getattr(config, "max_pixels", None) is not None or getattr(config, "min_pixels", None) is not None:
+            # TRL loads the processor with AutoProcessor and no pixel limits: load it (or adjust the one given) here.
+            bound.arguments["processing_class"] = self._processor_with_pixel_limits(bound, config)
+            args, kwargs = bound.args[1:], bound.kwargs
         with progress_bars_disabled(bool(getattr(config, "disable_tqdm", False))):  # no "Loading weights" bars
             super().__init__(*args, **kwargs)
         self.advantage_estimator: AdvantageEstimator = self._build_component(
@@ -187,6 +211,29 @@ class BaseGRPOTrainer(PersistenceMixin, GRPOTrainer):
         self._captured_rewards_per_func: torch.Tensor | None = None
         self._check_train_dataset_size()
         check_prompt_lengths(self)
+
+    @staticmethod
+    def _processor_with_pixel_limits(bound, config):
+        """The processor with ``config.max_pixels`` / ``min_pixels`` applied: the ``processing_class`` given (changed
+        in place), else the one TRL would load for the model (:func:`trl_ext.processors.load_processor`)."""
+        from trl_ext.generation import capabilities_of
+
+        limits = {"max_pixels": config.max_pixels, "min_pixels": config.min_pixels}
+        if capabilities_of(config).name.startswith("vllm"):
+            logger.warning(
+                "max_pixels / min_pixels reach the trainer's processor, not vLLM's: vLLM loads the model's processor "
+                "with its own limits. An image outside them would get different image tokens in vLLM and in the "
+                "trainer; resize images to within max_pixels beforehand (docs/trainers/diva.md, 'Image size')."
+            )
+        processor = bound.arguments.get("processing_class")
+        if processor is not None:
+            return set_pixel_limits(processor, **limits)
+        model = bound.arguments.get("model")
+        model_id = model if isinstance(model, str) else compat.get_config_model_id(model.config)
+        init_kwargs = config.model_init_kwargs if isinstance(config.model_init_kwargs, dict) else {}
+        return load_processor(
+            model_id, revision=init_kwargs.get("revision"), trust_remote_code=config.trust_remote_code, **limits
+        )
 
     def _prompts_per_generation_batch(self) -> int:
         """Distinct dataset rows one generation batch draws (TRL's sampler drops an incomplete last batch)."""
