@@ -34,7 +34,9 @@ def _sync_weights_cpu(self: Any, original: Any) -> None:
     if self.mode != "colocate":
         return original(self)
     runner = self.llm.llm_engine.model_executor.driver_worker.model_runner
-    weights = list(self._iter_named_params())
+    # Copies, taken while TRL's iterator yields them: with a PEFT model it merges the adapter into the base weights,
+    # yields those very tensors and unmerges when exhausted, so references collected first would hold the base again.
+    weights = [(name, tensor.detach().clone()) for name, tensor in self._iter_named_params()]
     runner.reload_weights(weights_iterator=weights, is_checkpoint_format=True)
     retie_lm_head(runner.get_model())
     self.llm.reset_prefix_cache()
