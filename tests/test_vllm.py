@@ -9,6 +9,8 @@ skip. Each engine runs in a subprocess (``tests/scripts/vllm_*.py``) that writes
 * ``vllm_train.py``: grpo, bnpo, minpro, hapo (adaptive temperature on), diva and calibadv trained for 2 optimizer steps
   with ``use_vllm=True, vllm_mode="colocate"`` in one process (one engine each, built one after the other), and grpo
   and calibadv on two CPU processes.
+* ``vllm_peft_train.py``: grpo and hapo with a LoRA adapter under vLLM colocate (TRL merges it into the weights it
+  syncs; the engine's prompt log-probs show they arrived), and the QLoRA attempt vLLM 0.32 refuses.
 * ``vllm_server_checks.py``: against ``trl-ext vllm-serve`` (started through ``tests/vllm_shims/serve_cpu.py``), HAPO's
   statistics sent as ``vllm_xargs`` through TRL's client, and the vLLM backend in server mode.
 * ``vllm_server_train.py``: against the same server, hapo (adaptive temperature on) and calibadv trained with
@@ -236,6 +238,11 @@ def load(out: Path, trainer: str, rank: int = 0) -> dict:
     return json.loads((out / trainer / f"rank{rank}.json").read_text())
 
 
+def max_gap(a: list[float], b: list[float]) -> float:
+    """The largest absolute difference of two equally long lists of log-probs."""
+    return max(abs(x - y) for x, y in zip(a, b, strict=True))
+
+
 @pytest.mark.parametrize("name", TRAINERS)
 def test_trainer_trains_with_vllm_colocate(trained, name):
     record = load(trained, name)
@@ -296,6 +303,42 @@ def test_calibadv_with_hapo_temperature_under_vllm_colocate(trained_composition)
     assert 0.5 - 1e-5 <= second["hapo/temperature_min"] <= second["hapo/temperature_max"] <= 1.5 + 1e-5
     assert second["hapo/temperature_mean"] != 1.0  # the engine applied the statistics to the turns
     assert record["trl_ext_state"]["trainer"]["hapo_temperature"]["updates"] == 2
+
+
+def test_lora_merged_weights_reach_the_colocated_engine(checkpoints, tmp_path):
+    # grpo and hapo (adaptive temperature on) with a LoRA adapter and vLLM colocate: TRL merges the adapter into the
+    # base weights it pushes to the engine. The engine's own prompt log-probs of a fixed sequence, after 2 steps, are
+    # the trainer's (base + adapter) after step 1, the weights of the last generation's sync.
+    run_script(
+        ["vllm_peft_train.py", "--checkpoint", checkpoints["plain"], "--out", str(tmp_path), "--peft", "lora"]
+        + ["--try-qlora"],
+        timeout=900,
+    )
+    # QLoRA + colocate cannot run with this vLLM: TRL 1.16 builds the engine with quantization="bitsandbytes" when the
+    # model holds bitsandbytes 4-bit layers (trl/generation/vllm_generation.py, VLLMGeneration._init_vllm), and vLLM
+    # 0.32 has no such method (vllm/model_executor/layers/quantization/__init__.py); its ModelConfig refuses it
+    # before any engine starts. The day this fails, a vLLM takes it: test --peft qlora here instead.
+    attempt = json.loads((tmp_path / "qlora_attempt.json").read_text())
+    assert attempt["error_type"] == "ValidationError", attempt
+    assert "Unknown quantization method: bitsandbytes" in attempt["error"]
+    for name in ("grpo", "hapo"):
+        record = load(tmp_path, name)
+        assert record["quantization"] is None and record["global_step"] == 2 and record["engine_generate_calls"] >= 2
+        assert len(record["losses"]) == 2 and all(math.isfinite(loss) for loss in record["losses"])
+        assert record["weights_finite"] and record["lora_max_change"] > 0
+        # The base is frozen; TRL's merge_adapter / unmerge_adapter round trip at each sync leaves float32 rounding.
+        assert record["base_max_change"] < 1e-6
+        probe = record["probe"]
+        trainer = {int(step): logprobs for step, logprobs in probe["trainer_by_step"].items()}
+        before, after = probe["engine_before"], probe["engine_after"]
+        assert max_gap(before, trainer[0]) < 0.01, name  # the engine starts from the checkpoint (CPU kernels: ~1e-3)
+        assert max_gap(after, trainer[1]) < 0.01, name  # the merged weights after step 1 reached the engine
+        assert max_gap(after, before) > 0.05 and max_gap(after, trainer[0]) > 0.05, name  # and they differ
+    # The second generation's sampling log-probs agree with the trainer's (TRL's own check; unsynced: ~0.07).
+    assert load(tmp_path, "grpo")["sampling_metrics"][1]["sampling/sampling_logp_difference/mean"] < 0.01
+    hapo = load(tmp_path, "hapo")
+    second = [entry for entry in hapo["hapo_metrics"] if "hapo/temperature_mean" in entry][1]
+    assert 0.5 - 1e-5 <= second["hapo/temperature_min"] < second["hapo/temperature_max"] <= 1.5 + 1e-5
 
 
 def test_vllm_loads_the_hapo_processor_from_the_entry_point():
@@ -416,10 +459,6 @@ def test_server_mode_hapo_temperature_and_turns(vllm_server, tmp_path):
     assert turns["collective"] is True and turns["calls"] == 1 and turns["calls_after_empty"] == 1
     assert all(0 < n == m <= 16 for n, m in turns["lengths"]) and turns["logprobs_finite_nonpositive"]
     assert turns["empty_call"] == []
-
-
-def max_gap(a: list[float], b: list[float]) -> float:
-    return max(abs(x - y) for x, y in zip(a, b, strict=True))
 
 
 def test_hapo_and_calibadv_train_in_server_mode(vllm_server, tmp_path):

@@ -80,7 +80,8 @@ class CountingRollout(SearchAgentRollout):
         return output
 
 
-def build_trainer(name: str, cli: argparse.Namespace, output_dir: str) -> Any:
+def build_trainer(name: str, cli: argparse.Namespace, output_dir: str, **trainer_kwargs: Any) -> Any:
+    """``name`` built as the lane trains it; ``trainer_kwargs`` go to the trainer (e.g. ``peft_config``)."""
     if name == "calibadv_hapo":  # CalibAdv's turns sampled with HAPO's adaptive temperature
         Trainer, Config = calibadv_hapo_trainer_class(), CalibAdvHAPOConfig
     else:
@@ -161,6 +162,7 @@ def build_trainer(name: str, cli: argparse.Namespace, output_dir: str) -> Any:
         args=args,
         train_dataset=dataset,
         processing_class=AutoTokenizer.from_pretrained(checkpoint),
+        **trainer_kwargs,
     )
     if name.startswith("calibadv"):
         installed = trainer.rollout_func
