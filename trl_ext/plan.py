@@ -513,7 +513,7 @@ def _engine(plan: Plan, args: Any, launch: Launch, model: str) -> None:
         plan.add("generation", f"vLLM server at {where} (start it first: trl-ext vllm-serve --model {model})")
     else:
         plan.add("generation", f"{name} generate (use_vllm false)")
-    if name.startswith("vllm"):
+    if capabilities_of(args).vllm_engine:
         import importlib.util
 
         if importlib.util.find_spec("vllm") is None:
@@ -558,7 +558,9 @@ def _memory(plan: Plan, script_args, args, model_args, launch: Launch, mixed_pre
         )
     plan.add("memory", text + "; activations and logits come on top")
     positions = _max_positions(config)
-    length = args.vllm_max_model_length if args.use_vllm else None
+    from trl_ext.generation import capabilities_of
+
+    length = args.vllm_max_model_length if capabilities_of(args).vllm_engine else None
     if positions is not None and length is not None and length > positions:
         plan.problems.append(
             f"vllm_max_model_length: {length} is beyond the model's max_position_embeddings {positions}"
@@ -651,7 +653,9 @@ def make_plan(argv: Sequence[str]) -> Plan:
         micro = f"{per_device} sequences x (prompt + completion), max_completion_length unset: unbounded"
     else:
         micro = f"{per_device} sequences x (prompt + max_completion_length {completion}) tokens"
-        if args.use_vllm and args.vllm_max_model_length is not None:
+        from trl_ext.generation import capabilities_of
+
+        if capabilities_of(args).vllm_engine and args.vllm_max_model_length is not None:
             length = args.vllm_max_model_length
             micro += f": at most {per_device} x {length} = {per_device * length} tokens (vllm_max_model_length)"
         else:

@@ -80,7 +80,8 @@ class CountingRollout(SearchAgentRollout):
         return output
 
 
-def build_trainer(name: str, cli: argparse.Namespace, output_dir: str) -> Any:
+def build_trainer(name: str, cli: argparse.Namespace, output_dir: str, **trainer_kwargs: Any) -> Any:
+    """``name`` built as the lane trains it; ``trainer_kwargs`` go to the trainer (e.g. ``peft_config``)."""
     if name == "calibadv_hapo":  # CalibAdv's turns sampled with HAPO's adaptive temperature
         Trainer, Config = calibadv_hapo_trainer_class(), CalibAdvHAPOConfig
     else:
@@ -102,6 +103,13 @@ def build_trainer(name: str, cli: argparse.Namespace, output_dir: str) -> Any:
         vllm_gpu_memory_utilization=0.3,
         vllm_max_model_length=1024,
     )
+    server = getattr(cli, "server", None)  # vllm_server_train.py: a `trl-ext vllm-serve` URL and a free group port
+    if server is not None:
+        common.update(
+            vllm_mode="server", vllm_server_base_url=server, vllm_group_port=cli.group_port, vllm_server_timeout=60
+        )
+    # per-request arguments for the engine's logits processors: SamplingParams.extra_args, or the request's vllm_xargs
+    request_args = "vllm_xargs" if server is not None else "extra_args"
     checkpoint = cli.checkpoint
     if name == "diva":
         task = get_task("arithmetic_variants")
@@ -133,7 +141,7 @@ def build_trainer(name: str, cli: argparse.Namespace, output_dir: str) -> Any:
             calibadv_max_obs_tokens=200,
             calibadv_topk=1,
             # the scripted turns (tests/vllm_shims/scripted.py), followed at T = 1 with a large bonus
-            generation_kwargs={"extra_args": {"scripted_turns": json.dumps(scripts), "scripted_bonus": 16.0}},
+            generation_kwargs={request_args: {"scripted_turns": json.dumps(scripts), "scripted_bonus": 16.0}},
             **common,
             **extra,
         )
@@ -154,6 +162,7 @@ def build_trainer(name: str, cli: argparse.Namespace, output_dir: str) -> Any:
         args=args,
         train_dataset=dataset,
         processing_class=AutoTokenizer.from_pretrained(checkpoint),
+        **trainer_kwargs,
     )
     if name.startswith("calibadv"):
         installed = trainer.rollout_func
@@ -168,17 +177,23 @@ def build_trainer(name: str, cli: argparse.Namespace, output_dir: str) -> Any:
     return trainer
 
 
+def engine_of(trainer: Any) -> Any:
+    """The trainer's vLLM engine: the colocated ``vllm.LLM``, or TRL's ``VLLMClient`` in server mode."""
+    generation = trainer.vllm_generation
+    return generation.vllm_client if generation.mode == "server" else generation.llm
+
+
 def count_engine_calls(trainer: Any) -> list[int]:
-    """Count the colocated engine's ``generate`` calls (instance attribute, so TRL and the rollout both go through)."""
-    llm = trainer.vllm_generation.llm
+    """Count the engine's ``generate`` calls (instance attribute, so TRL and the rollout both go through)."""
+    engine = engine_of(trainer)
     calls = [0]
-    original = llm.generate
+    original = engine.generate
 
     def generate(*args: Any, **kwargs: Any) -> Any:
         calls[0] += 1
         return original(*args, **kwargs)
 
-    llm.generate = generate
+    engine.generate = generate
     return calls
 
 
@@ -196,7 +211,8 @@ def record(name: str, trainer: Any, initial: dict[str, torch.Tensor], calls: lis
         "process_index": accelerator.process_index,
         "global_step": trainer.state.global_step,
         "losses": [entry["loss"] for entry in logs if "loss" in entry],
-        "engine_type": f"{type(trainer.vllm_generation.llm).__module__}.{type(trainer.vllm_generation.llm).__name__}",
+        "engine_type": f"{type(engine_of(trainer)).__module__}.{type(engine_of(trainer)).__name__}",
+        "vllm_mode": trainer.vllm_generation.mode,
         "engine_generate_calls": calls[0],
         "sampling_metrics": [
             {k: v for k, v in entry.items() if k.startswith("sampling/")} for entry in logs if "loss" in entry

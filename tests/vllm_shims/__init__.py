@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["install", "is_cpu_platform"]
+__all__ = ["install", "is_cpu_platform", "retie_lm_head"]
 
 _INSTALLED = False
 
@@ -31,14 +31,26 @@ def is_cpu_platform() -> bool:
 
 
 def _sync_weights_cpu(self: Any, original: Any) -> None:
-    import torch
-
     if self.mode != "colocate":
         return original(self)
     runner = self.llm.llm_engine.model_executor.driver_worker.model_runner
-    weights = list(self._iter_named_params())
+    # Copies, taken while TRL's iterator yields them: with a PEFT model it merges the adapter into the base weights,
+    # yields those very tensors and unmerges when exhausted, so references collected first would hold the base again.
+    weights = [(name, tensor.detach().clone()) for name, tensor in self._iter_named_params()]
     runner.reload_weights(weights_iterator=weights, is_checkpoint_format=True)
-    model = runner.get_model()
+    retie_lm_head(runner.get_model())
+    self.llm.reset_prefix_cache()
+
+
+def retie_lm_head(model: Any) -> None:
+    """After an in-place reload on the CPU platform: copy the reloaded embedding into a tied ``lm_head`` and repack it.
+
+    The CPU logits GEMM reads a packed copy of the lm_head made at load time (the embedding's quant method keeps the
+    weight and adds the copy); vLLM's layerwise reload does not revisit the tied head (its weight is never sent), so
+    without this the engine would keep computing logits with the initial head. Also used by
+    ``vllm_shims.gloo_transfer`` (server mode)."""
+    import torch
+
     embed = getattr(getattr(model, "model", None), "embed_tokens", None)
     lm_head = getattr(model, "lm_head", None)
     tied = bool(getattr(getattr(model, "config", None), "tie_word_embeddings", False))
@@ -46,12 +58,9 @@ def _sync_weights_cpu(self: Any, original: Any) -> None:
         if lm_head.weight is not embed.weight:
             with torch.no_grad():
                 lm_head.weight.copy_(embed.weight)
-        # The CPU logits GEMM reads a packed copy of the lm_head made at load time (the embedding's quant method
-        # keeps the weight and adds the copy); the reload does not revisit the tied head, so repack it here.
         method = getattr(lm_head, "quant_method", None)
         if method is not None and hasattr(method, "process_weights_after_loading"):
             method.process_weights_after_loading(lm_head)
-    self.llm.reset_prefix_cache()
 
 
 def install() -> bool:

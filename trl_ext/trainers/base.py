@@ -65,13 +65,15 @@ class BaseGRPOConfig(GRPOConfig):
         policy_objective (`str`, *optional*, defaults to `"grpo"`):
             Registered policy objective (`trl_ext.list_policy_objectives()`). `"grpo"` is TRL's surrogate for
             the configured `loss_type`.
-        max_pixels / min_pixels (`int` or `None`, *optional*, defaults to `None`):
-            Pixel limits of a vision-language model's image processor (Qwen2-VL, Qwen2.5-VL): every image, a DIVA
-            variant's too, is resized to at most `max_pixels` (and at least `min_pixels`) pixels, so it becomes at
-            most `max_pixels / patch_size**2` patches. `None` keeps the processor's own limit. Applied to the
-            processor the trainer loads (or to the `processing_class` passed, in place); a model whose image
-            processor has no pixel limits (a fixed-size one, e.g. LLaVA's CLIP) refuses them
-            (`trl_ext.processors`).
+        max_pixels (`int` or `None`, *optional*, defaults to `None`):
+            Upper pixel limit of a vision-language model's image processor (Qwen2-VL, Qwen2.5-VL): every image, a
+            DIVA variant's too, is resized to at most `max_pixels` pixels, so it becomes at most
+            `max_pixels / patch_size**2` patches. `None` keeps the processor's own limit. Applied to the processor the
+            trainer loads (or to the `processing_class` passed, in place); a model whose image processor has no pixel
+            limits (a fixed-size one, e.g. LLaVA's CLIP) refuses it (`trl_ext.processors`).
+        min_pixels (`int` or `None`, *optional*, defaults to `None`):
+            Lower pixel limit of the same processor (images are enlarged to at least `min_pixels`); as `max_pixels`
+            otherwise.
     """
 
     advantage_estimator: str = field(
