@@ -102,7 +102,7 @@ def test_bm25_errors(monkeypatch):
         BM25Retriever([])
     assert BM25Retriever(["a", "of the"]).search(["a"], 2) == [[]]  # nothing indexable: no match, no crash
     monkeypatch.setitem(sys.modules, "bm25s", None)
-    with pytest.raises(ImportError, match=r"trl-ext\[retrieval\]"):
+    with pytest.raises(ImportError, match=r"pip install -e .\.\[retrieval\]."):
         BM25Retriever(CORPUS)
 
 
