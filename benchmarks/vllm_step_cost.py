@@ -128,7 +128,8 @@ def summarise(report: dict) -> dict:
 
 
 def run(options) -> dict:
-    sys.path.insert(0, str(ROOT / "tests" / "scripts"))  # vllm_common (the lane's checkpoint); it adds tests/
+    # tests/scripts: vllm_common (the lane's checkpoint); tests/: vllm_shims
+    sys.path[:0] = [str(ROOT / "tests" / "scripts"), str(ROOT / "tests")]
     import vllm_shims
     from vllm_common import build_vllm_checkpoint
 
