@@ -406,6 +406,32 @@ def test_rollout_temperature_table(mode, base):
         assert torch.equal(rollout_temperatures(ROLLOUT_LOGITS, stats, tau, base), torch.full((3,), base))
 
 
+def test_rollout_temperatures_are_the_plain_expressions_bit_for_bit():
+    # rollout_temperatures works in place on its own intermediate tensors (the vLLM processor calls it at every
+    # decoding step); the result must be the bits of the plain out-of-place expressions of §2.5, for T0 = 1 (whose
+    # last product it skips) and other T0, with and without reused buffers, and the caller's logits stay untouched.
+    def plain(logits, stats, tau, base):
+        entropy = logits_entropy(logits)
+        z = (torch.log(entropy.clamp(min=1e-6)) - stats.pivot) / (stats.scale + 1e-6)
+        h = torch.where(z > 0, z * stats.scale_pos, z * stats.scale_neg).clamp(-1.0, 1.0)
+        return base * (1.0 + tau * h)
+
+    generator = torch.Generator().manual_seed(0)
+    workspace: list[torch.Tensor] = []
+    for index in range(40):
+        logits = torch.randn(1 + index % 7, 500, generator=generator) * (0.2 + index % 5)
+        logits[0, : 10 * index] = float("-inf")
+        before = logits.clone()
+        signs = torch.randn(4, generator=generator).tolist()
+        stats = TemperatureStatistics(signs[0], abs(signs[1]), abs(signs[2]) + 0.1, signs[3])
+        for tau, base in ((0.05, 1.0), (0.5, 1.0), (0.3, 0.7), (0.9, 1.3)):
+            expected = plain(logits, stats, tau, base)
+            assert torch.equal(rollout_temperatures(logits, stats, tau, base), expected)
+            assert torch.equal(rollout_temperatures(logits, stats, tau, base, workspace), expected)
+            assert not torch.equal(expected, torch.full_like(expected, base))  # the temperatures do vary
+        assert torch.equal(logits, before)
+
+
 def test_logits_entropy_matches_the_float64_definition_on_a_real_vocabulary():
     # The one-exp-pass entropy against -sum p log p in float64, on SmolLM2's vocabulary size: ordinary, very peaked
     # (H ~ 0), flat (H = log V), shifted by a large constant, half masked with -inf (0 log 0 = 0), bf16 input.
