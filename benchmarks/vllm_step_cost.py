@@ -75,9 +75,19 @@ ARMS: dict[str, tuple[str, dict[str, Any]]] = {
 }
 
 
+#: What TRL's colocate mode writes into the environment for vLLM before it builds the engine.
+LAUNCH_VARIABLES = ("RANK", "LOCAL_RANK", "WORLD_SIZE")
+
+
 class SharedEngine:
     """Replaces the ``LLM`` class TRL's colocate mode builds its engine with: the first call builds it, later calls
-    (the same arguments) return it."""
+    (the same arguments) return it.
+
+    Each call also removes the launch variables TRL set for vLLM (unless they were set before): accelerate reads a
+    ``LOCAL_RANK`` as a distributed launch, so every trainer built after the first engine in a process would run as
+    a one-process ``MULTI_CPU`` job (its model in DDP, every gather a gloo collective), which one trainer in its own
+    process, the case measured here, never is. :func:`run_round` checks that no arm is distributed.
+    """
 
     def __init__(self) -> None:
         from trl.generation import vllm_generation
@@ -86,6 +96,7 @@ class SharedEngine:
         self.llm: Any = None
         self.kwargs: dict[str, Any] | None = None
         self.start_s: float | None = None
+        self.launched = {key for key in LAUNCH_VARIABLES if key in os.environ}
         vllm_generation.LLM = self
 
     def __call__(self, **kwargs: Any) -> Any:
@@ -95,6 +106,8 @@ class SharedEngine:
             self.start_s = time.perf_counter() - start
         elif kwargs != self.kwargs:
             raise RuntimeError(f"an arm asked for another engine: {kwargs} != {self.kwargs}")
+        for key in set(LAUNCH_VARIABLES) - self.launched:
+            os.environ.pop(key, None)
         return self.llm
 
 
@@ -177,6 +190,8 @@ def run_round(names: list[str], checkpoint: str, dataset, reward_funcs, options,
     with tempfile.TemporaryDirectory() as output_dir:
         for arm in names:
             trainer = build(arm, checkpoint, dataset, reward_funcs, options, seed, f"{output_dir}/{arm}")
+            if trainer.accelerator.num_processes != 1 or trainer.accelerator.distributed_type != "NO":
+                raise RuntimeError(f"{arm} was built as a distributed job ({trainer.accelerator.distributed_type})")
             trainer.add_callback(take_turns(turns, arm))
             trainers[arm] = trainer
 
