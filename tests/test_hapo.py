@@ -35,6 +35,9 @@ from trl_ext.rollout.temperature import (
     RolloutTemperatureState,
     TemperatureStatistics,
     logits_entropy,
+    pop_temperature_summary,
+    record_temperature_summary,
+    record_temperatures,
     rollout_temperatures,
 )
 from trl_ext.trainers.hapo import HAPOConfig, HAPOTrainer
@@ -430,6 +433,25 @@ def test_rollout_temperatures_are_the_plain_expressions_bit_for_bit():
             assert torch.equal(rollout_temperatures(logits, stats, tau, base, workspace), expected)
             assert not torch.equal(expected, torch.full_like(expected, base))  # the temperatures do vary
         assert torch.equal(logits, before)
+
+
+def test_recorded_temperatures_pop_as_the_per_step_summaries():
+    # The vLLM processor records each decoding step's temperatures as they are and the summary is taken when popped;
+    # it must be the bits of summarising every step at once ([min, max, sum, count], then combined), rows finishing
+    # (shorter steps) included.
+    generator = torch.Generator().manual_seed(0)
+    steps = [0.5 + torch.rand(16 - index // 3, generator=generator) for index in range(40)]
+    for values in steps:
+        record_temperatures("deferred", values)
+        count = torch.tensor(float(values.numel()))
+        record_temperature_summary("at-once", torch.stack([values.min(), values.max(), values.sum(), count]))
+    deferred = pop_temperature_summary("deferred")
+    assert torch.equal(deferred, pop_temperature_summary("at-once"))
+    low, high, total, count = deferred.tolist()
+    values = torch.cat(steps).double()
+    assert count == values.numel() and low == values.min().item() and high == values.max().item()
+    assert math.isclose(total, values.sum().item(), rel_tol=1e-6)
+    assert pop_temperature_summary("deferred") is None  # popped once
 
 
 def test_logits_entropy_matches_the_float64_definition_on_a_real_vocabulary():

@@ -60,7 +60,7 @@ from trl_ext.rollout.temperature import (
     TAU_KEY,
     TemperatureStatistics,
     pop_temperature_summary,
-    record_temperature_summary,
+    record_temperatures,
     rollout_temperatures,
     temperature_extra_args,
 )
@@ -212,23 +212,24 @@ class HAPOTemperatureLogitsProcessor(*_BASES):
 
 
 class _Record(NamedTuple):
-    """One tag's share of a group: adds each decoding step's [min, max, sum, count] of the realised temperatures T0 *
-    factor of the tag's rows (:func:`~trl_ext.rollout.temperature.record_temperature_summary`)."""
+    """One tag's share of a group: adds each decoding step's realised temperatures T0 * factor of the tag's rows
+    (:func:`~trl_ext.rollout.temperature.record_temperatures`)."""
 
     tag: str
     positions: torch.Tensor | None  # the tag's rows among the group's; None: all of them
     bases: torch.Tensor | None  # their T0; None: all 1 (T0 * factor == factor)
-    count: torch.Tensor
 
     def add(self, factors: torch.Tensor) -> None:
-        # Kept on the logits' device (no host sync per decoding step); reduced once in pop_temperature_summary.
-        temperatures = factors.detach().float()
+        # Kept on the logits' device (no host sync per decoding step) and reduced when popped: with every row tagged
+        # at T0 = 1 a decoding step does no tensor work here (factors is a fresh tensor nothing modifies).
+        temperatures = factors.detach() if factors.requires_grad else factors
+        if temperatures.dtype != torch.float32:
+            temperatures = temperatures.float()
         if self.positions is not None:
             temperatures = temperatures.index_select(0, self.positions)
         if self.bases is not None:
             temperatures = temperatures * self.bases
-        low, high = torch.aminmax(temperatures)
-        record_temperature_summary(self.tag, torch.stack([low, high, temperatures.sum(), self.count]))
+        record_temperatures(self.tag, temperatures)
 
 
 class _Group(NamedTuple):
@@ -269,7 +270,6 @@ class _Plan(NamedTuple):
                     None
                     if all(group[p][1].base_temperature == 1.0 for p in positions)
                     else torch.tensor([group[p][1].base_temperature for p in positions], device=device),
-                    torch.tensor(float(len(positions)), device=device),
                 )
                 for tag, positions in by_tag.items()
             )
