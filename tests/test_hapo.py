@@ -35,6 +35,9 @@ from trl_ext.rollout.temperature import (
     RolloutTemperatureState,
     TemperatureStatistics,
     logits_entropy,
+    pop_temperature_summary,
+    record_temperature_summary,
+    record_temperatures,
     rollout_temperatures,
 )
 from trl_ext.trainers.hapo import HAPOConfig, HAPOTrainer
@@ -404,6 +407,51 @@ def test_rollout_temperature_table(mode, base):
     # tau = 0 or no statistics: exactly T0.
     for stats, tau in ((section_5_2_stats(mode), 0.0), (None, 0.05)):
         assert torch.equal(rollout_temperatures(ROLLOUT_LOGITS, stats, tau, base), torch.full((3,), base))
+
+
+def test_rollout_temperatures_are_the_plain_expressions_bit_for_bit():
+    # rollout_temperatures works in place on its own intermediate tensors (the vLLM processor calls it at every
+    # decoding step); the result must be the bits of the plain out-of-place expressions of §2.5, for T0 = 1 (whose
+    # last product it skips) and other T0, with and without reused buffers, and the caller's logits stay untouched.
+    def plain(logits, stats, tau, base):
+        entropy = logits_entropy(logits)
+        z = (torch.log(entropy.clamp(min=1e-6)) - stats.pivot) / (stats.scale + 1e-6)
+        h = torch.where(z > 0, z * stats.scale_pos, z * stats.scale_neg).clamp(-1.0, 1.0)
+        return base * (1.0 + tau * h)
+
+    generator = torch.Generator().manual_seed(0)
+    workspace: list[torch.Tensor] = []
+    for index in range(40):
+        logits = torch.randn(1 + index % 7, 500, generator=generator) * (0.2 + index % 5)
+        logits[0, : 10 * index] = float("-inf")
+        before = logits.clone()
+        signs = torch.randn(4, generator=generator).tolist()
+        stats = TemperatureStatistics(signs[0], abs(signs[1]), abs(signs[2]) + 0.1, signs[3])
+        for tau, base in ((0.05, 1.0), (0.5, 1.0), (0.3, 0.7), (0.9, 1.3)):
+            expected = plain(logits, stats, tau, base)
+            assert torch.equal(rollout_temperatures(logits, stats, tau, base), expected)
+            assert torch.equal(rollout_temperatures(logits, stats, tau, base, workspace), expected)
+            assert not torch.equal(expected, torch.full_like(expected, base))  # the temperatures do vary
+        assert torch.equal(logits, before)
+
+
+def test_recorded_temperatures_pop_as_the_per_step_summaries():
+    # The vLLM processor records each decoding step's temperatures as they are and the summary is taken when popped;
+    # it must be the bits of summarising every step at once ([min, max, sum, count], then combined), rows finishing
+    # (shorter steps) included.
+    generator = torch.Generator().manual_seed(0)
+    steps = [0.5 + torch.rand(16 - index // 3, generator=generator) for index in range(40)]
+    for values in steps:
+        record_temperatures("deferred", values)
+        count = torch.tensor(float(values.numel()))
+        record_temperature_summary("at-once", torch.stack([values.min(), values.max(), values.sum(), count]))
+    deferred = pop_temperature_summary("deferred")
+    assert torch.equal(deferred, pop_temperature_summary("at-once"))
+    low, high, total, count = deferred.tolist()
+    values = torch.cat(steps).double()
+    assert count == values.numel() and low == values.min().item() and high == values.max().item()
+    assert math.isclose(total, values.sum().item(), rel_tol=1e-6)
+    assert pop_temperature_summary("deferred") is None  # popped once
 
 
 def test_logits_entropy_matches_the_float64_definition_on_a_real_vocabulary():

@@ -130,6 +130,107 @@ def test_hapo_processor_model_runner_v2_interface():
         )
 
 
+def test_hapo_processor_whole_batch_fast_path_matches_the_general_path():
+    # The processor divides the whole batch in place when one (statistics, tau) covers every row, and caches which rows
+    # share what until the batch changes. Two processors see the same V1 batch updates and logits, one with the fast
+    # path off: same output bits and the same temperature summaries at every step, homogeneous and mixed batches
+    # alike (rows without HAPO arguments, two statistics, T0 = 1 and 0.7), through added, removed, swapped and moved
+    # rows; and both agree with the test's own row bookkeeping (each row divided by its own factor, others untouched).
+    import torch
+    from vllm import SamplingParams
+    from vllm.v1.sample.logits_processor import BatchUpdate
+    from vllm.v1.sample.logits_processor.interface import MoveDirectionality
+
+    from trl_ext.rollout.temperature import TemperatureStatistics, rollout_temperatures
+    from trl_ext.rollout.vllm_temperature import (
+        HAPOTemperatureLogitsProcessor,
+        pop_temperature_summary,
+        temperature_extra_args,
+    )
+
+    stats = {
+        "a": TemperatureStatistics(pivot=0.5, scale=0.4, scale_pos=0.5, scale_neg=0.6),
+        "b": TemperatureStatistics(pivot=1.0, scale=0.3, scale_pos=0.8, scale_neg=0.4),
+    }
+    settings = {"a1": ("a", 1.0), "a07": ("a", 0.7), "b1": ("b", 1.0), "plain": None}
+
+    def params(kind: str, prefix: str) -> SamplingParams:
+        if settings[kind] is None:
+            return SamplingParams(temperature=1.0)
+        name, base = settings[kind]
+        return SamplingParams(
+            temperature=base, extra_args=temperature_extra_args(stats[name], 0.3, f"{prefix}-{name}")
+        )
+
+    fast = HAPOTemperatureLogitsProcessor(object(), None, False)
+    general = HAPOTemperatureLogitsProcessor(object(), None, False)
+    general.whole_batch_fast_path = False
+    rows: dict[int, str] = {}  # the test's own bookkeeping: persistent-batch row -> kind
+    expected = {tag: [] for tag in ("a", "b")}  # realised temperatures per tag
+    generator = torch.Generator().manual_seed(0)
+    fast_steps = 0
+
+    def step(added=(), removed=(), moved=(), steps: int = 2) -> None:
+        nonlocal fast_steps
+        for row in removed:
+            rows.pop(row, None)
+        for row, kind in added:
+            rows[row] = kind
+        for a, b, direction in moved:
+            kind_a, kind_b = rows.pop(a, None), rows.pop(b, None)
+            if kind_a is not None:
+                rows[b] = kind_a
+            if kind_b is not None and direction == MoveDirectionality.SWAP:
+                rows[a] = kind_b
+        size = max(rows) + 1
+        for processor, prefix in ((fast, "fast"), (general, "general")):
+            batch = [(row, params(kind, prefix), [1], []) for row, kind in added]
+            update = BatchUpdate(batch_size=size, removed=list(removed), added=batch, moved=list(moved))
+            processor.update_state(update if (added or removed or moved) else None)
+        before = fast._plan
+        for index in range(steps):
+            if index:  # vLLM's call at a step without batch changes
+                fast.update_state(None), general.update_state(None)
+            logits = torch.randn(size, 62, generator=generator) * 3
+            out_fast, out_general = fast.apply(logits.clone()), general.apply(logits.clone())
+            assert torch.equal(out_fast, out_general)
+            # The cached plan is rebuilt after a batch update and reused until the next.
+            assert (fast._plan is before) == bool(index)
+            before = fast._plan
+            fast_steps += fast._plan.groups[0].whole_batch
+            for row in range(size):
+                kind = rows.get(row, "plain")
+                if settings[kind] is None:
+                    assert torch.equal(out_fast[row], logits[row])
+                    continue
+                name, base = settings[kind]
+                factor = rollout_temperatures(logits[row : row + 1], stats[name], 0.3, 1.0)[0]
+                torch.testing.assert_close(out_fast[row], logits[row] / factor, rtol=1e-6, atol=1e-6)
+                assert not torch.equal(out_fast[row], logits[row])  # not vacuous: the row was divided
+                expected[name].append(base * factor.item())
+        for name, values in expected.items():
+            got_fast, got_general = pop_temperature_summary(f"fast-{name}"), pop_temperature_summary(f"general-{name}")
+            if not values:
+                assert got_fast is None and got_general is None
+                continue
+            assert torch.equal(got_fast, got_general)
+            low, high, total, count = got_fast.tolist()
+            assert count == len(values) and math.isclose(total, sum(values), rel_tol=1e-5)
+            assert math.isclose(low, min(values), rel_tol=1e-6) and math.isclose(high, max(values), rel_tol=1e-6)
+            values.clear()
+
+    unidirectional, swap = MoveDirectionality.UNIDIRECTIONAL, MoveDirectionality.SWAP
+    step(added=[(row, "a1") for row in range(4)])  # one (stats, tau), T0 = 1 everywhere: the fast path
+    step(added=[(4, "plain"), (5, "b1")])  # a row without arguments and a second statistics
+    step(removed=[4, 5], moved=[])  # back to one group ...
+    step(moved=[(0, 3, swap)])  # ... whose rows swap: still every row
+    step(added=[(4, "a07")])  # same statistics, another T0: still the fast path, T0 per row in the summary
+    step(added=[(5, "plain")], moved=[(4, 1, swap)])  # a plain last row: one group, not the whole batch
+    step(removed=[0], moved=[(5, 0, unidirectional)])  # the plain row moved into the hole: rows 1-4 only
+    step(added=[(5, "b1")], removed=[0], moved=[(1, 0, swap)])  # two statistics, interleaved rows
+    assert fast_steps == 2 * 4  # the first, third, fourth and fifth batches took the fast path
+
+
 @pytest.fixture(scope="module")
 def checkpoints(tmp_path_factory) -> dict[str, str]:
     sys.path.insert(0, str(SCRIPTS))

@@ -27,7 +27,7 @@ import math
 from collections import defaultdict
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, fields
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from transformers import LogitsProcessor, MinPLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
@@ -49,6 +49,7 @@ __all__ = [
     "rollout_temperatures",
     "pop_temperature_summary",
     "record_temperature_summary",
+    "record_temperatures",
     "temperature_extra_args",
 ]
 
@@ -164,9 +165,16 @@ def rollout_temperatures(
     if stats is None or tau == 0:
         return torch.full(logits.shape[:-1], float(base_temperature), dtype=torch.float32, device=logits.device)
     entropy = logits_entropy(logits, workspace)
-    z = (torch.log(entropy.clamp(min=ROLLOUT_LOG_ENTROPY_FLOOR)) - stats.pivot) / (stats.scale + ROLLOUT_SCALE_EPS)
-    h = torch.where(z > 0, z * stats.scale_pos, z * stats.scale_neg).clamp(-1.0, 1.0)
-    return base_temperature * (1.0 + tau * h)
+    # In place on the fresh (B,) tensors: the values of the plain expressions, with fewer ops and allocations (the
+    # vLLM processor calls this at every decoding step); T0 = 1 skips the last product (x * 1.0 == x).
+    z = (
+        torch.log(entropy.clamp_(min=ROLLOUT_LOG_ENTROPY_FLOOR))
+        .sub_(stats.pivot)
+        .div_(stats.scale + ROLLOUT_SCALE_EPS)
+    )
+    h = torch.where(z > 0, z * stats.scale_pos, z * stats.scale_neg).clamp_(-1.0, 1.0)
+    factors = h.mul_(tau).add_(1.0)
+    return factors if base_temperature == 1.0 else factors.mul_(base_temperature)
 
 
 class RolloutTemperatureState:
@@ -334,8 +342,16 @@ STAT_KEYS: tuple[str, ...] = ("hapo_pivot", "hapo_scale", "hapo_scale_pos", "hap
 TAU_KEY = "hapo_tau"
 TAG_KEY = "hapo_tag"
 
-# tag -> per-step [min, max, sum, count] tensors of the temperatures a vLLM engine in this process realised
-_SUMMARIES: dict[str, list[torch.Tensor]] = defaultdict(list)
+
+class _StepTemperatures(NamedTuple):
+    """One decoding step's realised temperatures, kept as they are until :func:`pop_temperature_summary`."""
+
+    values: torch.Tensor
+
+
+# tag -> per decoding step, what a vLLM engine in this process realised: a [min, max, sum, count] tensor
+# (record_temperature_summary) or the temperatures themselves (record_temperatures)
+_SUMMARIES: dict[str, list[torch.Tensor | _StepTemperatures]] = defaultdict(list)
 
 
 def temperature_extra_args(stats: TemperatureStatistics, tau: float, tag: str | None = None) -> dict[str, Any]:
@@ -359,8 +375,23 @@ def temperature_extra_args(stats: TemperatureStatistics, tau: float, tag: str | 
 
 
 def record_temperature_summary(tag: str, summary: torch.Tensor) -> None:
-    """Add one decoding step's [min, max, sum, count] of realised temperatures under ``tag`` (the vLLM processor)."""
+    """Add one decoding step's [min, max, sum, count] of realised temperatures under ``tag``."""
     _SUMMARIES[tag].append(summary)
+
+
+def record_temperatures(tag: str, temperatures: torch.Tensor) -> None:
+    """Add one decoding step's realised temperatures (1-D, not modified afterwards) under ``tag``: the vLLM
+    processor's call at every decoding step, which does no tensor work; the step's [min, max, sum, count] is taken
+    when the tag is popped (the same reductions of the same values, so the same bits as summarising at once)."""
+    _SUMMARIES[tag].append(_StepTemperatures(temperatures))
+
+
+def _step_summary(step: torch.Tensor | _StepTemperatures) -> torch.Tensor:
+    if not isinstance(step, _StepTemperatures):
+        return step.cpu()
+    values = step.values
+    low, high = torch.aminmax(values)
+    return torch.stack([low, high, values.sum(), values.new_tensor(float(values.numel()))]).cpu()
 
 
 def pop_temperature_summary(tag: str) -> torch.Tensor | None:
@@ -369,7 +400,7 @@ def pop_temperature_summary(tag: str) -> torch.Tensor | None:
     steps = _SUMMARIES.pop(tag, None)
     if not steps:
         return None
-    return combine_summaries([step.cpu() for step in steps])
+    return combine_summaries([_step_summary(step) for step in steps])
 
 
 def combine_summaries(parts: list[torch.Tensor]) -> torch.Tensor:

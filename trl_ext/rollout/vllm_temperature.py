@@ -60,7 +60,7 @@ from trl_ext.rollout.temperature import (
     TAU_KEY,
     TemperatureStatistics,
     pop_temperature_summary,
-    record_temperature_summary,
+    record_temperatures,
     rollout_temperatures,
     temperature_extra_args,
 )
@@ -134,6 +134,12 @@ class HAPOTemperatureLogitsProcessor(*_BASES):
         self._requests: dict[int, _Request] = {}  # V1: persistent-batch index -> settings; V2: request slot
         self.inert = id(vllm_config) in _ENGINES_WITH_PROCESSOR  # a duplicate in this engine: never applies
         _ENGINES_WITH_PROCESSOR.setdefault(id(vllm_config), vllm_config)
+        self._version = 0  # bumped whenever _requests changes; the cached plan is keyed on it
+        self._plan: _Plan | None = None
+        self._workspace: list[torch.Tensor] = []  # the entropy's two buffers on CPU, reused every decoding step
+        #: False: rows are always gathered and scattered back, even when one (statistics, tau) covers the whole batch
+        #: (the general path; the tests check that both give the same bits).
+        self.whole_batch_fast_path = True
 
     @classmethod
     def validate_params(cls, sampling_params: SamplingParams) -> None:
@@ -148,11 +154,13 @@ class HAPOTemperatureLogitsProcessor(*_BASES):
         """Track which persistent-batch rows carry statistics (added, removed and moved requests)."""
         if self.inert:
             return
-        process_dict_updates(self._requests, batch_update, lambda params, _prompt, _output: _parse(params))
+        if process_dict_updates(self._requests, batch_update, lambda params, _prompt, _output: _parse(params)):
+            self._version += 1
 
     def add_request(self, req_idx: int, sampling_params: SamplingParams) -> bool:
         """Model Runner V2: (re)initialise a request slot; True when the request carries statistics."""
         request = None if self.inert else _parse(sampling_params)
+        self._version += 1
         if request is None:
             self._requests.pop(req_idx, None)
             return False
@@ -166,42 +174,105 @@ class HAPOTemperatureLogitsProcessor(*_BASES):
         """Divide the rows of requests with statistics by their factor 1 + tau h (in place).
 
         V1 calls ``apply(logits)`` with row = persistent-batch index; V2 calls ``apply(logits, ctx)`` with rows mapped
-        to request slots by ``ctx``.
+        to request slots by ``ctx``. Which rows share which statistics is worked out once per batch composition
+        (:class:`_Plan`, rebuilt when a request is added, removed or moved, or the rows map to other slots); when
+        every row shares one (statistics, tau), the common case, the whole batch is divided in place without
+        gathering rows.
         """
         if not self._requests:
+            self._workspace.clear()  # no HAPO request left: the vocabulary-sized buffers go
             return logits
-        if ctx is None:
-            row_requests = [(row, self._requests[row]) for row in self._requests if row < logits.shape[0]]
-        else:
+        slots = None
+        if ctx is not None:
             slots = ctx.idx_mapping_np
             if len(slots) != logits.shape[0]:  # speculative decoding: several rows per request
                 slots = ctx.expanded_idx_mapping.cpu().numpy()
-            row_requests = [(row, self._requests[int(s)]) for row, s in enumerate(slots) if int(s) in self._requests]
-        groups: dict[tuple[TemperatureStatistics, float], list[tuple[int, _Request]]] = defaultdict(list)
-        for row, request in row_requests:
-            groups[(request.stats, request.tau)].append((row, request))
-        for (stats, tau), members in groups.items():
-            members.sort(key=lambda member: member[0])
-            rows = torch.tensor([row for row, _ in members], device=logits.device)
-            selected = logits.index_select(0, rows)
-            factors = rollout_temperatures(selected, stats, tau, 1.0)
-            logits.index_copy_(0, rows, selected / factors.unsqueeze(-1).to(selected.dtype))
-            _record([request for _, request in members], factors)
+        plan = self._plan
+        key = (self._version, logits.shape[0], logits.device, None if slots is None else slots.tobytes())
+        if plan is None or plan.key != key:
+            plan = self._plan = _Plan.build(key, self._row_requests(logits.shape[0], slots), logits.device)
+        workspace = self._workspace if logits.device.type == "cpu" else None
+        for group in plan.groups:
+            if group.whole_batch and self.whole_batch_fast_path and logits.is_contiguous():
+                factors = rollout_temperatures(logits, group.stats, group.tau, 1.0, workspace)
+                logits.div_(factors.unsqueeze(-1).to(logits.dtype))
+            else:
+                selected = logits.index_select(0, group.rows)
+                factors = rollout_temperatures(selected, group.stats, group.tau, 1.0, workspace)
+                logits.index_copy_(0, group.rows, selected / factors.unsqueeze(-1).to(selected.dtype))
+            for record in group.records:
+                record.add(factors)
         return logits
 
+    def _row_requests(self, num_rows: int, slots: Any) -> list[tuple[int, _Request]]:
+        """(row, settings) of every row of the batch whose request carries statistics."""
+        if slots is None:
+            return [(row, self._requests[row]) for row in self._requests if row < num_rows]
+        return [(row, self._requests[int(s)]) for row, s in enumerate(slots) if int(s) in self._requests]
 
-def _record(requests: list[_Request], factors: torch.Tensor) -> None:
-    """Add one step's realised temperatures T0 * factor of the tagged requests (:func:`~trl_ext.rollout.temperature.record_temperature_summary`)."""
-    by_tag: dict[str, list[int]] = defaultdict(list)
-    for position, request in enumerate(requests):
-        if request.tag is not None:
-            by_tag[request.tag].append(position)
-    for tag, positions in by_tag.items():
-        # Kept on the logits' device (no host sync per decoding step); reduced once in pop_temperature_summary.
-        where = torch.tensor(positions, device=factors.device)
-        bases = torch.tensor([requests[p].base_temperature for p in positions], device=factors.device)
-        temperatures = factors.detach().float().index_select(0, where) * bases
-        count = torch.tensor(float(len(positions)), device=factors.device)
-        record_temperature_summary(
-            tag, torch.stack([temperatures.min(), temperatures.max(), temperatures.sum(), count])
-        )
+
+class _Record(NamedTuple):
+    """One tag's share of a group: adds each decoding step's realised temperatures T0 * factor of the tag's rows
+    (:func:`~trl_ext.rollout.temperature.record_temperatures`)."""
+
+    tag: str
+    positions: torch.Tensor | None  # the tag's rows among the group's; None: all of them
+    bases: torch.Tensor | None  # their T0; None: all 1 (T0 * factor == factor)
+
+    def add(self, factors: torch.Tensor) -> None:
+        # Kept on the logits' device (no host sync per decoding step) and reduced when popped: with every row tagged
+        # at T0 = 1 a decoding step does no tensor work here (factors is a fresh tensor nothing modifies).
+        temperatures = factors.detach() if factors.requires_grad else factors
+        if temperatures.dtype != torch.float32:
+            temperatures = temperatures.float()
+        if self.positions is not None:
+            temperatures = temperatures.index_select(0, self.positions)
+        if self.bases is not None:
+            temperatures = temperatures * self.bases
+        record_temperatures(self.tag, temperatures)
+
+
+class _Group(NamedTuple):
+    """Rows that share one (statistics, tau), in row order."""
+
+    stats: TemperatureStatistics
+    tau: float
+    rows: torch.Tensor
+    whole_batch: bool  # the rows are every row of the batch (0, 1, ..., n - 1)
+    records: tuple[_Record, ...]
+
+
+class _Plan(NamedTuple):
+    """How one batch composition is processed: its groups, in the order their first members appear in the request
+    table (as before the plan existed, so that a tag's per-step summaries are added up in the same order)."""
+
+    key: tuple[Any, ...]
+    groups: tuple[_Group, ...]
+
+    @classmethod
+    def build(cls, key: tuple[Any, ...], row_requests: list[tuple[int, _Request]], device: torch.device) -> _Plan:
+        members: dict[tuple[TemperatureStatistics, float], list[tuple[int, _Request]]] = defaultdict(list)
+        for row, request in row_requests:
+            members[(request.stats, request.tau)].append((row, request))
+        num_rows = key[1]
+        groups = []
+        for (stats, tau), group in members.items():
+            group.sort(key=lambda member: member[0])
+            rows = [row for row, _ in group]
+            by_tag: dict[str, list[int]] = defaultdict(list)
+            for position, (_, request) in enumerate(group):
+                if request.tag is not None:
+                    by_tag[request.tag].append(position)
+            records = tuple(
+                _Record(
+                    tag,
+                    None if len(positions) == len(group) else torch.tensor(positions, device=device),
+                    None
+                    if all(group[p][1].base_temperature == 1.0 for p in positions)
+                    else torch.tensor([group[p][1].base_temperature for p in positions], device=device),
+                )
+                for tag, positions in by_tag.items()
+            )
+            whole = len(members) == 1 and rows == list(range(num_rows))
+            groups.append(_Group(stats, tau, torch.tensor(rows, device=device), whole, records))
+        return cls(key, tuple(groups))
