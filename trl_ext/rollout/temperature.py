@@ -140,7 +140,8 @@ def logits_entropy(logits: torch.Tensor, workspace: list[torch.Tensor] | None = 
     torch.sub(x, x.amax(dim=-1, keepdim=True), out=shifted).clamp_(min=_ENTROPY_SHIFT_FLOOR)
     torch.exp(shifted, out=weights)
     total = weights.sum(dim=-1)
-    return torch.log(total) - torch.linalg.vecdot(weights, shifted) / total
+    # log Z - (sum e d) / Z in one op (addcdiv: the same bits as the subtraction of the quotient)
+    return torch.addcdiv(torch.log(total), torch.linalg.vecdot(weights, shifted), total, value=-1.0)
 
 
 def rollout_temperatures(
@@ -167,12 +168,9 @@ def rollout_temperatures(
     entropy = logits_entropy(logits, workspace)
     # In place on the fresh (B,) tensors: the values of the plain expressions, with fewer ops and allocations (the
     # vLLM processor calls this at every decoding step); T0 = 1 skips the last product (x * 1.0 == x).
-    z = (
-        torch.log(entropy.clamp_(min=ROLLOUT_LOG_ENTROPY_FLOOR))
-        .sub_(stats.pivot)
-        .div_(stats.scale + ROLLOUT_SCALE_EPS)
-    )
-    h = torch.where(z > 0, z * stats.scale_pos, z * stats.scale_neg).clamp_(-1.0, 1.0)
+    z = entropy.clamp_(min=ROLLOUT_LOG_ENTROPY_FLOOR).log_().sub_(stats.pivot).div_(stats.scale + ROLLOUT_SCALE_EPS)
+    # z * (scale_pos where z > 0 else scale_neg): the products of where(z > 0, z * scale_pos, z * scale_neg), one fewer
+    h = z.mul_(torch.where(z > 0, stats.scale_pos, stats.scale_neg)).clamp_(-1.0, 1.0)
     factors = h.mul_(tau).add_(1.0)
     return factors if base_temperature == 1.0 else factors.mul_(base_temperature)
 
