@@ -199,3 +199,48 @@ def test_trainer_attr_defaults_or_names_what_is_missing():
     assert compat.trainer_attr(owner, "absent", None) is None
     with pytest.raises(AttributeError, match=r"SimpleNamespace\.absent \(needed for the test\).*TRL"):
         compat.trainer_attr(owner, "absent", needed_for="the test")
+
+
+def test_vllm_sleep_mode_sleeps_again_after_a_rollout_and_repushes_discarded_weights():
+    # HAPO's and CalibAdv's rollouts sample through open_backend, not TRL's VLLMGeneration.generate. With sleep mode a
+    # colocated engine must be asleep (level 2: weights discarded) outside generation, as after TRL's own generate,
+    # and the next rollout must push the weights again even within the same optimizer step.
+    from trl_ext.generation import open_backend
+
+    class Engine:
+        def __init__(self, events):
+            self.events = events
+
+        def sleep(self, level):
+            self.events.append(f"sleep{level}")
+
+        def wake_up(self, tags=None):
+            self.events.append(f"wake:{','.join(tags)}")
+
+    class Generation(SimpleNamespace):
+        def sync_weights(self):  # TRL wakes the weights, then loads them
+            self.llm.wake_up(tags=["weights"])
+            self._llm_weights_sleeping = False
+            self.events.append("sync")
+
+    def trainer(sleep_mode, mode="colocate"):
+        events = []
+        generation = Generation(mode=mode, tensor_parallel_size=1, enable_sleep_mode=sleep_mode, events=events,
+                                llm=Engine(events), _llm_weights_sleeping=sleep_mode)  # fmt: skip
+        return SimpleNamespace(args=SimpleNamespace(use_vllm=True, vllm_mode=mode), vllm_generation=generation,
+                               processing_class=SimpleNamespace(eos_token_id=2), eos_token_ids=[2], accelerator=None,
+                               state=SimpleNamespace(global_step=3), _last_loaded_step=3)  # fmt: skip
+
+    owner = trainer(sleep_mode=True)
+    for _ in range(2):  # two rollouts in one optimizer step (e.g. steps_per_generation < gradient accumulation)
+        with open_backend(owner) as backend:
+            assert owner.vllm_generation._llm_weights_sleeping is False  # weights are in the engine while sampling
+            assert backend.vllm_generation is owner.vllm_generation
+        assert owner.vllm_generation._llm_weights_sleeping is True
+    assert owner.vllm_generation.events == ["wake:weights", "sync", "sleep2"] * 2
+
+    for sleep_mode, mode in ((False, "colocate"), (True, "server")):  # no sleep mode, or a server: nothing of it
+        owner = trainer(sleep_mode=sleep_mode, mode=mode)
+        with open_backend(owner):
+            pass
+        assert owner.vllm_generation.events == []

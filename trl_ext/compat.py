@@ -39,6 +39,7 @@ __all__ = [
     "nanmin",
     "single_turn_arguments",
     "sync_vllm_weights",
+    "vllm_generation_session",
     "trainer_attr",
     "trl_version",
     "unwrapped_for_generation",
@@ -153,12 +154,35 @@ def unwrapped_for_generation(trainer: Any) -> Iterator[Any]:
 
 
 def sync_vllm_weights(trainer: Any) -> None:
-    """Push the training weights into the trainer's vLLM engine if the step changed since the last push (as TRL's
-    own generation does before it samples)."""
+    """Push the training weights into the trainer's vLLM engine if the step changed since the last push, or if sleep
+    mode discarded the engine's weights (as TRL's own generation does before it samples)."""
     step = trainer.state.global_step
-    if trainer_attr(trainer, "_last_loaded_step", None) != step:
-        trainer.vllm_generation.sync_weights()
+    generation = trainer.vllm_generation
+    discarded = _sleeps(generation) and bool(getattr(generation, "_llm_weights_sleeping", False))
+    if discarded or trainer_attr(trainer, "_last_loaded_step", None) != step:
+        generation.sync_weights()
         trainer._last_loaded_step = step
+
+
+def _sleeps(generation: Any) -> bool:
+    """Whether ``generation`` is a colocated engine in sleep mode (TRL puts it to sleep between generations)."""
+    return getattr(generation, "mode", None) == "colocate" and bool(getattr(generation, "enable_sleep_mode", False))
+
+
+@contextlib.contextmanager
+def vllm_generation_session(trainer: Any) -> Iterator[Any]:
+    """The trainer's ``VLLMGeneration``, with the current weights, for the duration of the block.
+
+    Before: :func:`sync_vllm_weights`. After: a colocated engine in sleep mode is put back to sleep at level 2 and
+    marked so (``_llm_weights_sleeping``), as TRL's ``VLLMGeneration.generate`` does after sampling, so that the
+    optimizer step gets the engine's memory back and the next session pushes the weights again.
+    """
+    generation = trainer.vllm_generation
+    sync_vllm_weights(trainer)
+    yield generation
+    if _sleeps(generation):
+        generation.llm.sleep(level=2)
+        generation._llm_weights_sleeping = True
 
 
 def vllm_serve_tools() -> tuple[Callable[..., Any], Callable[..., Any]]:

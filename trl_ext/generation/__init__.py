@@ -64,7 +64,9 @@ def open_backend(
 
     transformers: the model unwrapped for generation (ZeRO-3 parameters gathered, FSDP parameters summoned) with TRL's
     generation config; continuous batching generates through ``generate`` here, which cannot apply a sampling change
-    (refused). vLLM: the training weights pushed into the engine if the step changed (as TRL does before it samples).
+    (refused). vLLM: the training weights pushed into the engine if the step changed or sleep mode discarded them (as
+    TRL does before it samples), and a colocated engine in sleep mode put back to sleep after the block (as TRL does
+    after it samples).
 
     Args:
         trainer: a ``trl.GRPOTrainer``.
@@ -92,13 +94,10 @@ def open_backend(
                 "logits_processors are transformers processors and cannot run inside vLLM; drop them or set "
                 "use_vllm=False"
             )
-        compat.sync_vllm_weights(trainer)
-        yield VLLMBackend(
-            compat.trainer_attr(trainer, "vllm_generation", None),
-            trainer.accelerator,
-            stop_strings=stop_strings,
-            sampling=sampling,
-        )
+        if compat.trainer_attr(trainer, "vllm_generation", None) is None:
+            raise ValueError("the trainer has no vLLM engine (trainer.vllm_generation); was it built with use_vllm?")
+        with compat.vllm_generation_session(trainer) as generation:  # weights in; asleep again after, in sleep mode
+            yield VLLMBackend(generation, trainer.accelerator, stop_strings=stop_strings, sampling=sampling)
         return
     from trl_ext.generation.transformers_generate import TransformersBackend
 
