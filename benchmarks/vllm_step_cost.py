@@ -323,6 +323,20 @@ def ratios(runs: dict, key: str, arm: str, warmup: int) -> tuple[float, list[flo
     return statistics.median(pooled) / statistics.median(baseline), paired
 
 
+def median_interval(per_round: list[list[float]], *, draws: int = 2000, seed: int = 0) -> tuple[float, float]:
+    """95% interval of the median paired ratio: a two-level bootstrap (rounds drawn with replacement, then cycles
+    within each drawn round), since the machine's load moves between rounds and cycles of one round share it."""
+    rng = random.Random(seed)
+    medians = []
+    for _ in range(draws):
+        sample = []
+        for values in rng.choices(per_round, k=len(per_round)):
+            sample.extend(rng.choices(values, k=len(values)))
+        medians.append(statistics.median(sample))
+    medians.sort()
+    return medians[int(0.025 * draws)], medians[int(0.975 * draws) - 1]
+
+
 def summarise(report: dict) -> dict:
     """Per arm: median step time, its ratio to ``trl`` (pooled, and per cycle with quartiles), completion length."""
     warmup, runs = report["warmup"], report["runs"]
@@ -333,9 +347,15 @@ def summarise(report: dict) -> dict:
         ratio, paired = ratios(runs, "step_times", arm, warmup)
         paired_q = statistics.quantiles(paired, n=4) if len(paired) > 1 else [paired[0]] * 3
         lengths = [length for run in rows for length in run["mean_lengths"][warmup:]]
+        per_round = [
+            [mine / theirs for mine, theirs in zip(run["step_times"][warmup:], trl["step_times"][warmup:], strict=True)]
+            for run, trl in zip(rows, runs["trl"], strict=True)
+        ]
+        low, high = median_interval(per_round)
         summary[arm] = {
             "median_step_s": statistics.median(samples), "p25_step_s": q1, "p75_step_s": q3, "ratio_vs_trl": ratio,
             "paired_ratio": statistics.median(paired), "paired_ratio_p25": paired_q[0], "paired_ratio_p75": paired_q[2],
+            "paired_ratio_ci95_low": low, "paired_ratio_ci95_high": high,
             "mean_completion_length": statistics.fmean(lengths), "num_samples": len(samples),
             "adapted_generations": sum(low < high for run in rows for low, _, high in run.get("temperatures", [])),
         }  # fmt: skip
@@ -400,6 +420,8 @@ TABLE = (
     "paired_ratio",
     "paired_ratio_p25",
     "paired_ratio_p75",
+    "paired_ratio_ci95_low",
+    "paired_ratio_ci95_high",
     "mean_completion_length",
     "adapted_generations",
 )

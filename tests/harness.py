@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -80,3 +81,14 @@ def loss_grads_metrics(trainer, inputs):
     }
     metrics = {key: list(values) for key, values in trainer._metrics["train"].items()}
     return loss.detach(), grads, metrics
+
+
+def train_two_steps(trainer) -> set[str]:
+    """Train (2 optimizer steps), check every logged step had a finite loss and a non-zero gradient, and return the
+    names of the parameters that changed."""
+    before = {name: p.detach().clone() for name, p in trainer.model.named_parameters()}
+    trainer.train()
+    steps = [entry for entry in trainer.state.log_history if "loss" in entry]
+    assert len(steps) == 2 and trainer.state.global_step == 2
+    assert all(math.isfinite(entry["loss"]) and entry["grad_norm"] > 0 for entry in steps)
+    return {name for name, p in trainer.model.named_parameters() if not torch.equal(p, before[name])}
