@@ -1,40 +1,35 @@
 """MinPRO's weight as a gradient estimator on a tabular autoregressive policy: bias and variance, no training.
 
-    python experiments/minpro_estimator.py                 # 3 seeds x 6 drifts x 3 lengths: about 1 minute
+    python experiments/minpro_estimator.py                 # 10 seeds x 2 directions x 6 drifts x 2 lengths: ~6 min
 
-MinPRO (arXiv 2601.22718) replaces the cumulative prefix ratio prod_{j<t} rho_j of the exact off-policy gradient by
-the smallest single-token ratio of the prefix: closer to the true gradient than dropping the prefix (PPO / GRPO), with
-far less variance than the product. A Markov policy over 10 tokens with the count-up prefix reward has an exact
-J(pi), so the **true gradient** is exact (autograd). The sampler mu follows the chain with probability ~0.6 per token;
-pi = mu + drift * Z. From 128 samples of mu, the gradient of -(1/N) sum_i sum_t sg(w_it) rho_it A_i for each of
-``WEIGHTINGS`` (``prefix_product``, the exact correction, is the positive control) and an ``on_policy`` reference; over
-500 batches, the per-batch cosine to the true gradient, the cosine of the mean and the relative variance. Control: at
-drift 0 every weighting is one estimator, the product's variance grows with drift and length, ``token``'s cosine falls.
-Falsifier (written before running): ``FALSIFIER`` below, also in the JSON; results: docs/results.md ("MinPRO: ...").
+The design, arms, primary metric, seeds, minimum effect and controls are pre-registered in
+``experiments/preregistered/minpro_estimator.py`` (committed before the final run), which also computes the verdict
+stored in the JSON. In short: a Markov policy over 10 tokens with the count-up prefix reward has an exact J(pi), so
+the **true gradient** is exact (autograd). The sampler mu follows the chain with probability ~0.6 per token; pi = mu +
+drift * D, D random or the uphill direction grad J(mu). From 128 samples of mu per batch, the gradient of each arm's
+surrogate (``token``, ``token_clipped`` = GRPO's clipped objective, ``minpro``, ``minpro_capped``,
+``prefix_product``) and an ``on_policy`` reference; over 500 batches, the per-batch cosine to the true gradient, the
+cosine of the mean and the relative variance. Results: docs/results.md ("MinPRO: ...").
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import time
 from pathlib import Path
 
 import torch
+from preregistered import minpro_estimator as prereg
 
 from trl_ext.compare import harness
 
 harness.script_env()
 
 RESULTS = Path(__file__).parent / "results"
-WEIGHTINGS = ("token", "minpro", "minpro_capped", "prefix_product")
+WEIGHTINGS = ("token", "token_clipped", "minpro", "minpro_clipped", "minpro_capped", "prefix_product")
 ESTIMATORS = (*WEIGHTINGS, "on_policy")
-FALSIFIER = (
-    "At T = 12 and drifts with mean |log rho| >= 0.5 (mean over 3 seeds): MinPRO is falsified if its per-batch cosine "
-    "to the true gradient is not higher than the token-level (GRPO) weighting's, or its relative variance is not lower "
-    "than the cumulative prefix product's."
-)
+assert set(ESTIMATORS) == set(prereg.ARMS)
 
 
 # Tabular Markov policy
@@ -88,9 +83,9 @@ def prefix_weights(log_ratio: torch.Tensor, weighting: str) -> torch.Tensor:
     from trl_ext.objectives.minpro import prefix_min_log_ratio
 
     valid = torch.ones_like(log_ratio, dtype=torch.bool)
-    if weighting in ("token", "on_policy"):
+    if weighting in ("token", "token_clipped", "on_policy"):
         return torch.ones_like(log_ratio)
-    if weighting == "minpro":
+    if weighting in ("minpro", "minpro_clipped"):
         return prefix_min_log_ratio(log_ratio, valid).exp()
     if weighting == "minpro_capped":
         return prefix_min_log_ratio(log_ratio, valid, cap_at_one=True).exp()
@@ -111,23 +106,43 @@ def batch_gradient(
     weights = prefix_weights(log_ratio.detach(), weighting)
     rewards = prefix_reward(sequences, target)
     advantages = (rewards - rewards.mean()) / (rewards.std() + 1e-4)
-    loss = -(weights * log_ratio.exp() * advantages[:, None]).sum() / sequences.shape[0]
+    ratio = log_ratio.exp()
+    surrogate = ratio * advantages[:, None]
+    if weighting.endswith(
+        "_clipped"
+    ):  # GRPO's objective (and MinPRO's weight on it): the pessimistic clipped surrogate, per token
+        clipped = ratio.clamp(1 - prereg.CLIP_EPSILON, 1 + prereg.CLIP_EPSILON) * advantages[:, None]
+        surrogate = torch.minimum(surrogate, clipped)
+    loss = -(weights * surrogate).sum() / sequences.shape[0]
     (grad,) = torch.autograd.grad(loss, theta)
     return -grad.flatten()  # ascent direction, comparable with grad J
 
 
-def measure(seed: int, length: int, drift: float, batches: int, num: int, skill: float) -> dict:
+def uphill(sampler: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """grad J(mu) rescaled to unit root-mean-square over the logits (the scale of a standard normal draw)."""
+    theta = sampler.clone().requires_grad_(True)
+    (grad,) = torch.autograd.grad(expected_reward(theta, target), theta)
+    return grad / grad.pow(2).mean().sqrt()
+
+
+def measure(
+    seed: int, length: int, drift: float, batches: int, num: int, skill: float, direction: str = "random"
+) -> dict:
     generator = torch.Generator().manual_seed(seed * 1000 + length)
     vocab = 10
     target = chain_target(length, vocab)
     sampler = sampler_logits(length, vocab, target, skill, generator)
-    direction = torch.randn(sampler.shape, generator=generator, dtype=torch.float64)
-    policy = sampler + drift * direction
+    move = torch.randn(sampler.shape, generator=generator, dtype=torch.float64)  # drawn in both: same samples after
+    if direction == "improvement":
+        move = uphill(sampler, target)
+    elif direction != "random":
+        raise ValueError(f"direction must be 'random' or 'improvement', got {direction!r}")
+    policy = sampler + drift * move
     theta = policy.clone().requires_grad_(True)
     (true_grad,) = torch.autograd.grad(expected_reward(theta, target), theta)
     true_grad = true_grad.flatten()
     result: dict = {
-        "seed": seed, "length": length, "drift": drift, "J_sampler": expected_reward(sampler, target).item(),
+        "seed": seed, "length": length, "drift": drift, "direction": direction, "J_sampler": expected_reward(sampler, target).item(),
         "J_policy": expected_reward(policy, target).item(),
     }  # fmt: skip
     grads: dict[str, list[torch.Tensor]] = {name: [] for name in ESTIMATORS}
@@ -154,43 +169,42 @@ def measure(seed: int, length: int, drift: float, batches: int, num: int, skill:
 
 
 def summarise(runs: list[dict]) -> list[dict]:
-    """Mean and min-max over seeds per (length, drift) and estimator."""
+    """Mean and min-max over seeds per (direction, length, drift) and estimator."""
     rows = []
-    for length in sorted({run["length"] for run in runs}):
-        for drift in sorted({run["drift"] for run in runs}):
-            group = [run for run in runs if run["length"] == length and run["drift"] == drift]
-            row = {
-                "length": length, "drift": drift,
-                "mean_abs_log_ratio": statistics.fmean(run["mean_abs_log_ratio"] for run in group),
-            }  # fmt: skip
-            for name in ESTIMATORS:
-                row[name] = {
-                    key: harness.spread([run[name][key] for run in group], count=False)
-                    for key in ("per_batch_cosine", "mean_gradient_cosine", "relative_variance")
-                }
-            rows.append(row)
+    for direction in prereg.DIRECTIONS:
+        for length in sorted({run["length"] for run in runs}):
+            for drift in sorted({run["drift"] for run in runs}):
+                group = [
+                    run
+                    for run in runs
+                    if run.get("direction", "random") == direction
+                    and run["length"] == length
+                    and run["drift"] == drift
+                ]
+                if not group:
+                    continue
+                row = {
+                    "direction": direction, "length": length, "drift": drift, "seeds": len(group),
+                    "mean_abs_log_ratio": statistics.fmean(run["mean_abs_log_ratio"] for run in group),
+                }  # fmt: skip
+                for name in ESTIMATORS:
+                    row[name] = {
+                        key: harness.spread([run[name][key] for run in group], count=False)
+                        for key in ("per_batch_cosine", "mean_gradient_cosine", "relative_variance")
+                    }
+                rows.append(row)
     return rows
-
-
-def verdict(rows: list[dict], length: int = 12, min_abs_log_ratio: float = 0.5) -> dict:
-    """Apply the falsifier to the summary rows."""
-    far = [row for row in rows if row["length"] == length and row["mean_abs_log_ratio"] >= min_abs_log_ratio]
-    checks = []
-    for row in far:
-        cos_ok = row["minpro"]["per_batch_cosine"]["mean"] > row["token"]["per_batch_cosine"]["mean"]
-        var_ok = row["minpro"]["relative_variance"]["mean"] < row["prefix_product"]["relative_variance"]["mean"]
-        checks.append({"drift": row["drift"], "cosine_above_token": cos_ok, "variance_below_product": var_ok})
-    falsified = not far or any(not (c["cosine_above_token"] and c["variance_below_product"]) for c in checks)
-    return {"settings_checked": checks, "falsified": falsified}
 
 
 def plot(report: dict, path: Path) -> None:
     rows = report["summary"]
-    lengths = sorted({row["length"] for row in rows})
-    colors = {"token": "C0", "minpro": "C1", "minpro_capped": "C2", "prefix_product": "C3", "on_policy": "black"}
-    with harness.figure(path, len(lengths), 2, figsize=(12, 4.2 * len(lengths)), squeeze=False) as (fig, grid):
-        for (left, right), length in zip(grid, lengths):
-            sub = [row for row in rows if row["length"] == length]
+    panels = [(d, length) for d in prereg.DIRECTIONS for length in sorted({row["length"] for row in rows})]
+    colors = {"token": "C0", "token_clipped": "C4", "minpro": "C1", "minpro_clipped": "C5", "minpro_capped": "C2"}
+    colors["prefix_product"] = "C3"
+    colors["on_policy"] = "black"
+    with harness.figure(path, len(panels), 2, figsize=(12, 4.2 * len(panels)), squeeze=False) as (fig, grid):
+        for (left, right), (direction, length) in zip(grid, panels):
+            sub = [row for row in rows if row["length"] == length and row["direction"] == direction]
             x = [row["mean_abs_log_ratio"] for row in sub]
             for name in ESTIMATORS:
                 style = {"linestyle": "--" if name == "on_policy" else "-", "color": colors[name], "label": name}
@@ -198,9 +212,9 @@ def plot(report: dict, path: Path) -> None:
                 left.plot(x, [c["mean"] for c in cos], marker="o", **style)
                 left.fill_between(x, [c["min"] for c in cos], [c["max"] for c in cos], color=colors[name], alpha=0.15)
                 right.plot(x, [row[name]["relative_variance"]["mean"] for row in sub], marker="o", **style)
-            left.set(title=f"T = {length}: per-batch cosine to the true gradient", ylabel="cosine")
+            left.set(title=f"{direction}, T = {length}: per-batch cosine to the true gradient", ylabel="cosine")
             left.set(xlabel="mean |log rho| of sampled tokens")
-            right.set(title=f"T = {length}: relative variance", xlabel="mean |log rho|", yscale="log")
+            right.set(title=f"{direction}, T = {length}: relative variance", xlabel="mean |log rho|", yscale="log")
             left.legend(fontsize=8)
             left.grid(alpha=0.3)
             right.grid(alpha=0.3)
@@ -208,22 +222,27 @@ def plot(report: dict, path: Path) -> None:
 
 def print_summary(report: dict) -> None:
     for row in report["summary"]:
-        cells = "  ".join(
-            f"{name} cos {row[name]['per_batch_cosine']['mean']:.3f} var {row[name]['relative_variance']['mean']:.3g}"
-            for name in ESTIMATORS
+        cells = "  ".join(f"{name} {row[name]['per_batch_cosine']['mean']:.3f}" for name in ESTIMATORS)
+        print(
+            f"{row['direction']:>11} T={row['length']:>2} drift={row['drift']:<4} |lr|={row['mean_abs_log_ratio']:.3f}  {cells}"
         )
-        print(f"T={row['length']:>2} drift={row['drift']:<4} |lr|={row['mean_abs_log_ratio']:.3f}  {cells}")
-    print(json.dumps(report["verdict"]))
+    for direction in prereg.DIRECTIONS:
+        judged = report["verdict"][direction]
+        for pair, effect in judged["effects"].items():
+            print(f"{direction}: {pair}: {effect['mean']:+.4f} [{effect['low']:+.4f}, {effect['high']:+.4f}] "
+                  f"({effect['in_favour']}/{effect['n']} seeds in favour) -> {judged['verdicts'][pair]}")  # fmt: skip
+        print(f"{direction}: controls held: {judged['controls']['held']}; verdict: {judged['verdict']}")
 
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    harness.add_common_args(parser, RESULTS / "minpro_estimator.json")
-    parser.add_argument("--lengths", type=int, nargs="+", default=[4, 12, 24])
-    parser.add_argument("--drifts", type=float, nargs="+", default=[0.0, 0.25, 0.5, 1.0, 1.5, 2.0])
-    parser.add_argument("--batches", type=int, default=500)
-    parser.add_argument("--num", type=int, default=128, help="samples per batch (one group)")
-    parser.add_argument("--skill", type=float, default=3.0, help="sampler's logit bonus on the chain token")
+    harness.add_common_args(parser, RESULTS / "minpro_estimator.json", seeds=prereg.SEEDS)
+    parser.add_argument("--lengths", type=int, nargs="+", default=list(prereg.LENGTHS))
+    parser.add_argument("--drifts", type=float, nargs="+", default=list(prereg.DRIFTS))
+    parser.add_argument("--directions", nargs="+", default=list(prereg.DIRECTIONS), choices=prereg.DIRECTIONS)
+    parser.add_argument("--batches", type=int, default=prereg.BATCHES)
+    parser.add_argument("--num", type=int, default=prereg.SAMPLES_PER_BATCH, help="samples per batch (one group)")
+    parser.add_argument("--skill", type=float, default=prereg.SKILL, help="sampler's logit bonus on the chain token")
     args = parser.parse_args(argv)
     if args.replot:
         report = harness.load_report(args.out)
@@ -233,15 +252,17 @@ def main(argv: list[str] | None = None) -> dict:
         set_threads(1)
         start = time.time()
         runs = [
-            measure(seed, length, drift, args.batches, args.num, args.skill)
+            measure(seed, length, drift, args.batches, args.num, args.skill, direction)
             for seed in args.seeds
+            for direction in args.directions
             for length in args.lengths
             for drift in args.drifts
         ]
         settings = {key: value for key, value in vars(args).items() if key not in ("out", "replot")}
-        report = {"settings": settings, "falsifier": FALSIFIER, "runs": runs, "wall_seconds": time.time() - start}
+        report = {"settings": settings, "preregistration": prereg.__doc__, "runs": runs,
+                  "wall_seconds": time.time() - start}  # fmt: skip
     report["summary"] = summarise(report["runs"])
-    report["verdict"] = verdict(report["summary"])
+    report["verdict"] = prereg.judge(report)
     return harness.finish(args, report, argv, plot=plot, show=print_summary)
 
 

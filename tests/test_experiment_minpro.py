@@ -98,3 +98,78 @@ def test_positive_control_weights_are_the_exclusive_prefix_product(prefix_produc
     weights = objective.token_weights(ctx)
     expected = torch.tensor([[0.0, 0.5, -0.5, -0.2], [0.0, -0.2, -0.2, -0.1]]).exp()
     torch.testing.assert_close(weights, expected)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The pre-registered verdict (experiments/preregistered/minpro_estimator.py) on hand-made result tables
+
+
+def _report(gain=0.05, clipped_gain=0.05, *, noise=0.01, product_factor=1000.0, token_loss=0.2, identity_gap=0.0,
+            far_lr=0.8, seeds=None):  # fmt: skip
+    from preregistered import minpro_estimator as prereg
+
+    runs = []
+    for seed in seeds if seeds is not None else prereg.SEEDS:
+        jitter = noise * (1 if seed % 2 else -1)  # a paired difference that varies by seed
+        for direction in prereg.DIRECTIONS:
+            for length in prereg.LENGTHS:
+                for drift in prereg.DRIFTS:
+                    off = drift > 0
+                    base = 0.9 - (token_loss if off else 0.0)
+                    cosine = {
+                        "on_policy": 0.9, "token": base, "token_clipped": base, "prefix_product": base,
+                        "minpro": base + (gain + jitter if off else 0.0),
+                        "minpro_clipped": base + (clipped_gain + jitter if off else identity_gap),
+                        "minpro_capped": base + (gain if off else 0.0),
+                    }  # fmt: skip
+                    variance = {arm: 0.2 for arm in cosine}
+                    variance["prefix_product"] = 0.2 * (product_factor if off else 1.0)
+                    run = {"seed": seed, "direction": direction, "length": length, "drift": drift,
+                           "mean_abs_log_ratio": far_lr * drift}  # fmt: skip
+                    for arm in cosine:
+                        run[arm] = {"per_batch_cosine": cosine[arm], "relative_variance": variance[arm]}
+                    runs.append(run)
+    return {"runs": runs}
+
+
+def _judge(report):
+    from preregistered import minpro_estimator as prereg
+
+    return prereg.judge(report)
+
+
+def test_preregistered_minpro_verdict_shown_contradicted_and_not_shown():
+    from trl_ext.compare.evidence import CONTRADICTED, NOT_SHOWN, SHOWN
+
+    judged = _judge(_report())
+    assert judged["registered_seeds"] and judged["summary"] == {"random": SHOWN, "improvement": SHOWN}
+    effect = judged["random"]["effects"]["minpro - token"]
+    assert effect["n"] == 10 and effect["mean"] == pytest.approx(0.05) and effect["in_favour"] == 10
+    # one pair short of the minimum effect decides the direction: the weaker verdict wins
+    judged = _judge(_report(clipped_gain=0.0, noise=0.001))
+    assert judged["random"]["verdicts"] == {"minpro - token": SHOWN, "minpro_clipped - token_clipped": CONTRADICTED}
+    assert judged["summary"]["random"] == CONTRADICTED
+    assert _judge(_report(gain=0.02, noise=0.05))["summary"]["random"] == NOT_SHOWN  # too noisy to tell
+
+
+def test_preregistered_minpro_verdict_at_the_minimum_effect():
+    from trl_ext.compare.evidence import CONTRADICTED, SHOWN
+
+    # No noise: the interval is the point; exactly the minimum effect counts, just below it is ruled out.
+    assert _judge(_report(gain=0.02, clipped_gain=0.02, noise=0.0))["summary"]["random"] == SHOWN
+    assert _judge(_report(gain=0.0199, clipped_gain=0.02, noise=0.0))["summary"]["random"] == CONTRADICTED
+
+
+def test_preregistered_minpro_controls_decide_whether_the_regime_was_reached():
+    from preregistered import minpro_estimator as prereg
+
+    assert _judge(_report(product_factor=9.9))["summary"]["random"] == prereg.REGIME_NOT_REACHED
+    assert _judge(_report(product_factor=10.0))["summary"]["random"] != prereg.REGIME_NOT_REACHED
+    assert _judge(_report(token_loss=0.049))["summary"]["random"] == prereg.REGIME_NOT_REACHED
+    assert _judge(_report(identity_gap=1e-6))["random"]["controls"]["identity_at_drift_0"] is False
+    # far = mean |log rho| >= 0.5: at 0.5 per unit of drift, drifts 1.0-2.0 count, 3 per seed
+    controls = _judge(_report(far_lr=0.5))["random"]["controls"]
+    assert set(controls["far_drifts_per_seed"].values()) == {3} and controls["enough_far_drifts"]
+    controls = _judge(_report(far_lr=0.3))["random"]["controls"]  # 0.3, 0.45, 0.6: drift 2.0 only
+    assert set(controls["far_drifts_per_seed"].values()) == {1} and not controls["held"]
+    assert not _judge(_report(seeds=(100, 101)))["registered_seeds"]
