@@ -63,20 +63,28 @@ def _plain_grpo_recipe(recipe: dict[str, Any]) -> tuple[dict[str, Any], list[str
 
 
 def format_table(rows: list[dict[str, Any]]) -> str:
-    """The printed table: method, quantity, value on this run, where the run lies, where the mechanism acts, links."""
-    header = ("method", "quantity", "this run", "regime", "acts where (source)")
+    """The printed table: method, quantity, value on this run, where the run lies; under each method row, the range
+    in which its mechanism acts, its source, its page and the project's verdict."""
+    header = ("method", "quantity", "this run", "regime")
     lines = [header]
+    notes: dict[int, list[str]] = {}
     for row in rows:
-        value = row["value"] if row["value"] is not None else f"not measurable: {row['why']}"
-        acts = f"{row['acts']} [{row['source']}; {row['docs']}; verdict: {row['verdict']}]" if row["method"] else ""
-        lines.append((row["method"], row["quantity"], value, row["status"] if row["value"] is not None else "", acts))
-    widths = [max(len(line[i]) for line in lines) for i in range(4)]
+        measured = row["value"] is not None
+        value = row["value"] if measured else f"not measurable: {row['why']}"
+        lines.append((row["method"], row["quantity"], value, row["status"] if measured else ""))
+        if row["method"]:
+            notes[len(lines) - 1] = [
+                f"acts where: {row['acts']}",
+                f"source: {row['source']}; page: {row['docs']}; verdict: {row['verdict']}",
+            ]
+    widths = [max(len(line[i]) for line in lines if i < 2 or len(line[i]) < 60) for i in range(4)]
     out = []
     for index, line in enumerate(lines):
-        cells = [cell.ljust(width) for cell, width in zip(line[:4], widths, strict=True)] + [line[4]]
-        out.append("  ".join(cells).rstrip())
+        out.append("  ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=True)).rstrip())
         if index == 0:
-            out.append("  ".join("-" * width for width in widths) + "  " + "-" * len(header[4]))
+            out.append("  ".join("-" * width for width in widths))
+        for note in notes.get(index, []):
+            out.append(" " * (widths[0] + 2) + "  " + note)
     return "\n".join(out)
 
 

@@ -27,6 +27,7 @@ import torch
 
 __all__ = [
     "HIST_BINS",
+    "STALE_LOG_RATIO",
     "TokenAccumulator",
     "group_measures",
     "slope",
@@ -34,6 +35,10 @@ __all__ = [
 ]
 
 Measured = tuple[dict[str, float], dict[str, str]]
+
+#: A micro-batch whose mean |log pi_theta - log pi_old| exceeds this counts as stale (trained by a policy that has
+#: moved since it was sampled); below it, the difference is the rounding of two forward passes of the same weights.
+STALE_LOG_RATIO = 1e-4
 
 #: Success-rate histogram bins: (metric suffix, lower bound, upper bound, inclusive upper); 0 and 1 are their own bins
 #: because they are the zero-signal groups.
@@ -299,10 +304,12 @@ class TokenAccumulator:
         if old_logps is None:
             log_ratio = torch.zeros_like(logps)
         else:
-            self.stale_batches += 1
             log_ratio = torch.nan_to_num(logps - old_logps.detach().float(), nan=0.0)
         log_ratio = log_ratio * valid
-        self.abs_sum += float(log_ratio.abs().sum())
+        abs_sum = float(log_ratio.abs().sum())
+        # TRL also computes pi_old for the fresh micro-batch of an off-policy schedule: equal up to rounding, not stale.
+        self.stale_batches += int(abs_sum / count > STALE_LOG_RATIO)
+        self.abs_sum += abs_sum
         lengths = valid.sum(dim=1, keepdim=True).clamp(min=1)
         index = valid.long().cumsum(dim=1) - 1  # position among the row's valid tokens
         quarter = (index * 4 // lengths).clamp(0, 3)
@@ -367,7 +374,8 @@ class TokenAccumulator:
             values["regime/sampler_logratio_abs_mean"] = self.sampler_sum / self.sampler_count
         else:
             reasons["regime/sampler_logratio_abs_mean"] = (
-                "no sampler log-probs in the batch (they come from vLLM with vllm_importance_sampling_correction)"
+                "no sampler log-probs in the batch (vLLM with vllm_importance_sampling_correction, or a rollout "
+                "that returns its own, such as the multi-turn search rollout, provides them)"
             )
         if self.entropies:
             ent = torch.cat(self.entropies)

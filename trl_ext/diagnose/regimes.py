@@ -93,17 +93,14 @@ REGIMES: tuple[Regime, ...] = (
     ),
     Regime(
         method="hapo",
-        quantity="clip fraction, high- vs low-entropy tokens",
+        quantity="clip fraction of high- vs low-entropy tokens",
         keys=("regime/clip_frac_high_entropy", "regime/clip_frac_low_entropy"),
-        acts="high-entropy tokens clipped (> 0) at least as often as low-entropy ones (the paper's premise; the "
-        "project's fork experiment: 0.108 vs 0.013)",
+        acts="> 0 on high-entropy tokens: HAPO's adaptive clip bounds act only on clipped tokens (paper); the "
+        "project's fork experiment had 0.108 vs 0.013 under DAPO, with the fork's entropy falling 0.82 -> 0.045",
         source=f"{RESULTS}#hapo-fork-token-entropy-under-off-policy-clipping",
         docs="docs/trainers/hapo.md",
         verdict="falsified (reference mode), inconclusive (signed)",
-        inside=lambda v: (
-            v["regime/clip_frac_high_entropy"] > 0
-            and v["regime/clip_frac_high_entropy"] >= v["regime/clip_frac_low_entropy"]
-        ),
+        inside=lambda v: v["regime/clip_frac_high_entropy"] > 0,
         show=lambda v: f"{_f(v['regime/clip_frac_high_entropy'])} vs {_f(v['regime/clip_frac_low_entropy'])}",
     ),
     Regime(
