@@ -398,7 +398,7 @@ def test_bad_input_is_one_line_naming_the_option(capsys, tmp_path):
     assert "--config: no such file" in _error_line(capsys, ["--config", str(tmp_path / "none.yaml")])
     assert "exactly one of --config" in _error_line(capsys, [])
     assert "--steps must be at least 1" in _error_line(capsys, ["--config", "x.yaml", "--steps", "0"])
-    assert "no regime.json" in _error_line(capsys, ["--from", str(tmp_path)])
+    assert "no regime.json and no trainer_state.json" in _error_line(capsys, ["--from", str(tmp_path)])
     assert "--from: no such directory" in _error_line(capsys, ["--from", str(tmp_path / "gone")])
     (tmp_path / "regime.json").write_text("{not json")
     assert "is not valid JSON" in _error_line(capsys, ["--from", str(tmp_path)])
@@ -425,3 +425,28 @@ def test_from_reprints_the_table_of_a_finished_run(on_policy, tmp_path, capsys):
             assert row["value"] in out
         else:
             assert row["why"] in out
+
+
+def test_train_with_diagnose_then_from_reads_the_run(tmp_path, capsys):
+    from trl_ext.cli import main
+
+    out = tmp_path / "run"
+    argv = ["train", "--config", "recipes/grpo/quickstart.yaml", "--diagnose", "true", "--max_steps", "3"]
+    argv += ["--per_device_train_batch_size", "32", "--task_num_rows", "256", "--logging_steps", "1"]
+    argv += ["--output_dir", str(out), "--save_strategy", "steps", "--save_steps", "3"]
+    assert main(argv) == 0
+    progress = [line for line in capsys.readouterr().out.splitlines() if line.startswith("step ")]
+    assert len(progress) == 3 and all("regime/zero_signal_frac" in line for line in progress)  # the console line
+    summary = json.loads((out / "regime.json").read_text())
+    assert summary["steps"] == 3 and "regime/logratio_abs_mean" in summary["measured"]
+
+    assert main(["diagnose", "--from", str(out), "--output_dir", str(tmp_path / "a")]) == 0
+    from_file = json.loads((tmp_path / "a" / "diagnosis.json").read_text())
+    # Without regime.json: the checkpoint's log history, the same metrics as logged (so the same run means).
+    (out / "regime.json").unlink()
+    assert main(["diagnose", "--from", str(out), "--output_dir", str(tmp_path / "b")]) == 0
+    from_history = json.loads((tmp_path / "b" / "diagnosis.json").read_text())
+    assert "checkpoint-3/trainer_state.json" in from_history["header"]
+    for a, b in zip(from_file["rows"], from_history["rows"], strict=True):
+        if a["method"]:
+            assert (a["status"], a["value"]) == (b["status"], b["value"]), a["method"]

@@ -1,7 +1,8 @@
 """``trl-ext diagnose``: a short plain-GRPO run of a recipe, measured, and the table of regimes.
 
     trl-ext diagnose --config RECIPE.yaml [--steps 20] [--output_dir DIR] [--any train field ...]
-    trl-ext diagnose --from OUTPUT_DIR            # the table of a run that had a RegimeCallback (its regime.json)
+    trl-ext diagnose --from OUTPUT_DIR            # the table of a run trained with a RegimeCallback
+    trl-ext train --config RECIPE.yaml --diagnose true    # such a run (any trainer): writes OUTPUT_DIR/regime.json
 
 The run is the recipe's model, data, rewards and batch geometry with the ``grpo`` trainer (the recipe's method fields
 are left out and listed). A multi-turn ``calibadv`` recipe keeps its trainer with both calibrations off (the ``grpo``
@@ -13,6 +14,7 @@ trends).
 from __future__ import annotations
 
 import json
+import math
 import os
 import tempfile
 from pathlib import Path
@@ -22,7 +24,7 @@ from trl_ext.diagnose.regimes import assess
 from trl_ext.errors import OneLineArgumentParser, user_input
 from trl_ext.jsonio import write_json_atomic
 
-__all__ = ["diagnose", "diagnose_main", "format_table", "plot_trends"]
+__all__ = ["diagnose", "diagnose_from", "diagnose_main", "format_table", "plot_trends", "summary_from_log_history"]
 
 #: Trainer-specific fields a plain-GRPO run leaves out of a recipe (with the prefix of every method's own fields).
 _METHOD_PREFIXES = ("bnpo_", "diva_", "hapo_", "minpro_")
@@ -195,27 +197,79 @@ def diagnose(
     return _report(summary, output, header, log)
 
 
+def summary_from_log_history(history: list[dict[str, Any]], trainer: str | None = None) -> dict[str, Any]:
+    """A :meth:`RegimeCallback.summary`-shaped payload from TRL's ``log_history`` (the ``regime/*`` values as logged,
+    one point per log entry; no reasons: a metric absent from the log reads "not logged in this run")."""
+    series: dict[str, list[list[float]]] = {}
+    for entry in history:
+        for key, value in entry.items():
+            if key.startswith("regime/") and isinstance(value, int | float) and math.isfinite(value):
+                series.setdefault(key, []).append([int(entry.get("step", 0)), float(value)])
+    measured = {
+        key: {
+            "mean": math.fsum(v for _, v in points) / len(points),
+            "last": points[-1][1],
+            "min": min(v for _, v in points),
+            "max": max(v for _, v in points),
+            "n": len(points),
+        }
+        for key, points in series.items()
+    }
+    steps = max((int(entry.get("step", 0)) for entry in history), default=0)
+    return {"trainer": trainer, "steps": steps, "measured": measured, "series": series, "not_measurable": {}}
+
+
+def _latest_trainer_state(run_dir: Path) -> Path | None:
+    candidates = [run_dir / "trainer_state.json"]
+    checkpoints = sorted(run_dir.glob("checkpoint-*/trainer_state.json"), key=lambda p: _step_of(p.parent.name))
+    candidates += list(reversed(checkpoints))
+    return next((path for path in candidates if path.is_file()), None)
+
+
+def _step_of(name: str) -> int:
+    tail = name.rpartition("-")[2]
+    return int(tail) if tail.isdigit() else -1
+
+
 def diagnose_from(run_dir: str | os.PathLike, output_dir: str | os.PathLike | None = None, log=print) -> dict:
-    """The table of an existing run: ``<run_dir>/regime.json`` (written by a :class:`RegimeCallback`)."""
+    """The table of an existing run: ``<run_dir>/regime.json`` (written by a :class:`RegimeCallback` at the end of
+    training), else the ``regime/*`` metrics of its latest ``trainer_state.json`` (a checkpoint's log history)."""
     from trl_ext.diagnose.callback import REGIME_FILE
 
     with user_input():
-        path = Path(run_dir) / REGIME_FILE
-        if not Path(run_dir).is_dir():
+        directory = Path(run_dir)
+        if not directory.is_dir():
             raise ValueError(f"--from: no such directory {str(run_dir)!r}")
-        if not path.is_file():
+        path = directory / REGIME_FILE
+        state = _latest_trainer_state(directory)
+        if path.is_file():
+            try:
+                summary = json.loads(path.read_text())
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"--from: {str(path)!r} is not valid JSON ({exc.msg})") from None
+            if not isinstance(summary, dict) or "measured" not in summary:
+                raise ValueError(f"--from: {str(path)!r} is not a regime summary (no 'measured' field)")
+            source = str(path)
+        elif state is not None:
+            try:
+                history = json.loads(state.read_text()).get("log_history", [])
+            except (json.JSONDecodeError, AttributeError):
+                raise ValueError(f"--from: {str(state)!r} is not a trainer state (JSON with a log_history)") from None
+            summary = summary_from_log_history(history)
+            if not summary["measured"]:
+                raise ValueError(
+                    f"--from: {str(state)!r} logged no regime/* metric; train with `--diagnose true` (or "
+                    "callbacks=[trl_ext.RegimeCallback()])"
+                )
+            source = str(state)
+        else:
             raise ValueError(
-                f"--from: {str(run_dir)!r} has no {REGIME_FILE}; train with callbacks=[trl_ext.RegimeCallback()] "
-                "(it writes the file at the end of training), or run `trl-ext diagnose --config RECIPE`"
+                f"--from: {str(run_dir)!r} has no {REGIME_FILE} and no trainer_state.json; train with "
+                "`trl-ext train ... --diagnose true` (or callbacks=[trl_ext.RegimeCallback()]), or run "
+                "`trl-ext diagnose --config RECIPE`"
             )
-        try:
-            summary = json.loads(path.read_text())
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"--from: {str(path)!r} is not valid JSON ({exc.msg})") from None
-        if not isinstance(summary, dict) or "measured" not in summary:
-            raise ValueError(f"--from: {str(path)!r} is not a regime summary (no 'measured' field)")
-    header = f"trl-ext diagnose: the run in {run_dir} ({summary.get('steps', '?')} steps of {summary.get('trainer')})"
-    return _report(summary, Path(output_dir) if output_dir else Path(run_dir), header, log)
+    header = f"trl-ext diagnose: {source} ({summary.get('steps', '?')} steps of {summary.get('trainer') or 'a run'})"
+    return _report(summary, Path(output_dir) if output_dir else directory, header, log)
 
 
 def diagnose_main(argv: list[str] | None = None) -> dict:
