@@ -130,7 +130,7 @@ def trainer_metrics(trainer: Any, mode: str = "train") -> dict[str, list[float]]
     """The lists of values TRL's ``GRPOTrainer.log`` averages into the next log entry (``trainer._metrics[mode]``).
 
     A value appended here reaches the console line, ``state.log_history`` and every tracker with TRL's own metrics;
-    ``log`` clears the lists after each log. Used by :class:`trl_ext.diagnose.RegimeCallback`, which is not a
+    ``log`` clears the lists after each log. Used by :class:`trl_ext.diagnose.callback.RegimeCallback`, which is not a
     subclass and so has no ``self._metrics``.
     """
     metrics = trainer_attr(trainer, "_metrics", needed_for="logging regime/* metrics")

@@ -187,7 +187,7 @@ def resolve_reward_funcs(script_args: TrainScriptArguments, task: Any | None) ->
     return rewards
 
 
-#: The ``regime/*`` metrics of :class:`trl_ext.RegimeCallback` shown on the console line when they are logged.
+#: The ``regime/*`` metrics of :class:`trl_ext.diagnose.callback.RegimeCallback` shown on the console line when they are logged.
 REGIME_CONSOLE_METRICS = ("regime/zero_signal_frac", "regime/logratio_abs_mean")
 
 

@@ -1,6 +1,6 @@
 """Which method's regime is a GRPO run in? Measured on the run itself, from one short run of plain GRPO.
 
-* :class:`RegimeCallback` (:mod:`~trl_ext.diagnose.callback`): ``callbacks=[RegimeCallback()]`` on ``trl.GRPOTrainer``
+* :class:`~trl_ext.diagnose.callback.RegimeCallback` (:mod:`~trl_ext.diagnose.callback`): ``callbacks=[RegimeCallback()]`` on ``trl.GRPOTrainer``
   or any trl-ext trainer logs ``regime/*`` metrics with the run's own (console line, ``log_history``, trackers).
 * :mod:`~trl_ext.diagnose.measures`: the measures, pure functions of tensors.
 * :mod:`~trl_ext.diagnose.regimes`: each method's regime, the range where its mechanism acts and its source.

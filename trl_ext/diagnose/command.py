@@ -144,7 +144,7 @@ def diagnose(
     extra_args: list[str] | None = None,
     log=print,
 ) -> dict[str, Any]:
-    """Run ``steps`` steps of plain GRPO on the recipe ``config`` with a :class:`RegimeCallback`; print and return
+    """Run ``steps`` steps of plain GRPO on the recipe ``config`` with a :class:`~trl_ext.diagnose.callback.RegimeCallback`; print and return
     the table (``{"header", "rows", "summary"}``), and write ``diagnosis.json``, ``diagnosis.png`` and
     ``regime.json`` under ``output_dir``."""
     import yaml
@@ -198,7 +198,7 @@ def diagnose(
 
 
 def summary_from_log_history(history: list[dict[str, Any]], trainer: str | None = None) -> dict[str, Any]:
-    """A :meth:`RegimeCallback.summary`-shaped payload from TRL's ``log_history`` (the ``regime/*`` values as logged,
+    """A :meth:`~trl_ext.diagnose.callback.RegimeCallback.summary`-shaped payload from TRL's ``log_history`` (the ``regime/*`` values as logged,
     one point per log entry; no reasons: a metric absent from the log reads "not logged in this run")."""
     series: dict[str, list[list[float]]] = {}
     for entry in history:
@@ -232,7 +232,7 @@ def _step_of(name: str) -> int:
 
 
 def diagnose_from(run_dir: str | os.PathLike, output_dir: str | os.PathLike | None = None, log=print) -> dict:
-    """The table of an existing run: ``<run_dir>/regime.json`` (written by a :class:`RegimeCallback` at the end of
+    """The table of an existing run: ``<run_dir>/regime.json`` (written by a :class:`~trl_ext.diagnose.callback.RegimeCallback` at the end of
     training), else the ``regime/*`` metrics of its latest ``trainer_state.json`` (a checkpoint's log history)."""
     from trl_ext.diagnose.callback import REGIME_FILE
 

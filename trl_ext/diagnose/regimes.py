@@ -132,7 +132,7 @@ CONTEXT: tuple[tuple[str, str], ...] = (
 
 
 def assess(summary: dict[str, Any]) -> list[dict[str, Any]]:
-    """One row per method and per context quantity from a :meth:`RegimeCallback.summary` payload: ``{"method",
+    """One row per method and per context quantity from a :meth:`~trl_ext.diagnose.callback.RegimeCallback.summary` payload: ``{"method",
     "quantity", "value", "status" ("inside", "outside", "not measurable"), "why", "acts", "source", "docs",
     "verdict"}``. Values are run means of the logged metrics."""
     measured = {key: stats["mean"] for key, stats in summary.get("measured", {}).items()}

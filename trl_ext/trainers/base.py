@@ -226,7 +226,7 @@ class BaseGRPOTrainer(PersistenceMixin, GRPOTrainer):
         advantages, inputs)`` with the gathered :class:`~trl_ext.advantages.base.AdvantageBatch`, the advantages of
         the whole batch and this process's input rows (rollout fields included). After the loss of each training
         micro-batch: ``observer.on_loss(trainer, ctx)`` with the :class:`~trl_ext.objectives.base.LossContext`. Either
-        method may be absent. Called on every process; :class:`trl_ext.diagnose.RegimeCallback` registers itself
+        method may be absent. Called on every process; :class:`trl_ext.diagnose.callback.RegimeCallback` registers itself
         here. A callback with a ``bind_trainer(trainer)`` method, passed in ``callbacks=[...]``, gets it called at the
         end of the constructor.
         """
