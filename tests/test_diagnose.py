@@ -450,3 +450,31 @@ def test_train_with_diagnose_then_from_reads_the_run(tmp_path, capsys):
     for a, b in zip(from_file["rows"], from_history["rows"], strict=True):
         if a["method"]:
             assert (a["status"], a["value"]) == (b["status"], b["value"]), a["method"]
+
+
+_ROOT = Path(__file__).resolve().parents[1]
+#: Every recipe that runs offline: a tiny model built on the spot and a built-in task.
+_OFFLINE_RECIPES = sorted(
+    str(path.relative_to(_ROOT))
+    for path in (_ROOT / "recipes").glob("*/*.yaml")
+    if "tiny_model: true" in path.read_text() and "\ntask:" in path.read_text()
+)
+
+
+def test_the_offline_recipes_are_found():
+    assert len(_OFFLINE_RECIPES) == 6 and "recipes/calibadv/deepsearch_tiny.yaml" in _OFFLINE_RECIPES
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("recipe", _OFFLINE_RECIPES)
+def test_diagnose_prints_the_table_for_every_offline_recipe(recipe, tmp_path, capsys, monkeypatch):
+    from trl_ext.cli import main
+
+    monkeypatch.chdir(_ROOT)
+    assert main(["diagnose", "--config", recipe, "--steps", "2", "--output_dir", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    for regime in REGIMES:
+        assert f"\n{regime.method} " in out, regime.method
+    payload = json.loads((tmp_path / "diagnosis.json").read_text())
+    assert {row["status"] for row in payload["rows"] if row["method"]} <= {"inside", "outside", "not measurable"}
+    assert (tmp_path / "regime.json").is_file()
