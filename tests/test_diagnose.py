@@ -104,10 +104,15 @@ def test_token_measures_on_policy_and_stale():
     assert values["regime/logratio_abs_mean"] == pytest.approx(float(expected), rel=1e-5)
     assert values["regime/stale_batch_frac"] == 1.0
     assert values["regime/sampler_logratio_abs_mean"] == pytest.approx(0.1, rel=1e-4)
+    assert "agree" in reasons["regime/sampler_prefix_to_token_spread"]  # a constant offset: no spread to compare
     # Independent token log-ratios: the cumulative prefix spreads more than a single token.
     assert values["regime/prefix_to_token_spread"] > 1.0
     assert values["regime/minpro_weight_min"] < 1.0 < values["regime/minpro_weight_max"]
     assert {f"regime/logratio_abs_q{q}" for q in range(1, 5)} <= set(values)
+    # A sampler that disagrees token by token (vLLM's numerics): its prefix drifts more than one token.
+    acc.add(logps=logps, old_logps=None, mask=mask, sampling_logps=logps + 0.2 * torch.randn(4, 12))
+    values, reasons = acc.result()
+    assert values["regime/sampler_prefix_to_token_spread"] > 1.0
 
 
 def test_useful_step_share():
@@ -295,6 +300,8 @@ def test_multi_turn_regime_useful_against_useless_searches(deepsearch_checkpoint
     assert useful["measured"]["regime/neg_traj_useful_step_frac"]["mean"] == 1.0  # every failure searched well
     assert useless["measured"]["regime/neg_traj_useful_step_frac"]["max"] == 0.0
     assert useful["measured"]["regime/neg_traj_frac"]["mean"] > 0
+    # The search rollout returns its own sampling log-probs: the sampler/trainer comparison is measured.
+    assert math.isfinite(useful["measured"]["regime/sampler_logratio_abs_mean"]["mean"])
 
 
 # ---------------------------------------------------------------------------------------------------------------------

@@ -39,6 +39,9 @@ Measured = tuple[dict[str, float], dict[str, str]]
 #: A micro-batch whose mean |log pi_theta - log pi_old| exceeds this counts as stale (trained by a policy that has
 #: moved since it was sampled); below it, the difference is the rounding of two forward passes of the same weights.
 STALE_LOG_RATIO = 1e-4
+#: A variance below this share of the second moment is float rounding of a constant (the one-pass variance
+#: E[x^2] - E[x]^2 of a constant offset is not exactly 0), not a spread to divide by.
+_RELATIVE_VARIANCE_FLOOR = 1e-6
 
 #: Success-rate histogram bins: (metric suffix, lower bound, upper bound, inclusive upper); 0 and 1 are their own bins
 #: because they are the zero-signal groups.
@@ -274,6 +277,8 @@ class TokenAccumulator:
         self.weight_max = -math.inf
         self.sampler_sum = 0.0
         self.sampler_count = 0.0
+        self.sampler_token_sq = self.sampler_token_sum = 0.0
+        self.sampler_prefix_sq = self.sampler_prefix_sum = 0.0
         self.entropies: list[torch.Tensor] = []
         self.clip_high = [0.0, 0.0]  # clipped, tokens
         self.clip_low = [0.0, 0.0]
@@ -327,10 +332,16 @@ class TokenAccumulator:
         self.weight_max = max(self.weight_max, float(weights.max()))
         if sampling_logps is not None:
             reference = logps if old_logps is None else old_logps.detach().float()
-            delta = (reference - sampling_logps.detach().float()).abs()
+            delta = reference - sampling_logps.detach().float()
             usable = valid & ~torch.isnan(delta)
-            self.sampler_sum += float(delta[usable].sum())
+            delta = torch.where(usable, delta, torch.zeros_like(delta))
+            sampler_prefix = delta.cumsum(dim=1)
+            self.sampler_sum += float(delta.abs()[usable].sum())
             self.sampler_count += float(usable.sum())
+            self.sampler_token_sq += float((delta[usable] ** 2).sum())
+            self.sampler_token_sum += float(delta[usable].sum())
+            self.sampler_prefix_sq += float((sampler_prefix[usable] ** 2).sum())
+            self.sampler_prefix_sum += float(sampler_prefix[usable].sum())
         if entropies is not None:
             ent = entropies.detach().float()[valid]
             if clipped is not None:
@@ -362,18 +373,26 @@ class TokenAccumulator:
         prefix_var = max(self.prefix_sq / n - (self.prefix_sum / n) ** 2, 0.0)
         values["regime/token_logratio_std"] = math.sqrt(token_var)
         values["regime/prefix_logratio_std"] = math.sqrt(prefix_var)
-        if token_var > 0.0:
+        if token_var > _RELATIVE_VARIANCE_FLOOR * self.token_sq / n:
             values["regime/prefix_to_token_spread"] = math.sqrt(prefix_var / token_var)
         else:
             reasons["regime/prefix_to_token_spread"] = (
-                "every log-ratio is 0: the step trained on-policy (pi_old = pi_theta), so there is no drift to compare"
+                "every log-ratio is 0 (or the same): the step trained on-policy (pi_old = pi_theta), so there is no "
+                "drift to compare"
             )
         values["regime/minpro_weight_min"] = self.weight_min
         values["regime/minpro_weight_max"] = self.weight_max
         if self.sampler_count:
-            values["regime/sampler_logratio_abs_mean"] = self.sampler_sum / self.sampler_count
+            m = self.sampler_count
+            values["regime/sampler_logratio_abs_mean"] = self.sampler_sum / m
+            token = max(self.sampler_token_sq / m - (self.sampler_token_sum / m) ** 2, 0.0)
+            prefix = max(self.sampler_prefix_sq / m - (self.sampler_prefix_sum / m) ** 2, 0.0)
+            if token > _RELATIVE_VARIANCE_FLOOR * self.sampler_token_sq / m:  # not the rounding of a constant offset
+                values["regime/sampler_prefix_to_token_spread"] = math.sqrt(prefix / token)
+            else:
+                reasons["regime/sampler_prefix_to_token_spread"] = "the sampler's and the trainer's log-probs agree"
         else:
-            reasons["regime/sampler_logratio_abs_mean"] = (
+            reasons["regime/sampler_prefix_to_token_spread"] = reasons["regime/sampler_logratio_abs_mean"] = (
                 "no sampler log-probs in the batch (vLLM with vllm_importance_sampling_correction, or a rollout "
                 "that returns its own, such as the multi-turn search rollout, provides them)"
             )

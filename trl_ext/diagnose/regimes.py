@@ -125,6 +125,7 @@ CONTEXT: tuple[tuple[str, str], ...] = (
     ("regime/minpro_weight_min", "MinPRO weight range, min"),
     ("regime/minpro_weight_max", "MinPRO weight range, max"),
     ("regime/sampler_logratio_abs_mean", "sampler (vLLM) vs trainer |log ratio|"),
+    ("regime/sampler_prefix_to_token_spread", "sampler vs trainer: prefix / token log-ratio spread"),
     ("regime/bnpo_weight_min", "BNPO weight 1/f, min over mixed groups"),
     ("regime/bnpo_weight_max", "BNPO weight 1/f, max over mixed groups"),
     ("regime/bnpo_vs_grpo_spread", "BNPO/GRPO advantage scale, max/min over groups"),
