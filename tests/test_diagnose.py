@@ -485,3 +485,17 @@ def test_diagnose_prints_the_table_for_every_offline_recipe(recipe, tmp_path, ca
     payload = json.loads((tmp_path / "diagnosis.json").read_text())
     assert {row["status"] for row in payload["rows"] if row["method"]} <= {"inside", "outside", "not measurable"}
     assert (tmp_path / "regime.json").is_file()
+
+
+@pytest.mark.slow
+def test_the_choosing_page_shows_the_quickstart_table_as_printed(tmp_path, capsys, monkeypatch):
+    """docs/choosing.md's worked example is the command's real output (elapsed times aside)."""
+    from trl_ext.cli import main
+
+    monkeypatch.chdir(_ROOT)
+    argv = ["diagnose", "--config", "recipes/grpo/quickstart.yaml", "--steps", "20", "--output_dir"]
+    assert main([*argv, "outputs/diagnose-quickstart"]) == 0
+    printed = [line for line in capsys.readouterr().out.splitlines() if not line.startswith("step ")]
+    page = (_ROOT / "docs" / "choosing.md").read_text()
+    block = page.split("```text\n", 1)[1].split("\n```", 1)[0].splitlines()
+    assert [line for line in block if not line.startswith(("step ", "..."))] == printed
