@@ -299,63 +299,96 @@ class TokenAccumulator:
         ``clipped`` marks tokens whose ratio left the clip range on the side that zeroes the gradient."""
         from trl_ext.objectives.minpro import prefix_min_weights
 
+        # Every statistic is a 0-d tensor until one transfer at the end: on a GPU one synchronisation per micro-batch.
         valid = mask.detach().bool()
-        count = float(valid.sum())
-        if count == 0:
-            return
-        self.batches += 1
-        self.tokens += count
+        weight = valid.float()
         logps = logps.detach().float()
         if old_logps is None:
             log_ratio = torch.zeros_like(logps)
         else:
-            log_ratio = torch.nan_to_num(logps - old_logps.detach().float(), nan=0.0)
-        log_ratio = log_ratio * valid
-        abs_sum = float(log_ratio.abs().sum())
-        # TRL also computes pi_old for the fresh micro-batch of an off-policy schedule: equal up to rounding, not stale.
-        self.stale_batches += int(abs_sum / count > STALE_LOG_RATIO)
-        self.abs_sum += abs_sum
+            log_ratio = torch.nan_to_num(logps - old_logps.detach().float(), nan=0.0) * weight
+        magnitude = log_ratio.abs()
         lengths = valid.sum(dim=1, keepdim=True).clamp(min=1)
         index = valid.long().cumsum(dim=1) - 1  # position among the row's valid tokens
         quarter = (index * 4 // lengths).clamp(0, 3)
-        for q in range(4):
-            where = valid & (quarter == q)
-            self.position_sums[q] += float(log_ratio.abs()[where].sum())
-            self.position_counts[q] += float(where.sum())
-        prefix = log_ratio.cumsum(dim=1)
-        self.token_sum += float(log_ratio[valid].sum())
-        self.token_sq += float((log_ratio[valid] ** 2).sum())
-        self.prefix_sum += float(prefix[valid].sum())
-        self.prefix_sq += float((prefix[valid] ** 2).sum())
-        weights = prefix_min_weights(log_ratio, valid)[valid]
-        self.weight_min = min(self.weight_min, float(weights.min()))
-        self.weight_max = max(self.weight_max, float(weights.max()))
+        in_quarter = [(quarter == q).float() * weight for q in range(4)]
+        prefix = log_ratio.cumsum(dim=1) * weight
+        minpro = prefix_min_weights(log_ratio, valid)
+        stats = [
+            weight.sum(),
+            magnitude.sum(),
+            log_ratio.sum(),
+            (log_ratio**2).sum(),
+            prefix.sum(),
+            (prefix**2).sum(),
+            torch.where(valid, minpro, torch.full_like(minpro, math.inf)).min(),
+            torch.where(valid, minpro, torch.full_like(minpro, -math.inf)).max(),
+            *[(magnitude * part).sum() for part in in_quarter],
+            *[part.sum() for part in in_quarter],
+        ]
         if sampling_logps is not None:
             reference = logps if old_logps is None else old_logps.detach().float()
             delta = reference - sampling_logps.detach().float()
             usable = valid & ~torch.isnan(delta)
             delta = torch.where(usable, delta, torch.zeros_like(delta))
-            sampler_prefix = delta.cumsum(dim=1)
-            self.sampler_sum += float(delta.abs()[usable].sum())
-            self.sampler_count += float(usable.sum())
-            self.sampler_token_sq += float((delta[usable] ** 2).sum())
-            self.sampler_token_sum += float(delta[usable].sum())
-            self.sampler_prefix_sq += float((sampler_prefix[usable] ** 2).sum())
-            self.sampler_prefix_sum += float(sampler_prefix[usable].sum())
+            sampler_prefix = delta.cumsum(dim=1) * usable
+            stats += [
+                usable.sum(),
+                delta.abs().sum(),
+                delta.sum(),
+                (delta**2).sum(),
+                sampler_prefix.sum(),
+                (sampler_prefix**2).sum(),
+            ]
+        sample = None
         if entropies is not None:
-            ent = entropies.detach().float()[valid]
+            flat = torch.where(valid, entropies.detach().float(), torch.full_like(logps, math.nan)).flatten()
             if clipped is not None:
-                self.clip_measured = True
-                pivot = torch.quantile(ent, self.entropy_pivot) if ent.numel() > 1 else ent.max()
-                clip = clipped.detach().bool()[valid]
-                high = ent >= pivot
-                self.clip_high[0] += float((clip & high).sum())
-                self.clip_high[1] += float(high.sum())
-                self.clip_low[0] += float((clip & ~high).sum())
-                self.clip_low[1] += float((~high).sum())
-            if ent.numel() > self.max_entropy_tokens:
-                ent = ent[torch.randperm(ent.numel(), device=ent.device)[: self.max_entropy_tokens]]
-            self.entropies.append(ent.cpu())
+                pivot = torch.nanquantile(flat, self.entropy_pivot)
+                clip = clipped.detach().bool()
+                high = (entropies.detach().float() >= pivot) & valid
+                low = valid & ~high
+                stats += [(clip & high).sum(), high.sum(), (clip & low).sum(), low.sum()]
+            sample = flat
+            if flat.numel() > self.max_entropy_tokens:
+                sample = flat[torch.randperm(flat.numel(), device=flat.device)[: self.max_entropy_tokens]]
+        numbers = torch.stack([stat.float() for stat in stats]).tolist()
+        count = numbers[0]
+        if count == 0:
+            return
+        self.batches += 1
+        self.tokens += count
+        abs_sum, token_sum, token_sq, prefix_sum, prefix_sq, weight_min, weight_max = numbers[1:8]
+        # TRL also computes pi_old for the fresh micro-batch of an off-policy schedule: equal up to rounding, not stale.
+        self.stale_batches += int(abs_sum / count > STALE_LOG_RATIO)
+        self.abs_sum += abs_sum
+        self.token_sum += token_sum
+        self.token_sq += token_sq
+        self.prefix_sum += prefix_sum
+        self.prefix_sq += prefix_sq
+        self.weight_min = min(self.weight_min, weight_min)
+        self.weight_max = max(self.weight_max, weight_max)
+        for q in range(4):
+            self.position_sums[q] += numbers[8 + q]
+            self.position_counts[q] += numbers[12 + q]
+        rest = numbers[16:]
+        if sampling_logps is not None:
+            usable_count, delta_abs, delta_sum, delta_sq, sp_sum, sp_sq = rest[:6]
+            rest = rest[6:]
+            self.sampler_count += usable_count
+            self.sampler_sum += delta_abs
+            self.sampler_token_sum += delta_sum
+            self.sampler_token_sq += delta_sq
+            self.sampler_prefix_sum += sp_sum
+            self.sampler_prefix_sq += sp_sq
+        if entropies is not None and clipped is not None:
+            self.clip_measured = True
+            self.clip_high[0] += rest[0]
+            self.clip_high[1] += rest[1]
+            self.clip_low[0] += rest[2]
+            self.clip_low[1] += rest[3]
+        if sample is not None:
+            self.entropies.append(sample)  # on the device; moved once per step in result()
 
     def result(self) -> Measured:
         values: dict[str, float] = {}
@@ -397,7 +430,9 @@ class TokenAccumulator:
                 "that returns its own, such as the multi-turn search rollout, provides them)"
             )
         if self.entropies:
-            ent = torch.cat(self.entropies)
+            ent = torch.cat([sample.cpu() for sample in self.entropies])
+            ent = ent[~torch.isnan(ent)]
+        if self.entropies and ent.numel():
             quantiles = torch.quantile(ent, torch.tensor([0.1, 0.5, 0.9])).tolist()
             values["regime/entropy_p10"], values["regime/entropy_p50"], values["regime/entropy_p90"] = quantiles
             values["regime/entropy_mean"] = float(ent.mean())
