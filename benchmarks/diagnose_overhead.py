@@ -6,8 +6,9 @@
 Each repeat trains four arms on the same tiny model, task, batch and seed, in an order reversed on every other repeat:
 ``grpo`` (trl-ext's base trainer; the callback observes its seams and measures everything), ``grpo+regime``,
 ``trl`` (``trl.GRPOTrainer``; the callback reads the rewards TRL keeps) and ``trl+regime``. Per arm: the median of
-TRL's ``step_time`` (generation included, each run's first step dropped), and the ratio of each ``+regime`` arm to
-the same trainer without the callback. The batch is ``benchmarks/overhead.py``'s (64 completions of up to 8 tokens,
+TRL's ``step_time`` (generation included, each run's first step dropped), the ratio of each ``+regime`` arm to
+the same trainer without the callback, and the time spent inside the callback's own handlers per step (its cost
+measured directly, as a share of the step: the step-time ratio of a busy machine moves by 10% either way). The batch is ``benchmarks/overhead.py``'s (64 completions of up to 8 tokens,
 8 per group, hidden 128, 4 layers); ``--steps_per_generation 4`` makes 3 of every 4 micro-batches stale, so the
 off-policy measures run on real log-ratios. Writes ``benchmarks/results/diagnose_overhead.json`` (every step time).
 """
@@ -26,23 +27,56 @@ harness.script_env()
 ARMS = ("grpo", "grpo+regime", "trl", "trl+regime")
 
 
-def run_once(arm: str, checkpoint: str, dataset, reward_funcs, options, seed: int) -> dict:
+def timed_callback():
+    """A ``RegimeCallback`` that adds up the wall time spent in its own handlers (``seconds``): its cost measured
+    directly, which a busy machine's step-time noise (10% and more between arms) cannot hide."""
+    import time
+
     from trl_ext import RegimeCallback
 
+    class TimedRegimeCallback(RegimeCallback):
+        seconds = 0.0
+
+        def _timed(self, method, *args, **kwargs):
+            start = time.perf_counter()
+            try:
+                return method(*args, **kwargs)
+            finally:
+                self.seconds += time.perf_counter() - start
+
+        def on_advantages(self, *args, **kwargs):
+            return self._timed(super().on_advantages, *args, **kwargs)
+
+        def on_loss(self, *args, **kwargs):
+            return self._timed(super().on_loss, *args, **kwargs)
+
+        def on_step_end(self, *args, **kwargs):
+            return self._timed(super().on_step_end, *args, **kwargs)
+
+    return TimedRegimeCallback(write_file=False)
+
+
+def run_once(arm: str, checkpoint: str, dataset, reward_funcs, options, seed: int) -> dict:
     trainer, _, regime = arm.partition("+")
     config = dict(
         per_device_train_batch_size=64, num_generations=8, max_completion_length=8, learning_rate=1e-3,
         max_steps=options.steps, use_cpu=options.device == "cpu", bf16=False,
         steps_per_generation=options.steps_per_generation,
     )  # fmt: skip
-    callbacks = [RegimeCallback(write_file=False)] if regime else []
+    callbacks = [timed_callback()] if regime else []
     run = harness.run_arm(
         trainer, model=checkpoint, reward_funcs=reward_funcs, train_dataset=dataset, seed=seed, config=config,
         callbacks=callbacks,
     )  # fmt: skip
     step_times = [entry["step_time"] for entry in run.logs("step_time")]
     logged = sorted({key for entry in run.history for key in entry if key.startswith("regime/")})
-    return {"step_times": step_times[1:], "wall": run.seconds, "regime_metrics": len(logged)}
+    seconds = callbacks[0].seconds if callbacks else 0.0
+    return {
+        "step_times": step_times[1:],
+        "wall": run.seconds,
+        "regime_metrics": len(logged),
+        "callback_s_per_step": seconds / max(len(step_times), 1),
+    }
 
 
 def summarise(report: dict) -> dict:
@@ -54,18 +88,29 @@ def summarise(report: dict) -> dict:
         median = statistics.median(values)
         q1, _, q3 = statistics.quantiles(values, n=4)
         base = arm.partition("+")[0]
+        inside = statistics.median(run.get("callback_s_per_step", 0.0) for run in report["runs"][arm])
         summary[arm] = {
             "median_step_s": median,
             "p25_step_s": q1,
             "p75_step_s": q3,
             "ratio_vs_without": median / statistics.median(samples[base]) if base in samples else None,
+            "callback_s_per_step": inside,
+            "callback_share_of_step": inside / median,
             "regime_metrics_logged": max(run["regime_metrics"] for run in report["runs"][arm]),
             "num_samples": len(values),
         }
     return summary
 
 
-TABLE = ("median_step_s", "p25_step_s", "p75_step_s", "ratio_vs_without", "regime_metrics_logged")
+TABLE = (
+    "median_step_s",
+    "p25_step_s",
+    "p75_step_s",
+    "ratio_vs_without",
+    "callback_s_per_step",
+    "callback_share_of_step",
+    "regime_metrics_logged",
+)
 
 
 def run(options) -> dict:
