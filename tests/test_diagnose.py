@@ -132,6 +132,22 @@ def test_useful_step_share():
     assert "no trajectory has a negative advantage" in reasons["regime/neg_traj_useful_step_frac"]
 
 
+@pytest.mark.parametrize(
+    ("kwargs", "field"),
+    [
+        ({"reward_range": (1.0, 0.0)}, "reward_range"),
+        ({"success_threshold": float("nan")}, "success_threshold"),
+        ({"entropy_pivot": 1.0}, "entropy_pivot"),
+        ({"max_entropy_tokens": 0}, "max_entropy_tokens"),
+    ],
+)
+def test_callback_refuses_bad_settings_naming_the_field(kwargs, field):
+    from trl_ext import RegimeCallback
+
+    with pytest.raises(ValueError, match=field):
+        RegimeCallback(**kwargs)
+
+
 def test_assess_reports_missing_quantities_with_their_reason():
     rows = assess({"measured": {}, "not_measurable": {"regime/zero_signal_frac": "because"}})
     diva = next(row for row in rows if row["method"] == "diva")

@@ -258,6 +258,8 @@ class TokenAccumulator:
     def __init__(self, *, entropy_pivot: float = 0.8, max_entropy_tokens: int = 8192) -> None:
         if not 0.0 < entropy_pivot < 1.0:
             raise ValueError(f"entropy_pivot must lie in (0, 1), got {entropy_pivot!r}")
+        if isinstance(max_entropy_tokens, bool) or not isinstance(max_entropy_tokens, int) or max_entropy_tokens < 1:
+            raise ValueError(f"max_entropy_tokens must be a positive integer, got {max_entropy_tokens!r}")
         self.entropy_pivot = entropy_pivot
         self.max_entropy_tokens = max_entropy_tokens
         self.reset()
