@@ -515,3 +515,23 @@ def test_the_choosing_page_shows_the_quickstart_table_as_printed(tmp_path, capsy
     page = (_ROOT / "docs" / "choosing.md").read_text()
     block = page.split("```text\n", 1)[1].split("\n```", 1)[0].splitlines()
     assert [line for line in block if not line.startswith(("step ", "..."))] == printed
+
+
+@pytest.mark.slow  # two real processes: about 30 s
+def test_two_processes_pool_the_token_measures(tiny_checkpoint, tmp_path):
+    from twoproc import launch_two_processes
+
+    script = Path(__file__).parent / "scripts" / "diagnose_two_process.py"
+    launch_two_processes(str(script), "--checkpoint", tiny_checkpoint, "--out", str(tmp_path), timeout=240)
+    ranks = [json.loads((tmp_path / f"rank{rank}.json").read_text()) for rank in (0, 1)]
+    assert [r["num_processes"] for r in ranks] == [2, 2] and [r["process_index"] for r in ranks] == [0, 1]
+    assert ranks[0]["summary"]["measured"] == ranks[1]["summary"]["measured"]  # the same on every process
+    assert ranks[0]["logged"] == ranks[1]["logged"] and len(ranks[0]["logged"]) == 2
+    for step in range(2):
+        local = [r["local"][step] for r in ranks]
+        pooled = ranks[0]["pooled"][step]
+        assert pooled[0] == local[0][0] + local[1][0]  # tokens of both processes
+        assert pooled[1] == min(loc[1] for loc in local) and pooled[2] == max(loc[2] for loc in local)
+    second = ranks[0]["summary"]["series"]["regime/logratio_abs_mean"][1][1]
+    assert second > 0  # the second iteration is off-policy
+    assert ranks[0]["local"][1][1:] != ranks[1]["local"][1][1:]  # the processes saw different tokens: pooling mattered

@@ -13,7 +13,9 @@ How it sees the data. A ``TrainerCallback`` is not handed the trainer, so the ca
   :mod:`trl_ext.compat`. TRL's loss keeps no per-token tensors, so the per-token quantities are reported as not
   measurable, with that reason (train with trl-ext's ``grpo`` trainer, the same loss, to measure them).
 
-Values go into the trainer's logged metrics (TRL averages them over each logging window), so they appear on the
+Under several processes the rewards are the gathered ones and the per-token statistics are pooled over every
+process once per step (:meth:`~trl_ext.diagnose.measures.TokenAccumulator.all_reduce`), so every process logs the same
+values. Values go into the trainer's logged metrics (TRL averages them over each logging window), so they appear on the
 console line, in ``state.log_history`` and in every tracker. The callback also keeps the whole series and, at the end
 of training, writes ``<output_dir>/regime.json`` (per metric: mean, last, min, max, the series; and every metric it
 could not measure with the reason), which ``trl-ext diagnose --from`` reads.
@@ -227,6 +229,9 @@ class RegimeCallback(TrainerCallback):
                     if total.numel() % generation == 0:
                         self._record_rewards(trainer, total, generation, int(state.global_step))
             self._seen_generations = generations
+        accelerator = getattr(trainer, "accelerator", None)
+        if self.observed and accelerator is not None and accelerator.num_processes > 1:
+            self.tokens.all_reduce(accelerator)  # every process reaches on_step_end once per step: a safe collective
         values, reasons = self.tokens.result()
         entropy = values.get("regime/entropy_mean")
         if entropy is None and metrics.get("entropy"):

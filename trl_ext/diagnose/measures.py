@@ -249,7 +249,8 @@ def useful_step_share(
 
 
 class TokenAccumulator:
-    """Per-token statistics over the micro-batches of one optimizer step (this process's tokens).
+    """Per-token statistics over the micro-batches of one optimizer step (this process's tokens, or every process's
+    after :meth:`all_reduce`).
 
     :meth:`add` takes one micro-batch; :meth:`result` returns ``(values, reasons)`` and resets. Entropies are kept up
     to ``max_entropy_tokens`` per step (a uniform subsample beyond), so the cost stays bounded on long completions.
@@ -391,6 +392,48 @@ class TokenAccumulator:
             self.clip_low[1] += rest[3]
         if sample is not None:
             self.entropies.append(sample)  # on the device; moved once per step in result()
+
+    def all_reduce(self, accelerator: Any) -> None:
+        """Pool this step's statistics over every process (sums added, weight extremes taken, the entropy samples
+        gathered), so that :meth:`result` describes the tokens of all processes alike on each. A collective: call it
+        on every process, once per step, before :meth:`result`."""
+        device = accelerator.device
+        sums = [
+            self.tokens,
+            self.batches,
+            self.stale_batches,
+            self.abs_sum,
+            self.token_sum,
+            self.token_sq,
+            self.prefix_sum,
+            self.prefix_sq,
+            *self.position_sums,
+            *self.position_counts,
+            self.sampler_sum,
+            self.sampler_count,
+            self.sampler_token_sq,
+            self.sampler_token_sum,
+            self.sampler_prefix_sq,
+            self.sampler_prefix_sum,
+            *self.clip_high,
+            *self.clip_low,
+            float(self.clip_measured),
+        ]
+        total = accelerator.reduce(torch.tensor(sums, dtype=torch.float64, device=device), reduction="sum").tolist()
+        (self.tokens, self.batches, self.stale_batches, self.abs_sum, self.token_sum, self.token_sq) = total[:6]
+        self.prefix_sum, self.prefix_sq = total[6:8]
+        self.position_sums, self.position_counts = total[8:12], total[12:16]
+        (self.sampler_sum, self.sampler_count, self.sampler_token_sq, self.sampler_token_sum) = total[16:20]
+        self.sampler_prefix_sq, self.sampler_prefix_sum = total[20:22]
+        self.clip_high, self.clip_low = total[22:24], total[24:26]
+        self.clip_measured = total[26] > 0
+        extremes = torch.tensor([[-self.weight_min, self.weight_max]], dtype=torch.float64, device=device)
+        widest = accelerator.gather(extremes).max(dim=0).values.tolist()
+        self.weight_min, self.weight_max = -widest[0], widest[1]
+        local = torch.cat(self.entropies) if self.entropies else torch.empty(0, device=device)
+        padded = accelerator.pad_across_processes(local.to(device).float(), dim=0, pad_index=math.nan)
+        pooled = accelerator.gather(padded)
+        self.entropies = [pooled] if pooled.numel() else []
 
     def result(self) -> Measured:
         values: dict[str, float] = {}
