@@ -327,11 +327,7 @@ def test_multi_turn_regime_useful_against_useless_searches(deepsearch_checkpoint
 _TOKEN_KEYS = ("regime/logratio_abs_mean", "regime/entropy_p50", "regime/minpro_weight_min")
 
 
-@pytest.mark.parametrize(
-    "name",
-    # calibadv's random-model rollout takes ~18 s; the scripted multi-turn test above runs the callback on it always
-    ["trl", "grpo", "bnpo", "diva", "hapo", "minpro", pytest.param("calibadv", marks=pytest.mark.slow)],
-)
+@pytest.mark.parametrize("name", ["trl", "grpo", "bnpo", "diva", "hapo", "minpro", "calibadv"])
 def test_callback_runs_with_every_trainer(name, tiny_checkpoint, toy_dataset, deepsearch_checkpoint, tmp_path):
     from conftest import length_reward
     from trl import GRPOConfig, GRPOTrainer
