@@ -23,9 +23,12 @@ from trl_ext.registry import (  # noqa: E402
     register_trainer,
 )
 
+#: Public names outside the trainer catalogue, resolved on first use like the trainers.
+_OTHER_EXPORTS = {"RegimeCallback": "trl_ext.diagnose.callback:RegimeCallback"}
+
 
 def __getattr__(name: str):
-    path = _exported_names().get(name)
+    path = _exported_names().get(name) or _OTHER_EXPORTS.get(name)
     if path is not None:
         from trl_ext.registry import load_path
 
@@ -39,6 +42,7 @@ def __dir__() -> list[str]:
 
 __all__ = [
     *sorted(_exported_names()),
+    "RegimeCallback",
     "TrainerEntry",
     "__version__",
     "get_advantage_estimator",

@@ -5,6 +5,8 @@
     trl-ext plan --config RECIPE.yaml [--accelerate_config FILE] [--num_processes N]   # check + plan, loads nothing
     trl-ext quickstart [--trainer grpo] [--max_steps N] [--seed S] [--output_dir DIR]
     trl-ext compare --trainers grpo bnpo hapo --config RECIPE.yaml --seeds 3 [--max_steps N] [--output_dir DIR]
+    trl-ext diagnose --config RECIPE.yaml [--steps N] [--output_dir DIR]   # which method's regime is this run in?
+    trl-ext diagnose --from OUTPUT_DIR             # the same table for a run trained with a RegimeCallback
     trl-ext vllm-serve --model MODEL [any `trl vllm-serve` option]
     trl-ext --debug <command> ...                  # errors with their traceback (also: TRL_EXT_DEBUG=1)
 
@@ -234,6 +236,13 @@ def compare_main(argv: list[str] | None = None):
     return main(argv)
 
 
+def diagnose_main(argv: list[str] | None = None):
+    """``trl-ext diagnose``: see :mod:`trl_ext.diagnose.command`."""
+    from trl_ext.diagnose.command import diagnose_main as main
+
+    return main(argv)
+
+
 def plan_main(argv: list[str] | None = None):
     """``trl-ext plan``: see :mod:`trl_ext.plan`."""
     from trl_ext.plan import plan_main as main
@@ -247,12 +256,13 @@ COMMANDS = {
     "plan": plan_main,
     "quickstart": quickstart_main,
     "compare": compare_main,
+    "diagnose": diagnose_main,
     "vllm-serve": vllm_serve_main,
 }
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``trl-ext [--debug] {list,train,plan,quickstart,compare,vllm-serve} ...``; returns the exit status."""
+    """``trl-ext [--debug] {list,train,plan,quickstart,compare,diagnose,vllm-serve} ...``; returns the exit status."""
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = os.environ.get("TRL_EXT_DEBUG", "").lower() not in ("", "0", "false", "no")
     if argv and argv[0] == "--debug":  # only before the command: after it, --debug is TrainingArguments.debug
@@ -272,12 +282,13 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if not argv or argv[0] in ("-h", "--help"):
         print(
-            "usage: trl-ext [--debug] {list,train,plan,quickstart,compare,vllm-serve} [options]\n\n"
+            "usage: trl-ext [--debug] {list,train,plan,quickstart,compare,diagnose,vllm-serve} [options]\n\n"
             "  list        the registered trainers (name, what it changes, paper)\n"
             "  train       train from a YAML recipe: trl-ext train --config recipes/grpo/quickstart.yaml\n"
             "  plan        check a recipe and print the run's plan (engine, processes, batch geometry), loading nothing\n"
             "  quickstart  train the default trainer on the built-in task with a tiny model, offline\n"
             "  compare     several trainers on one recipe and seeds, interleaved: table, JSON and plot\n"
+            "  diagnose    a short plain-GRPO run of a recipe, measured: which method's regime it is in\n"
             "  vllm-serve  `trl vllm-serve` with HAPO's vLLM logits processor registered (vllm_mode=server)\n\n"
             "`trl-ext train --trainer NAME --help` lists every config field of that trainer; "
             "`trl-ext --version` prints the versions.\n"

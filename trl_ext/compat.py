@@ -35,12 +35,14 @@ __all__ = [
     "call_accepted",
     "get_config_model_id",
     "grpo_trainer_arguments",
+    "last_generation_rewards",
     "nanmax",
     "nanmin",
     "single_turn_arguments",
     "sync_vllm_weights",
     "vllm_generation_session",
     "trainer_attr",
+    "trainer_metrics",
     "trl_version",
     "unwrapped_for_generation",
     "vllm_serve_tools",
@@ -123,6 +125,33 @@ def trainer_attr(obj: Any, name: str, default: Any = _MISSING, *, needed_for: st
         f"trl-ext expects {type(obj).__name__}.{name}{purpose}, which TRL {trl_version()} does not set; see "
         "docs/maintaining.md for the supported TRL versions"
     )
+
+
+def trainer_metrics(trainer: Any, mode: str = "train") -> dict[str, list[float]]:
+    """The lists of values TRL's ``GRPOTrainer.log`` averages into the next log entry (``trainer._metrics[mode]``).
+
+    A value appended here reaches the console line, ``state.log_history`` and every tracker with TRL's own metrics;
+    ``log`` clears the lists after each log. Used by :class:`trl_ext.diagnose.callback.RegimeCallback`, which is not a
+    subclass and so has no ``self._metrics``.
+    """
+    metrics = trainer_attr(trainer, "_metrics", needed_for="logging regime/* metrics")
+    return metrics[mode]
+
+
+def last_generation_rewards(trainer: Any) -> tuple[list[list[float]], list[float]] | None:
+    """The gathered rewards of the latest generation batch as TRL keeps them for its completions table
+    (``trainer._logs["rewards"]``: one deque per reward function, at most one generation batch long), as
+    ``(per-function columns, reward weights)``; None when TRL keeps none yet."""
+    logs = trainer_attr(trainer, "_logs", None)
+    if not logs or not logs.get("rewards"):
+        return None
+    names = list(trainer_attr(trainer, "reward_func_names", []))
+    columns = [list(logs["rewards"][name]) for name in names if name in logs["rewards"]]
+    if not columns or len(columns) != len(names):
+        return None
+    weights = trainer_attr(trainer, "reward_weights", None)
+    weights = [1.0] * len(names) if weights is None else [float(w) for w in weights]
+    return columns, weights
 
 
 @contextlib.contextmanager

@@ -51,6 +51,8 @@ class TrainScriptArguments(ScriptArguments):
         dataset_prompt_column (`str` or `None`): build the conversational `prompt` from this column (e.g.
             `problem` in MATH) with `system_prompt` as the system message.
         system_prompt (`str` or `None`): the system message used with `dataset_prompt_column`.
+        diagnose (`bool`, defaults to `False`): add a `trl_ext.RegimeCallback` (``regime/*`` metrics; writes
+            `<output_dir>/regime.json` for `trl-ext diagnose --from`).
     """
 
     trainer: str = field(default="grpo", metadata={"help": "Registered trainer name (see `trl-ext list`)."})
@@ -86,6 +88,13 @@ class TrainScriptArguments(ScriptArguments):
     )
     system_prompt: str | None = field(
         default=None, metadata={"help": "System message prepended when `dataset_prompt_column` builds prompts."}
+    )
+    diagnose: bool = field(
+        default=False,
+        metadata={
+            "help": "Log regime/* metrics (trl_ext.RegimeCallback: which method's regime the run is in) and write "
+            "<output_dir>/regime.json, which `trl-ext diagnose --from <output_dir>` prints as a table."
+        },
     )
 
 
@@ -178,6 +187,10 @@ def resolve_reward_funcs(script_args: TrainScriptArguments, task: Any | None) ->
     return rewards
 
 
+#: The ``regime/*`` metrics of :class:`trl_ext.diagnose.callback.RegimeCallback` shown on the console line when they are logged.
+REGIME_CONSOLE_METRICS = ("regime/zero_signal_frac", "regime/logratio_abs_mean")
+
+
 def method_metrics(logs: dict[str, Any], trainer_name: str | None = None) -> list[tuple[str, float]]:
     """The method metrics of one log to show on the console: the key metrics (``trl_ext.catalogue.KEY_METRICS``) of
     every built-in namespace present, else up to three of the trainer's own namespace (``<trainer_name>/...``, for a
@@ -187,6 +200,7 @@ def method_metrics(logs: dict[str, Any], trainer_name: str | None = None) -> lis
     shown = [key for keys in KEY_METRICS.values() for key in keys if key in logs]
     if not shown and trainer_name:
         shown = sorted(key for key in logs if key.startswith(f"{trainer_name}/"))[:3]
+    shown += [key for key in REGIME_CONSOLE_METRICS if key in logs]  # with a RegimeCallback (trl-ext diagnose)
     return [(key, float(logs[key])) for key in shown if isinstance(logs[key], int | float)]
 
 
@@ -314,6 +328,12 @@ def build_trainer(script_args, training_args, model_args, dataset_args=None, *, 
     training_args.model_init_kwargs = model_init_kwargs
 
     reward_funcs = resolve_reward_funcs(script_args, task)
+    if getattr(script_args, "diagnose", False) and not any(
+        type(callback).__name__ == "RegimeCallback" for callback in callbacks or []
+    ):
+        from trl_ext.diagnose.callback import RegimeCallback
+
+        callbacks = [*(callbacks or []), RegimeCallback()]
     try:
         trainer = trainer_cls(
             model=model,

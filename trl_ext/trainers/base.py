@@ -213,6 +213,31 @@ class BaseGRPOTrainer(PersistenceMixin, GRPOTrainer):
         self._captured_rewards_per_func: torch.Tensor | None = None
         self._check_train_dataset_size()
         check_prompt_lengths(self)
+        self._observers: list[Any] = []
+        for callback in self.callback_handler.callbacks:  # e.g. trl_ext.diagnose.RegimeCallback
+            bind = getattr(callback, "bind_trainer", None)
+            if callable(bind):
+                bind(self)
+
+    def add_observer(self, observer: Any) -> None:
+        """Hand ``observer`` the training data as it is computed (read-only; it must not change anything).
+
+        After the advantages of each training generation batch: ``observer.on_advantages(trainer, batch,
+        advantages, inputs)`` with the gathered :class:`~trl_ext.advantages.base.AdvantageBatch`, the advantages of
+        the whole batch and this process's input rows (rollout fields included). After the loss of each training
+        micro-batch: ``observer.on_loss(trainer, ctx)`` with the :class:`~trl_ext.objectives.base.LossContext`. Either
+        method may be absent. Called on every process; :class:`trl_ext.diagnose.callback.RegimeCallback` registers itself
+        here. A callback with a ``bind_trainer(trainer)`` method, passed in ``callbacks=[...]``, gets it called at the
+        end of the constructor.
+        """
+        if observer not in self._observers:
+            self._observers.append(observer)
+
+    def _notify(self, event: str, *args: Any) -> None:
+        for observer in getattr(self, "_observers", ()):
+            handler = getattr(observer, event, None)
+            if callable(handler):
+                handler(self, *args)
 
     @staticmethod
     def _processor_with_pixel_limits(bound, config):
@@ -288,6 +313,8 @@ class BaseGRPOTrainer(PersistenceMixin, GRPOTrainer):
         for name, value in result.metrics.items():
             self._metrics[mode][name].append(float(value))
         self._replace_logged_advantages(advantages, batch)
+        if mode == "train":
+            self._notify("on_advantages", batch, advantages, inputs)
         return output
 
     def build_advantage_batch(
@@ -371,6 +398,8 @@ class BaseGRPOTrainer(PersistenceMixin, GRPOTrainer):
         self._loss_aggregate(ctx)
         self._loss_regularizers(ctx)
         self._loss_metrics(ctx)
+        if mode == "train":
+            self._notify("on_loss", ctx)
         return ctx.loss
 
     def _loss_forward(self, model, ctx: LossContext) -> None:
