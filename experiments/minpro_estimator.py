@@ -1,6 +1,6 @@
 """MinPRO's weight as a gradient estimator on a tabular autoregressive policy: bias and variance, no training.
 
-    python experiments/minpro_estimator.py                 # 10 seeds x 2 directions x 6 drifts x 2 lengths: ~6 min
+    python experiments/minpro_estimator.py    # 10 seeds x 2 directions x 6 drifts x 2 lengths: ~23 min on 2 shared cores
 
 The design, arms, primary metric, seeds, minimum effect and controls are pre-registered in
 ``experiments/preregistered/minpro_estimator.py`` (committed before the final run), which also computes the verdict
@@ -218,6 +218,43 @@ def plot(report: dict, path: Path) -> None:
             left.legend(fontsize=8)
             left.grid(alpha=0.3)
             right.grid(alpha=0.3)
+
+
+def docs_tables(report: dict) -> str:
+    """The markdown tables docs/results.md quotes, derived from the report alone (a test compares them)."""
+    judged = report["verdict"]
+    lines = [
+        "| direction | pair (T = 12, far drifts) | mean difference [95% interval] | seeds in favour | verdict |",
+        "|---|---|---|---|---|",
+    ]
+    for direction in prereg.DIRECTIONS:
+        for pair, effect in judged[direction]["effects"].items():
+            lines.append(
+                f"| {direction} | `{pair}` | {effect['mean']:+.3f} [{effect['low']:+.3f}, {effect['high']:+.3f}] "
+                f"| {effect['in_favour']}/{effect['n']} | {judged[direction]['verdicts'][pair]} |"
+            )
+    lines += ["", "| direction | control | value | held |", "|---|---|---|---|"]
+    for direction in prereg.DIRECTIONS:
+        checks = judged[direction]["controls"]
+        far = sorted(checks["far_drifts_per_seed"].values())
+        lines += [
+            f"| {direction} | identical estimators at drift 0 | | {checks['identity_at_drift_0']} |",
+            f"| {direction} | far drifts per seed (>= {prereg.MIN_FAR_DRIFTS}) | {far[0]}-{far[-1]} "
+            f"| {checks['enough_far_drifts']} |",
+            f"| {direction} | product / on-policy relative variance, largest drift (>= "
+            f"{prereg.PRODUCT_VARIANCE_FACTOR:g}) | {checks['product_over_on_policy_variance_at_largest_drift']:.3g} "
+            f"| {checks['product_variance_explodes']} |",
+            f"| {direction} | on-policy minus `token` cosine, far drifts (>= {prereg.TOKEN_COSINE_LOSS}) "
+            f"| {checks['on_policy_minus_token_cosine']:.3f} | {checks['token_loses_direction']} |",
+        ]
+    lines += ["", "| direction | T | drift | mean \\|log ρ\\| | " + " | ".join(f"`{a}`" for a in ESTIMATORS) + " |"]
+    lines.append("|---|---|---|---|" + "---|" * len(ESTIMATORS))
+    for row in report["summary"]:
+        cells = " | ".join(f"{row[a]['per_batch_cosine']['mean']:.3f}" for a in ESTIMATORS)
+        lines.append(
+            f"| {row['direction']} | {row['length']} | {row['drift']:g} | {row['mean_abs_log_ratio']:.2f} | {cells} |"
+        )
+    return "\n".join(lines)
 
 
 def print_summary(report: dict) -> None:
