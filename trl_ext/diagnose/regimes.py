@@ -83,12 +83,12 @@ REGIMES: tuple[Regime, ...] = (
         method="minpro",
         quantity="mean |log ratio| per token (pi_theta / pi_old)",
         keys=("regime/logratio_abs_mean", "regime/stale_batch_frac"),
-        acts="mean |log rho| >= 0.23 on 12-token completions (estimator experiment: the prefix minimum beat GRPO's "
-        "weights from 0.23 up; not at 4 tokens)",
+        acts="mean |log rho| >= 0.25 on 12-token completions (pre-registered estimator run, 10 seeds: the prefix "
+        "minimum's cosine to the true gradient above GRPO's token weights' by 0.05 at 0.25, 0.02 at 0.12; shown for >= 0.5)",
         source=f"{RESULTS}#minpro-far-off-policy-on-long-completions",
         docs="docs/trainers/minpro.md",
-        verdict="estimator supported; training not falsified, not supported",
-        inside=lambda v: v["regime/logratio_abs_mean"] >= 0.23,
+        verdict="estimator shown at this scale; training not separated from grpo",
+        inside=lambda v: v["regime/logratio_abs_mean"] >= 0.25,
         show=lambda v: f"{_f(v['regime/logratio_abs_mean'])} (stale micro-batches {_f(v['regime/stale_batch_frac'])})",
     ),
     Regime(
