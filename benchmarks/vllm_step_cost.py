@@ -348,7 +348,10 @@ def summarise(report: dict) -> dict:
         paired_q = statistics.quantiles(paired, n=4) if len(paired) > 1 else [paired[0]] * 3
         lengths = [length for run in rows for length in run["mean_lengths"][warmup:]]
         per_round = [
-            [mine / theirs for mine, theirs in zip(run["step_times"][warmup:], trl["step_times"][warmup:], strict=True)]
+            [
+                mine / theirs
+                for mine, theirs in zip(run["step_times"][warmup:], trl["step_times"][warmup:], strict=True)
+            ]
             for run, trl in zip(rows, runs["trl"], strict=True)
         ]
         low, high = median_interval(per_round)
