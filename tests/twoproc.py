@@ -8,10 +8,34 @@
 
 from __future__ import annotations
 
+import argparse
 import os
 import socket
 import subprocess
 import sys
+from typing import Any
+
+#: The prompts the two-process training scripts train on: 16 one-digit sums.
+SCRIPT_PROMPTS = [f"{a}+{b}=" for a in range(4) for b in range(4)]
+
+
+def script_cli(doc: str) -> argparse.Namespace:
+    """A two-process script's ``--checkpoint`` (tiny checkpoint directory) and ``--out`` (per-process records)."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    parser.add_argument("--checkpoint", required=True, help="tiny checkpoint directory (build_tiny_checkpoint)")
+    parser.add_argument("--out", required=True, help="directory for the per-process records")
+    return parser.parse_args()
+
+
+def script_config(out: str, **overrides: Any) -> dict[str, Any]:
+    """The settings the two-process training scripts share (8 rows x 4 generations per process, 6 tokens, 2 steps
+    at lr 5e-2, float32 on CPU, seed 0, a log per step, nothing saved), with ``overrides``; trainer output in
+    ``out/trainer``."""
+    return {
+        "output_dir": os.path.join(out, "trainer"), "per_device_train_batch_size": 8, "num_generations": 4,
+        "max_completion_length": 6, "learning_rate": 5e-2, "max_steps": 2, "logging_steps": 1, "save_strategy": "no",
+        "report_to": "none", "use_cpu": True, "bf16": False, "seed": 0, **overrides,
+    }  # fmt: skip
 
 
 def free_port() -> int:

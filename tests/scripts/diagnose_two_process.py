@@ -13,9 +13,9 @@ count and MinPRO weight extremes before the pooling) and ``pooled`` (the same af
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
+import sys
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
@@ -28,10 +28,9 @@ from datasets import Dataset  # noqa: E402
 from trl_ext import BaseGRPOConfig, BaseGRPOTrainer, RegimeCallback  # noqa: E402
 from trl_ext.diagnose.measures import TokenAccumulator  # noqa: E402
 
-
-def length_reward(completions, **kwargs):
-    """Completion length mod 4, scaled to [0, 1]: spread on random completions."""
-    return [(len(c) % 4) / 3 for c in completions]
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # tests/: conftest, twoproc
+from conftest import length_reward  # noqa: E402
+from twoproc import SCRIPT_PROMPTS, script_cli, script_config  # noqa: E402
 
 
 class RecordingAccumulator(TokenAccumulator):
@@ -47,27 +46,8 @@ class RecordingAccumulator(TokenAccumulator):
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--checkpoint", required=True)
-    parser.add_argument("--out", required=True)
-    cli = parser.parse_args()
-
-    prompts = [f"{a}+{b}=" for a in range(4) for b in range(4)]
-    args = BaseGRPOConfig(
-        output_dir=os.path.join(cli.out, "trainer"),
-        per_device_train_batch_size=8,
-        num_generations=4,
-        max_completion_length=6,
-        num_iterations=2,
-        learning_rate=5e-2,
-        max_steps=2,
-        logging_steps=1,
-        save_strategy="no",
-        report_to="none",
-        use_cpu=True,
-        bf16=False,
-        seed=0,
-    )
+    cli = script_cli(__doc__)
+    args = BaseGRPOConfig(**script_config(cli.out, num_iterations=2))
     regime = RegimeCallback(write_file=False)
     regime.tokens = RecordingAccumulator()
     torch.manual_seed(0)
@@ -75,7 +55,7 @@ def main() -> None:
         model=cli.checkpoint,
         reward_funcs=[length_reward],
         args=args,
-        train_dataset=Dataset.from_dict({"prompt": prompts}),
+        train_dataset=Dataset.from_dict({"prompt": SCRIPT_PROMPTS}),
         callbacks=[regime],
     )
     trainer.train()

@@ -14,9 +14,9 @@ minimum / maximum of M over this process's own loss tokens, per micro-batch, bef
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
+import sys
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
@@ -29,42 +29,21 @@ from transformers import AutoTokenizer  # noqa: E402
 
 from trl_ext.trainers.minpro import MinPROConfig, MinPROTrainer  # noqa: E402
 
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # tests/: conftest, twoproc
+from conftest import length_reward  # noqa: E402
+from twoproc import SCRIPT_PROMPTS, script_cli, script_config  # noqa: E402
+
 METRIC_KEYS = ("minpro/weight_mean", "minpro/weight_min", "minpro/weight_max", "minpro/frac_weight_below_half")
 
 
-def length_reward(completions, **kwargs):
-    """Completion length mod 4, scaled to [0, 1]: spread on random completions."""
-    return [(len(c) % 4) / 3 for c in completions]
-
-
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--checkpoint", required=True, help="tiny checkpoint directory (build_tiny_checkpoint)")
-    parser.add_argument("--out", required=True, help="directory for the per-process records")
-    cli = parser.parse_args()
-
-    prompts = [f"{a}+{b}=" for a in range(4) for b in range(4)]
-    args = MinPROConfig(
-        output_dir=os.path.join(cli.out, "trainer"),
-        per_device_train_batch_size=8,
-        num_generations=4,
-        max_completion_length=6,
-        num_iterations=2,
-        learning_rate=5e-2,
-        max_steps=2,
-        logging_steps=1,
-        save_strategy="no",
-        report_to="none",
-        use_cpu=True,
-        bf16=False,
-        seed=0,
-        disable_tqdm=True,
-    )
+    cli = script_cli(__doc__)
+    args = MinPROConfig(**script_config(cli.out, num_iterations=2, disable_tqdm=True))
     trainer = MinPROTrainer(
         model=cli.checkpoint,
         reward_funcs=[length_reward],
         args=args,
-        train_dataset=Dataset.from_dict({"prompt": prompts}),
+        train_dataset=Dataset.from_dict({"prompt": SCRIPT_PROMPTS}),
         processing_class=AutoTokenizer.from_pretrained(cli.checkpoint),
     )
     local_mins: list[float] = []
