@@ -28,6 +28,7 @@ from calibadv_helpers import (  # noqa: F401  (fixture)
     deepsearch_checkpoint_fixture,
 )
 from diagnose_helpers import copy_warm_start, measured, run_diagnosis, status
+from harness import config_kwargs
 
 from trl_ext.data.tasks import ARITHMETIC_ALPHABET, Task, register_task
 from trl_ext.diagnose.measures import TokenAccumulator, group_measures, useful_step_share
@@ -269,18 +270,12 @@ def _scripted_calibadv(checkpoint, tmp_path, useful: bool):
             [f"<think>b</think>\n<answer> {gold} </answer>", "<think>b</think>\n<answer> wrong guess </answer>"],
         ]
     args = CalibAdvConfig(
-        output_dir=str(tmp_path / ("useful" if useful else "useless")),
-        per_device_train_batch_size=8,
-        num_generations=4,
-        max_completion_length=600,
-        max_steps=2,
-        logging_steps=1,
-        use_cpu=True,
-        bf16=False,
-        report_to="none",
-        save_strategy="no",
-        disable_tqdm=True,
-        seed=0,
+        **config_kwargs(
+            tmp_path / ("useful" if useful else "useless"),
+            per_device_train_batch_size=8,
+            max_completion_length=600,
+            learning_rate=1e-6,  # TRL's default
+        ),
         calibadv_corpus_path="deepsearch",
         calibadv_max_turns=2,
         calibadv_max_tokens_per_turn=96,
@@ -335,20 +330,9 @@ def test_callback_runs_with_every_trainer(name, tiny_checkpoint, toy_dataset, de
     from trl_ext import RegimeCallback
     from trl_ext.registry import get_trainer
 
-    common = dict(
-        output_dir=str(tmp_path),
-        per_device_train_batch_size=8,
-        num_generations=4,
-        max_completion_length=4,
-        max_steps=3,
-        logging_steps=1,
-        use_cpu=True,
-        bf16=False,
-        report_to="none",
-        save_strategy="no",
-        disable_tqdm=True,
-        seed=0,
-    )
+    common = config_kwargs(
+        tmp_path, per_device_train_batch_size=8, max_completion_length=4, max_steps=3, learning_rate=1e-6
+    )  # learning_rate: TRL's default
     regime = RegimeCallback()
     model, dataset, rewards = tiny_checkpoint, toy_dataset, [length_reward]
     if name == "trl":
