@@ -311,16 +311,16 @@ def run_round(
     return results
 
 
-def ratios(runs: dict, key: str, arm: str, warmup: int) -> tuple[float, list[float]]:
-    """Median of ``key`` over the arm's timed steps / trl's, and each timed step's ratio to trl's of the same cycle."""
+def ratios(runs: dict, key: str, arm: str, warmup: int) -> tuple[float, list[list[float]]]:
+    """Median of ``key`` over the arm's timed steps / trl's, and per round each timed step's ratio to trl's of the
+    same cycle."""
     pooled = [t for run in runs[arm] for t in run[key][warmup:]]
     baseline = [t for run in runs["trl"] for t in run[key][warmup:]]
-    paired = [
-        mine / theirs
+    per_round = [
+        [mine / theirs for mine, theirs in zip(run[key][warmup:], trl[key][warmup:], strict=True)]
         for run, trl in zip(runs[arm], runs["trl"], strict=True)
-        for mine, theirs in zip(run[key][warmup:], trl[key][warmup:], strict=True)
     ]
-    return statistics.median(pooled) / statistics.median(baseline), paired
+    return statistics.median(pooled) / statistics.median(baseline), per_round
 
 
 def median_interval(per_round: list[list[float]], *, draws: int = 2000, seed: int = 0) -> tuple[float, float]:
@@ -344,16 +344,10 @@ def summarise(report: dict) -> dict:
     for arm, rows in runs.items():
         samples = [t for run in rows for t in run["step_times"][warmup:]]
         q1, _, q3 = statistics.quantiles(samples, n=4)
-        ratio, paired = ratios(runs, "step_times", arm, warmup)
+        ratio, per_round = ratios(runs, "step_times", arm, warmup)
+        paired = [value for values in per_round for value in values]
         paired_q = statistics.quantiles(paired, n=4) if len(paired) > 1 else [paired[0]] * 3
         lengths = [length for run in rows for length in run["mean_lengths"][warmup:]]
-        per_round = [
-            [
-                mine / theirs
-                for mine, theirs in zip(run["step_times"][warmup:], trl["step_times"][warmup:], strict=True)
-            ]
-            for run, trl in zip(rows, runs["trl"], strict=True)
-        ]
         low, high = median_interval(per_round)
         summary[arm] = {
             "median_step_s": statistics.median(samples), "p25_step_s": q1, "p75_step_s": q3, "ratio_vs_trl": ratio,
