@@ -17,6 +17,7 @@ verdict states the regime in one line.
 
 from __future__ import annotations
 
+import functools
 import math
 import random
 import statistics
@@ -44,6 +45,7 @@ def _t_cdf_above_zero(x: float, df: int, steps: int = 2000) -> float:
     return total * h / 3
 
 
+@functools.lru_cache(maxsize=256)  # a judge asks for the same few quantiles many times; each costs ~10^5 evaluations
 def t_quantile(p: float, df: int) -> float:
     """The p-quantile of Student's t with ``df`` degrees of freedom, for 0.5 < p < 1 (bisection; ~1e-6)."""
     if not 0.5 < p < 1 or df < 1:
