@@ -1,18 +1,17 @@
 """BNPO's variance claim without an LLM: is the method-of-moments Beta normaliser at the gradient-variance minimum?
 
-    python experiments/bnpo_beta_simulation.py                      # 3 seeds x 5 populations x 4 models: ~3.5 min
-    python experiments/bnpo_beta_simulation.py --seeds 0 --batches 2000   # a quick look (~40 s)
+    python experiments/bnpo_beta_simulation.py          # 10 seeds x 4 models x 2 skewed populations: ~12 min
+    python experiments/bnpo_beta_simulation.py --seeds 100 --batches 1000 --out /tmp/pilot.json   # a quick look
 
-**Claim** (arXiv 2506.02864): with success rates ~ Beta(a, b), the normaliser f_Beta(p; 1 + a/3, 1 + b/3), fitted by
-the method of moments on every batch (``fit_beta``), minimises the policy-gradient variance, so beats GRPO's std where
-rates are skewed. **Design.** Batches of 32 prompts x 16 binary rewards with *exact* score vectors, so each advantage's
-gradient g is computed on the same rewards and scores. Policy models ``shared_noiseE`` (the paper's assumptions: one
-success direction and a reward-irrelevant part of energy E in {0, 1, 64}) and ``tabular`` (32 fixed prompts); five
-``POPULATIONS``; advantages ``grpo``, ``bnpo`` (the shipped per-batch fit) and 1 / f_Beta(p_hat; alpha, beta) on the
-log grid ``GRID``. Measure: RV = E||g - E g||^2 / ||E g||^2, ||E g||^2 estimated without bias. **Controls**: the grid
-argmin of the paper's objective sits at (1 + a/3, 1 + b/3) and ``fit_beta`` recovers it; the skewed populations tell
-GRPO from REINFORCE. Falsifier (written before the run): ``FALSIFIER`` below, also in the JSON; results:
-docs/results.md ("BNPO: the fitted Beta normaliser ..."). Writes ``experiments/results/bnpo_beta_simulation.json``.
+The design, claims, seeds, minimum effect, tie band, controls and verdict code are pre-registered in
+``experiments/preregistered/bnpo_variance.py`` (committed before the final run). In short (arXiv 2506.02864): batches
+of 32 prompts x 16 binary rewards with *exact* score vectors, so every advantage's gradient g is computed on the same
+rewards and scores. Policy models ``shared_noiseE`` (the paper's assumptions: one success direction and a
+reward-irrelevant part of energy E in {0, 1, 64}) and ``tabular`` (32 fixed prompts); success rates from
+``POPULATIONS`` (the skewed two by default); advantages ``grpo``, ``bnpo`` (the shipped per-batch fit) and 1 /
+f_Beta(p_hat; alpha, beta) on the log grid ``GRID``. RV = E||g - E g||^2 / ||E g||^2, ||E g||^2 without bias, on all
+batches and on each half (even and odd batches): the grid minimum is selected on one half and scored on the other.
+Results: docs/results.md ("BNPO: ..."). Writes ``experiments/results/bnpo_beta_simulation.json``.
 """
 
 from __future__ import annotations
@@ -22,6 +21,8 @@ import math
 import statistics
 import time
 from pathlib import Path
+
+from preregistered import bnpo_variance as prereg
 
 from trl_ext.compare import harness
 
@@ -38,11 +39,6 @@ POPULATIONS = {
 SKEWED = ("hard_skewed", "easy_skewed")
 #: Policy models: ``tabular`` and ``shared`` with E||z - mu||^2 (the reward-irrelevant score energy) 0, 1 and 64.
 MODELS = ("tabular", "shared_noise0", "shared_noise1", "shared_noise64")
-FALSIFIER = (
-    "For each policy model, falsified if on a skewed population (Beta(0.5, 3) or Beta(3, 0.5)) (i) the 3-seed mean of "
-    "RV(bnpo) / RV(grid minimum) > 1.05 (far from the minimum), or (ii) the 3-seed mean of RV(bnpo) / RV(grpo) >= 1.00 "
-    "(no reduction against GRPO). RV = E||g - Eg||^2 / ||Eg||^2 of the policy-gradient estimate."
-)
 
 
 def grid_weights(alphas: list[float], betas: list[float], num_generations: int = NUM_GENERATIONS):
@@ -104,6 +100,8 @@ def simulate(model: str, a: float, b: float, seed: int, num_batches: int, chunk:
     n_arms = len(arms) + weights.shape[0]
     sum_g = torch.zeros(n_arms, dim, dtype=torch.float64)
     sum_sq = torch.zeros(n_arms, dtype=torch.float64)
+    half_g = torch.zeros(2, n_arms, dim, dtype=torch.float64)
+    half_sq = torch.zeros(2, n_arms, dtype=torch.float64)
     fits: list[tuple[float, float]] = []
     mixed = 0.0
     one = torch.ones(1, dtype=torch.float64)
@@ -142,8 +140,13 @@ def simulate(model: str, a: float, b: float, seed: int, num_batches: int, chunk:
         all_g = torch.cat([package_g, grid_g], dim=0)
         sum_g += all_g.sum(1)
         sum_sq += (all_g**2).sum(-1).sum(1)
+        for half in (0, 1):  # halves A and B: batches of even and odd index
+            mask = (torch.arange(done, done + n) % 2) == half
+            half_g[half] += all_g[:, mask].sum(1)
+            half_sq[half] += (all_g[:, mask] ** 2).sum(-1).sum(1)
         done += n
     trace, signal, rv = relative_variance(sum_g, sum_sq, num_batches)
+    half_rv = [relative_variance(half_g[h], half_sq[h], (num_batches + 1 - h) // 2)[2] for h in (0, 1)]
     second_moment = sum_sq / num_batches
     n_grid = len(GRID)
     grid_rv = rv[2:].view(n_grid, n_grid)
@@ -173,7 +176,30 @@ def simulate(model: str, a: float, b: float, seed: int, num_batches: int, chunk:
         "second_moment_grid_argmin": {"alpha": GRID[best_m2 // n_grid], "beta": GRID[best_m2 % n_grid]},
         "frac_mixed_groups": mixed / num_batches,
         "fixed_rates": fixed_rates.tolist() if fixed_rates is not None else None,
+        "heldout": heldout_folds(half_rv, GRID),
     }  # fmt: skip
+
+
+def heldout_folds(half_rv, grid: list[float]) -> list[dict]:
+    """Selection on one half, scoring on the other (both ways). ``half_rv``: two (2 + n_grid^2,) RVs, rows ``grpo``,
+    ``bnpo``, then the grid (row ``ia * n + ib``); a grid point whose signal estimate is not positive on the selecting
+    half cannot be selected."""
+    import torch
+
+    n = len(grid)
+    folds = []
+    for select, score in ((0, 1), (1, 0)):
+        chosen = half_rv[select][2:]
+        chosen = torch.where(chosen > 0, chosen, torch.tensor(float("inf"), dtype=chosen.dtype))
+        best = int(torch.argmin(chosen))
+        scored = half_rv[score][2:]
+        positive = scored[scored > 0]
+        folds.append({
+            "select_half": "AB"[select], "selected": {"alpha": grid[best // n], "beta": grid[best % n]},
+            "rv_selected": float(scored[best]), "rv_bnpo": float(half_rv[score][1]),
+            "rv_grpo": float(half_rv[score][0]), "rv_score_min": float(positive.min()) if len(positive) else -1.0,
+        })  # fmt: skip
+    return folds
 
 
 def paper_control(a: float, b: float, seed: int) -> dict:
@@ -200,49 +226,99 @@ def paper_control(a: float, b: float, seed: int) -> dict:
     }
 
 
-SUMMARY_KEYS = "bnpo_over_grid_min bnpo_over_grpo bnpo_over_reinforce grpo_over_reinforce fixed_at_fit_over_grid_min"
-SUMMARY_KEYS = (*SUMMARY_KEYS.split(), "bnpo_over_fixed_at_fit", "log_distance_fit_to_grid_min", "frac_mixed_groups")
+SUMMARY_KEYS = ("bnpo_over_grpo", "bnpo_over_reinforce", "grpo_over_reinforce", "bnpo_over_grid_min")
+SUMMARY_KEYS = (*SUMMARY_KEYS, "bnpo_over_fixed_at_fit", "log_distance_fit_to_grid_min", "frac_mixed_groups")
 
 
-def summarise(results: dict) -> dict:
+def bnpo_over_heldout_minimum(run: dict) -> float | None:
+    """RV(bnpo) / RV(the grid point selected on the other half), geometric mean over the two folds."""
+    difference = prereg.heldout_difference(run)
+    return None if difference is None else math.exp(-difference)
+
+
+def summarise(runs: list[dict]) -> dict:
+    """Per model and population: the spread over seeds of every ratio, the held-out ratio, fits and minima."""
     summary: dict = {}
     for model in MODELS:
-        summary[model] = {}
         for name in POPULATIONS:
-            cells = [results[seed][model][name] for seed in results]
-            summary[model][name] = {
-                key: harness.spread([cell[key] for cell in cells], count=False) for key in SUMMARY_KEYS
-            }
-            summary[model][name]["grid_min"] = [(c["grid_min"]["alpha"], c["grid_min"]["beta"]) for c in cells]
-            summary[model][name]["fit_mean"] = [(c["fit_mean"]["alpha"], c["fit_mean"]["beta"]) for c in cells]
-            summary[model][name]["second_moment_grid_argmin"] = [
-                (c["second_moment_grid_argmin"]["alpha"], c["second_moment_grid_argmin"]["beta"]) for c in cells
+            cells = [run for run in runs if run["model"] == model and run["population"] == name]
+            if not cells:
+                continue
+            row = {key: harness.spread([cell[key] for cell in cells], count=False) for key in SUMMARY_KEYS}
+            row["bnpo_over_heldout_minimum"] = harness.spread(
+                [bnpo_over_heldout_minimum(c) for c in cells], count=False
+            )
+            row["selection_cost"] = harness.spread([prereg.selection_cost(c) for c in cells], count=False)
+            for key in ("alpha", "beta"):
+                row[f"fit_{key}"] = harness.spread([c["fit_mean"][key] for c in cells], count=False)
+            row["grid_min"] = [(c["grid_min"]["alpha"], c["grid_min"]["beta"]) for c in cells]
+            row["heldout_selected"] = [
+                (f["selected"]["alpha"], f["selected"]["beta"]) for c in cells for f in c["heldout"]
             ]
-        verdict = {}
-        for name in SKEWED:
-            row = summary[model][name]
-            verdict[name] = {
-                "far_from_minimum": row["bnpo_over_grid_min"]["mean"] > 1.05,
-                "no_reduction_vs_grpo": row["bnpo_over_grpo"]["mean"] >= 1.0,
-                "regime_control_passed": abs(row["grpo_over_reinforce"]["mean"] - 1) > 0.05,
-            }
-        summary[model]["falsified"] = any(v["far_from_minimum"] or v["no_reduction_vs_grpo"] for v in verdict.values())
-        summary[model]["skewed_checks"] = verdict
+            summary[f"{model} / {name}"] = row
     return summary
+
+
+def judge(report: dict) -> dict:
+    return prereg.judge_simulation(report)
+
+
+def docs_tables(report: dict) -> str:
+    """The markdown tables docs/results.md quotes, derived from the report alone (a test compares them)."""
+    judged = report["verdict"]
+    lines = [
+        "| model, population | BNPO fit (alpha, beta) | RV bnpo / grpo | `below_grpo`: log-RV reduction [95% interval], "
+        "seeds in favour | RV bnpo / held-out minimum | `at_minimum`: log-RV difference [95% interval], seeds in favour |",
+        "|---|---|---|---|---|---|",
+    ]
+    for key, cell in judged["cells"].items():
+        row = report["summary"][key]
+        below, at_min = cell["effects"]["below_grpo"], cell["effects"]["at_minimum"]
+        a, b = POPULATIONS[key.split(" / ")[1]]
+        lines.append(
+            f"| `{key.split(' / ')[0]}`, Beta({a:g}, {b:g}) | ({row['fit_alpha']['mean']:.2f}, "
+            f"{row['fit_beta']['mean']:.2f}) | {_spread(row['bnpo_over_grpo'])} | {_effect(below)}: "
+            f"{cell['verdicts']['below_grpo']} | {_spread(row['bnpo_over_heldout_minimum'])} | "
+            f"{_effect(at_min)}: {cell['verdicts']['at_minimum']} |"
+        )
+    lines += ["", "| model, population | machinery | RV grpo / REINFORCE (\\|x - 1\\| >= 0.05) | held-out selection "
+              f"cost (<= {prereg.TIE_FACTOR['simulation']}) |", "|---|---|---|---|"]  # fmt: skip
+    for key, cell in judged["cells"].items():
+        c = cell["controls"]
+        lines.append(
+            f"| {key} | {c['machinery']} | {c['grpo_over_reinforce']:.3f} ({c['tells_grpo_from_reinforce']}) | "
+            f"{c['selection_cost']:.3f} ({c['selection_resolves_the_band']}) |"
+        )
+    lines += ["", "| model | `below_grpo` | `at_minimum` |", "|---|---|---|"]
+    for model, verdicts in judged["summary"].items():
+        lines.append(f"| `{model}` | {verdicts['below_grpo']} | {verdicts['at_minimum']} |")
+    return "\n".join(lines)
+
+
+def _spread(spread: dict) -> str:
+    return f"{spread['mean']:.3f} ({spread['min']:.3f}-{spread['max']:.3f})"
+
+
+def _effect(effect: dict | None) -> str:
+    if effect is None:
+        return "not measurable"
+    return f"{effect['mean']:+.3f} [{effect['low']:+.3f}, {effect['high']:+.3f}], {effect['in_favour']}/{effect['n']}"
 
 
 def plot(report: dict, path: Path) -> None:
     import numpy as np
 
-    seed = next(iter(report["results"]))
-    names = list(POPULATIONS)
+    seed = report["runs"][0]["seed"]
+    names = sorted({run["population"] for run in report["runs"]}, key=list(POPULATIONS).index)
     logs = np.log2(GRID)
     size = (3.2 * len(names), 3.2 * len(MODELS))
     with harness.figure(path, len(MODELS), len(names), figsize=size, squeeze=False) as (fig, axes):
         for r, model in enumerate(MODELS):
             for c, name in enumerate(names):
                 ax = axes[r][c]
-                cell = report["results"][seed][model][name]
+                cell = next(
+                    x for x in report["runs"] if (x["seed"], x["model"], x["population"]) == (seed, model, name)
+                )
                 grid = np.array(cell["grid_rv"])
                 ratio = np.log2(np.clip(grid / grid.min(), 1.0, 4.0))
                 extent = [logs[0], logs[-1], logs[0], logs[-1]]
@@ -266,44 +342,43 @@ def run(options) -> dict:
 
     set_threads(1)
     start = time.time()
-    controls = {name: paper_control(a, b, 0) for name, (a, b) in POPULATIONS.items()}
+    controls = {name: paper_control(*POPULATIONS[name], 0) for name in options.populations}
     for name, control in controls.items():
         print(f"control {name}: {control}")
-    results: dict = {}
+    runs: list[dict] = []
     for seed in options.seeds:
-        results[str(seed)] = {}
         for model in MODELS:
-            results[str(seed)][model] = {}
-            for name, (a, b) in POPULATIONS.items():
-                cell = simulate(model, a, b, 1000 * seed + 17, options.batches)
-                results[str(seed)][model][name] = cell
+            for name in options.populations:
+                cell = simulate(model, *POPULATIONS[name], 1000 * seed + 17, options.batches)
+                runs.append({"seed": seed, "model": model, "population": name, **cell})
                 print(
                     f"seed {seed} {model:>14} {name:>11}: RV grpo {cell['rv']['grpo']:.4g} bnpo {cell['rv']['bnpo']:.4g}"
                     f" reinforce {cell['rv']['reinforce']:.4g} grid min {cell['grid_min']['rv']:.4g} at "
                     f"({cell['grid_min']['alpha']:.3g}, {cell['grid_min']['beta']:.3g}); fit "
-                    f"({cell['fit_mean']['alpha']:.3g}, {cell['fit_mean']['beta']:.3g}); bnpo/min "
-                    f"{cell['bnpo_over_grid_min']:.3f} bnpo/grpo {cell['bnpo_over_grpo']:.3f} "
+                    f"({cell['fit_mean']['alpha']:.3g}, {cell['fit_mean']['beta']:.3g}); bnpo/grpo "
+                    f"{cell['bnpo_over_grpo']:.3f} bnpo/held-out min {bnpo_over_heldout_minimum(cell):.3f} "
                     f"[{time.time() - start:.0f} s]"
                 )
     settings = dict(seeds=options.seeds, batches=options.batches, prompts=PROMPTS, num_generations=NUM_GENERATIONS)
-    settings.update(grid=GRID, nuisance_dim=NUISANCE_DIM, populations=POPULATIONS)
+    settings.update(grid=GRID, nuisance_dim=NUISANCE_DIM, populations={n: POPULATIONS[n] for n in options.populations})
     return dict(
-        falsifier=FALSIFIER, options=settings, controls=controls, results=results, wall_seconds=time.time() - start
-    )
+        preregistration=prereg.__doc__, amendments=list(prereg.AMENDMENTS), options=settings, controls=controls,
+        runs=runs, wall_seconds=time.time() - start,
+    )  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    harness.add_common_args(parser, RESULTS / "bnpo_beta_simulation.json")
-    parser.add_argument("--batches", type=int, default=4000)
+    harness.add_common_args(parser, RESULTS / "bnpo_beta_simulation.json", seeds=prereg.SIMULATION_SEEDS)
+    parser.add_argument("--batches", type=int, default=prereg.SIMULATION_BATCHES)
+    parser.add_argument("--populations", nargs="+", default=list(prereg.SKEWED_POPULATIONS), choices=list(POPULATIONS))
     options = parser.parse_args(argv)
     report = harness.load_report(options.out) if options.replot else run(options)
-    report["summary"] = summarise(report["results"])
+    report["summary"] = summarise(report["runs"])
+    report["verdict"] = judge(report)
 
     def show(report: dict) -> None:
-        for model in MODELS:
-            summary = report["summary"][model]
-            print(f"{model}: falsified = {summary['falsified']}; {summary['skewed_checks']}")
+        print(docs_tables(report))
 
     return harness.finish(options, report, argv, plot=plot, show=show)
 

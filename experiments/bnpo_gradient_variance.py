@@ -25,6 +25,9 @@ import tempfile
 import time
 from pathlib import Path
 
+from bnpo_beta_simulation import heldout_folds, relative_variance
+from preregistered import bnpo_variance as prereg
+
 from trl_ext.compare import harness
 
 harness.script_env(one_thread=True)
@@ -33,17 +36,6 @@ RESULTS = Path(__file__).parent / "results"
 ADVANTAGES = ("grpo", "bnpo", "mean_baseline")
 PROMPTS_PER_BATCH, NUM_GENERATIONS = 16, 8
 SKEWED_LEVEL_WEIGHTS = (0.05, 0.05, 0.3, 0.6)
-SKEWED_FALSIFIER = (
-    "Skewed mode: at each measured stage, falsified if the 3-seed mean of RV(bnpo) / RV(grpo) >= 1.00 (no reduction "
-    "where success rates are skewed) or the 3-seed mean of RV(bnpo) / RV(grid minimum) > 1.05 (the fitted normaliser "
-    "is far from the variance minimum); RV = E||g - Eg||^2 / ||Eg||^2 with ||Eg||^2 estimated without bias."
-)
-SKEWED_CONTROL = (
-    "The measured batches must be skewed and informative: the mean fitted beta / alpha >= 1.3 (success rates skewed "
-    "towards 0, so that BNPO's normaliser differs from GRPO's symmetric one) and >= 25% mixed groups; otherwise the "
-    "stage is inconclusive. The per-group decomposition must reproduce the directly computed GRPO and BNPO gradients "
-    "(relative error < 1e-3, asserted)."
-)
 
 
 def pretrain(checkpoint: str, dataset, task, seed: int, steps: int, out_dir: Path) -> str:
@@ -200,6 +192,8 @@ def grouped_variance_at(
     size = sum(p.numel() for p in params)
     sum_g = torch.zeros(len(arms), size, dtype=torch.float64)
     sum_sq = torch.zeros(len(arms), dtype=torch.float64)
+    half_g = torch.zeros(2, len(arms), size, dtype=torch.float64)  # halves A and B: batches of even and odd index
+    half_sq = torch.zeros(2, len(arms), dtype=torch.float64)
     stats: dict[str, list] = {"reward": [], "frac_mixed_groups": [], "alpha": [], "beta": [], "p_hat": []}
     rng = random.Random(seed)
     checks = {}
@@ -242,13 +236,16 @@ def grouped_variance_at(
             assert max(checks.values()) < 1e-3, f"the loss gradient is not linear in the advantages: {checks}"
         sum_g += g
         sum_sq += (g**2).sum(1)
+        half_g[index % 2] += g
+        half_sq[index % 2] += (g**2).sum(1)
+    half_rv = [relative_variance(half_g[h], half_sq[h], (num_batches + 1 - h) // 2)[2] for h in (0, 1)]
     mean = sum_g / num_batches
     trace = (sum_sq - num_batches * (mean**2).sum(1)) / (num_batches - 1)
     signal = (mean**2).sum(1) - trace / num_batches
     rv = trace / signal
     return {
         "arms": arms, "rv": rv.tolist(), "trace": trace.tolist(), "signal": signal.tolist(), "stats": stats,
-        "linearity_check": checks,
+        "linearity_check": checks, "heldout": heldout_folds(half_rv, SKEWED_GRID),
     }  # fmt: skip
 
 
@@ -278,28 +275,67 @@ def skewed_cell(measured: dict) -> dict:
         "reward": statistics.fmean(measured["stats"]["reward"]),
         "frac_mixed_groups": statistics.fmean(measured["stats"]["frac_mixed_groups"]),
         "p_hat_histogram": torch.histc(p_hat, bins=17, min=-1 / 32, max=1 + 1 / 32).tolist(),
-        "linearity_check": measured["linearity_check"],
+        "linearity_check": measured["linearity_check"], "heldout": measured["heldout"],
     }  # fmt: skip
 
 
-def skewed_summary(results: dict, stages: list[int]) -> dict:
-    """Per stage: the 3-seed spread of every ratio and statistic, the control and the falsifier."""
-    summary: dict = {}
-    for stage in stages:
-        cells = [results[s][str(stage)] for s in results]
-        keys = ("bnpo_over_grpo", "bnpo_over_reinforce", "bnpo_over_grid_min", "log_distance_fit_to_grid_min")
-        summary[str(stage)] = {key: harness.spread([c[key] for c in cells], count=False) for key in keys}
-        for key in ("reward", "frac_mixed_groups"):
-            summary[str(stage)][key] = harness.spread([c[key] for c in cells], count=False)
-        for key in ("alpha", "beta"):
-            summary[str(stage)][f"fit_{key}"] = harness.spread([c["fit_mean"][key] for c in cells], count=False)
-        summary[str(stage)]["grid_min"] = [(c["grid_min"]["alpha"], c["grid_min"]["beta"]) for c in cells]
-        row = summary[str(stage)]
-        row["control_skewed_and_mixed"] = (
-            row["fit_beta"]["mean"] / row["fit_alpha"]["mean"] >= 1.3 and row["frac_mixed_groups"]["mean"] >= 0.25
-        )
-        row["falsified"] = row["bnpo_over_grpo"]["mean"] >= 1.0 or row["bnpo_over_grid_min"]["mean"] > 1.05
+def summarise(runs: list[dict]) -> dict:
+    """The spread over seeds of every ratio and statistic (skewed mode: one stage)."""
+    keys = ("bnpo_over_grpo", "bnpo_over_reinforce", "bnpo_over_grid_min", "log_distance_fit_to_grid_min")
+    summary = {key: harness.spread([run[key] for run in runs], count=False) for key in keys}
+    summary["bnpo_over_heldout_minimum"] = harness.spread(
+        [None if (d := prereg.heldout_difference(run)) is None else math.exp(-d) for run in runs], count=False
+    )
+    summary["selection_cost"] = harness.spread([prereg.selection_cost(run) for run in runs], count=False)
+    summary["grpo_over_reinforce"] = harness.spread(
+        [run["rv"]["grpo"] / run["rv"]["reinforce"] for run in runs], count=False
+    )
+    for key in ("reward", "frac_mixed_groups"):
+        summary[key] = harness.spread([run[key] for run in runs], count=False)
+    for key in ("alpha", "beta"):
+        summary[f"fit_{key}"] = harness.spread([run["fit_mean"][key] for run in runs], count=False)
+    summary["grid_min"] = [(run["grid_min"]["alpha"], run["grid_min"]["beta"]) for run in runs]
+    summary["heldout_selected"] = [(f["selected"]["alpha"], f["selected"]["beta"]) for r in runs for f in r["heldout"]]
     return summary
+
+
+def judge(report: dict) -> dict:
+    return prereg.judge_llm(report)
+
+
+def docs_tables(report: dict) -> str:
+    """The markdown table docs/results.md quotes, derived from the report alone (a test compares them)."""
+    summary, judged = report["summary"], report["verdict"]
+    c = judged["controls"]
+
+    def spread(key: str) -> str:
+        return f"{summary[key]['mean']:.3f} ({summary[key]['min']:.3f}-{summary[key]['max']:.3f})"
+
+    def effect(claim: str) -> str:
+        e = judged["effects"][claim]
+        if e is None:
+            return "not measurable"
+        return f"{e['mean']:+.3f} [{e['low']:+.3f}, {e['high']:+.3f}], {e['in_favour']}/{e['n']} seeds in favour"
+
+    n = len(report["runs"])
+    return "\n".join([
+        f"| LLM, carry-weighted mixture, stage {prereg.LLM_STAGE}, {n} seeds | mean (min-max) or effect [95% interval] |",
+        "|---|---|",
+        f"| BNPO fit (alpha, beta) | ({summary['fit_alpha']['mean']:.2f}, {summary['fit_beta']['mean']:.2f}) |",
+        f"| RV bnpo / grpo | {spread('bnpo_over_grpo')} |",
+        f"| `below_grpo`: log RV(grpo) - log RV(bnpo) | {effect('below_grpo')}: **{judged['verdicts']['below_grpo']}** |",
+        f"| RV bnpo / held-out minimum | {spread('bnpo_over_heldout_minimum')} |",
+        f"| `at_minimum`: log RV(held-out minimum) - log RV(bnpo) | {effect('at_minimum')}: "
+        f"**{judged['verdicts']['at_minimum']}** |",
+        f"| RV bnpo / REINFORCE (alpha = beta = 1) | {spread('bnpo_over_reinforce')} |",
+        f"| control: fitted beta / alpha (>= {prereg.LLM_MIN_SKEW}) | {c['fit_beta_over_alpha']:.2f} ({c['skewed']}) |",
+        f"| control: mixed groups (>= {prereg.LLM_MIN_MIXED}) | {c['frac_mixed_groups']:.2f} ({c['mixed']}) |",
+        f"| control: RV grpo / REINFORCE (\\|x - 1\\| >= {prereg.GRPO_VS_REINFORCE}) | {c['grpo_over_reinforce']:.3f} "
+        f"({c['tells_grpo_from_reinforce']}) |",
+        f"| control: held-out selection cost (<= {prereg.TIE_FACTOR['llm']}) | "
+        + (f"{c['selection_cost']:.3f}" if c["selection_cost"] is not None else "not measurable")
+        + f" ({c['selection_resolves_the_band']}) |",
+    ])  # fmt: skip
 
 
 def run_skewed(options) -> dict:
@@ -307,20 +343,19 @@ def run_skewed(options) -> dict:
 
     start = time.time()
     task = get_task(QUICKSTART_SETTINGS["task"])
-    results: dict = {}
+    runs: list[dict] = []
     for seed in options.seeds:
         train_data = task.make_dataset(QUICKSTART_SETTINGS["dataset"]["num_rows"], seed)
         measure_data = skewed_dataset(4096, seed + 100, options.level_weights)
         initial = harness.tiny_model(f"bnpo-variance-{seed}/init", seed=seed, alphabet=task.alphabet)
         cache = Path(tempfile.gettempdir()) / f"trl-ext-bnpo-variance-{seed}"
-        results[str(seed)] = {}
         for stage in options.stages:
             checkpoint = pretrain(initial, train_data, task, seed, stage, cache / f"grpo-{stage}")
             measured = grouped_variance_at(
                 checkpoint, measure_data, task, seed, options.batches, options.prompts, options.num_generations
             )
             cell = skewed_cell(measured)
-            results[str(seed)][str(stage)] = cell
+            runs.append({"seed": seed, "stage": stage, **cell})
             print(
                 f"seed {seed} stage {stage}: reward {cell['reward']:.3f} mixed {cell['frac_mixed_groups']:.2f} fit "
                 f"({cell['fit_mean']['alpha']:.2f}, {cell['fit_mean']['beta']:.2f}) | RV grpo {cell['rv']['grpo']:.3g} "
@@ -331,8 +366,8 @@ def run_skewed(options) -> dict:
             )
     keys = ("seeds", "stages", "batches", "prompts", "num_generations", "level_weights")
     return {
-        "mode": "skewed", "falsifier": SKEWED_FALSIFIER, "control": SKEWED_CONTROL,
-        "options": {**{key: getattr(options, key) for key in keys}, "grid": SKEWED_GRID}, "results": results,
+        "mode": "skewed", "preregistration": prereg.__doc__, "amendments": list(prereg.AMENDMENTS),
+        "options": {**{key: getattr(options, key) for key in keys}, "grid": SKEWED_GRID}, "runs": runs,
         "wall_seconds": time.time() - start,
     }  # fmt: skip
 
@@ -340,13 +375,12 @@ def run_skewed(options) -> dict:
 def plot_skewed(report: dict, path: Path) -> None:
     import numpy as np
 
-    seeds = list(report["results"])
-    stage = str(report["options"]["stages"][0])
+    runs = report["runs"]
     logs = np.log2(SKEWED_GRID)
-    size = (3.6 * (len(seeds) + 1), 3.4)
-    with harness.figure(path, 1, len(seeds) + 1, figsize=size, squeeze=False) as (fig, axes):
-        for c, seed in enumerate(seeds):
-            cell = report["results"][seed][stage]
+    size = (3.6 * (len(runs) + 1), 3.4)
+    with harness.figure(path, 1, len(runs) + 1, figsize=size, squeeze=False) as (fig, axes):
+        for c, cell in enumerate(runs):
+            seed = cell["seed"]
             grid = np.array(cell["grid_rv"])
             grid = np.where(grid > 0, grid, np.nan)
             ratio = np.log2(np.clip(grid / np.nanmin(grid), 1.0, 4.0))
@@ -359,8 +393,8 @@ def plot_skewed(report: dict, path: Path) -> None:
             if c == 0:
                 ax.legend(fontsize=6)
         ax = axes[0][-1]
-        for seed in seeds:
-            hist = report["results"][seed][stage]["p_hat_histogram"]
+        for cell in runs:
+            seed, hist = cell["seed"], cell["p_hat_histogram"]
             x = np.arange(len(hist)) / (len(hist) - 1)
             ax.plot(x, np.array(hist) / sum(hist), marker=".", label=f"seed {seed}")
         ax.set(
@@ -429,12 +463,12 @@ def run_legacy(options) -> dict:
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    harness.add_common_args(parser, None)
+    harness.add_common_args(parser, None, seeds=())
     parser.add_argument("--out", type=Path, help="the result JSON (default: this mode's in experiments/results/)")
-    parser.add_argument("--stages", type=int, nargs="+", default=[0, 60, 150])
-    parser.add_argument("--batches", type=int, default=32)
+    parser.add_argument("--stages", type=int, nargs="+", help="default: skewed 30, legacy 0 60 150")
+    parser.add_argument("--batches", type=int, help="default: skewed 160, legacy 32")
     modes = "legacy: 16 x 8 on the quickstart mixture (its old results file); skewed: 32 x 16, hard-weighted, the grid"
-    parser.add_argument("--mode", choices=["legacy", "skewed"], default="legacy", help=modes)
+    parser.add_argument("--mode", choices=["legacy", "skewed"], default="skewed", help=modes)
     parser.add_argument("--prompts", type=int, default=32, help="skewed mode: prompts per batch")
     parser.add_argument("--num-generations", type=int, default=16, help="skewed mode: completions per prompt")
     parser.add_argument(
@@ -442,6 +476,10 @@ def main(argv: list[str] | None = None) -> dict:
         help="skewed mode: sampling weights of the copy, successor, no-carry and carry levels",
     )  # fmt: skip
     options = parser.parse_args(argv)
+    skewed = options.mode == "skewed"
+    options.seeds = options.seeds or list(prereg.LLM_SEEDS if skewed else (0, 1, 2))
+    options.stages = options.stages or ([prereg.LLM_STAGE] if skewed else [0, 60, 150])
+    options.batches = options.batches or (prereg.LLM_BATCHES if skewed else 32)
     suffix = "_skewed" if options.mode == "skewed" else ""
     options.out = options.out or RESULTS / f"bnpo_gradient_variance{suffix}.json"
     if options.replot:
@@ -451,9 +489,13 @@ def main(argv: list[str] | None = None) -> dict:
 
         set_threads(1)
         report = run_skewed(options) if options.mode == "skewed" else run_legacy(options)
-    skewed = report.get("mode") == "skewed"
-    report["summary"] = (skewed_summary if skewed else legacy_summary)(report["results"], report["options"]["stages"])
-    show = lambda r: [print(f"stage {stage}: " + json.dumps(row)) for stage, row in r["summary"].items()]  # noqa: E731
+    if report.get("mode") == "skewed":
+        report["summary"] = summarise(report["runs"])
+        report["verdict"] = judge(report)
+        show = lambda r: print(docs_tables(r))  # noqa: E731
+    else:
+        report["summary"] = legacy_summary(report["results"], report["options"]["stages"])
+        show = lambda r: [print(f"stage {stage}: " + json.dumps(row)) for stage, row in r["summary"].items()]  # noqa: E731
     return harness.finish(options, report, argv, plot=plot_skewed if skewed else plot, show=show)
 
 

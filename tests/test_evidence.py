@@ -81,3 +81,23 @@ def test_verdict_needs_a_positive_minimum_effect_and_worst_takes_the_weakest():
     assert worst([SHOWN, CONTRADICTED, NOT_SHOWN]) == CONTRADICTED
     assert worst([SHOWN, SHOWN]) == SHOWN
     assert set(evidence.VERDICTS) == {SHOWN, NOT_SHOWN, CONTRADICTED}
+
+
+@pytest.mark.parametrize(
+    ("low", "high", "expected"),
+    [
+        (-0.01, 0.03, SHOWN),  # worse by at most 1%: inside the 5% tie band
+        (-0.05, 0.03, SHOWN),  # the interval starts exactly at the band's edge
+        (-0.0501, 0.03, NOT_SHOWN),
+        (-0.20, -0.05, NOT_SHOWN),  # the interval reaches the band's edge exactly
+        (-0.20, -0.0501, CONTRADICTED),
+        (-0.30, -0.10, CONTRADICTED),
+    ],
+)
+def test_verdict_no_worse_at_each_threshold(low, high, expected):
+    assert evidence.verdict_no_worse({"low": low, "high": high}, 0.05) == expected
+
+
+def test_verdict_no_worse_needs_a_positive_band():
+    with pytest.raises(ValueError, match="tie_band"):
+        evidence.verdict_no_worse({"low": 0.0, "high": 0.1}, 0.0)

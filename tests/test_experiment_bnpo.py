@@ -11,7 +11,10 @@ from pathlib import Path
 import pytest
 import torch
 
+from trl_ext.compare.evidence import CONTRADICTED, NOT_SHOWN, SHOWN
+
 EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
+sys.path.insert(0, str(EXPERIMENTS))  # the scripts import their pre-registration (experiments/preregistered)
 
 
 def _load(name: str):
@@ -103,3 +106,101 @@ def test_llm_group_decomposition_matches_direct_gradients(tmp_path):
     assert set(measured["linearity_check"]) == {"grpo", "bnpo"}
     assert max(measured["linearity_check"].values()) < 1e-3
     assert len(measured["rv"]) == 2 + len(bench.SKEWED_GRID) ** 2
+
+
+# The pre-registered verdicts (experiments/preregistered/bnpo_variance.py) on hand-made result tables
+
+
+def _prereg():
+    from preregistered import bnpo_variance
+
+    return bnpo_variance
+
+
+def _run(seed, *, grpo=1.0, bnpo=0.9, reinforce=1.2, selected=1.0, bnpo_heldout=1.02, score_min=1.0, **extra):
+    fold = {"rv_selected": selected, "rv_bnpo": bnpo_heldout, "rv_grpo": grpo, "rv_score_min": score_min}
+    fold["selected"] = {"alpha": 1.0, "beta": 2.0}
+    return {"seed": seed, "rv": {"grpo": grpo, "bnpo": bnpo, "reinforce": reinforce}, "heldout": [fold, dict(fold)],
+            **extra}  # fmt: skip
+
+
+def _simulation(model_runs, *, machinery=True):
+    prereg = _prereg()
+    controls = {
+        name: {"argmin_within_one_grid_step": machinery, "fit_within_2pct": True} for name in prereg.SKEWED_POPULATIONS
+    }
+    runs = [
+        {**run, "model": model, "population": population}
+        for (model, population), rs in model_runs.items()
+        for run in rs
+    ]
+    return prereg.judge_simulation({"controls": controls, "runs": runs})
+
+
+def test_bnpo_below_grpo_at_the_minimum_reduction():
+    prereg = _prereg()
+    seeds = prereg.SIMULATION_SEEDS
+    cell = ("tabular", "hard_skewed")
+    exact = _simulation({cell: [_run(s, grpo=1.0, bnpo=0.95) for s in seeds]})["cells"]["tabular / hard_skewed"]
+    assert exact["effects"]["below_grpo"]["low"] == pytest.approx(prereg.MIN_REDUCTION)
+    assert exact["verdicts"]["below_grpo"] == SHOWN  # a 5% reduction on every seed, exactly the minimum
+    short = _simulation({cell: [_run(s, grpo=1.0, bnpo=0.9501) for s in seeds]})["cells"]["tabular / hard_skewed"]
+    assert short["verdicts"]["below_grpo"] == CONTRADICTED
+    noisy = [_run(s, grpo=1.0, bnpo=0.95 + (0.1 if s % 2 else -0.1)) for s in seeds]
+    assert _simulation({cell: noisy})["cells"]["tabular / hard_skewed"]["verdicts"]["below_grpo"] == NOT_SHOWN
+    # GRPO indistinguishable from REINFORCE (|ratio - 1| < 0.05): nothing for BNPO to improve on
+    flat = [_run(s, grpo=1.0, bnpo=0.5, reinforce=1.0 / 1.049) for s in seeds]
+    assert (
+        _simulation({cell: flat})["cells"]["tabular / hard_skewed"]["verdicts"]["below_grpo"]
+        == prereg.REGIME_NOT_REACHED
+    )
+
+
+def test_bnpo_at_minimum_at_the_tie_band_and_its_resolution_control():
+    prereg = _prereg()
+    seeds = prereg.SIMULATION_SEEDS
+    cell = ("shared_noise1", "easy_skewed")
+
+    def at_min(**kwargs):
+        judged = _simulation({cell: [_run(s, **kwargs) for s in seeds]})
+        return judged["cells"]["shared_noise1 / easy_skewed"]["verdicts"]["at_minimum"]
+
+    assert at_min(selected=1.0, bnpo_heldout=1.05) == SHOWN  # exactly at the 5% band's edge
+    assert at_min(selected=1.0, bnpo_heldout=1.0501) == CONTRADICTED
+    assert at_min(selected=1.0, bnpo_heldout=0.98) == SHOWN  # BNPO below the held-out choice
+    # selection on the other half costs more than the band: the experiment cannot resolve it
+    assert at_min(selected=1.06, bnpo_heldout=1.06, score_min=1.0) == prereg.REGIME_NOT_REACHED
+    assert at_min(selected=1.0, bnpo_heldout=-0.1) == prereg.REGIME_NOT_REACHED  # signal estimate not positive
+
+
+def test_bnpo_model_verdict_is_the_weaker_over_populations_and_machinery_gates_it():
+    prereg = _prereg()
+    seeds = prereg.SIMULATION_SEEDS
+    good = [_run(s, grpo=1.0, bnpo=0.8, selected=1.0, bnpo_heldout=1.0) for s in seeds]
+    bad = [_run(s, grpo=1.0, bnpo=1.2, selected=1.0, bnpo_heldout=1.3) for s in seeds]
+    judged = _simulation({("tabular", "hard_skewed"): good, ("tabular", "easy_skewed"): bad})
+    assert judged["summary"]["tabular"] == {"below_grpo": CONTRADICTED, "at_minimum": CONTRADICTED}
+    assert judged["registered_seeds"]
+    judged = _simulation({("tabular", "hard_skewed"): good, ("tabular", "easy_skewed"): good})
+    assert judged["summary"]["tabular"] == {"below_grpo": SHOWN, "at_minimum": SHOWN}
+    judged = _simulation({("tabular", "hard_skewed"): good, ("tabular", "easy_skewed"): good}, machinery=False)
+    assert judged["summary"]["tabular"]["at_minimum"] == prereg.REGIME_NOT_REACHED
+
+
+def test_bnpo_llm_verdict_needs_skewed_mixed_batches_and_uses_its_wider_band():
+    prereg = _prereg()
+
+    def llm(beta=2.0, mixed=0.5, **kwargs):
+        runs = [_run(s, fit_mean={"alpha": 1.0, "beta": beta}, frac_mixed_groups=mixed, stage=prereg.LLM_STAGE, **kwargs)
+                for s in prereg.LLM_SEEDS]  # fmt: skip
+        return prereg.judge_llm({"runs": runs})
+
+    judged = llm(selected=1.0, bnpo_heldout=1.08)  # 8% above the held-out minimum: inside the LLM's 10% band
+    assert judged["verdicts"]["at_minimum"] == SHOWN and judged["registered_seeds"]
+    assert llm(selected=1.0, bnpo_heldout=1.1001)["verdicts"]["at_minimum"] == CONTRADICTED
+    assert llm(beta=1.29)["verdicts"] == {
+        "below_grpo": prereg.REGIME_NOT_REACHED,
+        "at_minimum": prereg.REGIME_NOT_REACHED,
+    }
+    assert llm(mixed=0.24)["verdicts"]["below_grpo"] == prereg.REGIME_NOT_REACHED
+    assert prereg.judge_llm({"runs": [_run(0, stage=30)]})["summary"] == "a verdict needs at least 2 seeds"

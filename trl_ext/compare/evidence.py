@@ -24,7 +24,9 @@ import statistics
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-__all__ = ["CONTRADICTED", "NOT_SHOWN", "SHOWN", "VERDICTS", "paired_effect", "t_quantile", "verdict", "worst"]
+__all__ = [
+    "CONTRADICTED", "NOT_SHOWN", "SHOWN", "VERDICTS", "paired_effect", "t_quantile", "verdict", "verdict_no_worse", "worst",
+]  # fmt: skip
 
 SHOWN = "shown"
 NOT_SHOWN = "not shown at this scale"
@@ -115,6 +117,24 @@ def verdict(effect: Mapping[str, Any], min_effect: float) -> str:
     if effect["low"] >= min_effect:
         return SHOWN
     if effect["high"] < min_effect:
+        return CONTRADICTED
+    return NOT_SHOWN
+
+
+def verdict_no_worse(effect: Mapping[str, Any], tie_band: float) -> str:
+    """The verdict on "the treatment is no worse than the baseline by more than ``tie_band``" (a non-inferiority claim,
+    e.g. "the fitted normaliser is at the variance minimum" against the best normaliser found on other batches), for a
+    :func:`paired_effect` oriented as usual (> 0 favours the treatment) and the band stated before the run (> 0):
+
+    * :data:`SHOWN`: the whole interval lies at or above ``-tie_band``;
+    * :data:`CONTRADICTED`: the whole interval lies below ``-tie_band`` (the treatment is worse by more than the band);
+    * :data:`NOT_SHOWN`: the interval contains ``-tie_band``.
+    """
+    if not tie_band > 0:
+        raise ValueError(f"tie_band must be > 0 (in the metric's units), got {tie_band}")
+    if effect["low"] >= -tie_band:
+        return SHOWN
+    if effect["high"] < -tie_band:
         return CONTRADICTED
     return NOT_SHOWN
 
