@@ -547,7 +547,8 @@ def docs_tables(report: dict) -> str:
     ]
     lines += [
         "",
-        "| arm - `dapo` | fork direction entropy, run mean | high-entropy clip fraction | prompts on the better branch, end |",
+        "| arm - `dapo` (difference [95% interval], seeds with a difference > 0) | fork direction entropy, run mean "
+        "| high-entropy clip fraction | prompts on the better branch, end |",
         "|---|---|---|---|",
     ]
     for arm, measures in judged["secondary"].items():
