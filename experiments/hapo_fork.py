@@ -1,21 +1,22 @@
-"""HAPO on a task with one high-entropy fork token and a long deterministic chain, off-policy enough that clipping acts.
+"""HAPO on a fork where keeping both branches open pays, off-policy enough that clipping acts.
 
-    python experiments/hapo_fork.py                  # 8 arms x 3 seeds, one process: about 3 min of one core
-    # as measured: two processes (97 s + 87 s), then merged into experiments/results/hapo_fork.json and .png
-    python experiments/hapo_fork.py --arms dapo hapo_reference hapo_signed dualclip_only --out /tmp/a.json
-    python experiments/hapo_fork.py --arms temperature_only tlga_only adr_only aac_only --out /tmp/b.json
-    python experiments/hapo_fork.py --merge /tmp/a.json /tmp/b.json
+    python experiments/hapo_fork.py          # the pre-registered run: 4 arms x 10 seeds x 160 steps, one process
 
-**Task.** The prompt is ``d=``; a correct completion counts up *or* down from d for ``--chain`` digits and stops, so
-the first token is a *fork* with two right answers (ideal entropy ln 2) and every later token is deterministic. A tiny
-Qwen2 warm-started by ``--sft_steps`` supervised steps on both chains starts RL with a balanced fork. **Regime.** 7 of
-8 micro-batches stale (``steps_per_generation=8``), lr 2e-3, no KL, ``loss_type="dapo"``, eps 0.2 / 0.28 in every
-arm. **Arms:** ``dapo`` (the ``grpo`` trainer), ``hapo_reference`` / ``hapo_signed`` (all components, each
-``hapo_entropy_sign_mode``) and each component alone. **Measured:** the exact fork entropy every ``FORK_EVERY`` steps,
-the chain entropy, and clip fractions of off-policy loss tokens by position and by entropy bucket (above the
-micro-batch's 0.8-quantile, HAPO's pivot) from an instrumented subclass of the arm's trainer (the package is
-unchanged). Controls and falsifier (written before the run): ``FALSIFIER`` below, also in the JSON; design and results:
-docs/results.md ("HAPO: fork-token entropy under off-policy clipping"). One torch thread.
+The design, arms, primary metric, seeds, minimum effect and controls are pre-registered in
+``experiments/preregistered/hapo_fork.py`` (committed before the final run), which also computes the verdict stored
+in the JSON. **Task.** The prompt is ``d=``; the first completion token is a *fork*: d+1 starts the easy branch (count
+up for ``--chain`` digits, then EOS), d-1 the better one (count down). The reward is the correct prefix under the
+chosen branch / (L+1), times the branch's value (``--easy_reward`` for the easy branch, 1 for the better one). A tiny
+Qwen2 warm-started by ``--sft_steps`` supervised steps learns the fork balanced, the easy chain in full and only the
+first ``--better_known`` tokens of the better one, so a policy that collapses its fork early settles on the easy
+branch and one that keeps it open can learn the better chain. **Regime.** 7 of 8 micro-batches stale
+(``steps_per_generation=8``), lr 2e-3, no KL, ``loss_type="dapo"``, eps 0.2 / 0.28 in every arm. **Arms:** ``dapo``
+(the ``grpo`` trainer), ``hapo_reference`` / ``hapo_signed`` (all components, each ``hapo_entropy_sign_mode``),
+``dapo_entropy`` (``grpo`` with TRL's entropy bonus: the positive control), and, outside the registered run, each HAPO
+component alone. **Measured:** every ``FORK_EVERY`` steps the fork statistics and the exact expected reward at T = 1
+(teacher-forced on both correct completions); the chain entropy; and clip fractions of off-policy loss tokens by
+position and by entropy bucket (above the micro-batch's 0.8-quantile, HAPO's pivot) from an instrumented subclass of
+the arm's trainer (the package is unchanged). Results: docs/results.md ("HAPO: ..."). One torch thread.
 """
 
 from __future__ import annotations
@@ -29,6 +30,8 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
+from preregistered import hapo_fork as prereg
+
 from trl_ext.compare import harness
 
 harness.script_env(one_thread=True)
@@ -36,15 +39,7 @@ harness.script_env(one_thread=True)
 RESULTS = Path(__file__).parent / "results"
 ALPHABET = "0123456789="
 DIGITS = "0123456789"
-FALSIFIER = (
-    "For each full HAPO arm (hapo_reference, hapo_signed) separately: falsified if the 3-seed mean of its fork "
-    "entropy averaged over all evaluation points after the start is not higher than the dapo baseline's "
-    "(difference <= 0), or if its clip fraction on the high-entropy bucket (entropy above the micro-batch 0.8-quantile, "
-    "off-policy tokens, whole run, 3-seed mean) is not lower than the baseline's on the same bucket. Supported if "
-    "neither holds and the fork-entropy difference is positive on every seed (paired); inconclusive otherwise or if a "
-    "control fails (baseline clip fraction on off-policy tokens < 1%, or baseline fork entropy over the last quarter "
-    "not below half its start)."
-)
+EASY, BETTER = 1, -1  # the branches: count up (easy, lower value) or down (better, partly taught)
 BASE_CLIP = {"loss_type": "dapo", "epsilon": 0.2, "epsilon_high": 0.28, "beta": 0.0}
 _ALL_OFF = {
     "hapo_adaptive_temperature": False, "hapo_token_level_advantage": False, "hapo_adaptive_advantage": False,
@@ -59,10 +54,12 @@ ARMS: dict[str, tuple[str, dict]] = {
     "adr_only": ("hapo", {**_ALL_OFF, "hapo_adaptive_advantage": True}),
     "aac_only": ("hapo", {**_ALL_OFF, "hapo_adaptive_clip": True}),
     "dualclip_only": ("hapo", {**_ALL_OFF, "hapo_dual_clip_c": 10.0}),
+    "dapo_entropy": ("grpo", {"entropy_coef": prereg.ENTROPY_COEF}),
 }  # fmt: skip
 COLORS = {
     "dapo": "black", "hapo_reference": "tab:red", "hapo_signed": "tab:blue", "temperature_only": "tab:orange",
     "tlga_only": "tab:green", "adr_only": "tab:purple", "aac_only": "tab:brown", "dualclip_only": "tab:gray",
+    "dapo_entropy": "tab:olive",
 }  # fmt: skip
 BUCKETS = ("fork", "chain", "high", "low")
 FORK_EVERY = 4  # optimizer steps between exact fork-entropy evaluations
@@ -74,18 +71,20 @@ def target(digit: int, direction: int, length: int) -> str:
     return "".join(str((digit + direction * k) % 10) for k in range(1, length + 1))
 
 
-def fork_reward(digit: int, text: str, ended: bool, length: int) -> float:
-    """Correct-prefix length of the L+1 targets (L digits, then EOS) under the direction of the first token, / (L+1).
+def fork_reward(digit: int, text: str, ended: bool, length: int, easy_reward: float = 1.0) -> float:
+    """The reward of a completion of ``d=``: correct-prefix length of the L+1 targets (L digits, then EOS) under the
+    direction of the first token, / (L+1), times that branch's value: ``easy_reward`` for the easy branch (count up,
+    ``EASY``), 1 for the better one (count down, ``BETTER``).
 
     ``text`` is the completion with one character per generated token (tokens outside the digits as any non-digit
     character) and without the EOS; ``ended`` says whether the completion stopped with EOS right after ``text``.
     """
     if not text:
         return 0.0
-    if text[0] == str((digit + 1) % 10):
-        goal = target(digit, 1, length)
-    elif text[0] == str((digit - 1) % 10):
-        goal = target(digit, -1, length)
+    if text[0] == str((digit + EASY) % 10):
+        goal, value = target(digit, EASY, length), easy_reward
+    elif text[0] == str((digit + BETTER) % 10):
+        goal, value = target(digit, BETTER, length), 1.0
     else:
         return 0.0
     prefix = 0
@@ -95,7 +94,23 @@ def fork_reward(digit: int, text: str, ended: bool, length: int) -> float:
         prefix += 1
     if prefix == length and len(text) == length and ended:
         prefix += 1
-    return prefix / (length + 1)
+    return value * prefix / (length + 1)
+
+
+def expected_reward(logps, length: int, easy_reward: float) -> dict:
+    """The exact expected reward at T = 1 from teacher-forced log-probs of the two correct completions.
+
+    ``logps``: (P, 2, L + 1) log-probabilities of the correct tokens (fork token, L - 1 chain digits, EOS) of each
+    prompt's easy (index 0) and better (index 1) completion, each conditioned on the correct prefix. The reward is a
+    sum of prefix indicators, so E[R] = sum_branch value_b / (L + 1) sum_t prod_{j <= t} p_j. Returns the mean over
+    prompts of ``reward`` and of each branch's share ``easy`` / ``better`` of it.
+    """
+    prefix = logps.double().cumsum(-1).exp().sum(-1) / (length + 1)  # (P, 2)
+    easy, better = easy_reward * prefix[:, 0], prefix[:, 1]
+    return {"reward": float((easy + better).mean()), "reward_easy": float(easy.mean()),
+            "reward_better": float(better.mean()),
+            "chain_easy": float(logps[:, 0, 1:].double().sum(-1).exp().mean()),
+            "chain_better": float(logps[:, 1, 1:].double().sum(-1).exp().mean())}  # fmt: skip
 
 
 def binary_entropy(p: float) -> float:
@@ -142,19 +157,21 @@ def fork_statistics(probs, digits: list[int], digit_ids: list[int]) -> dict:
     """Fork metrics from the first-token distributions ``probs`` (P, V) of the prompts ``digits`` (T=1).
 
     Returns the mean over prompts of the entropy of the whole distribution (``fork_entropy``), of the binary entropy
-    of p(up) / (p(up) + p(down)) (``direction_entropy``), and of p(up) + p(down) (``valid``).
+    of p(easy) / (p(easy) + p(better)) (``direction_entropy``), of p(easy) + p(better) (``valid``) and of
+    p(better) / (p(easy) + p(better)) (``p_better``, and per prompt ``p_better_per_prompt``).
     """
     import torch
 
     probs = probs.double()
     entropy = -(probs * torch.log(probs.clamp(min=1e-30))).sum(-1)
-    ups = torch.stack([probs[i, digit_ids[(d + 1) % 10]] for i, d in enumerate(digits)])
-    downs = torch.stack([probs[i, digit_ids[(d - 1) % 10]] for i, d in enumerate(digits)])
-    valid = ups + downs
-    direction = [binary_entropy(float(u / v)) if v > 0 else 0.0 for u, v in zip(ups, valid)]
+    easy = torch.stack([probs[i, digit_ids[(d + EASY) % 10]] for i, d in enumerate(digits)])
+    better = torch.stack([probs[i, digit_ids[(d + BETTER) % 10]] for i, d in enumerate(digits)])
+    valid = easy + better
+    share = better / valid.clamp(min=1e-30)
+    direction = [binary_entropy(float(u / v)) if v > 0 else 0.0 for u, v in zip(easy, valid)]
     return {
         "fork_entropy": float(entropy.mean()), "direction_entropy": statistics.fmean(direction),
-        "valid": float(valid.mean()), "p_up": float((ups / valid.clamp(min=1e-30)).mean()),
+        "valid": float(valid.mean()), "p_better": float(share.mean()), "p_better_per_prompt": share.tolist(),
     }  # fmt: skip
 
 
@@ -165,8 +182,28 @@ def _tokenizer_ids(tokenizer) -> tuple[list[int], int, int]:
     return digit_ids, equals, tokenizer.eos_token_id
 
 
+def teaching_rows(tokenizer, length: int, better_known: int):
+    """The warm start's supervised rows ``(input_ids, labels)``: per digit one easy and one better completion (so the
+    fork starts balanced); the easy one labelled in full (L digits and EOS), the better one on its first
+    ``better_known`` tokens only (the fork token included), so its chain has to be learned by RL."""
+    import torch
+
+    digit_ids, equals, eos = _tokenizer_ids(tokenizer)
+    rows, labels = [], []
+    for digit in range(10):
+        for direction in (EASY, BETTER):
+            chain = [digit_ids[int(c)] for c in target(digit, direction, length)]
+            row = [digit_ids[digit], equals, *chain, eos]
+            label = [-100, -100, *row[2:]]  # loss on the completion only (prompt "d=" is 2 tokens)
+            if direction == BETTER:
+                label = [token if i < 2 + better_known else -100 for i, token in enumerate(label)]
+            rows.append(row)
+            labels.append(label)
+    return torch.tensor(rows), torch.tensor(labels)
+
+
 def warm_start(seed: int, options) -> str:
-    """A tiny random Qwen2 trained for ``options.sft_steps`` cross-entropy steps on up and down chains (cached)."""
+    """A tiny random Qwen2 trained for ``options.sft_steps`` cross-entropy steps on :func:`teaching_rows` (cached)."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -177,25 +214,18 @@ def warm_start(seed: int, options) -> str:
         str(root / f"init-seed{seed}"), alphabet=ALPHABET, hidden_size=64, num_layers=2, num_heads=4,
         initializer_range=0.1, seed=seed,
     )  # fmt: skip
-    out = root / f"sft-seed{seed}-steps{options.sft_steps}-lr{options.sft_lr}-L{options.chain}"
+    name = f"sft-seed{seed}-steps{options.sft_steps}-lr{options.sft_lr}-L{options.chain}-k{options.better_known}"
+    out = root / name
     if (out / "done").exists():
         return str(out)
     tokenizer = AutoTokenizer.from_pretrained(base)
     model = AutoModelForCausalLM.from_pretrained(base)
-    digit_ids, equals, eos = _tokenizer_ids(tokenizer)
-    rows = []
-    for digit in range(10):
-        for direction in (1, -1):
-            chain = [digit_ids[int(c)] for c in target(digit, direction, options.chain)]
-            rows.append([digit_ids[digit], equals, *chain, eos])
-    data = torch.tensor(rows)
-    labels = data.clone()
-    labels[:, :2] = -100  # loss on the completion only (prompt "d=" is 2 tokens)
+    data, labels = teaching_rows(tokenizer, options.chain, options.better_known)
     generator = torch.Generator().manual_seed(seed)
     optimizer = torch.optim.AdamW(model.parameters(), lr=options.sft_lr, weight_decay=0.0)
     model.train()
     for _ in range(options.sft_steps):
-        index = torch.randint(0, len(rows), (32,), generator=generator)
+        index = torch.randint(0, len(data), (32,), generator=generator)
         loss = model(input_ids=data[index], labels=labels[index]).loss
         optimizer.zero_grad()
         loss.backward()
@@ -218,7 +248,7 @@ def make_dataset(num_rows: int, seed: int):
     return Dataset.from_dict({"prompt": [f"{d}=" for d in digits], "digit": digits})
 
 
-def make_reward(tokenizer, length: int):
+def make_reward(tokenizer, length: int, easy_reward: float):
     digit_ids, _, eos = _tokenizer_ids(tokenizer)
     id_to_char = {token: DIGITS[i] for i, token in enumerate(digit_ids)}
 
@@ -228,7 +258,7 @@ def make_reward(tokenizer, length: int):
             ids = list(ids)
             ended = bool(ids) and ids[-1] == eos
             text = "".join(id_to_char.get(t, "?") for t in (ids[:-1] if ended else ids))
-            rewards.append(fork_reward(int(d), text, ended, length))
+            rewards.append(fork_reward(int(d), text, ended, length, easy_reward))
         return rewards
 
     return chain_reward
@@ -307,18 +337,33 @@ def instrumented(trainer_cls, recorder: Recorder):
     return Instrumented
 
 
-def fork_callback(tokenizer, every: int, records: list[dict]):
-    """A TrainerCallback recording :func:`fork_statistics` at the start and every ``every`` optimizer steps."""
+def fork_callback(tokenizer, every: int, records: list[dict], length: int, easy_reward: float):
+    """A TrainerCallback recording :func:`fork_statistics` and :func:`expected_reward` (exact, at T = 1, from one
+    teacher-forced forward pass over both correct completions of the 10 prompts) at the start and every ``every``
+    optimizer steps."""
     import torch
     from transformers import TrainerCallback
 
-    digit_ids, equals, _ = _tokenizer_ids(tokenizer)
-    prompts = torch.tensor([[digit_ids[d], equals] for d in range(10)])
+    digit_ids, equals, eos = _tokenizer_ids(tokenizer)
+    rows = [
+        [digit_ids[d], equals, *[digit_ids[int(c)] for c in target(d, direction, length)], eos]
+        for d in range(10)
+        for direction in (EASY, BETTER)
+    ]
+    sequences = torch.tensor(rows)  # (20, L + 3): prompt d, easy / better completion
 
     def measure(model, step: int) -> None:
+        was_training = model.training
+        model.eval()
         with torch.no_grad():
-            logits = model(input_ids=prompts.to(model.device)).logits[:, -1, :].float()
-        records.append({"step": step, **fork_statistics(torch.softmax(logits, -1).cpu(), list(range(10)), digit_ids)})
+            logits = model(input_ids=sequences.to(model.device)).logits.float().cpu()
+        model.train(was_training)
+        logps = torch.log_softmax(logits[:, 1:-1], -1).gather(-1, sequences[:, 2:, None]).squeeze(-1)
+        fork = torch.softmax(logits[0::2, 1], -1)  # the first-token distribution of each prompt
+        records.append({
+            "step": step, **fork_statistics(fork, list(range(10)), digit_ids),
+            **expected_reward(logps.view(10, 2, length + 1), length, easy_reward),
+        })  # fmt: skip
 
     class Fork(TrainerCallback):
         def on_train_begin(self, args, state, control, model=None, **kwargs):
@@ -338,6 +383,7 @@ def train_run(arm: str, checkpoint: str, seed: int, options) -> dict:
     from trl_ext import get_trainer
 
     trainer_name, extra = ARMS[arm]
+    easy_reward = options.easy_reward
     recorder, forks = Recorder(), []
     tokenizer = AutoTokenizer.from_pretrained(checkpoint)
     config = dict(
@@ -347,10 +393,10 @@ def train_run(arm: str, checkpoint: str, seed: int, options) -> dict:
         temperature=1.0, max_steps=options.steps, **BASE_CLIP, **extra,
     )  # fmt: skip
     run = harness.run_arm(
-        trainer_name, model=checkpoint, reward_funcs=[make_reward(tokenizer, options.chain)],
+        trainer_name, model=checkpoint, reward_funcs=[make_reward(tokenizer, options.chain, easy_reward)],
         train_dataset=make_dataset(32 * options.steps + 64, seed), seed=seed, config=config,
         trainer_cls=instrumented(get_trainer(trainer_name)[0], recorder),
-        callbacks=[fork_callback(tokenizer, FORK_EVERY, forks)], processing_class=tokenizer,
+        callbacks=[fork_callback(tokenizer, FORK_EVERY, forks, options.chain, easy_reward)], processing_class=tokenizer,
     )  # fmt: skip
     logs = run.logs("clip_ratio/region_mean")
     # Rollout metrics (reward, length, temperature) are logged at the steps that generate (every
@@ -383,6 +429,14 @@ def summarise_run(run: dict) -> dict:
     lengths = [v for v in run["length"] if v is not None]
     rewards = run["reward"]
     summary = {
+        "reward_exact_start": forks[0]["reward"],
+        "reward_exact_second_half": prereg.primary_of_run(run),  # the primary metric
+        "reward_exact_end": forks[-1]["reward"],
+        "p_better_start": forks[0]["p_better"],
+        "p_better_last_quarter": statistics.fmean(f["p_better"] for f in forks[-quarter:]),
+        "better_share_end": prereg.better_share_end(run),
+        "chain_better_start": forks[0]["chain_better"],
+        "chain_better_end": forks[-1]["chain_better"],
         "fork_entropy_start": forks[0]["fork_entropy"],
         "fork_entropy_mean": statistics.fmean(f["fork_entropy"] for f in forks[1:]),
         "fork_entropy_last_quarter": statistics.fmean(f["fork_entropy"] for f in forks[-quarter:]),
@@ -411,54 +465,19 @@ def summarise_run(run: dict) -> dict:
 
 
 def summarise(runs: dict) -> dict:
-    """Per arm: mean/min/max over seeds of every per-run summary; then the controls and the verdicts."""
+    """Per arm: mean/min/max over seeds of every per-run summary (the verdict is :func:`prereg.judge`'s)."""
     per_run = {arm: {seed: summarise_run(run) for seed, run in seeds.items()} for arm, seeds in runs.items()}
     arms = {}
     for arm, seeds in per_run.items():
         keys = next(iter(seeds.values())).keys()
         arms[arm] = {key: harness.spread([s[key] for s in seeds.values()]) for key in keys}
-    out: dict = {"arms": arms, "per_run": per_run}
-    if "dapo" not in per_run:
-        return out
-    base = arms["dapo"]
-    controls = {
-        "baseline_clip_fraction": base["clip_all"]["mean"], "clipping_acts": base["clip_all"]["mean"] >= 0.01,
-        "baseline_fork_start": base["fork_entropy_start"]["mean"],
-        "baseline_fork_last_quarter": base["fork_entropy_last_quarter"]["mean"],
-        "baseline_collapses": base["fork_entropy_last_quarter"]["mean"] < 0.5 * base["fork_entropy_start"]["mean"],
-    }  # fmt: skip
-    out["controls"] = controls
-    verdicts = {}
-    for arm in per_run:
-        if arm == "dapo":
-            continue
-        shared = sorted(set(per_run[arm]) & set(per_run["dapo"]))
-        diffs = [per_run[arm][s]["fork_entropy_mean"] - per_run["dapo"][s]["fork_entropy_mean"] for s in shared]
-        mean_diff = statistics.fmean(diffs)
-        high = arms[arm]["clip_high"]["mean"]
-        high_base = base["clip_high"]["mean"]
-        clipped_less = high is not None and high_base is not None and high < high_base
-        if not (controls["clipping_acts"] and controls["baseline_collapses"]):
-            verdict = "inconclusive (control failed)"
-        elif mean_diff <= 0 or not clipped_less:
-            verdict = "falsified"
-        elif all(d > 0 for d in diffs):
-            verdict = "supported"
-        else:
-            verdict = "inconclusive"
-        verdicts[arm] = {
-            "fork_entropy_mean_diff_vs_dapo": mean_diff, "per_seed_diffs": diffs, "clip_high_bucket": high,
-            "clip_high_bucket_dapo": high_base, "high_entropy_clipped_less": clipped_less, "verdict": verdict,
-            "judged_by_falsifier": arm in ("hapo_reference", "hapo_signed") and len(shared) >= 3,
-        }  # fmt: skip
-    out["verdicts"] = verdicts
-    return out
+    return {"arms": arms, "per_run": per_run}
 
 
 # Plot
 def plot(report: dict, path: Path) -> None:
     runs = report["runs"]
-    main_arms = [a for a in ("dapo", "hapo_reference", "hapo_signed") if a in runs]
+    main_arms = [a for a in prereg.ARMS if a in runs]
     with harness.figure(path, 2, 3, figsize=(17, 9), dpi=100) as (fig, axes):
         for arm in main_arms + [a for a in runs if a not in main_arms]:
             main = arm in main_arms
@@ -466,21 +485,19 @@ def plot(report: dict, path: Path) -> None:
             seeds = list(runs[arm].values())
             label = f"{arm} ({len(seeds)} seeds)"
             forks = [f["step"] for f in seeds[0]["fork"]]
-            for axis, key in ((axes[0, 0], "fork_entropy"), (axes[0, 1], "direction_entropy")):
+            for axis, key in ((axes[0, 0], "reward"), (axes[0, 1], "direction_entropy"), (axes[0, 2], "p_better")):
                 curves = [[f[key] for f in r["fork"]] for r in seeds]
                 harness.band(axis, forks, curves, color=COLORS[arm], label=label, **style)
+            curves = [r["reward"] for r in seeds]
+            harness.band(axes[1, 0], seeds[0]["generation_step"], curves, color=COLORS[arm], label=label, **style)
             chain = [[s["chain_entropy_sum"] / s["chain_tokens"] for s in r["loss_side"]] for r in seeds]
-            harness.band(axes[0, 2], range(1, len(chain[0]) + 1), chain, color=COLORS[arm], label=label, **style)
-            for axis, key in ((axes[1, 0], "reward"), (axes[1, 1], "length")):
-                curves = [r[key] for r in seeds]
-                harness.band(axis, seeds[0]["generation_step"], curves, color=COLORS[arm], label=label, **style)
-        for axis in (axes[0, 0], axes[0, 1]):
-            axis.axhline(math.log(2), color="gray", linewidth=0.8, linestyle=":")
-        axes[0, 0].set_title("fork entropy (first token, exact, mean of 10 prompts)")
-        axes[0, 1].set_title("fork direction entropy: H(p_up / (p_up + p_down))")
-        axes[0, 2].set_title("chain entropy (positions >= 1, sampled completions)")
-        axes[1, 0].set_title("mean reward")
-        axes[1, 1].set_title("mean completion length (tokens)")
+            harness.band(axes[1, 1], range(1, len(chain[0]) + 1), chain, color=COLORS[arm], label=label, **style)
+        axes[0, 1].axhline(math.log(2), color="gray", linewidth=0.8, linestyle=":")
+        axes[0, 0].set_title("exact expected reward at T = 1 (mean of 10 prompts)")
+        axes[0, 1].set_title("fork direction entropy H(p_easy / (p_easy + p_better))")
+        axes[0, 2].set_title("p_better / (p_easy + p_better) at the fork, mean of prompts")
+        axes[1, 0].set_title("mean sampled reward (rollouts)")
+        axes[1, 1].set_title("chain entropy (positions >= 1, sampled completions)")
         for axis in axes.flat[:5]:
             axis.set_xlabel("optimizer step")
         axes[0, 0].legend(fontsize=7)
@@ -494,22 +511,93 @@ def plot(report: dict, path: Path) -> None:
         axes[1, 2].set_title("clip fraction per bucket (off-policy tokens, mean of seeds)")
         axes[1, 2].legend(fontsize=7)
         fig.suptitle(
-            "HAPO fork task: count up or down from d for L tokens; fork = first token (ideal ln 2), chain deterministic",
+            "HAPO fork task: d= then count up (easy branch, worth less) or down (better, chain partly taught)",
             fontsize=11,
         )
+
+
+def docs_tables(report: dict) -> str:
+    """The markdown tables docs/results.md quotes, derived from the report alone (a test compares them)."""
+    judged = report["verdict"]
+    lines = [
+        "| arm - `dapo` | mean difference [95% interval] | seeds in favour | verdict |",
+        "|---|---|---|---|",
+    ]
+    for arm, effect in judged["effects"].items():
+        lines.append(
+            f"| `{arm}` | {effect['mean']:+.3f} [{effect['low']:+.3f}, {effect['high']:+.3f}] "
+            f"| {effect['in_favour']}/{effect['n']} | {judged['verdicts'][arm]} |"
+        )
+    checks = judged["controls"]
+    positive = checks["positive_control_effect"]
+    lines += [
+        "",
+        "| control | value | held |",
+        "|---|---|---|",
+        f"| `dapo` clips off-policy tokens (>= {prereg.MIN_CLIP_FRACTION:g}) | {checks['baseline_clip_fraction']:.4f} "
+        f"| {checks['clipping_acts']} |",
+        f"| `dapo` fork direction entropy, last quarter < {prereg.COLLAPSE_FACTOR:g} x start "
+        f"| {checks['baseline_direction_entropy_start']:.3f} → {checks['baseline_direction_entropy_last_quarter']:.3f} "
+        f"| {checks['fork_collapses']} |",
+        f"| `dapo` prompts settled on the easy branch at the end (>= {prereg.MIN_EASY_SHARE:g}) "
+        f"| {checks['baseline_easy_share_end']:.2f} | {checks['baseline_settles_on_easy']} |",
+        f"| positive control `dapo_entropy` - `dapo` (interval above 0) | {positive['mean']:+.3f} "
+        f"[{positive['low']:+.3f}, {positive['high']:+.3f}], {positive['in_favour']}/{positive['n']} "
+        f"| {checks['entropy_pays']} |",
+    ]
+    lines += [
+        "",
+        "| arm - `dapo` (difference [95% interval], seeds with a difference > 0) | fork direction entropy, run mean "
+        "| high-entropy clip fraction | prompts on the better branch, end |",
+        "|---|---|---|---|",
+    ]
+    for arm, measures in judged["secondary"].items():
+        cells = " | ".join(
+            f"{e['mean']:+.3f} [{e['low']:+.3f}, {e['high']:+.3f}], {e['in_favour']}/{e['n']}"
+            for e in (measures[k] for k in ("direction_entropy_mean", "clip_high", "better_share_end"))
+        )
+        lines.append(f"| `{arm}` | {cells} |")
+    arms = report["summary"]["arms"]
+    lines += [
+        "",
+        "| arm | primary: exact reward, 2nd half | exact reward, start | prompts on the better branch, end "
+        "| better chain completed, end | fork direction entropy, run mean | clip, all off-policy | clip, high-entropy |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for arm in prereg.ARMS:
+        row = arms[arm]
+
+        def cell(key: str, digits: int = 3, row: dict = row) -> str:
+            value = row[key]
+            return f"{value['mean']:.{digits}f} ({value['min']:.{digits}f}-{value['max']:.{digits}f})"
+
+        lines.append(
+            f"| `{arm}` | {cell('reward_exact_second_half')} | {cell('reward_exact_start')} | {cell('better_share_end', 2)} "
+            f"| {cell('chain_better_end', 2)} | {cell('direction_entropy_mean')} | {cell('clip_all', 4)} "
+            f"| {cell('clip_high', 4)} |"
+        )
+    return "\n".join(lines)
 
 
 # Main
 def print_summary(report: dict) -> None:
     summary = report["summary"]
-    keys = "fork_entropy_start fork_entropy_mean fork_entropy_last_quarter direction_entropy_last_quarter"
-    keys += " chain_entropy_last_quarter reward_last_quarter length_drift clip_all clip_fork clip_chain clip_high"
+    keys = "reward_exact_start reward_exact_second_half p_better_last_quarter better_share_end chain_better_end"
+    keys += " fork_entropy_mean direction_entropy_mean direction_entropy_last_quarter clip_all clip_high"
     harness.print_table(
         {arm: {k: (v or {}).get("mean") for k, v in row.items()} for arm, row in summary["arms"].items()},
-        [*keys.split(), "clip_low", "dual_all"],
+        keys.split(),
     )
-    if "controls" in summary:
-        print(json.dumps({"controls": summary["controls"], "verdicts": summary["verdicts"]}, indent=1))
+    judged = report.get("verdict")
+    if judged:
+        for arm, effect in judged["effects"].items():
+            print(f"{arm} - dapo: {effect['mean']:+.4f} [{effect['low']:+.4f}, {effect['high']:+.4f}] "
+                  f"({effect['in_favour']}/{effect['n']} seeds in favour) -> {judged['verdicts'][arm]}")  # fmt: skip
+        checks = {k: v for k, v in judged["controls"].items() if k != "positive_control_effect"}
+        print(json.dumps(checks, indent=1))
+        effect = judged["controls"]["positive_control_effect"]
+        print(f"positive control: {effect['mean']:+.4f} [{effect['low']:+.4f}, {effect['high']:+.4f}] "
+              f"({effect['in_favour']}/{effect['n']})")  # fmt: skip
 
 
 def merge(paths: list[Path]) -> dict:
@@ -540,7 +628,10 @@ def run(options) -> dict:
             runs[arm][str(seed)] = train_run(arm, checkpoint, seed, options)
             s = summarise_run(runs[arm][str(seed)])
             print(
-                f"seed {seed} {arm:>16}: {time.perf_counter() - t0:5.1f}s | fork H {s['fork_entropy_start']:.3f} -> "
+                f"seed {seed} {arm:>16}: {time.perf_counter() - t0:5.1f}s | R* {s['reward_exact_start']:.3f} -> "
+                f"{s['reward_exact_end']:.3f} (2nd half {s['reward_exact_second_half']:.3f}) | p_better "
+                f"{s['p_better_start']:.2f} -> {s['p_better_last_quarter']:.2f} | chain_better "
+                f"{s['chain_better_start']:.2f} -> {s['chain_better_end']:.2f} | fork H {s['fork_entropy_start']:.3f} -> "
                 f"{s['fork_entropy_last_quarter']:.3f} (mean {s['fork_entropy_mean']:.3f}) | chain H last "
                 f"{s['chain_entropy_last_quarter']:.3f} | reward {s['reward_first_quarter']:.3f} -> "
                 f"{s['reward_last_quarter']:.3f} | len {s['length_first_quarter']:.2f} -> "
@@ -548,7 +639,7 @@ def run(options) -> dict:
                 f"high {s['clip_high']}"
             )
     return {
-        "falsifier": FALSIFIER,
+        "preregistration": prereg.__doc__,
         "settings": {k: v for k, v in vars(options).items() if k not in ("merge", "out", "replot")},
         "arms": {arm: {"trainer": ARMS[arm][0], "config": {**BASE_CLIP, **ARMS[arm][1]}} for arm in options.arms},
         "runs": runs, "wall_s": time.perf_counter() - start,
@@ -557,14 +648,22 @@ def run(options) -> dict:
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    harness.add_common_args(parser, RESULTS / "hapo_fork.json")
-    parser.add_argument("--arms", nargs="+", default=list(ARMS), choices=list(ARMS))
-    parser.add_argument("--steps", type=int, default=160, help="optimizer steps per run")
-    parser.add_argument("--steps_per_generation", type=int, default=8)
-    parser.add_argument("--lr", type=float, default=2e-3)
-    parser.add_argument("--chain", type=int, default=10, help="L, the chain length")
-    parser.add_argument("--sft_steps", type=int, default=60)
-    parser.add_argument("--sft_lr", type=float, default=3e-3)
+    harness.add_common_args(parser, RESULTS / "hapo_fork.json", seeds=prereg.SEEDS)
+    parser.add_argument("--arms", nargs="+", default=list(prereg.ARMS), choices=list(ARMS))
+    settings = prereg.SETTINGS
+    parser.add_argument("--steps", type=int, default=settings["steps"], help="optimizer steps per run")
+    parser.add_argument("--steps_per_generation", type=int, default=settings["steps_per_generation"])
+    parser.add_argument("--lr", type=float, default=settings["lr"])
+    parser.add_argument("--chain", type=int, default=settings["chain"], help="L, the chain length")
+    parser.add_argument("--sft_steps", type=int, default=settings["sft_steps"])
+    parser.add_argument("--sft_lr", type=float, default=settings["sft_lr"])
+    parser.add_argument("--easy_reward", type=float, default=settings["easy_reward"], help="the easy branch's value")
+    parser.add_argument(
+        "--better_known",
+        type=int,
+        default=settings["better_known"],
+        help="better-branch tokens the warm start teaches",
+    )
     parser.add_argument("--merge", nargs="+", type=Path, help="merge these result JSONs into --out and plot")
     options = parser.parse_args(argv)
     if options.merge:
@@ -572,6 +671,8 @@ def main(argv: list[str] | None = None) -> dict:
     else:
         report = harness.load_report(options.out) if options.replot else run(options)
     report["summary"] = summarise(report["runs"])
+    if all(arm in report["runs"] for arm in prereg.ARMS):
+        report["verdict"] = prereg.judge(report)
     return harness.finish(options, report, argv, plot=plot, show=print_summary)
 
 

@@ -30,6 +30,7 @@ def _recomputed(module, result: str) -> dict:
 EXPERIMENTS = [
     ("minpro_estimator", "minpro_estimator"),
     ("bnpo_beta_simulation", "bnpo_beta_simulation"),
+    ("hapo_fork", "hapo_fork"),
 ]
 
 
