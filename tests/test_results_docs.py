@@ -31,6 +31,7 @@ EXPERIMENTS = [
     ("minpro_estimator", "minpro_estimator"),
     ("bnpo_beta_simulation", "bnpo_beta_simulation"),
     ("hapo_fork", "hapo_fork"),
+    ("diva_hard", "diva_hard"),
 ]
 
 
