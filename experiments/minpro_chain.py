@@ -28,6 +28,7 @@ from trl_ext.compare import harness
 harness.script_env()
 RESULTS = Path(__file__).parent / "results"
 SPIKE_FACTOR = 10.0
+FLAT_GRAD_NORM = 1e-3  # a step this flat has (almost) no signal left: its groups' rewards (nearly) all agree
 #: arm -> (registered trainer, extra config fields)
 ARMS: dict[str, tuple[str, dict]] = {
     "grpo": ("grpo", {}), "minpro": ("minpro", {}), "minpro_capped": ("minpro", {"minpro_cap_at_one": True}),
@@ -95,7 +96,8 @@ def curves(history: list[dict]) -> dict:
 
 def summarise(runs: dict[str, list[dict]]) -> dict:
     """Per arm: each metric's mean, min, max and per-seed values (the pre-registered metrics, plus gradient-norm
-    spikes above 10x the median active gradient norm of all runs)."""
+    spikes above 10x the median active gradient norm of all runs, and the share of second-half steps whose gradient
+    norm is below 1e-3)."""
     active = [
         g for arm_runs in runs.values() for run in arm_runs for g in run["grad_norm"] if g > prereg.ACTIVE_GRAD_NORM
     ]
@@ -107,6 +109,8 @@ def summarise(runs: dict[str, list[dict]]) -> dict:
             stat = prereg.run_metrics(run)
             stat["grad_norm_spikes"] = sum(norm > threshold for norm in run["grad_norm"])
             stat["max_grad_norm"] = max(run["grad_norm"])
+            late = run["grad_norm"][len(run["grad_norm"]) // 2 :]  # descriptive, added after the run (not registered)
+            stat["flat_late_steps"] = sum(norm < FLAT_GRAD_NORM for norm in late) / len(late)
             stats.append(stat)
         per_arm[arm] = {
             key: {**harness.spread([s[key] for s in stats]), "per_seed": [s[key] for s in stats]} for key in stats[0]
@@ -188,6 +192,7 @@ def docs_tables(report: dict) -> str:
         ("largest fall relative to the peak", "largest_relative_fall", ".2f"),
         ("gradient-norm spikes (> 10x the median)", "grad_norm_spikes", ".0f"), ("largest gradient norm", "max_grad_norm", ".3g"),
         ("clipped token fraction", "clip_fraction", ".3f"),
+        ("second-half steps with gradient norm < 1e-3", "flat_late_steps", ".2f"),
     )  # fmt: skip
     for label, key, fmt in rows:
         cells = " | ".join(
