@@ -1,50 +1,46 @@
-"""MinPRO far off-policy on a 12-token "count-up chain", with the cumulative prefix ratio as a positive control.
+"""MinPRO against GRPO in far off-policy training on the 12-token ``count_chain``, in a regime where GRPO is unstable.
 
-    python experiments/minpro_chain.py                        # 4 arms x 3 seeds, about 12 minutes on one core
-    python experiments/minpro_chain.py --seeds 0 --steps 96   # a quick look
+    python experiments/minpro_chain.py                         # the pre-registered run: 2 arms x 10 seeds, 640 steps
+    python experiments/minpro_chain.py --seeds 100 --steps 96  # a quick look (not the registered seeds)
 
-Task: the built-in ``count_chain`` (next 12 digits counting up; reward = right prefix / 12), where the prefix decides
-whether a token is reachable. Regime: far off-policy (each generation batch split into 4 optimizer steps and replayed
-``num_iterations`` 4 times: the last steps train on a policy 15 updates old), lr 3e-3, no KL, ``loss_type="dapo"``.
-Arms: ``grpo``, ``minpro``, ``minpro_capped`` and the **positive control** ``prefix_product`` (registered here: the
-exact cumulative prefix-ratio correction). Per run: the reward per generation batch, the final reward, the largest fall
-of its 3-batch moving average, gradient-norm spikes, TRL's clip fractions. Control (``prefix_product`` must be
-unstable) and falsifier (written before the run): ``FALSIFIER`` below, also in the JSON; results: docs/results.md
-("MinPRO: far off-policy, on long completions"). Writes ``experiments/results/minpro_chain.json`` and ``.png``.
+The design, arms, primary metric, seeds, minimum effect and controls are pre-registered in
+``experiments/preregistered/minpro_chain.py`` (committed before the final run), which also computes the verdict stored
+in the JSON. In short: the tiny random Qwen2 learns ``count_chain`` (the next 12 digits counting up; reward = right
+prefix / 12) while each generation batch is split into several optimizer steps and replayed ``num_iterations``
+times, at a learning rate high enough that ``grpo`` itself is unstable (the control); ``minpro`` is compared with it
+on the mean reward of the second half of training, paired by seed. Extra arms for a look (not registered):
+``minpro_capped`` and ``prefix_product`` (each token weighted by the detached cumulative prefix ratio).
+Writes ``experiments/results/minpro_chain.json`` and ``.png``; results: docs/results.md ("MinPRO: ...").
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import math
 import statistics
 import time
 from pathlib import Path
+
+from preregistered import minpro_chain as prereg
 
 from trl_ext.compare import harness
 
 harness.script_env()
 RESULTS = Path(__file__).parent / "results"
 SPIKE_FACTOR = 10.0
-ACTIVE_GRAD_NORM = 1e-6
-SMOOTHING = 3
-FINAL_WINDOW = 5
+FLAT_GRAD_NORM = 1e-3  # a step this flat has (almost) no signal left: its groups' rewards (nearly) all agree
 #: arm -> (registered trainer, extra config fields)
 ARMS: dict[str, tuple[str, dict]] = {
     "grpo": ("grpo", {}), "minpro": ("minpro", {}), "minpro_capped": ("minpro", {"minpro_cap_at_one": True}),
     "prefix_product": ("grpo", {"policy_objective": "prefix_product"}),
 }  # fmt: skip
+assert set(prereg.ARMS) <= set(ARMS)
 COLORS = {"grpo": "tab:blue", "minpro": "tab:orange", "minpro_capped": "tab:green", "prefix_product": "tab:red"}
-FALSIFIER = (
-    "The control (prefix_product) is unstable, and MinPRO's mean largest reward drop over 3 seeds is not smaller than "
-    "grpo's and its mean final reward is not higher than grpo's: then MinPRO does not stabilise far off-policy training."
-)
 
 
-# Task and control objective
+# Task and an extra objective
 def register_prefix_product() -> None:
-    """Register the positive control ``prefix_product``: weight w_t = prod_{j<t} rho_j over the valid prefix."""
+    """Register ``prefix_product``: weight w_t = prod_{j<t} rho_j over the valid prefix (the exact correction)."""
     import torch
 
     from trl_ext.objectives.base import PolicyObjective
@@ -98,53 +94,28 @@ def curves(history: list[dict]) -> dict:
     }  # fmt: skip
 
 
-def largest_drop(values: list[float]) -> float:
-    """max_{s<t} (v_s - v_t), 0 if the sequence never falls."""
-    peak, drop = -math.inf, 0.0
-    for value in values:
-        peak = max(peak, value)
-        drop = max(drop, peak - value)
-    return drop
-
-
-def run_stats(run: dict, spike_threshold: float) -> dict:
-    reward, norms = run["reward"], run["grad_norm"]
-    active = [clip for clip, norm in zip(run["clip_region"], norms) if norm > ACTIVE_GRAD_NORM]
-    return {
-        "final_reward": statistics.fmean(reward[-FINAL_WINDOW:]),
-        "peak_reward": max(harness.moving_average(reward, SMOOTHING)),
-        "largest_reward_drop": largest_drop(harness.moving_average(reward, SMOOTHING)),
-        "grad_norm_spikes": sum(norm > spike_threshold for norm in norms), "max_grad_norm": max(norms),
-        "clip_fraction": statistics.fmean(active) if active else 0.0,
-    }  # fmt: skip
-
-
 def summarise(runs: dict[str, list[dict]]) -> dict:
-    active = [g for arm_runs in runs.values() for run in arm_runs for g in run["grad_norm"] if g > ACTIVE_GRAD_NORM]
+    """Per arm: each metric's mean, min, max and per-seed values (the pre-registered metrics, plus gradient-norm
+    spikes above 10x the median active gradient norm of all runs, and the share of second-half steps whose gradient
+    norm is below 1e-3)."""
+    active = [
+        g for arm_runs in runs.values() for run in arm_runs for g in run["grad_norm"] if g > prereg.ACTIVE_GRAD_NORM
+    ]
     threshold = SPIKE_FACTOR * statistics.median(active)
     per_arm = {}
     for arm, arm_runs in runs.items():
-        stats = [run_stats(run, threshold) for run in arm_runs]
+        stats = []
+        for run in arm_runs:
+            stat = prereg.run_metrics(run)
+            stat["grad_norm_spikes"] = sum(norm > threshold for norm in run["grad_norm"])
+            stat["max_grad_norm"] = max(run["grad_norm"])
+            late = run["grad_norm"][len(run["grad_norm"]) // 2 :]  # descriptive, added after the run (not registered)
+            stat["flat_late_steps"] = sum(norm < FLAT_GRAD_NORM for norm in late) / len(late)
+            stats.append(stat)
         per_arm[arm] = {
             key: {**harness.spread([s[key] for s in stats]), "per_seed": [s[key] for s in stats]} for key in stats[0]
         }
-    return {"spike_threshold": threshold, "arms": per_arm, "verdict": verdict(per_arm)}
-
-
-def verdict(arms: dict) -> dict:
-    grpo, minpro, control = arms["grpo"], arms["minpro"], arms["prefix_product"]
-    control_unstable = (
-        control["largest_reward_drop"]["mean"] > grpo["largest_reward_drop"]["mean"]
-        or control["grad_norm_spikes"]["mean"] > grpo["grad_norm_spikes"]["mean"]
-        or control["final_reward"]["mean"] < grpo["final_reward"]["mean"]
-    )
-    smaller_drop = minpro["largest_reward_drop"]["mean"] < grpo["largest_reward_drop"]["mean"]
-    higher_final = minpro["final_reward"]["mean"] > grpo["final_reward"]["mean"]
-    return {
-        "control_unstable": control_unstable, "minpro_smaller_drop_than_grpo": smaller_drop,
-        "minpro_higher_final_than_grpo": higher_final,
-        "falsified": control_unstable and not smaller_drop and not higher_final, "regime_proven": control_unstable,
-    }  # fmt: skip
+    return {"spike_threshold": threshold, "arms": per_arm}
 
 
 # Plot
@@ -153,25 +124,24 @@ def plot(report: dict, path: Path) -> None:
     with harness.figure(path, 1, 3, figsize=(18, 4.8), dpi=100) as (fig, axes):
         for arm, runs in report["runs"].items():
             color, stats = COLORS[arm], summary["arms"][arm]
-            smoothed = [harness.moving_average(run["reward"], SMOOTHING) for run in runs]
+            smoothed = [prereg.moving_average(run["reward"]) for run in runs]
             x = [batch * settings["generation_batch"] for batch in range(1, min(map(len, smoothed)) + 1)]
-            label = f"{arm}: final {stats['final_reward']['mean']:.2f}, largest drop {stats['largest_reward_drop']['mean']:.2f}"
+            label = f"{arm}: second half {stats['second_half_reward']['mean']:.2f}"
             harness.band(axes[0], x, smoothed, color=color, label=label)
             for index, run in enumerate(runs):  # every run, labelled once per arm
-                norms = [g if g > ACTIVE_GRAD_NORM else float("nan") for g in run["grad_norm"]]
+                axes[1].plot(x, smoothed[index][: len(x)], color=color, alpha=0.5, linewidth=0.7,
+                             label=arm if index == 0 else None)  # fmt: skip
+                norms = [g if g > prereg.ACTIVE_GRAD_NORM else float("nan") for g in run["grad_norm"]]
                 label = f"{arm}: {sum(stats['grad_norm_spikes']['per_seed'])} spikes" if index == 0 else None
-                axes[1].plot(range(1, len(norms) + 1), norms, color=color, alpha=0.5, linewidth=0.6, label=label)
-                clip = harness.moving_average(run["clip_region"], 16)
-                label = f"{arm}: mean {stats['clip_fraction']['mean']:.3f}" if index == 0 else None
-                axes[2].plot(range(1, len(clip) + 1), clip, color=color, alpha=0.7, label=label)
-        axes[1].axhline(
-            summary["spike_threshold"], color="black", linestyle="--", linewidth=0.8, label="spike threshold"
+                axes[2].plot(range(1, len(norms) + 1), norms, color=color, alpha=0.4, linewidth=0.5, label=label)
+        axes[2].axhline(summary["spike_threshold"], color="black", linestyle="--", linewidth=0.8, label="spike level")
+        axes[2].set_yscale("log")
+        n = len(next(iter(report["runs"].values())))
+        axes[0].set(
+            xlabel="completions sampled", ylabel="reward (3-batch avg)", title=f"mean and min-max of {n} seeds"
         )
-        axes[1].set_yscale("log")
-        axes[0].set(xlabel="completions sampled", ylabel="reward (3-batch avg)")
-        axes[0].set_title("reward: mean and min-max of 3 seeds")
-        axes[1].set(xlabel="optimizer step", ylabel="gradient norm before clipping", title="gradient norm, every run")
-        axes[2].set(xlabel="optimizer step", ylabel="clipped token fraction (16-step avg)", title="TRL clip fraction")
+        axes[1].set(xlabel="completions sampled", ylabel="reward (3-batch avg)", title="every run")
+        axes[2].set(xlabel="optimizer step", ylabel="gradient norm before clipping", title="gradient norm, every run")
         for axis in axes:
             axis.grid(alpha=0.3)
             axis.legend(fontsize=8)
@@ -179,6 +149,59 @@ def plot(report: dict, path: Path) -> None:
             f"count_chain (12 tokens), steps_per_generation {settings['steps_per_generation']}, "
             f"num_iterations {settings['num_iterations']}, lr {settings['learning_rate']:g} (tiny model, CPU)"
         )
+
+
+def docs_tables(report: dict) -> str:
+    """The markdown tables docs/results.md quotes, derived from the report alone (a test compares them)."""
+    judged, arms = report["verdict"], report["summary"]["arms"]
+    effect = judged["primary"]
+    lines = [
+        "| primary: mean reward, second half of training | mean difference [95% interval] | seeds in favour "
+        "| minimum effect | verdict |",
+        "|---|---|---|---|---|",
+        f"| `minpro` - `grpo` | {effect['mean']:+.3f} [{effect['low']:+.3f}, {effect['high']:+.3f}] "
+        f"| {effect['in_favour']}/{effect['n']} | {judged['min_effect']:g} | {judged['primary_verdict']} |",
+        "",
+        "| control | value | threshold | held |",
+        "|---|---|---|---|",
+    ]
+    checks = judged["controls"]
+    lines += [
+        f"| `grpo` unstable: seeds whose 3-batch reward average loses >= {prereg.UNSTABLE_FALL:.0%} of its peak "
+        f"| {checks['grpo_unstable_seeds']}/{checks['grpo_seeds']} | >= {prereg.MIN_UNSTABLE_SHARE[0]}/{prereg.MIN_UNSTABLE_SHARE[1]} "
+        f"| {checks['grpo_unstable']} |",
+        f"| far off-policy: `grpo`'s clipped-token fraction | {checks['grpo_clip_fraction']:.3f} "
+        f"| >= {prereg.MIN_CLIP_FRACTION:g} | {checks['off_policy']} |",
+        "",
+        "| secondary (no verdict) | mean difference [95% interval] | seeds in favour |",
+        "|---|---|---|",
+    ]
+    for name, sec in judged["secondary"].items():
+        lines.append(
+            f"| {name} | {sec['mean']:+.3f} [{sec['low']:+.3f}, {sec['high']:+.3f}] | {sec['in_favour']}/{sec['n']} |"
+        )
+    names = list(arms)
+    lines += [
+        "",
+        f"| {len(report['runs'][names[0]])} seeds, mean (min-max) | " + " | ".join(f"`{a}`" for a in names) + " |",
+    ]
+    lines.append("|---|" + "---|" * len(names))
+    rows = (
+        ("second-half mean reward (primary)", "second_half_reward", ".3f"), ("final reward (last 5 batches)", "final_reward", ".3f"),
+        ("largest fall of the 3-batch average", "largest_reward_drop", ".3f"),
+        ("largest fall relative to the peak", "largest_relative_fall", ".2f"),
+        ("gradient-norm spikes (> 10x the median)", "grad_norm_spikes", ".0f"), ("largest gradient norm", "max_grad_norm", ".3g"),
+        ("clipped token fraction", "clip_fraction", ".3f"),
+        ("second-half steps with gradient norm < 1e-3", "flat_late_steps", ".2f"),
+    )  # fmt: skip
+    for label, key, fmt in rows:
+        cells = " | ".join(
+            f"{arms[a][key]['mean']:{fmt}} ({arms[a][key]['min']:{fmt}}-{arms[a][key]['max']:{fmt}})" for a in names
+        )
+        lines.append(f"| {label} | {cells} |")
+    unstable = " | ".join(f"{judged['unstable_seeds'][a]}/{len(report['runs'][a])}" for a in names)
+    lines.append(f"| seeds losing >= {prereg.UNSTABLE_FALL:.0%} of the peak | {unstable} |")
+    return "\n".join(lines)
 
 
 # Main
@@ -197,6 +220,7 @@ def run(options) -> dict:
         max_grad_norm=1.0, max_steps=options.steps,
     )  # fmt: skip
     runs: dict[str, list[dict]] = {arm: [] for arm in options.arms}
+    partial = Path(f"{options.out}.partial")
     for index, seed in enumerate(options.seeds):
         checkpoint = harness.tiny_model(f"minpro-chain-seed{seed}", seed=seed, alphabet=task.alphabet)
         dataset = task.make_dataset(8192, seed)
@@ -207,37 +231,48 @@ def run(options) -> dict:
             run["seed"] = seed
             run["seconds"] = time.perf_counter() - run_start
             runs[arm].append(run)
+            partial.write_text(json.dumps(runs))  # a run that is stopped keeps what it has
+            metrics = prereg.run_metrics(run)
             print(
-                f"seed {seed} {arm:>15}: final reward {statistics.fmean(run['reward'][-FINAL_WINDOW:]):.3f}, "
-                f"max grad norm {max(run['grad_norm']):.2f}, clip {statistics.fmean(run['clip_region']):.3f} "
-                f"({run['seconds']:.0f}s)"
+                f"seed {seed} {arm:>15}: second-half reward {metrics['second_half_reward']:.3f}, final "
+                f"{metrics['final_reward']:.3f}, largest fall {metrics['largest_reward_drop']:.3f} "
+                f"({metrics['largest_relative_fall']:.0%} of peak), clip "
+                f"{metrics['clip_fraction']:.3f} ({run['seconds']:.0f}s)"
             )
+    for arm_runs in runs.values():
+        arm_runs.sort(key=lambda run: run["seed"])
     settings = {**config, "seeds": options.seeds, "task": task.name}
     settings["generation_batch"] = options.batch_size * options.steps_per_generation
     settings["model"] = {k: v for k, v in QUICKSTART_SETTINGS["model"].items() if k not in ("alphabet", "seed")}
-    settings["arms"] = {arm: {"trainer": name, **extra} for arm, (name, extra) in ARMS.items()}
-    return {"falsifier": FALSIFIER, "settings": settings, "runs": runs, "wall_s": time.perf_counter() - start}
+    settings["arms"] = {arm: {"trainer": ARMS[arm][0], **ARMS[arm][1]} for arm in options.arms}
+    partial.unlink(missing_ok=True)
+    return {"settings": settings, "preregistration": prereg.__doc__, "runs": runs,
+            "wall_s": time.perf_counter() - start}  # fmt: skip
 
 
 def print_summary(report: dict) -> None:
-    keys = ("final_reward", "largest_reward_drop", "grad_norm_spikes", "max_grad_norm", "clip_fraction")
+    keys = ("second_half_reward", "final_reward", "largest_reward_drop", "grad_norm_spikes", "clip_fraction")
     harness.print_table(report["summary"]["arms"], keys)
-    print(json.dumps(report["summary"]["verdict"]))
+    print(json.dumps({k: v for k, v in report["verdict"].items() if k not in ("primary", "secondary")}))
+    effect = report["verdict"]["primary"]
+    print(f"minpro - grpo, second-half reward: {effect['mean']:+.4f} [{effect['low']:+.4f}, {effect['high']:+.4f}] "
+          f"({effect['in_favour']}/{effect['n']} in favour)")  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    harness.add_common_args(parser, RESULTS / "minpro_chain.json")
-    parser.add_argument("--arms", nargs="+", default=list(ARMS), choices=list(ARMS))
-    parser.add_argument("--steps", type=int, default=960, help="optimizer steps per run")
-    parser.add_argument("--learning_rate", type=float, default=3e-3)
-    parser.add_argument("--num_iterations", type=int, default=4)
-    parser.add_argument("--steps_per_generation", type=int, default=4)
-    parser.add_argument("--batch_size", type=int, default=64, help="completions per optimizer step")
-    parser.add_argument("--num_generations", type=int, default=8)
+    harness.add_common_args(parser, RESULTS / "minpro_chain.json", seeds=prereg.SEEDS)
+    parser.add_argument("--arms", nargs="+", default=list(prereg.ARMS), choices=list(ARMS))
+    parser.add_argument("--steps", type=int, default=prereg.STEPS, help="optimizer steps per run")
+    parser.add_argument("--learning_rate", type=float, default=prereg.LEARNING_RATE)
+    parser.add_argument("--num_iterations", type=int, default=prereg.NUM_ITERATIONS)
+    parser.add_argument("--steps_per_generation", type=int, default=prereg.STEPS_PER_GENERATION)
+    parser.add_argument("--batch_size", type=int, default=prereg.BATCH_SIZE, help="completions per optimizer step")
+    parser.add_argument("--num_generations", type=int, default=prereg.NUM_GENERATIONS)
     options = parser.parse_args(argv)
     report = harness.load_report(options.out) if options.replot else run(options)
     report["summary"] = summarise(report["runs"])
+    report["verdict"] = prereg.judge(report)
     return harness.finish(options, report, argv, plot=plot, show=print_summary)
 
 

@@ -173,3 +173,103 @@ def test_preregistered_minpro_controls_decide_whether_the_regime_was_reached():
     controls = _judge(_report(far_lr=0.3))["random"]["controls"]  # 0.3, 0.45, 0.6: drift 2.0 only
     assert set(controls["far_drifts_per_seed"].values()) == {1} and not controls["held"]
     assert not _judge(_report(seeds=(100, 101)))["registered_seeds"]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The pre-registered training verdict (experiments/preregistered/minpro_chain.py) on hand-made result tables
+
+
+def _chain_report(gain=0.1, *, noise=0.01, peak=0.5, fall=1.0, unstable=None, clip=0.1, seeds=None, batches=20):
+    """grpo: reward ``peak`` for the first half, then ``peak * (1 - fall)`` on its first ``unstable`` seeds (flat 0 on
+    the others); minpro: the same first half, then grpo's second half + ``gain`` +- ``noise`` (alternating by seed)."""
+    from preregistered import minpro_chain as prereg
+
+    seeds = prereg.SEEDS if seeds is None else seeds
+    unstable = len(seeds) if unstable is None else unstable
+    half = batches // 2
+    runs = {"grpo": [], "minpro": []}
+    for index, seed in enumerate(seeds):
+        first, second = (peak, peak * (1 - fall)) if index < unstable else (0.0, 0.0)
+        jitter = noise * (1 if index % 2 else -1)
+        steps = 4 * batches
+        common = {"seed": seed, "grad_norm": [1.0] * steps, "clip_region": [clip] * steps}
+        runs["grpo"].append({**common, "reward": [first] * half + [second] * (batches - half)})
+        runs["minpro"].append({**common, "reward": [first] * half + [second + gain + jitter] * (batches - half)})
+    return {"runs": runs}
+
+
+def test_chain_metrics_by_hand():
+    from preregistered import minpro_chain as prereg
+
+    assert prereg.largest_drop([0.1, 0.5, 0.2, 0.4, 0.1, 0.3]) == pytest.approx(0.4)
+    assert prereg.largest_drop([0.1, 0.2, 0.3]) == 0.0
+    # relative to the running peak, counted once the peak reaches the floor (0.10): 0.05 -> 0.01 is not counted
+    assert prereg.PEAK_FLOOR == 0.10
+    assert prereg.largest_relative_fall([0.05, 0.01, 0.2, 0.1, 0.15]) == pytest.approx(0.5)
+    assert prereg.largest_relative_fall([0.05, 0.01, 0.09]) == 0.0
+    assert prereg.moving_average([3.0, 6.0, 9.0, 0.0]) == [3.0, 4.5, 6.0, 5.0]
+    assert prereg.second_half_reward([9.0, 9.0, 1.0, 2.0]) == 1.5
+    assert prereg.second_half_reward([9.0, 9.0, 1.0, 2.0, 3.0]) == 2.0  # odd: the middle batch is in the second half
+    run = {"reward": [0.0] * 6 + [0.5] * 4, "grad_norm": [0.0, 1.0, 1.0], "clip_region": [0.9, 0.1, 0.2]}
+    metrics = prereg.run_metrics(run)
+    assert metrics["final_reward"] == pytest.approx(0.4) and metrics["clip_fraction"] == pytest.approx(0.15)
+
+
+def test_preregistered_chain_verdict_shown_contradicted_and_not_shown():
+    from preregistered import minpro_chain as prereg
+
+    from trl_ext.compare.evidence import CONTRADICTED, NOT_SHOWN, SHOWN
+
+    judged = prereg.judge(_chain_report(gain=0.2))
+    assert judged["registered_seeds"] and judged["controls"]["held"] and judged["summary"] == SHOWN
+    assert judged["primary"]["n"] == len(prereg.SEEDS) and judged["primary"]["mean"] == pytest.approx(0.2)
+    assert judged["unstable_seeds"] == {"grpo": len(prereg.SEEDS), "minpro": len(prereg.SEEDS)}
+    assert prereg.judge(_chain_report(gain=-0.1))["summary"] == CONTRADICTED
+    assert prereg.judge(_chain_report(gain=prereg.MIN_EFFECT, noise=0.1))["summary"] == NOT_SHOWN
+    assert not prereg.judge(_chain_report(seeds=(100, 101)))["registered_seeds"]
+
+
+def test_preregistered_chain_stopping_rule():
+    """A run stopped for time counts if it completed the first 8 seeds or more, in order; 3/5 of them must fall."""
+    from preregistered import minpro_chain as prereg
+
+    assert prereg.MIN_SEEDS == 8
+    assert prereg.judge(_chain_report(seeds=tuple(range(8))))["registered_seeds"]
+    assert prereg.judge(_chain_report(seeds=tuple(range(9))))["registered_seeds"]
+    assert not prereg.judge(_chain_report(seeds=tuple(range(7))))["registered_seeds"]
+    assert not prereg.judge(_chain_report(seeds=(0, 1, 2, 3, 4, 5, 6, 8)))["registered_seeds"]  # not in order
+    assert prereg.judge(_chain_report(seeds=tuple(range(8)), unstable=5))["controls"]["grpo_unstable"]  # 5 of 8
+    assert not prereg.judge(_chain_report(seeds=tuple(range(8)), unstable=4))["controls"]["grpo_unstable"]
+    assert not prereg.judge(_chain_report(seeds=tuple(range(9)), unstable=5))["controls"]["grpo_unstable"]  # 5 of 9
+
+
+def test_preregistered_chain_verdict_at_the_minimum_effect():
+    from preregistered import minpro_chain as prereg
+
+    from trl_ext.compare.evidence import CONTRADICTED, SHOWN
+
+    # No noise: the interval is the point; exactly the minimum effect counts, just below it is ruled out.
+    assert prereg.judge(_chain_report(gain=prereg.MIN_EFFECT, noise=0.0))["summary"] == SHOWN
+    assert prereg.judge(_chain_report(gain=prereg.MIN_EFFECT - 1e-6, noise=0.0))["summary"] == CONTRADICTED
+
+
+def test_preregistered_chain_controls_at_their_thresholds():
+    from preregistered import minpro_chain as prereg
+
+    need = 6  # 3/5 of 10 seeds
+    assert prereg.MIN_UNSTABLE_SHARE == (3, 5) and len(prereg.SEEDS) == 10
+    assert prereg.judge(_chain_report(unstable=need))["controls"]["grpo_unstable"]
+    judged = prereg.judge(_chain_report(unstable=need - 1, gain=0.5))
+    assert judged["controls"]["grpo_unstable_seeds"] == need - 1 and judged["summary"] == prereg.REGIME_NOT_REACHED
+    # the fall (relative to the peak) must reach the threshold on a seed to count
+    assert prereg.UNSTABLE_FALL == 0.35
+    assert prereg.judge(_chain_report(fall=0.35 + 1e-9))["controls"]["held"]
+    judged = prereg.judge(_chain_report(fall=0.35 - 1e-9))
+    assert judged["controls"]["grpo_unstable_seeds"] == 0 and judged["summary"] == prereg.REGIME_NOT_REACHED
+    # ... from a peak at or above the floor: a collapse from below 0.10 is not counted
+    assert prereg.judge(_chain_report(peak=0.10))["controls"]["held"]
+    assert prereg.judge(_chain_report(peak=0.10 - 1e-9))["controls"]["grpo_unstable_seeds"] == 0
+    # far off-policy: grpo's clipped-token fraction
+    assert prereg.judge(_chain_report(clip=prereg.MIN_CLIP_FRACTION))["controls"]["off_policy"]
+    judged = prereg.judge(_chain_report(clip=prereg.MIN_CLIP_FRACTION - 1e-9, gain=0.5))
+    assert not judged["controls"]["off_policy"] and judged["summary"] == prereg.REGIME_NOT_REACHED

@@ -29,6 +29,7 @@ def _recomputed(module, result: str) -> dict:
 # (script in experiments/, its stored result in experiments/results/)
 EXPERIMENTS = [
     ("minpro_estimator", "minpro_estimator"),
+    ("minpro_chain", "minpro_chain"),
     ("bnpo_beta_simulation", "bnpo_beta_simulation"),
     ("hapo_fork", "hapo_fork"),
     ("diva_hard", "diva_hard"),
