@@ -31,6 +31,7 @@ EXPERIMENTS = [
     ("minpro_estimator", "minpro_estimator"),
     ("minpro_chain", "minpro_chain"),
     ("bnpo_beta_simulation", "bnpo_beta_simulation"),
+    ("bnpo_gradient_variance", "bnpo_gradient_variance_skewed"),
     ("hapo_fork", "hapo_fork"),
     ("diva_hard", "diva_hard"),
 ]
