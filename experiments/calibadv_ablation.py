@@ -377,13 +377,18 @@ def work_units(options) -> list[tuple[str, int, str]]:
     return units
 
 
-def do_work(prepared: dict, units, options, save=None) -> dict:
-    """Run ``units``; ``save(work)`` after each (a stopped shard keeps what it finished)."""
+def do_work(prepared: dict, units, options, save=None, done_samples=None) -> dict:
+    """Run ``units``; ``save(work)`` after each (a stopped shard keeps what it finished). ``done_samples``: part-1
+    results of a stopped shard (they depend on the warm start and the seed only), reused instead of sampling again."""
     runs: dict = {}
     samples: dict = {}
     for kind, seed, arm in units:
         if save is not None:
             save({"runs": runs, "samples": samples})
+        if kind == "samples" and str(seed) in (done_samples or {}):
+            samples[str(seed)] = done_samples[str(seed)]
+            print(f"part 1 seed {seed}: reused from the stopped shard", flush=True)
+            continue
         if kind == "samples":
             result = sample_judgement(prepared["checkpoint"], seed, options)
             samples[str(seed)] = result
@@ -630,7 +635,8 @@ def run(options) -> dict | None:
         mine = units[options.shard :: options.num_shards] if options.stage == "work" else units
         shard_path = _part(options, f"shard{options.shard}of{options.num_shards}")
         partial = shard_path.with_suffix(".partial.json")
-        work = do_work(prepared, mine, options, save=lambda done: partial.write_text(json.dumps(done)))
+        done = json.loads(partial.read_text())["samples"] if partial.is_file() else {}
+        work = do_work(prepared, mine, options, save=lambda d: partial.write_text(json.dumps(d)), done_samples=done)
         work["seconds"] = time.perf_counter() - begin
         shard_path.write_text(json.dumps(work))
         if options.stage == "work":
