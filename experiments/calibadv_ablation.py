@@ -554,7 +554,7 @@ def print_summary(report: dict) -> None:
 
 def plot(report: dict, path: Path) -> None:
     runs, summary = report["runs"]["arms"], report["summary"]
-    with harness.figure(path, 1, 3, figsize=(19, 5.2)) as (fig, axes):
+    with harness.figure(path, 1, 4, figsize=(25, 5.2)) as (fig, axes):
         for arm in (arm for arm in ALL_ARMS if arm in runs):
             seeds, color = list(runs[arm]), search.COLORS[arm]
             steps = [e["step"] for e in runs[arm][seeds[0]]["eval"]]
@@ -568,6 +568,25 @@ def plot(report: dict, path: Path) -> None:
             axis.set(xlabel="optimizer step", ylim=(-0.05, 1.05))
             axis.legend(fontsize=8)
         plot_judgement(axes[2], summary)
+        plot_effects(axes[3], report["verdict"]["stability"])
+
+
+def plot_effects(axis, stability: dict) -> None:
+    """Per seed, the paired difference of the primary metric; the mean and its 95% interval; the minimum effect."""
+    for i, effect in enumerate(stability["effects"].values()):
+        values = list(effect["differences"].values())
+        axis.scatter([i] * len(values), values, color="tab:gray", s=14, zorder=2)
+        axis.errorbar(
+            [i + 0.15], [effect["mean"]], yerr=[[effect["mean"] - effect["low"]], [effect["high"] - effect["mean"]]],
+            fmt="o", color="k", capsize=5, zorder=3,
+        )  # fmt: skip
+    axis.axhline(prereg.MIN_EFFECT, color="tab:red", linestyle="--", label=f"minimum effect {prereg.MIN_EFFECT}")
+    axis.axhline(0.0, color="k", linewidth=0.8)
+    axis.set_xticks(range(len(stability["effects"])))
+    axis.set_xticklabels(list(stability["effects"]), fontsize=9)
+    axis.set_xlim(-0.5, len(stability["effects"]) - 0.5)
+    axis.set_title("Primary metric: paired difference per seed, mean, 95% interval")
+    axis.legend(fontsize=8)
 
 
 def plot_judgement(axis, summary: dict) -> None:

@@ -26,7 +26,7 @@ def _recomputed(module, name: str) -> dict:
     return report
 
 
-@pytest.mark.parametrize("name", ["minpro_estimator"])
+@pytest.mark.parametrize("name", ["minpro_estimator", "calibadv_ablation"])
 def test_results_page_quotes_the_tables_derived_from_the_stored_runs(name):
     module = __import__(name)
     report = _recomputed(module, name)
