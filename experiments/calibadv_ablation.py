@@ -1,21 +1,24 @@
-"""CalibAdv on the built-in ``deepsearch`` task: (1) how often its silver-document step judgement agrees with the
-task's ground truth, with no training; (2) which component (soft penalty, answer rebalance, both) protects a
-warm-started search agent from the degradation plain GRPO shows at a high learning rate.
+"""CalibAdv on the built-in ``deepsearch`` task: (1) how well its silver-document step judgement finds the useful and
+the useless search steps, with no training; (2) whether CalibAdv keeps a warm-started search agent stable where plain
+GRPO degrades, against GRPO and against a control that spares the same share of steps chosen at random.
 
-    python experiments/calibadv_ablation.py                      # everything in one process (~21 minutes on 1 core)
-    # the measured run: the same work split over two processes (~13 minutes on 2 cores)
+    python experiments/calibadv_ablation.py                      # everything in one process
+    # the measured run: the same work split over two processes
     python experiments/calibadv_ablation.py --stage prepare
     python experiments/calibadv_ablation.py --stage work --shard 0 --num_shards 2 &
     python experiments/calibadv_ablation.py --stage work --shard 1 --num_shards 2; wait
     python experiments/calibadv_ablation.py --stage merge --num_shards 2
 
-The setting and the warm start are ``calibadv_search.py``'s. Part 1: CalibAdv's step judgement (s > 0, the package's
-``group_step_scores``) against the ground truth (a step is *useful* iff it retrieves a supporting document no earlier
-step retrieved) on temperature-1 samples of the warm start and on every training batch of part 2: agreement, kappa,
-precision / recall / specificity, coverage, and the cause of every disagreement. Part 2: the arms ``grpo``,
-``soft_penalty``, ``rebalance`` and ``calibadv`` from the same warm start, seed and data, with greedy evaluations.
-``CONTROL`` and ``FALSIFIER`` (written before the run) below, also in the JSON; design and results: docs/results.md
-("CalibAdv: step judgement and ablation on the deepsearch task"). Writes ``results/calibadv_ablation.json``.
+The design, arms, primary metric, seeds, minimum effect, thresholds and controls are pre-registered in
+``experiments/preregistered/calibadv_ablation.py`` (committed before the final run), which also computes the verdict
+stored in the JSON. The setting and the warm start are ``calibadv_search.py``'s. Part 1: CalibAdv's step judgement
+(s > 0, the package's ``group_step_scores``) against the ground truth (a step is *useful* iff it retrieves a
+supporting document no earlier step retrieved) on temperature-1 samples of the warm start and on every training batch
+of part 2: agreement, kappa, precision / recall / specificity, coverage, and the cause of every disagreement. Part 2:
+the arms ``grpo``, ``random_steps`` and ``calibadv`` (``soft_penalty`` and ``rebalance`` can be added with ``--arms``;
+they are not registered) from the same warm start, seed and data, with greedy evaluations. Results:
+docs/results.md ("CalibAdv: step judgement and ablation on the deepsearch task"). Writes
+``results/calibadv_ablation.json``.
 """
 
 from __future__ import annotations
@@ -28,12 +31,14 @@ import time
 from pathlib import Path
 
 import calibadv_search as search  # the setting, warm start and recording trainer (sets the environment)
+from preregistered import calibadv_ablation as prereg
 
 from trl_ext.compare import harness
 
 RESULTS = search.RESULTS
-ARMS = ("grpo", "soft_penalty", "rebalance", "calibadv")
-CALIBRATED_ARMS = ARMS[1:]
+ARMS = prereg.ARMS
+#: Every arm the script can run: the registered ones and the two single components of the earlier ablation.
+ALL_ARMS = ("grpo", "soft_penalty", "rebalance", "random_steps", "calibadv")
 #: Spec defaults of the step rule (``CALIBADV_ADVANTAGE_DEFAULTS``).
 RULE = {"min_f1": 0.7, "think_similarity_threshold": 0.5, "max_shared_docs": 1}
 #: The measured run (two processes); ``python experiments/calibadv_ablation.py`` does the same in one.
@@ -42,21 +47,6 @@ RERUN = (
     "(python experiments/calibadv_ablation.py --stage work --shard 0 --num_shards 2 & "
     "python experiments/calibadv_ablation.py --stage work --shard 1 --num_shards 2; wait) && "
     "python experiments/calibadv_ablation.py --stage merge --num_shards 2"
-)
-AGREEMENT_FLOOR = 0.75
-CONTROL_DROP = 0.15
-PROTECT_MARGIN = 0.10
-FALSIFIER = (
-    f"Part 1 is falsified if the step judgement (s > 0) agrees with the ground truth (the step retrieves a supporting "
-    f"document not retrieved before) on fewer than {AGREEMENT_FLOOR:.0%} of the judged steps of the warm start's "
-    f"temperature-1 samples (mean over 3 seeds), far below the paper's 89%. Part 2 (stability) is falsified if no "
-    f"calibrated arm (soft_penalty, rebalance, calibadv) protects better than grpo: an arm protects if its greedy "
-    f"F1 x format or its greedy format validity at the end exceeds grpo's by >= {PROTECT_MARGIN} on average over "
-    f"seeds and on at least 2 of 3 seeds. Part 2 is inconclusive unless the control holds."
-)
-CONTROL = (
-    f"grpo degrades: its greedy F1 x format at the end is below the warm start's by >= {CONTROL_DROP} on average "
-    f"over seeds and below it on every seed."
 )
 
 
@@ -284,40 +274,139 @@ def make_judging_trainer_class():
     return JudgingTrainer
 
 
+# The control: the same soft penalties on random steps
+
+
+def place_at_random(scores, advantages, num_runs, rng: random.Random) -> tuple[list, dict]:
+    """The ``random_steps`` control's step scores: the scores CalibAdv's rule gives the search steps of the batch's
+    negative trajectories (A_i < 0, scores not None, ``num_runs`` = steps + 1 so the soft penalty can act) shuffled
+    uniformly at random over those same steps (matched per batch: the same number of spared steps and the same spared
+    fractions, placed at random); every other row keeps its scores (they do not enter the soft penalty).
+
+    Returns ``(scores, counts)``: ``slots`` (candidate steps), ``spared`` (slots with s > 0 after the shuffle),
+    ``moved_to_wrong`` (spared slots whose own score was 0: a step the judgement calls wrong now spared)."""
+    slots = [
+        (i, k)
+        for i, row in enumerate(scores)
+        if row is not None and advantages[i] < 0 and int(num_runs[i]) == len(row) + 1
+        for k in range(len(row))
+    ]
+    values = [scores[i][k] for i, k in slots]
+    rng.shuffle(values)
+    out = [None if row is None else list(row) for row in scores]
+    for (i, k), value in zip(slots, values, strict=True):
+        out[i][k] = value
+    spared = sum(v > 0 for v in values)
+    moved = sum(v > 0 and scores[i][k] <= 0 for (i, k), v in zip(slots, values, strict=True))
+    return out, {"slots": len(slots), "spared": spared, "moved_to_wrong": moved}
+
+
+def make_random_steps_estimator(args, seed: int):
+    """CalibAdv's estimator with :func:`place_at_random` between the step scores and the calibration (train mode)."""
+    from trl_ext.advantages.base import AdvantageOutput, combined_rewards
+    from trl_ext.advantages.calibadv import CalibAdvAdvantage
+    from trl_ext.advantages.calibadv_math import (
+        calibrate_advantages,
+        group_advantages,
+        group_step_scores,
+        run_statistics,
+    )
+
+    class RandomStepsAdvantage(CalibAdvAdvantage):
+        def __init__(self, args) -> None:
+            super().__init__(args)
+            self.rng = random.Random(f"random_steps-{seed}")
+            self.last_placement: dict = {}
+
+        def __call__(self, batch):
+            out = super().__call__(batch)  # the metrics, last_row_advantages; its token advantages are replaced
+            if batch.mode != "train":
+                return out
+            rewards = combined_rewards(batch.rewards_per_func, batch.reward_weights).double().cpu()
+            advantages = group_advantages(rewards, batch.num_generations, self.group_eps)
+            f1, valid, _ = self.score_rows(batch)
+            steps = [list(row or []) for row in batch.columns["calibadv_steps"]]
+            scores, _ = group_step_scores(
+                f1, valid, steps, batch.num_generations, min_f1=self.silver_min_f1,
+                think_similarity_threshold=self.think_similarity_threshold, max_shared_docs=self.max_shared_docs,
+            )  # fmt: skip
+            mask = batch.completion_mask
+            num_runs, _ = run_statistics(mask.cpu())
+            placed, self.last_placement = place_at_random(scores, advantages.tolist(), num_runs.tolist(), self.rng)
+            tokens, _ = calibrate_advantages(
+                advantages, placed, [len(row) for row in steps], mask.cpu(), batch.num_generations,
+                soft_penalty=self.soft_penalty, answer_rebalance=self.answer_rebalance,
+                rebalance_lambda=self.rebalance_lambda,
+            )  # fmt: skip
+            return AdvantageOutput(tokens.to(mask.device), out.metrics)
+
+    return RandomStepsAdvantage(args)
+
+
+def make_trainer_class(arm: str):
+    """The judging trainer; for ``random_steps`` with the random-placement estimator, whose per-batch counts go to the
+    record (``placement``)."""
+    judging = make_judging_trainer_class()
+    if arm != "random_steps":
+        return judging
+
+    class RandomStepsTrainer(judging):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.advantage_estimator = make_random_steps_estimator(self.args, self.args.seed)
+
+        def _check_advantages(self, advantages, batch):
+            advantages = super()._check_advantages(advantages, batch)
+            if batch.mode == "train":
+                self.penalty_records[-1]["placement"] = dict(self.advantage_estimator.last_placement)
+            return advantages
+
+    return RandomStepsTrainer
+
+
 # Work units, stages
 
 
 def work_units(options) -> list[tuple[str, int, str]]:
-    """(kind, seed, arm) units, costliest first: every RL run, then the part-1 sampling of every seed."""
-    units = []
+    """(kind, seed, arm) units: the part-1 sampling of every seed (cheap), then the RL runs seed by seed (a stopped
+    run keeps whole seeds)."""
+    units = [("samples", seed, "") for seed in options.seeds]
     for seed in options.seeds:
         for arm in options.arms if seed % 2 == 0 else options.arms[::-1]:
             units.append(("run", seed, arm))
-    units += [("samples", seed, "") for seed in options.seeds]
     return units
 
 
-def do_work(prepared: dict, units, options) -> dict:
+def do_work(prepared: dict, units, options, save=None, done_samples=None) -> dict:
+    """Run ``units``; ``save(work)`` after each (a stopped shard keeps what it finished). ``done_samples``: part-1
+    results of a stopped shard (they depend on the warm start and the seed only), reused instead of sampling again."""
     runs: dict = {}
     samples: dict = {}
     for kind, seed, arm in units:
+        if save is not None:
+            save({"runs": runs, "samples": samples})
+        if kind == "samples" and str(seed) in (done_samples or {}):
+            samples[str(seed)] = done_samples[str(seed)]
+            print(f"part 1 seed {seed}: reused from the stopped shard", flush=True)
+            continue
         if kind == "samples":
             result = sample_judgement(prepared["checkpoint"], seed, options)
             samples[str(seed)] = result
             rates = confusion_rates(result["judgement"]["all"])
             print(
-                f"part 1 seed {seed}: {result['seconds']:.0f}s | agreement {_fmt(rates['agreement'])} precision "
-                f"{_fmt(rates['precision'])} recall {_fmt(rates['recall'])} ({rates['judged_steps']} judged steps)"
-            )
+                f"part 1 seed {seed}: {result['seconds']:.0f}s | agreement {_fmt(rates['agreement'])} kappa "
+                f"{_fmt(rates['cohen_kappa'])} specificity {_fmt(rates['specificity'])} ({rates['judged_steps']} "
+                f"judged steps)", flush=True,
+            )  # fmt: skip
             continue
         run = search.train_run(
-            arm, prepared["checkpoint"], seed, options, prepared["initial_eval"], make_judging_trainer_class()
+            arm, prepared["checkpoint"], seed, options, prepared["initial_eval"], make_trainer_class(arm)
         )
         runs.setdefault(arm, {})[str(seed)] = run
-        print(
-            f"seed {seed} {arm:>12}: {run['seconds']:5.0f}s | eval {run['eval'][0]['reward']:.3f} -> "
-            f"{run['eval'][-1]['reward']:.3f} (format {run['eval'][-1]['format_valid']:.3f})"
-        )
+        curve = " ".join(f"{e['reward']:.3f}" for e in run["eval"])
+        placed = [r["placement"] for r in run["steps"] if "placement" in r]
+        moved = f" | spared {sum(p['spared'] for p in placed)}, on s = 0 {sum(p['moved_to_wrong'] for p in placed)}"
+        print(f"seed {seed} {arm:>12}: {run['seconds']:5.0f}s | eval {curve}{moved if placed else ''}", flush=True)
     return {"runs": runs, "samples": samples}
 
 
@@ -329,87 +418,58 @@ def run_summary(run: dict) -> dict:
     window = min(search.SMOOTHING, len(records))
     judgement = merge_judgements([r["judgement"] for r in records if "judgement" in r])
     rates = confusion_rates(judgement["all"])
-    failed = confusion_rates(judgement["failed"])
     shares = search.pooled_shares(records)
+    placement = [r["placement"] for r in records if "placement" in r]
+    spared = sum(p["spared"] for p in placement)
     return {
-        "eval_end": run["eval"][-1]["reward"], "eval_f1_end": run["eval"][-1]["f1"],
-        "eval_format_valid_end": run["eval"][-1]["format_valid"],
-        "eval_mean_after_start": statistics.mean(e["reward"] for e in run["eval"][1:]),
-        "eval_format_valid_mean_after_start": statistics.mean(e["format_valid"] for e in run["eval"][1:]),
-        "train_reward_first10": statistics.mean(r["reward"] for r in records[:window]),
-        "train_reward_last10": statistics.mean(r["reward"] for r in records[-window:]),
-        "train_format_valid_last10": statistics.mean(r["format_valid"] for r in records[-window:]),
-        "penalised_share": shares["penalised_share"], "penalty_kept": shares["penalty_kept"],
-        "train_agreement": rates["agreement"], "train_precision": rates["precision"], "train_recall": rates["recall"],
-        "train_specificity": rates["specificity"], "train_cohen_kappa": rates["cohen_kappa"],
-        "train_useful_rate": rates["useful_rate"], "train_agreement_failed": failed["agreement"],
+        "eval_curve_mean": prereg.curve_mean(run["eval"]),
+        "eval_format_valid_curve_mean": prereg.curve_mean(run["eval"], "format_valid"),
+        "eval_end": run["eval"][-1]["reward"], "eval_format_valid_end": run["eval"][-1]["format_valid"],
+        "train_reward_last10": statistics.fmean(r["reward"] for r in records[-window:]),
+        "penalised_share": shares["penalised_share"],
+        "spared_moved_to_wrong": sum(p["moved_to_wrong"] for p in placement) / spared if spared else None,
+        "train_agreement": rates["agreement"], "train_specificity": rates["specificity"],
+        "train_cohen_kappa": rates["cohen_kappa"], "train_useful_rate": rates["useful_rate"],
         "train_judged_steps": rates["judged_steps"], "seconds": run["seconds"],
     }  # fmt: skip
 
 
-def summarise(report: dict) -> dict:
-    runs, samples = report["runs"], report["samples"]
-    start = report["initial_eval"]["reward"]
-    start_valid = report["initial_eval"]["format_valid"]
+def summarise(runs: dict) -> dict:
+    """Per arm and seed, and over seeds, from ``report["runs"]`` (``initial_eval``, ``samples``, ``arms``)."""
+    samples = runs["samples"]
     seeds = sorted(samples, key=int)
     per_seed_samples = {s: judgement_summary(samples[s]["judgement"]) for s in seeds}
     pooled = judgement_summary(merge_judgements([samples[s]["judgement"] for s in seeds]))
     part1 = {
-        "per_seed": per_seed_samples, "pooled": pooled,
+        "pooled": pooled,
         **{  # the judgement's rates over seeds
             key: harness.spread([per_seed_samples[s]["all"][key] for s in seeds])
             for key in ("agreement", "precision", "recall", "specificity", "cohen_kappa", "useful_rate")
         },
-        "score_exact_rate": harness.spread([per_seed_samples[s]["all"]["score_exact_rate"] for s in seeds]),
-        "agreement_failed": harness.spread([per_seed_samples[s]["failed"]["agreement"] for s in seeds]),
         "coverage": harness.spread([per_seed_samples[s]["coverage"] for s in seeds]),
         "sample_reward": harness.spread([samples[s]["reward_mean"] for s in seeds]),
     }  # fmt: skip
-    agreement_mean = part1["agreement"]["mean"] if part1["agreement"] else None
-    part1["falsified"] = agreement_mean is not None and agreement_mean < AGREEMENT_FLOOR
-
-    arms = [arm for arm in ARMS if arm in runs]
-    per_seed = {arm: {s: run_summary(runs[arm][s]) for s in sorted(runs[arm], key=int)} for arm in arms}
+    arms = [arm for arm in ALL_ARMS if arm in runs["arms"]]
+    per_seed = {
+        arm: {s: run_summary(runs["arms"][arm][s]) for s in sorted(runs["arms"][arm], key=int)} for arm in arms
+    }
     overall = {
         arm: {
             key: harness.spread([e[key] for e in per_seed[arm].values()]) for key in next(iter(per_seed[arm].values()))
         }
         for arm in arms
     }
-    verdict: dict = {}
-    if "grpo" in per_seed:
-        grpo_end = {s: e["eval_end"] for s, e in per_seed["grpo"].items()}
-        drop = start - statistics.mean(grpo_end.values())
-        verdict["control"] = {
-            "warm_start_eval": start, "warm_start_format_valid": start_valid,
-            "grpo_eval_end_mean": statistics.mean(grpo_end.values()), "drop": drop,
-            "below_start_on_every_seed": all(v < start for v in grpo_end.values()),
-            "passed": drop >= CONTROL_DROP and all(v < start for v in grpo_end.values()),
-        }  # fmt: skip
-        verdict["protects"] = {}
-        for arm in arms:
-            if arm == "grpo":
-                continue
-            entry = {}
-            for key in ("eval_end", "eval_format_valid_end"):
-                paired = [
-                    per_seed[arm][s][key] - per_seed["grpo"][s][key] for s in per_seed[arm] if s in per_seed["grpo"]
-                ]
-                entry[key] = {
-                    "mean_diff": statistics.mean(paired), "seeds_higher": sum(d > 0 for d in paired),
-                    "seeds": len(paired),
-                    "protects": statistics.mean(paired) >= PROTECT_MARGIN and sum(d > 0 for d in paired) >= 2,
-                }  # fmt: skip
-            entry["protects"] = entry["eval_end"]["protects"] or entry["eval_format_valid_end"]["protects"]
-            verdict["protects"][arm] = entry
-        any_protects = any(v["protects"] for v in verdict["protects"].values())
-        verdict["part2"] = (
-            "inconclusive (control failed)"
-            if not verdict["control"]["passed"]
-            else ("supported" if any_protects else "falsified")
-        )
-    verdict["part1"] = "falsified" if part1["falsified"] else "not falsified"
-    return {"part1": part1, "per_seed": per_seed, "overall": overall, "verdict": verdict}
+    curves = {
+        arm: [
+            statistics.fmean(run["eval"][i]["reward"] for run in runs["arms"][arm].values())
+            for i in range(len(next(iter(runs["arms"][arm].values()))["eval"]))
+        ]
+        for arm in arms
+    }
+    training = {arm: merge_judgements([r["judgement"] for run in runs["arms"][arm].values()
+                                       for r in run["steps"] if "judgement" in r]) for arm in arms}  # fmt: skip
+    training = {arm: confusion_rates(j["all"]) for arm, j in training.items()}
+    return {"part1": part1, "per_seed": per_seed, "overall": overall, "mean_curves": curves, "training": training}
 
 
 def _fmt(value, digits=3) -> str:
@@ -417,114 +477,147 @@ def _fmt(value, digits=3) -> str:
 
 
 def _agg(a) -> str:
-    return "-" if a is None else f"{a['mean']:.3f} [{a['min']:.3f}, {a['max']:.3f}]"
+    return "-" if a is None else f"{a['mean']:.3f} ({a['min']:.3f}-{a['max']:.3f})"
+
+
+def _interval(effect: dict) -> str:
+    return f"{effect['mean']:+.3f} [{effect['low']:+.3f}, {effect['high']:+.3f}]"
+
+
+def docs_tables(report: dict) -> str:
+    """The markdown tables docs/results.md quotes, derived from the report alone (a test compares them)."""
+    judged, summary = report["verdict"], report["summary"]
+    part1, part2 = judged["judgement"], judged["stability"]
+    pooled = part1["pooled"]
+    counts = summary["part1"]["pooled"]["all"]["counts"]
+    lines = [
+        "| step judgement, warm-start samples, pooled over seeds | value [95% seed-bootstrap interval] | threshold |",
+        "|---|---|---|",
+        f"| Cohen's kappa | {pooled['kappa']:.3f} [{part1['intervals']['kappa']['low']:.3f}, "
+        f"{part1['intervals']['kappa']['high']:.3f}] | >= {prereg.KAPPA_MIN} |",
+        f"| specificity (not-useful steps judged not correct) | {pooled['specificity']:.3f} "
+        f"[{part1['intervals']['specificity']['low']:.3f}, {part1['intervals']['specificity']['high']:.3f}] "
+        f"| >= {prereg.SPECIFICITY_MIN} |",
+        f"| judged not-useful steps (control) | {part1['control']['not_useful_judged_steps']} "
+        f"| >= {prereg.NEGATIVES_MIN} |",
+        f"| agreement / base rate of useful steps | {pooled['agreement']:.3f} / {pooled['useful_rate']:.3f} | - |",
+        f"| confusion: tp / fp / fn / tn | {counts['tp']} / {counts['fp']} / {counts['fn']} / {counts['tn']} | - |",
+        f"| coverage (judged / all search steps), mean over seeds | {summary['part1']['coverage']['mean']:.3f} | - |",
+        f"| **verdict** | **{part1['verdict']}** | |",
+        "",
+        "| primary: mean greedy F1 x format over the evaluations after step 0 | mean difference [95% interval] "
+        "| seeds in favour | verdict |",
+        "|---|---|---|---|",
+    ]
+    for pair, effect in part2["effects"].items():
+        lines.append(
+            f"| `{pair}` | {_interval(effect)} | {effect['in_favour']}/{effect['n']} | {part2['verdicts'][pair]} |"
+        )
+    drop = part2["control"]["grpo_drop"]
+    lines += [
+        f"| control: warm start ({part2['control']['warm_start']:.3f}) minus `grpo` (>= {prereg.GRPO_DROP_MIN} "
+        f"over the interval) | {_interval(drop)} | {drop['in_favour']}/{drop['n']} | held: "
+        f"{part2['control']['held']} |",
+        f"| **stability verdict** (weaker of the two) | | | **{part2['verdict']}** |",
+        "",
+        "| mean (min-max) over seeds | " + " | ".join(f"`{arm}`" for arm in summary["overall"]) + " |",
+        "|---|" + "---|" * len(summary["overall"]),
+    ]
+    rows = (
+        ("eval_curve_mean", "greedy F1 x format, mean after step 0 (primary)"),
+        ("eval_format_valid_curve_mean", "greedy format validity, mean after step 0"),
+        ("eval_end", "greedy F1 x format at the last evaluation"),
+        ("train_reward_last10", "training F1 x format, last 10 steps"),
+        ("penalised_share", "correct steps (s > 0) of failed trajectories penalised"),
+        ("spared_moved_to_wrong", "spared steps the judgement calls wrong (s = 0)"),
+        ("train_cohen_kappa", "judgement kappa on the training batches"),
+        ("train_specificity", "judgement specificity on the training batches"),
+    )
+    for key, name in rows:
+        cells = " | ".join(_agg(summary["overall"][arm][key]) for arm in summary["overall"])
+        lines.append(f"| {name} | {cells} |")
+    steps = [e["step"] for e in next(iter(next(iter(report["runs"]["arms"].values())).values()))["eval"]]
+    lines += ["", "| mean greedy F1 x format at step | " + " | ".join(str(s) for s in steps) + " |"]
+    lines.append("|---|" + "---|" * len(steps))
+    for arm, curve in summary["mean_curves"].items():
+        lines.append(f"| `{arm}` | " + " | ".join(f"{v:.3f}" for v in curve) + " |")
+    return "\n".join(lines)
 
 
 def print_summary(report: dict) -> None:
-    summary = report["summary"]
-    p1 = summary["part1"]
-    print("== part 1: step judgement (s > 0) vs ground truth (a new supporting document), warm-start samples")
-    keys = "agreement cohen_kappa precision recall specificity useful_rate score_exact_rate agreement_failed coverage"
-    for key in [*keys.split(), "sample_reward"]:
-        print(f"  {key:<22} {_agg(p1[key])}")
-    pooled = p1["pooled"]["all"]
-    print(f"  pooled: score exact {_fmt(pooled['score_exact_rate'])}, mean |s - new supporting / docs| "
-          f"{_fmt(pooled['score_mean_abs_error'])}, useful rate {_fmt(pooled['useful_rate'])}, unjudged steps useful "
-          f"{_fmt(p1['pooled']['unjudged_useful_rate'])}")  # fmt: skip
-    c = p1["pooled"]["all"]["counts"]
-    print(
-        f"  pooled confusion: tp {c['tp']} fp {c['fp']} fn {c['fn']} tn {c['tn']} | fp re-retrieving a supporting doc "
-        f"{c['fp_resupporting']}, off-chain {c['fp_off_chain']} | fn missing from silver {c['fn_missing_from_silver']}, think repeat "
-        f"{c['fn_think_repeat']}, doc repeat {c['fn_doc_repeat']}"
-    )
-    print("== part 2")
-    keys = "eval_end eval_f1_end eval_format_valid_end eval_mean_after_start train_reward_last10"
-    keys += " train_format_valid_last10 penalised_share train_agreement train_precision train_recall train_specificity"
-    keys += " train_cohen_kappa"
-    for arm, entry in summary["overall"].items():
-        print(f"  -- {arm}")
-        for key in [*keys.split(), "train_useful_rate"]:
-            seeds = " ".join(_fmt(v[key]) for v in summary["per_seed"][arm].values())
-            print(f"    {key:<34} {_agg(entry[key]):<26} seeds {seeds}")
-    print(json.dumps(summary["verdict"], indent=1))
+    print(docs_tables(report))
+    print(json.dumps(report["verdict"]["summary"]))
 
 
 # Plot and main
 
 
 def plot(report: dict, path: Path) -> None:
-    runs, summary = report["runs"], report["summary"]
-    with harness.figure(path, 1, 4, figsize=(24, 5.2)) as (fig, axes):
-        for arm in (arm for arm in ARMS if arm in runs):
+    runs, summary = report["runs"]["arms"], report["summary"]
+    with harness.figure(path, 1, 4, figsize=(25, 5.2)) as (fig, axes):
+        for arm in (arm for arm in ALL_ARMS if arm in runs):
             seeds, color = list(runs[arm]), search.COLORS[arm]
             steps = [e["step"] for e in runs[arm][seeds[0]]["eval"]]
             for axis, key in ((axes[0], "reward"), (axes[1], "format_valid")):
                 harness.band(
                     axis, steps, [[e[key] for e in runs[arm][s]["eval"]] for s in seeds], color=color, label=arm
                 )
-            for key, style, what in (("reward", "-", "F1 x format"), ("format_valid", ":", "format validity")):
-                train = [[r[key] for r in runs[arm][s]["steps"]] for s in seeds]
-                train = [harness.moving_average(values, search.SMOOTHING) for values in train]
-                harness.band(
-                    axes[2], range(1, len(train[0]) + 1), train, color=color, label=f"{arm}: {what}", linestyle=style
-                )
         axes[0].set_title("Greedy evaluation F1 x format (mean over seeds, band: range)")
         axes[1].set_title("Greedy evaluation format validity")
-        axes[2].set_title(f"Training batches ({search.SMOOTHING}-step mean)")
-        for axis in axes[:3]:
+        for axis in axes[:2]:
             axis.set(xlabel="optimizer step", ylim=(-0.05, 1.05))
             axis.legend(fontsize=8)
-        plot_judgement(axes[3], summary)
+        plot_judgement(axes[2], summary)
+        plot_effects(axes[3], report["verdict"]["stability"])
+
+
+def plot_effects(axis, stability: dict) -> None:
+    """Per seed, the paired difference of the primary metric; the mean and its 95% interval; the minimum effect."""
+    for i, effect in enumerate(stability["effects"].values()):
+        values = list(effect["differences"].values())
+        axis.scatter([i] * len(values), values, color="tab:gray", s=14, zorder=2)
+        axis.errorbar(
+            [i + 0.15], [effect["mean"]], yerr=[[effect["mean"] - effect["low"]], [effect["high"] - effect["mean"]]],
+            fmt="o", color="k", capsize=5, zorder=3,
+        )  # fmt: skip
+    axis.axhline(prereg.MIN_EFFECT, color="tab:red", linestyle="--", label=f"minimum effect {prereg.MIN_EFFECT}")
+    axis.axhline(0.0, color="k", linewidth=0.8)
+    axis.set_xticks(range(len(stability["effects"])))
+    axis.set_xticklabels(list(stability["effects"]), fontsize=9)
+    axis.set_xlim(-0.5, len(stability["effects"]) - 0.5)
+    axis.set_title("Primary metric: paired difference per seed, mean, 95% interval")
+    axis.legend(fontsize=8)
 
 
 def plot_judgement(axis, summary: dict) -> None:
-    """Part 1 and in-training judgement: agreement / precision / recall / specificity bars, base rate as a marker."""
-    # Part 1 and in-training judgement: agreement / precision / recall / specificity bars, base rate as a marker.
-    metrics = (
-        ("agreement", "train_agreement", "agreement", "tab:gray"),
-        ("precision", "train_precision", "precision of 'correct'", "tab:cyan"),
-        ("recall", "train_recall", "recall of 'correct'", "tab:olive"),
-        ("specificity", "train_specificity", "specificity", "tab:red"),
-    )
-    groups = [("warm-start samples", summary["part1"], "", "useful_rate")]
-    groups += [
-        (f"training: {arm}", summary["overall"][arm], "train_", "train_useful_rate")
-        for arm in ARMS
-        if arm in summary["overall"]
-    ]
-    width = 0.2
-    for j, (part1_key, train_key, name, color) in enumerate(metrics):
-        xs, heights, low, high = [], [], [], []
-        for i, (_, source, prefix, _) in enumerate(groups):
-            entry = source[train_key if prefix else part1_key]
-            h = entry["mean"] if entry else 0.0
-            xs.append(i + (j - 1.5) * width)
-            heights.append(h)
-            low.append(h - entry["min"] if entry else 0.0)
-            high.append(entry["max"] - h if entry else 0.0)
-        axis.bar(xs, heights, width, color=color, label=name, yerr=[low, high], capsize=3)
-    for i, (_, source, _, base_key) in enumerate(groups):
-        if source[base_key] is None:  # no judged step
-            continue
-        label = "useful base rate (agreement of 'always correct')" if i == 0 else None
-        axis.plot([i - 2 * width, i + 2 * width], [source[base_key]["mean"]] * 2, color="k", linewidth=2, label=label)
-    axis.axhline(0.89, color="k", linestyle="--", linewidth=1, label="paper: 89% agreement")
+    """Warm-start samples and in-training judgement: agreement / kappa / specificity bars, base rate as a line."""
+    metrics = (("agreement", "tab:gray"), ("cohen_kappa", "tab:cyan"), ("specificity", "tab:red"))
+    groups = [("warm-start samples (pooled)", summary["part1"]["pooled"]["all"])]
+    groups += [(f"training: {arm}", rates) for arm, rates in summary["training"].items()]
+    width = 0.25
+    for j, (key, color) in enumerate(metrics):
+        xs = [i + (j - 1) * width for i in range(len(groups))]
+        axis.bar(xs, [g[1][key] or 0.0 for g in groups], width, color=color, label=key)
+    for i, (_, rates) in enumerate(groups):
+        if rates["useful_rate"] is not None:
+            label = "useful base rate (agreement of 'always correct')" if i == 0 else None
+            axis.plot([i - 1.5 * width, i + 1.5 * width], [rates["useful_rate"]] * 2, color="k", label=label)
     axis.set_xticks(range(len(groups)))
     axis.set_xticklabels([g[0] for g in groups], rotation=20, fontsize=8)
     axis.set_ylim(0, 1.05)
-    axis.set_title("Step judgement s > 0 vs ground truth (new supporting doc)\nmean and range over seeds")
+    axis.set_title("Step judgement s > 0 vs ground truth (new supporting doc), pooled")
     axis.legend(fontsize=7, loc="lower left")
 
 
 def parse(argv):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    harness.add_common_args(parser, RESULTS / "calibadv_ablation.json")
+    harness.add_common_args(parser, RESULTS / "calibadv_ablation.json", seeds=prereg.SEEDS)
     parser.add_argument("--stage", choices=("all", "prepare", "work", "merge"), default="all")
     parser.add_argument("--shard", type=int, default=0)
     parser.add_argument("--num_shards", type=int, default=1)
-    parser.add_argument("--arms", nargs="+", default=list(ARMS), choices=ARMS)
+    parser.add_argument("--arms", nargs="+", default=list(ARMS), choices=ALL_ARMS)
     parser.add_argument("--agreement_questions", type=int, default=64, help="part 1: questions per seed")
-    search.add_arguments(parser, steps=40, lr=5e-4, eval_every=10)
+    search.add_arguments(parser, steps=prereg.STEPS, lr=prereg.LR, eval_every=prereg.EVAL_EVERY)
     return parser.parse_args(argv)
 
 
@@ -538,7 +631,8 @@ def main(argv: list[str] | None = None) -> dict | None:
     report = harness.load_report(options.out) if options.replot else run(options)
     if report is None:  # a stage that leaves its part for the merge
         return None
-    report["summary"] = summarise(report)
+    report["summary"] = summarise(report["runs"])
+    report["verdict"] = prereg.judge(report)
     return harness.finish(options, report, argv, plot=plot, show=print_summary)
 
 
@@ -558,9 +652,11 @@ def run(options) -> dict | None:
     if options.stage in ("all", "work"):
         units = work_units(options)
         mine = units[options.shard :: options.num_shards] if options.stage == "work" else units
-        work = do_work(prepared, mine, options)
-        work["seconds"] = time.perf_counter() - begin
         shard_path = _part(options, f"shard{options.shard}of{options.num_shards}")
+        partial = shard_path.with_suffix(".partial.json")
+        done = json.loads(partial.read_text())["samples"] if partial.is_file() else {}
+        work = do_work(prepared, mine, options, save=lambda d: partial.write_text(json.dumps(d)), done_samples=done)
+        work["seconds"] = time.perf_counter() - begin
         shard_path.write_text(json.dumps(work))
         if options.stage == "work":
             print(f"shard {options.shard}: {work['seconds']:.0f}s; wrote {shard_path}")
@@ -571,19 +667,20 @@ def run(options) -> dict | None:
             json.loads(_part(options, f"shard{i}of{options.num_shards}").read_text())
             for i in range(options.num_shards)
         ]
-    runs: dict = {}
+    arms: dict = {}
     samples: dict = {}
     for work in shards:
         for arm, by_seed in work["runs"].items():
-            runs.setdefault(arm, {}).update(by_seed)
+            arms.setdefault(arm, {}).update(by_seed)
         samples.update(work["samples"])
-    runs = {arm: dict(sorted(runs[arm].items(), key=lambda kv: int(kv[0]))) for arm in ARMS if arm in runs}
+    arms = {arm: dict(sorted(arms[arm].items(), key=lambda kv: int(kv[0]))) for arm in ALL_ARMS if arm in arms}
+    samples = dict(sorted(samples.items(), key=lambda kv: int(kv[0])))
     return {
-        **({"command": RERUN} if options.stage == "merge" else {}), "falsifier": FALSIFIER, "control": CONTROL,
+        **({"command": RERUN} if options.stage == "merge" else {}), "preregistration": prereg.__doc__,
         "options": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(options).items() if k != "replot"},
         "rollout": search.ROLLOUT, "model": search.MODEL, "warm_start": prepared["warm_start"],
-        "initial_eval": prepared["initial_eval"], "seconds_prepare": prepared["seconds"],
-        "seconds_shards": [work["seconds"] for work in shards], "runs": runs, "samples": samples,
+        "seconds_prepare": prepared["seconds"], "seconds_shards": [work["seconds"] for work in shards],
+        "runs": {"initial_eval": prepared["initial_eval"], "samples": samples, "arms": arms},
     }  # fmt: skip
 
 

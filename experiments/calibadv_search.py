@@ -56,8 +56,12 @@ ARMS = ("grpo", "calibadv")
 #: Each arm's (``calibadv_soft_penalty``, ``calibadv_answer_rebalance``); ``calibadv_ablation.py`` runs all four.
 ARM_SWITCHES = {
     "grpo": (False, False), "soft_penalty": (True, False), "rebalance": (False, True), "calibadv": (True, True),
+    "random_steps": (True, True),  # calibadv's penalties on random steps (the ablation's estimator replaces them)
 }  # fmt: skip
-COLORS = {"grpo": "tab:blue", "soft_penalty": "tab:green", "rebalance": "tab:purple", "calibadv": "tab:orange"}
+COLORS = {
+    "grpo": "tab:blue", "soft_penalty": "tab:green", "rebalance": "tab:purple", "calibadv": "tab:orange",
+    "random_steps": "tab:gray",
+}  # fmt: skip
 WORLD_SEED = 0
 #: Rollout settings shared by the warm start and the RL runs.
 ROLLOUT = {"max_turns": 3, "max_tokens_per_turn": 64, "max_obs_tokens": 180, "top_k": 2, "prepend_think_token": True}
@@ -353,9 +357,9 @@ def make_eval_callback(trainer, rollout, questions, every: int, curve: list):
     class PeriodicEvaluation(TrainerCallback):
         def on_step_end(self, args, state, control, **kwargs):
             if state.global_step % every == 0 or state.global_step == state.max_steps:
-                curve.append(
-                    {"step": state.global_step, **evaluate(trainer.model, trainer._tokenizer, rollout, questions)}
-                )
+                begin = time.perf_counter()
+                result = evaluate(trainer.model, trainer._tokenizer, rollout, questions)
+                curve.append({"step": state.global_step, **result, "seconds": time.perf_counter() - begin})
 
     return PeriodicEvaluation()
 

@@ -34,6 +34,7 @@ EXPERIMENTS = [
     ("bnpo_gradient_variance", "bnpo_gradient_variance_skewed"),
     ("hapo_fork", "hapo_fork"),
     ("diva_hard", "diva_hard"),
+    ("calibadv_ablation", "calibadv_ablation"),
 ]
 
 
