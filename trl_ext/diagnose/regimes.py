@@ -109,10 +109,10 @@ REGIMES: tuple[Regime, ...] = (
         quantity="negative-advantage trajectories with a useful search step",
         keys=("regime/neg_traj_useful_step_frac",),
         acts="> 0: GRPO penalises those steps, CalibAdv's soft penalty spares them (paper's premise; the project "
-        "measured no range, only that 0.968 of warm-start steps were useful)",
+        "measured no range, only that 0.970 of warm-start steps were useful)",
         source=f"{RESULTS}#calibadv-step-judgement-and-ablation-on-the-deepsearch-task",
         docs="docs/trainers/calibadv.md",
-        verdict="judgement not falsified; stability supported for both components together",
+        verdict="judgement shown at this scale; stability not shown at this scale",
         inside=lambda v: v["regime/neg_traj_useful_step_frac"] > 0,
         show=lambda v: _f(v["regime/neg_traj_useful_step_frac"]),
     ),
