@@ -101,3 +101,8 @@ def test_verdict_no_worse_at_each_threshold(low, high, expected):
 def test_verdict_no_worse_needs_a_positive_band():
     with pytest.raises(ValueError, match="tie_band"):
         evidence.verdict_no_worse({"low": 0.0, "high": 0.1}, 0.0)
+
+
+def test_worst_ranks_a_failed_control_below_every_verdict():
+    assert worst([SHOWN, evidence.REGIME_NOT_REACHED, CONTRADICTED]) == evidence.REGIME_NOT_REACHED
+    assert worst([NOT_SHOWN, CONTRADICTED]) == CONTRADICTED

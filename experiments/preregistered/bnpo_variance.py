@@ -46,7 +46,7 @@ import math
 import statistics
 from typing import Any
 
-from trl_ext.compare.evidence import paired_effect, verdict, verdict_no_worse, worst
+from trl_ext.compare.evidence import REGIME_NOT_REACHED, paired_effect, verdict, verdict_no_worse, worst
 
 NAME = "bnpo_variance"
 SIMULATION_SEEDS = tuple(range(10, 20))
@@ -58,7 +58,6 @@ MIN_REDUCTION = -math.log(0.95)  # below_grpo: a 5% lower RV
 TIE_FACTOR = {"simulation": 1.05, "llm": 1.10}
 GRPO_VS_REINFORCE = 0.05
 LLM_MIN_SKEW, LLM_MIN_MIXED = 1.3, 0.25
-REGIME_NOT_REACHED = "regime not reached"
 CLAIMS = ("below_grpo", "at_minimum")
 AMENDMENTS: tuple[str, ...] = ()
 
@@ -122,10 +121,6 @@ def judge_cells(cells: list[dict[str, Any]], tie_factor: float, extra_controls: 
     return {"effects": {"below_grpo": below, "at_minimum": at_min}, "controls": controls, "verdicts": verdicts}
 
 
-def _overall(verdicts: list[str]) -> str:
-    return REGIME_NOT_REACHED if REGIME_NOT_REACHED in verdicts else worst(verdicts)
-
-
 def judge_simulation(report: dict[str, Any]) -> dict[str, Any]:
     """Per model and skewed population, then per model (the weaker over the populations)."""
     machinery = {
@@ -146,7 +141,7 @@ def judge_simulation(report: dict[str, Any]) -> dict[str, Any]:
             result["cells"][f"{model} / {name}"] = judged
         if per_population:
             result["summary"][model] = {
-                claim: _overall([judged["verdicts"][claim] for judged in per_population.values()]) for claim in CLAIMS
+                claim: worst([judged["verdicts"][claim] for judged in per_population.values()]) for claim in CLAIMS
             }
     seeds = sorted({run["seed"] for run in report["runs"]})
     result["registered_seeds"] = seeds == list(SIMULATION_SEEDS)

@@ -66,7 +66,7 @@ import random
 import statistics
 from typing import Any
 
-from trl_ext.compare.evidence import CONTRADICTED, NOT_SHOWN, SHOWN, paired_effect, verdict, worst
+from trl_ext.compare.evidence import CONTRADICTED, NOT_SHOWN, REGIME_NOT_REACHED, SHOWN, paired_effect, verdict, worst
 
 NAME = "calibadv_ablation"
 SEEDS = tuple(range(8))
@@ -79,7 +79,6 @@ KAPPA_MIN = 0.4
 SPECIFICITY_MIN = 0.5
 NEGATIVES_MIN = 30
 BOOTSTRAP_DRAWS = 10_000
-REGIME_NOT_REACHED = "regime not reached"
 AMENDMENTS: tuple[str, ...] = (
     "22:45, before any training result of the final run: the horizon 24 -> 16 steps and the evaluations every 6 -> "
     "every 4 steps (STEPS, EVAL_EVERY). The machine was more loaded than at the pilot (8 heavy processes on 2 cores: "

@@ -63,7 +63,7 @@ from __future__ import annotations
 import statistics
 from typing import Any
 
-from trl_ext.compare.evidence import paired_effect, verdict, worst
+from trl_ext.compare.evidence import REGIME_NOT_REACHED, paired_effect, verdict, worst
 
 NAME = "diva_hard"
 SEEDS = tuple(range(8))
@@ -79,7 +79,6 @@ COPY = "diva_copy"
 MIN_HINT_GAP_AT_START = 0.2
 MIN_ZERO_SIGNAL = 0.5
 MIN_HINT_GAP_IN_TRAINING = 0.1
-REGIME_NOT_REACHED = "regime not reached"
 CLAIMS = ("diva beats GRPO", "easier variants help")
 AMENDMENTS: tuple[str, ...] = ()
 

@@ -69,7 +69,7 @@ from __future__ import annotations
 import statistics
 from typing import Any
 
-from trl_ext.compare.evidence import paired_effect, verdict
+from trl_ext.compare.evidence import REGIME_NOT_REACHED, paired_effect, verdict
 
 NAME = "hapo_fork"
 SEEDS = tuple(range(10))
@@ -86,7 +86,6 @@ MIN_EFFECT = 0.03
 MIN_CLIP_FRACTION = 0.01
 COLLAPSE_FACTOR = 0.5
 MIN_EASY_SHARE = 0.2
-REGIME_NOT_REACHED = "regime not reached"
 AMENDMENTS: tuple[str, ...] = ()
 
 

@@ -56,7 +56,7 @@ import math
 import statistics
 from typing import Any
 
-from trl_ext.compare.evidence import paired_effect, verdict
+from trl_ext.compare.evidence import REGIME_NOT_REACHED, paired_effect, verdict
 
 NAME = "minpro_chain"
 SEEDS = tuple(range(10))  # run in this order; see MIN_SEEDS
@@ -80,7 +80,6 @@ PEAK_FLOOR = 0.10
 MIN_UNSTABLE_SHARE = (3, 5)  # at least 3/5 of the seeds judged: 6 of 10, 5 of 8
 MIN_CLIP_FRACTION = 0.05
 ACTIVE_GRAD_NORM = 1e-6
-REGIME_NOT_REACHED = "regime not reached"
 PILOTS = (
     "A: lr 1e-2, 4 steps per generation, 960 steps, seeds 100-101 (results lost to a crash of the old summary; "
     "final reward grpo 0.144 / 0.174, minpro 0.018 / 0.014).",

@@ -45,7 +45,7 @@ from __future__ import annotations
 import statistics
 from typing import Any
 
-from trl_ext.compare.evidence import paired_effect, verdict, worst
+from trl_ext.compare.evidence import REGIME_NOT_REACHED, paired_effect, verdict, worst
 
 NAME = "minpro_estimator"
 SEEDS = tuple(range(10))
@@ -63,7 +63,6 @@ MIN_FAR_DRIFTS = 2
 PRODUCT_VARIANCE_FACTOR = 10.0
 TOKEN_COSINE_LOSS = 0.05
 IDENTITY_TOLERANCE = 1e-9
-REGIME_NOT_REACHED = "regime not reached"
 AMENDMENTS: tuple[str, ...] = (
     "After the final run: the docstring's compute estimate, 6 -> 23 minutes (measured on 2 shared cores). No design, "
     "threshold or verdict code changed.",

@@ -25,13 +25,16 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 __all__ = [
-    "CONTRADICTED", "NOT_SHOWN", "SHOWN", "VERDICTS", "paired_effect", "t_quantile", "verdict", "verdict_no_worse", "worst",
+    "CONTRADICTED", "NOT_SHOWN", "REGIME_NOT_REACHED", "SHOWN", "VERDICTS", "paired_effect", "t_quantile", "verdict",
+    "verdict_no_worse", "worst",
 ]  # fmt: skip
 
 SHOWN = "shown"
 NOT_SHOWN = "not shown at this scale"
 CONTRADICTED = "contradicted at this scale"
 VERDICTS = (SHOWN, NOT_SHOWN, CONTRADICTED)
+#: An experiment's verdict when one of its pre-registered controls failed, whatever the comparison says.
+REGIME_NOT_REACHED = "regime not reached"
 
 
 def _t_density(x: float, df: int) -> float:
@@ -141,6 +144,6 @@ def verdict_no_worse(effect: Mapping[str, Any], tie_band: float) -> str:
 
 def worst(verdicts: Sequence[str]) -> str:
     """The weakest of several verdicts (a claim judged against several baselines holds only if it holds against each):
-    contradicted before not shown before shown."""
-    order = {CONTRADICTED: 0, NOT_SHOWN: 1, SHOWN: 2}
+    regime not reached before contradicted before not shown before shown."""
+    order = {REGIME_NOT_REACHED: -1, CONTRADICTED: 0, NOT_SHOWN: 1, SHOWN: 2}
     return min(verdicts, key=order.__getitem__)
