@@ -63,6 +63,7 @@ from __future__ import annotations
 import statistics
 from typing import Any
 
+from trl_ext.compare import harness
 from trl_ext.compare.evidence import REGIME_NOT_REACHED, paired_effect, verdict, worst
 
 NAME = "diva_hard"
@@ -101,10 +102,6 @@ def primary(report: dict[str, Any], arm: str) -> dict[str, float]:
     }
 
 
-def _spread(values: list[float]) -> dict[str, float]:
-    return {"mean": statistics.fmean(values), "min": min(values), "max": max(values)}
-
-
 def _first_half(values: list) -> list:
     return values[: max(len(values) // 2, 1)]
 
@@ -120,11 +117,11 @@ def controls(report: dict[str, Any]) -> dict[str, Any]:
         count = sum(entry[0] for entry in hinted)
         in_training.append((sum(entry[2] for entry in hinted) - sum(entry[1] for entry in hinted)) / count)
     checks: dict[str, Any] = {
-        "hint_minus_original_at_start": _spread(gaps) if gaps else None,
+        "hint_minus_original_at_start": harness.spread(gaps, count=False) if gaps else None,
         "hints_easier_at_start": bool(gaps) and min(gaps) >= MIN_HINT_GAP_AT_START,
-        "grpo8_zero_signal_first_half": _spread(zero) if zero else None,
+        "grpo8_zero_signal_first_half": harness.spread(zero, count=False) if zero else None,
         "sparse_regime": bool(zero) and statistics.fmean(zero) >= MIN_ZERO_SIGNAL,
-        "diva_hint_minus_original_in_training": _spread(in_training) if in_training else None,
+        "diva_hint_minus_original_in_training": harness.spread(in_training, count=False) if in_training else None,
         "hints_easier_in_training": bool(in_training) and statistics.fmean(in_training) >= MIN_HINT_GAP_IN_TRAINING,
     }
     checks["held"] = all(checks[key] for key in ("hints_easier_at_start", "sparse_regime", "hints_easier_in_training"))

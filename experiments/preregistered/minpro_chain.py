@@ -56,6 +56,7 @@ import math
 import statistics
 from typing import Any
 
+from trl_ext.compare import harness
 from trl_ext.compare.evidence import REGIME_NOT_REACHED, paired_effect, verdict
 
 NAME = "minpro_chain"
@@ -94,8 +95,8 @@ AMENDMENTS: tuple[str, ...] = ()
 
 
 def moving_average(values: list[float], window: int = SMOOTHING) -> list[float]:
-    """Trailing mean: entry t is the mean of ``values[max(0, t - window + 1) : t + 1]``."""
-    return [statistics.fmean(values[max(0, t - window + 1) : t + 1]) for t in range(len(values))]
+    """The harness's trailing mean over the registered window."""
+    return harness.moving_average(values, window)
 
 
 def largest_drop(values: list[float]) -> float:
