@@ -277,9 +277,9 @@ def docs_tables(report: dict) -> str:
         a, b = POPULATIONS[key.split(" / ")[1]]
         lines.append(
             f"| `{key.split(' / ')[0]}`, Beta({a:g}, {b:g}) | ({row['fit_alpha']['mean']:.2f}, "
-            f"{row['fit_beta']['mean']:.2f}) | {_spread(row['bnpo_over_grpo'])} | {_effect(below)}: "
-            f"{cell['verdicts']['below_grpo']} | {_spread(row['bnpo_over_heldout_minimum'])} | "
-            f"{_effect(at_min)}: {cell['verdicts']['at_minimum']} |"
+            f"{row['fit_beta']['mean']:.2f}) | {format_spread(row['bnpo_over_grpo'])} | {format_effect(below)}: "
+            f"{cell['verdicts']['below_grpo']} | {format_spread(row['bnpo_over_heldout_minimum'])} | "
+            f"{format_effect(at_min)}: {cell['verdicts']['at_minimum']} |"
         )
     lines += ["", "| model, population | machinery | RV grpo / REINFORCE (\\|x - 1\\| >= 0.05) | held-out selection "
               f"cost (<= {prereg.TIE_FACTOR['simulation']}) |", "|---|---|---|---|"]  # fmt: skip
@@ -295,14 +295,17 @@ def docs_tables(report: dict) -> str:
     return "\n".join(lines)
 
 
-def _spread(spread: dict) -> str:
+def format_spread(spread: dict) -> str:
+    """``mean (min-max)`` of a :func:`harness.spread`, as the results page quotes it."""
     return f"{spread['mean']:.3f} ({spread['min']:.3f}-{spread['max']:.3f})"
 
 
-def _effect(effect: dict | None) -> str:
+def format_effect(effect: dict | None, after_count: str = "") -> str:
+    """``mean [low, high], in_favour/n`` of a paired effect (``after_count`` follows the count), or "not measurable"."""
     if effect is None:
         return "not measurable"
-    return f"{effect['mean']:+.3f} [{effect['low']:+.3f}, {effect['high']:+.3f}], {effect['in_favour']}/{effect['n']}"
+    low, high = effect["low"], effect["high"]
+    return f"{effect['mean']:+.3f} [{low:+.3f}, {high:+.3f}], {effect['in_favour']}/{effect['n']}{after_count}"
 
 
 def plot(report: dict, path: Path) -> None:

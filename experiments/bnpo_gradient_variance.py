@@ -25,7 +25,13 @@ import tempfile
 import time
 from pathlib import Path
 
-from bnpo_beta_simulation import heldout_folds, relative_variance
+from bnpo_beta_simulation import (
+    bnpo_over_heldout_minimum,
+    format_effect,
+    format_spread,
+    heldout_folds,
+    relative_variance,
+)
 from preregistered import bnpo_variance as prereg
 
 from trl_ext.compare import harness
@@ -284,7 +290,7 @@ def summarise(runs: list[dict]) -> dict:
     keys = ("bnpo_over_grpo", "bnpo_over_reinforce", "bnpo_over_grid_min", "log_distance_fit_to_grid_min")
     summary = {key: harness.spread([run[key] for run in runs], count=False) for key in keys}
     summary["bnpo_over_heldout_minimum"] = harness.spread(
-        [None if (d := prereg.heldout_difference(run)) is None else math.exp(-d) for run in runs], count=False
+        [bnpo_over_heldout_minimum(run) for run in runs], count=False
     )
     summary["selection_cost"] = harness.spread([prereg.selection_cost(run) for run in runs], count=False)
     summary["grpo_over_reinforce"] = harness.spread(
@@ -309,13 +315,10 @@ def docs_tables(report: dict) -> str:
     c = judged["controls"]
 
     def spread(key: str) -> str:
-        return f"{summary[key]['mean']:.3f} ({summary[key]['min']:.3f}-{summary[key]['max']:.3f})"
+        return format_spread(summary[key])
 
     def effect(claim: str) -> str:
-        e = judged["effects"][claim]
-        if e is None:
-            return "not measurable"
-        return f"{e['mean']:+.3f} [{e['low']:+.3f}, {e['high']:+.3f}], {e['in_favour']}/{e['n']} seeds in favour"
+        return format_effect(judged["effects"][claim], " seeds in favour")
 
     n = len(report["runs"])
     return "\n".join([
