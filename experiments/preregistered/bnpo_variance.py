@@ -91,9 +91,7 @@ def judge_cells(cells: list[dict[str, Any]], tie_factor: float, extra_controls: 
     differences = {seed: heldout_difference(run) for seed, run in by_seed.items()}
     costs = [selection_cost(run) for run in by_seed.values()]
     measurable = all(value is not None for value in differences.values()) and all(c is not None for c in costs)
-    at_min = (
-        paired_effect({s: d for s, d in differences.items()}, {s: 0.0 for s in differences}) if measurable else None
-    )
+    at_min = paired_effect(differences, dict.fromkeys(differences, 0.0)) if measurable else None
     grpo_over_reinforce = (
         statistics.fmean(run["rv"]["grpo"] / run["rv"]["reinforce"] for run in by_seed.values())
         if full_measurable
